@@ -1,0 +1,282 @@
+"""The audit (SPEC §5): measure PPP of a model with its native padding and with each requested scheme.
+
+Data flows one way: model + scheme + windows -> features (crop and window) -> accumulators -> :class:`Report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from .errors import FeatureError, NothingToPatchError, PPPAuditError
+from .images import DeadLeavesSource, FolderSource, ImageSource, WindowDataset
+from .metrics import PPPAccumulator
+from .models import FeatureTaps, ModelInfo, build_model
+from .paddings import PatchSummary, get_padding, padding, patch_padding
+from .report import LayerResult, Report, SchemeResult, environment
+
+NATIVE = "native"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class AuditConfig:
+    """What to audit and how. Validated on creation; every field has a CLI flag of the same name.
+
+    Args:
+        model: timm model name (``name.tag``, ``local-dir:DIR`` or ``hf-hub:ID`` too).
+        paddings: Schemes to compare against the model's native padding.
+        pretrained: Load pretrained weights (ignored when ``weights`` is set).
+        weights: A safetensors file or torch checkpoint.
+        images: An image folder; ``None`` uses the built-in dead-leaves images.
+        num_images: Windows to average over (N).
+        batch_size: Windows per forward pass.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:K``.
+        seed: Seed of the built-in images (and of anything random).
+        input_size: Crop size S; default the model's pretrained input size.
+        margin: Context m around the crop, a multiple of the largest stride; default twice the largest stride.
+        layers: Module names to tap instead of the stages.
+        groups: Jackknife groups for confidence intervals.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast on CUDA.
+        workers: DataLoader worker processes for image loading.
+    """
+
+    model: str
+    paddings: list[str] = field(default_factory=list)
+    pretrained: bool = True
+    weights: str | None = None
+    images: str | None = None
+    num_images: int = 64
+    batch_size: int = 16
+    device: str = "auto"
+    seed: int = 0
+    input_size: int | None = None
+    margin: int | None = None
+    layers: list[str] | None = None
+    groups: int = 8
+    precision: str = "fp32"
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(what: str, fix: str) -> None:
+            raise PPPAuditError(what, fix)
+
+        if self.num_images < 2:
+            bad(f"--num-images must be at least 2 (got {self.num_images})", "a variance needs two images")
+        if self.batch_size < 1:
+            bad(f"--batch-size must be positive (got {self.batch_size})", "pass e.g. --batch-size 16")
+        if self.groups < 2:
+            bad(f"groups must be at least 2 (got {self.groups})", "use the default 8")
+        if self.precision not in PRECISIONS:
+            bad(f"unknown precision '{self.precision}'", f"use one of {', '.join(PRECISIONS)}")
+        if self.input_size is not None and self.input_size < 8:
+            bad(f"--input-size {self.input_size} is too small", "use at least the model's largest stride")
+        if self.margin is not None and self.margin <= 0:
+            bad(f"--margin must be positive (got {self.margin})", "leave it out for twice the largest stride")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")
+        self.paddings = list(dict.fromkeys(self.paddings))
+        if NATIVE in self.paddings:
+            bad(f"'{NATIVE}' is always measured", "list only schemes to compare against it")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PPPAuditError(f"device '{device}' requested but CUDA is not available", "use --device cpu or auto")
+    return torch.device(device)
+
+
+def receptive_radii(taps: FeatureTaps, window: int, device: torch.device) -> list[float]:
+    """Empirical receptive-field radius (input px) of the centre position of each tapped layer.
+
+    One forward/backward of a random window per layer: the gradient of the centre output is exactly zero outside the
+    receptive field. A radius of at least ``window / 2`` means "reaches past the window".
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, window, window, generator=generator).to(device).requires_grad_(True)
+    radii = []
+    with torch.enable_grad():
+        outputs = taps(x)
+        for i, out in enumerate(outputs):
+            h, w = out.shape[-2:]
+            (grad,) = torch.autograd.grad(out[0, :, h // 2, w // 2].sum(), x, retain_graph=i < len(outputs) - 1)
+            nonzero = grad[0].abs().sum(0) > 0
+            ys, xs = torch.nonzero(nonzero, as_tuple=True)
+            if ys.numel() == 0:
+                radii.append(0.0)
+                continue
+            stride = window / h
+            cy, cx = (h // 2 + 0.5) * stride, (w // 2 + 0.5) * stride
+            reach = torch.stack([cy - ys.min(), ys.max() + 1 - cy, cx - xs.min(), xs.max() + 1 - cx]).max()
+            radii.append(float(reach))
+    return radii
+
+
+def _source(config: AuditConfig, info: ModelInfo, size: int) -> ImageSource:
+    if config.images:
+        return FolderSource(config.images, resize_short=round(size / info.crop_pct))
+    return DeadLeavesSource(seed=config.seed)
+
+
+@contextlib.contextmanager
+def _scheme(model: nn.Module, label: str) -> Iterator[PatchSummary]:
+    if label == NATIVE:
+        yield _native_summary(model)
+    else:
+        with padding(model, label) as summary:
+            yield summary
+
+
+def _native_summary(model: nn.Module) -> PatchSummary:
+    """Where the model pads natively: the summary a no-op (zeros) patch records, undone at once."""
+    summary = patch_padding(model, "zeros")
+    summary.restore()
+    summary.scheme = NATIVE
+    return summary
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32" or device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled, transient=True,
+    )
+
+
+def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None,
+          progress: bool = False) -> Report:
+    """Run the audit described by ``config`` and return its :class:`Report`.
+
+    Args:
+        config: The audit settings.
+        model: An already built model (its ``info`` too); otherwise built from ``config``.
+        info: The :class:`ModelInfo` of ``model``.
+        progress: Show a rich progress bar on stderr.
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    if model is None:
+        model, info = build_model(config.model, pretrained=config.pretrained, weights=config.weights, device=device)
+    else:
+        model = model.eval().to(device)
+        if info is None:
+            raise ValueError("pass the ModelInfo of a prebuilt model")
+    for name in config.paddings:
+        get_padding(name)  # unknown schemes fail before any work
+    native = _native_summary(model)
+    if config.paddings and not native.patched:
+        raise NothingToPatchError(
+            f"model '{config.model}' has no padding to replace (no padded convolutions or pad modules)",
+            "its position information, if any, does not come from padding; audit it without --padding",
+        )
+
+    taps = FeatureTaps(model, config.layers)
+    strides = [f["reduction"] for f in getattr(model, "feature_info", [])] or [32]
+    max_stride = int(max(strides))
+    size = config.input_size or info.input_size
+    margin = config.margin or 2 * max_stride
+    if margin % max_stride:
+        raise PPPAuditError(
+            f"--margin {margin} is not a multiple of the model's largest stride {max_stride}",
+            f"use --margin {max_stride * max(1, round(margin / max_stride))}",
+        )
+    window = size + 2 * margin
+    radii = receptive_radii(taps, window, device)
+
+    source = _source(config, info, window)
+    available = source.available()
+    num_images = min(config.num_images, available) if available else config.num_images
+    if num_images < 2:
+        raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
+    loader = DataLoader(
+        WindowDataset(source, num_images, window), batch_size=config.batch_size, num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+    )
+    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+
+    labels = [NATIVE, *config.paddings]
+    accumulators = {label: [PPPAccumulator(config.groups) for _ in taps.names] for label in labels}
+    summaries: dict[str, PatchSummary] = {}
+    seconds = {label: 0.0 for label in labels}
+    offsets: list[int] = []
+    with _progress(progress) as bar, torch.inference_mode():
+        task = bar.add_task(f"auditing {config.model}", total=num_images * len(labels))
+        for batch in loader:
+            windows = ((batch.to(device, non_blocking=True) - mean) / std)
+            crops = windows[..., margin:margin + size, margin:margin + size]
+            for label in labels:
+                tick = time.perf_counter()
+                with _scheme(model, label) as summary, _autocast(device, config.precision):
+                    summaries[label] = summary
+                    feats_crop, feats_window = taps(crops), taps(windows)
+                if not offsets:
+                    offsets = [_offset(name, a, b) for name, a, b in zip(taps.names, feats_crop, feats_window)]
+                for name, acc, off, a, b in zip(taps.names, accumulators[label], offsets, feats_crop, feats_window):
+                    reference = b[..., off:off + a.shape[-2], off:off + a.shape[-1]]
+                    _check_finite(name, label, a, reference)
+                    acc.update(a, reference)
+                seconds[label] += time.perf_counter() - tick
+                bar.advance(task, windows.shape[0])
+
+    results = []
+    for label in labels:
+        layers = []
+        for name, acc, off, radius in zip(taps.names, accumulators[label], offsets, radii):
+            stride_px = margin / off
+            stats = acc.compute(stride_px=stride_px, receptive_radius_px=radius)
+            layers.append(LayerResult(name=name, receptive_radius_px=radius, reference_partial=radius > margin,
+                                      stats=stats))
+        results.append(SchemeResult(scheme=label, patch=summaries[label].to_dict(), layers=layers))
+
+    total = time.perf_counter() - started
+    return Report(
+        environment=environment(),
+        model={"name": info.name, "architecture": info.architecture, "weights": info.weights},
+        data={**source.describe(), "num_images": num_images},
+        input_size=size,
+        margin=margin,
+        seed=config.seed,
+        device=str(device),
+        precision=config.precision,
+        results=results,
+        timings={"total_s": total, **{f"{label}_s": s for label, s in seconds.items()},
+                 "images_per_s": num_images * len(labels) / max(sum(seconds.values()), 1e-9)},
+    )
+
+
+def _offset(name: str, crop: Tensor, window: Tensor) -> int:
+    diff_h, diff_w = window.shape[-2] - crop.shape[-2], window.shape[-1] - crop.shape[-1]
+    if diff_h != diff_w or diff_h <= 0 or diff_h % 2:
+        raise FeatureError(
+            f"layer '{name}': window features {tuple(window.shape[-2:])} and crop features {tuple(crop.shape[-2:])} "
+            "do not align",
+            "tap a spatial layer, and keep --input-size and --margin multiples of the model's largest stride",
+        )
+    return diff_h // 2
+
+
+def _check_finite(name: str, label: str, *tensors: Tensor) -> None:
+    for t in tensors:
+        if not torch.isfinite(t).all():
+            raise FeatureError(
+                f"layer '{name}' produced NaN/inf features with padding '{label}'",
+                "check the weights, or use --precision fp32",
+            )

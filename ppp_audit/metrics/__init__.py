@@ -1,0 +1,29 @@
+"""Statistics: PPP (SPEC §3.1-3.2) as pure functions plus a streaming accumulator."""
+
+from .ppp import (
+    SIDES,
+    BorderProfile,
+    LayerStats,
+    PPPAccumulator,
+    border_rings,
+    channel_rms_map,
+    debiased_energy,
+    extent_from_profile,
+    jackknife,
+    ppp_strength,
+    ring_means,
+)
+
+__all__ = [
+    "SIDES",
+    "BorderProfile",
+    "LayerStats",
+    "PPPAccumulator",
+    "border_rings",
+    "channel_rms_map",
+    "debiased_energy",
+    "extent_from_profile",
+    "jackknife",
+    "ppp_strength",
+    "ring_means",
+]

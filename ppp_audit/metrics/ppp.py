@@ -1,0 +1,308 @@
+"""PPP statistics (SPEC §3.1-3.2): pure functions and a streaming accumulator.
+
+The accumulator keeps float64 running sums per element (memory O(C*h*w), independent of N). Sums of the padded-minus-
+reference differences ``Δ`` and of the padded features ``A`` are kept per *jackknife group* (sample ``i`` goes to group
+``i mod K``), so confidence intervals come from delete-a-group jackknife replicates without storing samples. All state
+is sums, so two accumulators merge by adding their state (and ranks all-reduce it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+SIDES = ("top", "bottom", "left", "right")
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 19: 2.093, 24: 2.064, 29: 2.045}
+"""Two-sided 95 % Student-t quantiles by degrees of freedom (jackknife CIs use K - 1)."""
+NOISE_FLOOR_Z = 2.0
+"""A ring of the extent profile counts as signal when its debiased energy exceeds this many jackknife SEs."""
+
+
+def t_quantile_975(dof: int) -> float:
+    """95 % two-sided Student-t quantile; tabulated values, the nearest smaller tabulated dof otherwise."""
+    if dof <= 0:
+        return math.nan
+    return _T975[max(k for k in _T975 if k <= dof)] if dof < 30 else 1.96
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Pure functions (on per-element means/variances)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def debiased_energy(mean: Tensor, var: Tensor, n: int | float, dims: tuple[int, ...] | None = None) -> Tensor:
+    """``mean(mean²) − mean(var)/n``: the energy of the true mean, with the finite-``n`` noise energy removed."""
+    if dims is None:
+        return (mean.square().mean() - var.mean() / n)
+    return mean.square().mean(dims) - var.mean(dims) / n
+
+
+def ppp_strength(delta_mean: Tensor, delta_var: Tensor, mist_var: Tensor, n: int) -> float:
+    """``SNR = RMS(P) / RMS(σ)`` with ``RMS(P)²`` debiased for finite ``n`` (clamped at 0)."""
+    energy = debiased_energy(delta_mean, delta_var, n).clamp_min(0.0)
+    return float(energy.sqrt() / mist_var.mean().sqrt().clamp_min(1e-300))
+
+
+def channel_rms_map(delta_mean: Tensor, delta_var: Tensor, n: int) -> Tensor:
+    """The picture users see: per-position channel-RMS of ``P`` (debiased, clamped at 0), shape (h, w)."""
+    return debiased_energy(delta_mean, delta_var, n, dims=(0,)).clamp_min(0.0).sqrt()
+
+
+def border_rings(height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Ring index (distance to the nearest border, in feature pixels) and nearest-side mask of every position.
+
+    Returns:
+        ``rings`` (h, w) long, and ``sides`` (4, h, w) bool for top, bottom, left, right. A position belongs to a side
+        only when that side is strictly nearest, so a signal on one side never leaks into another's profile through
+        the diagonals.
+    """
+    y = torch.arange(height).view(-1, 1).expand(height, width)
+    x = torch.arange(width).view(1, -1).expand(height, width)
+    dist = torch.stack([y, height - 1 - y, x, width - 1 - x])
+    rings = dist.min(0).values
+    nearest = dist == rings
+    return rings, nearest & (nearest.sum(0) == 1)
+
+
+def ring_means(values: Tensor, rings: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean of ``values[..., h, w]`` over each ring (restricted to ``mask``); NaN for empty rings."""
+    num_rings = int(rings.max()) + 1
+    weights = torch.nn.functional.one_hot(rings.flatten(), num_rings).to(values.dtype)  # (h*w, R)
+    if mask is not None:
+        weights = weights * mask.flatten().to(values.dtype)[:, None]
+    counts = weights.sum(0)
+    sums = values.flatten(-2) @ weights
+    return sums / counts
+
+
+def extent_from_profile(energy: Tensor, standard_error: Tensor, ring_px: float, z: float = NOISE_FLOOR_Z) -> float:
+    """Distance from the border (input px) up to which the profile stays above its noise floor (contiguous)."""
+    above = (energy > z * standard_error) & torch.isfinite(energy)
+    run = 0
+    for flag in above.tolist():
+        if not flag:
+            break
+        run += 1
+    return run * ring_px
+
+
+def jackknife(estimates: Tensor, full: Tensor) -> Tensor:
+    """Delete-a-group jackknife standard error from per-group leave-out estimates (first dim = groups)."""
+    k = estimates.shape[0]
+    if k < 2:
+        return torch.full_like(full, math.nan)
+    return ((k - 1) / k * (estimates - estimates.mean(0)).square().sum(0)).sqrt()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BorderProfile:
+    """Debiased channel-RMS of ``P`` against distance to the border, with its noise floor."""
+
+    distance_px: list[float]
+    rms: list[float]
+    noise_floor: list[float]
+    extent_px: float
+
+
+@dataclass
+class LayerStats:
+    """Everything measured for one tapped layer under one padding scheme."""
+
+    n: int
+    stride_px: float
+    channels: int
+    height: int
+    width: int
+    strength: float | None
+    strength_ci: tuple[float, float] | None
+    relative_energy: float | None
+    mean_feature_strength: float
+    mean_feature_ci: tuple[float, float]
+    profile: BorderProfile | None
+    side_profiles: dict[str, BorderProfile] = field(default_factory=dict)
+    ppp_map: list[list[float]] | None = None
+    interior_delta_rel: float | None = None
+
+    @property
+    def extent_px(self) -> float | None:
+        return self.profile.extent_px if self.profile else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Streaming accumulator
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class PPPAccumulator:
+    """Streams padded features ``A`` and padding-free references ``B`` of one layer into running float64 sums.
+
+    Args:
+        groups: Jackknife groups ``K`` for confidence intervals.
+        with_reference: Whether ``B`` is given (Δ estimator); if not, only the mean-feature estimator is available.
+    """
+
+    def __init__(self, groups: int = 8, with_reference: bool = True) -> None:
+        if groups < 2:
+            raise ValueError("groups must be >= 2 for a confidence interval")
+        self.groups = groups
+        self.with_reference = with_reference
+        self.state: dict[str, Tensor] = {}
+
+    @property
+    def n(self) -> int:
+        return int(self.state["count"].sum()) if self.state else 0
+
+    def _init(self, like: Tensor) -> None:
+        shape, kw = tuple(like.shape[1:]), dict(dtype=torch.float64, device=like.device)
+        self.state = {
+            "count": torch.zeros(self.groups, **kw),
+            "sum_a": torch.zeros(self.groups, *shape, **kw),
+            "sq_a": torch.zeros(shape, **kw),
+        }
+        if self.with_reference:
+            self.state.update(
+                sum_delta=torch.zeros(self.groups, *shape, **kw),
+                sq_delta=torch.zeros(shape, **kw),
+                sum_b=torch.zeros(shape, **kw),
+                sq_b=torch.zeros(shape, **kw),
+            )
+
+    @torch.no_grad()
+    def update(self, a: Tensor, b: Tensor | None = None) -> None:
+        """Add a batch: ``a`` = features of the padded crops (B, C, h, w); ``b`` = their padding-free reference."""
+        if self.with_reference and (b is None or b.shape != a.shape):
+            raise ValueError(f"reference shape {None if b is None else tuple(b.shape)} != feature shape {tuple(a.shape)}")
+        if not self.state:
+            self._init(a)
+        a = a.detach().to(torch.float64)
+        group = (torch.arange(a.shape[0], device=a.device) + self.n) % self.groups
+        st = self.state
+        st["count"].index_add_(0, group, torch.ones_like(group, dtype=torch.float64))
+        st["sum_a"].index_add_(0, group, a)
+        st["sq_a"].add_(a.square().sum(0))
+        if self.with_reference:
+            b = b.detach().to(torch.float64)
+            delta = a - b
+            st["sum_delta"].index_add_(0, group, delta)
+            st["sq_delta"].add_(delta.square().sum(0))
+            st["sum_b"].add_(b.sum(0))
+            st["sq_b"].add_(b.square().sum(0))
+
+    def merge_(self, other: "PPPAccumulator") -> "PPPAccumulator":
+        """Add another accumulator's state (e.g. from another process); groups stay aligned by construction."""
+        if not self.state:
+            self.state = {k: v.clone() for k, v in other.state.items()}
+        else:
+            for key, value in other.state.items():
+                self.state[key].add_(value.to(self.state[key].device))
+        return self
+
+    @torch.no_grad()
+    def compute(self, stride_px: float, receptive_radius_px: float | None = None) -> LayerStats:
+        """Finalise: strengths with jackknife CIs, extent profiles, the PPP map.
+
+        Args:
+            stride_px: Input pixels per feature pixel (crop size / feature size).
+            receptive_radius_px: If known, positions farther than this from the crop border are checked for ``Δ≈0``.
+        """
+        st = self.state
+        if not st:
+            raise ValueError("no samples were accumulated")
+        n = self.n
+        if n < 2:
+            raise ValueError("need at least 2 samples for a variance")
+        counts = st["count"]
+        used = counts > 0
+        counts_g = counts[used]
+        _, channels, height, width = st["sum_a"].shape
+
+        def mean_var(total: Tensor, sq: Tensor) -> tuple[Tensor, Tensor]:
+            mean = total / n
+            return mean, ((sq - total.square() / n) / (n - 1)).clamp_min(0.0)
+
+        def leave_out_means(group_sums: Tensor) -> Tensor:
+            total = group_sums.sum(0)
+            return (total - group_sums[used]) / (n - counts_g).view(-1, 1, 1, 1)
+
+        # Mean-feature estimator: P' = mean(A) - its per-channel spatial mean.
+        sum_a = st["sum_a"]
+        mean_a, var_a = mean_var(sum_a.sum(0), st["sq_a"])
+        shrink = 1.0 - 1.0 / (height * width)  # removing the spatial mean also removes that share of the noise
+        mist_a = var_a.mean().sqrt().clamp_min(1e-300)
+
+        def mf_strength(mean: Tensor, n_eff: Tensor | float) -> Tensor:
+            centred = mean - mean.mean(dim=(-2, -1), keepdim=True)
+            energy = centred.square().flatten(-3).mean(-1) - shrink * var_a.mean() / n_eff
+            return energy.clamp_min(0.0).sqrt() / mist_a
+
+        mf = mf_strength(mean_a, n)
+        mf_reps = mf_strength(leave_out_means(sum_a), n - counts_g)
+        mf_ci = _ci(mf, mf_reps)
+
+        stats = LayerStats(
+            n=n, stride_px=stride_px, channels=channels, height=height, width=width, strength=None,
+            strength_ci=None, relative_energy=None, mean_feature_strength=float(mf),
+            mean_feature_ci=mf_ci, profile=None,
+        )
+        if not self.with_reference:
+            return stats
+
+        mean_d, var_d = mean_var(st["sum_delta"].sum(0), st["sq_delta"])
+        mean_b, var_b = mean_var(st["sum_b"], st["sq_b"])
+        mist = var_b.mean().sqrt().clamp_min(1e-300)
+        reps_d = leave_out_means(st["sum_delta"])
+        n_reps = (n - counts_g)
+
+        energy = debiased_energy(mean_d, var_d, n)
+        rep_energy = reps_d.square().flatten(1).mean(1) - var_d.mean() / n_reps
+        strength = energy.clamp_min(0.0).sqrt() / mist
+        stats.strength = float(strength)
+        stats.strength_ci = _ci(strength, rep_energy.clamp_min(0.0).sqrt() / mist)
+        stats.relative_energy = float(energy.clamp_min(0.0).sqrt() / (st["sq_b"].mean() / n).sqrt().clamp_min(1e-300))
+
+        # Per-position energy, full and per jackknife replicate, then profiles by ring and side.
+        pos_energy = debiased_energy(mean_d, var_d, n, dims=(0,))
+        rep_pos = reps_d.square().mean(1) - var_d.mean(0) / n_reps.view(-1, 1, 1)
+        stats.ppp_map = pos_energy.clamp_min(0.0).sqrt().float().tolist()
+        rings, sides = border_rings(height, width)
+        ring_px = stride_px
+        stats.profile = _profile(pos_energy, rep_pos, rings, None, ring_px)
+        stats.side_profiles = {s: _profile(pos_energy, rep_pos, rings, sides[i], ring_px) for i, s in enumerate(SIDES)}
+
+        if receptive_radius_px is not None:
+            centre_dist = (rings.to(torch.float64) + 0.5) * stride_px
+            interior = centre_dist > receptive_radius_px
+            if bool(interior.any()):
+                sq_d = (st["sq_delta"] / n).mean(0)[interior].mean()
+                sq_b = (st["sq_b"] / n).mean(0)[interior].mean()
+                stats.interior_delta_rel = float(sq_d.sqrt() / sq_b.sqrt().clamp_min(1e-300))
+        return stats
+
+
+def _ci(estimate: Tensor, replicates: Tensor) -> tuple[float, float]:
+    se = jackknife(replicates, estimate)
+    half = t_quantile_975(replicates.shape[0] - 1) * float(se)
+    return max(float(estimate) - half, 0.0), float(estimate) + half
+
+
+def _profile(pos_energy: Tensor, rep_pos: Tensor, rings: Tensor, mask: Tensor | None, ring_px: float) -> BorderProfile:
+    energy = ring_means(pos_energy, rings, mask)
+    reps = ring_means(rep_pos, rings, mask)
+    se = jackknife(reps, energy)
+    valid = torch.isfinite(energy)
+    floor = (NOISE_FLOOR_Z * se).clamp_min(0.0).sqrt()
+    return BorderProfile(
+        distance_px=[(k + 0.5) * ring_px for k in range(int(valid.sum()))],
+        rms=energy[valid].clamp_min(0.0).sqrt().tolist(),
+        noise_floor=floor[valid].tolist(),
+        extent_px=extent_from_profile(energy[valid], se[valid], ring_px),
+    )

@@ -1,0 +1,33 @@
+"""Padding schemes: the registry, the built-ins and the patcher (SPEC §4)."""
+
+from .patcher import PatchedSite, PatchSummary, UnpatchedSite, padding, patch_padding
+from .registry import (
+    DISABLE_PLUGINS_ENV,
+    ENTRY_POINT_GROUP,
+    Pad4,
+    PaddingScheme,
+    SchemeInfo,
+    get_padding,
+    list_paddings,
+    register_padding,
+)
+from .trace import PaddingOp, count_zero_padding, trace_padding
+
+__all__ = [
+    "DISABLE_PLUGINS_ENV",
+    "ENTRY_POINT_GROUP",
+    "Pad4",
+    "PaddingOp",
+    "PaddingScheme",
+    "PatchSummary",
+    "PatchedSite",
+    "SchemeInfo",
+    "UnpatchedSite",
+    "count_zero_padding",
+    "get_padding",
+    "list_paddings",
+    "padding",
+    "patch_padding",
+    "register_padding",
+    "trace_padding",
+]
