@@ -52,20 +52,23 @@ def channel_rms_map(delta_mean: Tensor, delta_var: Tensor, n: int) -> Tensor:
     return debiased_energy(delta_mean, delta_var, n, dims=(0,)).clamp_min(0.0).sqrt()
 
 
-def border_rings(height: int, width: int) -> tuple[Tensor, Tensor]:
-    """Ring index (distance to the nearest border, in feature pixels) and nearest-side mask of every position.
+def border_rings(height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Distances of every position to the borders, in feature pixels.
 
     Returns:
-        ``rings`` (h, w) long, and ``sides`` (4, h, w) bool for top, bottom, left, right. A position belongs to a side
-        only when that side is strictly nearest, so a signal on one side never leaks into another's profile through
-        the diagonals.
+        ``rings`` (h, w): distance to the nearest border; ``side_distance`` (4, h, w): distance to the top, bottom,
+        left and right border; ``side_band`` (4, h, w): the positions each side's profile uses — the middle half of
+        the map along that side, up to the centre line — so a corner, which is near two sides, counts for neither
+        and a signal along one side does not leak into the profiles of its neighbours.
     """
     y = torch.arange(height).view(-1, 1).expand(height, width)
     x = torch.arange(width).view(1, -1).expand(height, width)
     dist = torch.stack([y, height - 1 - y, x, width - 1 - x])
-    rings = dist.min(0).values
-    nearest = dist == rings
-    return rings, nearest & (nearest.sum(0) == 1)
+    rows_mid = (y >= height // 4) & (y < math.ceil(3 * height / 4))
+    cols_mid = (x >= width // 4) & (x < math.ceil(3 * width / 4))
+    band = torch.stack([cols_mid & (2 * y < height), cols_mid & (2 * y >= height - 1),
+                        rows_mid & (2 * x < width), rows_mid & (2 * x >= width - 1)])
+    return dist.min(0).values, dist, band
 
 
 def ring_means(values: Tensor, rings: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -273,10 +276,11 @@ class PPPAccumulator:
         pos_energy = debiased_energy(mean_d, var_d, n, dims=(0,))
         rep_pos = reps_d.square().mean(1) - var_d.mean(0) / n_reps.view(-1, 1, 1)
         stats.ppp_map = pos_energy.clamp_min(0.0).sqrt().float().tolist()
-        rings, sides = border_rings(height, width)
-        ring_px = stride_px
-        stats.profile = _profile(pos_energy, rep_pos, rings, None, ring_px)
-        stats.side_profiles = {s: _profile(pos_energy, rep_pos, rings, sides[i], ring_px) for i, s in enumerate(SIDES)}
+        rings, side_distance, side_band = border_rings(height, width)
+        stats.profile = _profile(pos_energy, rep_pos, rings, None, stride_px)
+        stats.side_profiles = {
+            side: _profile(pos_energy, rep_pos, side_distance[i], side_band[i], stride_px) for i, side in enumerate(SIDES)
+        }
 
         if receptive_radius_px is not None:
             centre_dist = (rings.to(torch.float64) + 0.5) * stride_px

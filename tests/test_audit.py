@@ -1,0 +1,126 @@
+"""Known answers of the whole audit (SPEC §3.2): padding-free -> 0, planted signal recovered, training -> more PPP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ppp_audit.engine import AuditConfig, audit
+from ppp_audit.images import DeadLeavesSource
+from ppp_audit.models import ModelInfo
+from ppp_audit.report import Report
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _info(name: str, size: int) -> ModelInfo:
+    return ModelInfo(name=name, architecture=name, weights="random-init", input_size=size, mean=MEAN, std=STD,
+                     crop_pct=1.0)
+
+
+class BorderBias(nn.Module):
+    """Adds ``amplitude`` (plus per-sample noise) to every position within ``rings`` pixels of its input's border."""
+
+    def __init__(self, amplitude: float, rings: int, noise: float) -> None:
+        super().__init__()
+        self.amplitude, self.rings, self.noise = amplitude, rings, noise
+
+    def mask(self, height: int, width: int) -> torch.Tensor:
+        m = torch.ones(height, width)
+        m[self.rings:height - self.rings, self.rings:width - self.rings] = 0.0
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.mask(*x.shape[-2:]).to(x)
+        return x + mask * (self.amplitude + self.noise * torch.randn(x.shape[0], 1, 1, 1))
+
+
+def _valid_vgg() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=0), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=0), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=0), nn.ReLU(),
+    ).eval()
+
+
+def test_padding_free_model_has_zero_ppp():
+    model = _valid_vgg()
+    config = AuditConfig(model="valid-vgg", num_images=16, batch_size=8, input_size=32, margin=32,
+                         layers=["1", "3", "5"], device="cpu")
+    report = audit(config, model=model, info=_info("valid-vgg", 32))
+    for layer in report.scheme("native").layers:
+        assert layer.stats.strength < 1e-5, layer.name
+        assert max(map(max, layer.stats.ppp_map)) < 1e-5
+        assert layer.stats.extent_px == 0.0
+    assert report.scheme("native").patch["num_patched"] == 0
+
+
+def test_planted_border_bias_is_recovered_within_ci():
+    amplitude, rings, size, margin = 0.4, 2, 32, 32
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), BorderBias(amplitude, rings, noise=0.2)).eval()
+    config = AuditConfig(model="planted", num_images=64, batch_size=16, input_size=size, margin=margin,
+                         layers=["1"], device="cpu", seed=1)
+    stats = audit(config, model=model, info=_info("planted", size)).scheme("native").layer("1").stats
+
+    # Reference: the mist computed directly from the padding-free features of the same windows.
+    source = DeadLeavesSource(seed=1)
+    windows = torch.stack([source.window(i, size + 2 * margin) for i in range(64)])
+    with torch.no_grad():
+        b = model[0]((windows - MEAN[0]) / STD[0])[..., margin:margin + size, margin:margin + size].double()
+    mask = BorderBias(amplitude, rings, 0.0).mask(size, size).double()
+    true_rms_p = amplitude * mask.square().mean().sqrt()
+    true_strength = float(true_rms_p / b.var(0).mean().sqrt())
+    lo, hi = stats.strength_ci
+    assert lo <= true_strength <= hi
+    assert hi - lo < 0.5 * true_strength  # the CI is informative, not vacuous
+    assert stats.extent_px == rings
+    assert all(profile.extent_px == rings for profile in stats.side_profiles.values())
+
+
+@pytest.fixture(scope="module")
+def lite0_reports(lite0_weights):
+    """ImageNet-pretrained EfficientNet-Lite0 and its random-init twin, native (zeros) vs reflect."""
+    common = dict(paddings=["reflect"], num_images=32, batch_size=16, device="cpu")
+    pretrained = audit(AuditConfig(model="tf_efficientnet_lite0", weights=str(lite0_weights), **common))
+    random_init = audit(AuditConfig(model="tf_efficientnet_lite0", pretrained=False, **common))
+    return pretrained, random_init
+
+
+def test_trained_model_shows_more_ppp_than_random_init_twin(lite0_reports):
+    pretrained, random_init = lite0_reports
+    trained = pretrained.scheme("reflect").layers
+    untrained = random_init.scheme("reflect").layers
+    assert [layer.stats.stride_px for layer in trained] == [2, 4, 8, 16, 32]
+    for t, u in zip(trained[1:], untrained[1:]):
+        assert t.stats.strength >= 2.0 * u.stats.strength, (t.name, t.stats.strength, u.stats.strength)
+        assert t.stats.strength_ci[0] > u.stats.strength_ci[1], t.name
+
+
+def test_delta_vanishes_where_receptive_field_misses_the_border(lite0_reports):
+    checked = 0
+    for report in lite0_reports:
+        for result in report.results:
+            for layer in result.layers:
+                if layer.stats.interior_delta_rel is not None:
+                    assert layer.stats.interior_delta_rel <= 1e-4, (result.scheme, layer.name)
+                    checked += 1
+    assert checked >= 8  # at least the three shallow stages of both models under both paddings
+
+
+def test_report_json_round_trip(lite0_reports, tmp_path):
+    report = lite0_reports[0]
+    assert Report.from_json(report.to_json()) == report
+    path = report.save(tmp_path / "r" / "report.json")
+    assert Report.load(path.parent) == report
+    data = report.to_dict()
+    assert data["schema_version"] == "1.0" and data["window"] == 224 + 2 * 64
+    assert data["results"][0]["patch"]["native_padding"] == "zeros"
+
+
+def test_report_rejects_a_newer_schema(lite0_reports):
+    data = lite0_reports[0].to_dict()
+    data["schema_version"] = "2.0"
+    with pytest.raises(ValueError, match="upgrade ppp-audit"):
+        Report.from_dict(data)
