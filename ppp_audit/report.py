@@ -182,7 +182,10 @@ def render_table(report: Report):
     """A rich table: one row per layer, strength [95 % CI] and extent per scheme, side by side."""
     from rich.table import Table
 
-    title = (f"PPP audit · {report.model['name']} ({report.model['weights']}) · N={report.data['num_images']} "
+    weights = report.model["weights"]
+    if weights.startswith("file:"):
+        weights = "file:" + Path(weights[5:]).name
+    title = (f"PPP audit · {report.model['name']} ({weights}) · N={report.data['num_images']} "
              f"{report.data['kind']} · S={report.input_size} m={report.margin}")
     table = Table(title=title, title_justify="left")
     table.add_column("layer")
