@@ -6,6 +6,7 @@ reflect`` works as written); ``ppp-audit demo`` runs the offline default; ``ppp-
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -56,6 +57,8 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     report = audit(config, progress=show_progress, **audit_kwargs)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes and prints the (all-reduced) report
+        return
     # The report reaches the disk before anything else can fail.
     if out is not None:
         saved = report.save(Path(out) / "report.json")

@@ -88,8 +88,13 @@ class AuditConfig:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA if available (this process's local rank's GPU under torchrun), else CPU."""
+    import os
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise PPPAuditError(f"device '{device}' requested but CUDA is not available", "use --device cpu or auto")
     return torch.device(device)
@@ -173,7 +178,8 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     started = time.perf_counter()
     device = resolve_device(config.device)
     if model is None:
-        model, info = build_model(config.model, pretrained=config.pretrained, weights=config.weights, device=device)
+        model, info = build_model(config.model, pretrained=config.pretrained, weights=config.weights, device=device,
+                                  seed=config.seed)
     else:
         model = model.eval().to(device)
         if info is None:
@@ -205,9 +211,12 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     num_images = min(config.num_images, available) if available else config.num_images
     if num_images < 2:
         raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
+    rank, world = _rank_and_world()
+    if world > num_images:
+        raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
     loader = DataLoader(
-        WindowDataset(source, num_images, window), batch_size=config.batch_size, num_workers=config.workers,
-        pin_memory=device.type == "cuda",
+        WindowDataset(source, range(rank, num_images, world), window), batch_size=config.batch_size,
+        num_workers=config.workers, pin_memory=device.type == "cuda",
     )
     mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
@@ -217,10 +226,12 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     summaries: dict[str, PatchSummary] = {}
     seconds = {label: 0.0 for label in labels}
     offsets: list[int] = []
-    with _progress(progress) as bar, torch.inference_mode():
-        task = bar.add_task(f"auditing {config.model}", total=num_images * len(labels))
-        for batch in loader:
-            windows = ((batch.to(device, non_blocking=True) - mean) / std)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    with _progress(progress and rank == 0) as bar, torch.inference_mode():
+        task = bar.add_task(f"auditing {config.model}", total=len(loader.dataset) * len(labels))
+        for indices, batch in loader:
+            windows = ((batch.to(device, non_blocking=True) - mean) / std).contiguous(memory_format=memory_format)
             crops = windows[..., margin:margin + size, margin:margin + size]
             for label in labels:
                 tick = time.perf_counter()
@@ -230,9 +241,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
                 if not offsets:
                     offsets = [_offset(name, a, b) for name, a, b in zip(taps.names, feats_crop, feats_window)]
                 for name, acc, off, a, b in zip(taps.names, accumulators[label], offsets, feats_crop, feats_window):
-                    reference = b[..., off:off + a.shape[-2], off:off + a.shape[-1]]
-                    _check_finite(name, label, a, reference)
-                    acc.update(a, reference)
+                    acc.update(a, b[..., off:off + a.shape[-2], off:off + a.shape[-1]], indices)
                 seconds[label] += time.perf_counter() - tick
                 bar.advance(task, windows.shape[0])
 
@@ -240,6 +249,13 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     for label in labels:
         layers = []
         for name, acc, off, radius in zip(taps.names, accumulators[label], offsets, radii):
+            if world > 1:
+                acc.all_reduce_()
+            if not acc.is_finite():
+                raise FeatureError(
+                    f"layer '{name}' produced NaN/inf features with padding '{label}'",
+                    "check the weights, or use --precision fp32",
+                )
             stride_px = margin / off
             stats = acc.compute(stride_px=stride_px, receptive_radius_px=radius)
             layers.append(LayerResult(name=name, receptive_radius_px=radius, reference_partial=radius > margin,
@@ -257,7 +273,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         device=str(device),
         precision=config.precision,
         results=results,
-        timings={"total_s": total, **{f"{label}_s": s for label, s in seconds.items()},
+        timings={"total_s": total, "processes": world, **{f"{label}_s": s for label, s in seconds.items()},
                  "images_per_s": num_images * len(labels) / max(sum(seconds.values()), 1e-9)},
     )
 
@@ -273,10 +289,15 @@ def _offset(name: str, crop: Tensor, window: Tensor) -> int:
     return diff_h // 2
 
 
-def _check_finite(name: str, label: str, *tensors: Tensor) -> None:
-    for t in tensors:
-        if not torch.isfinite(t).all():
-            raise FeatureError(
-                f"layer '{name}' produced NaN/inf features with padding '{label}'",
-                "check the weights, or use --precision fp32",
-            )
+def _rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size when launched by ``torchrun`` (initialising the process group)."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()

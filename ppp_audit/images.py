@@ -159,13 +159,20 @@ class FolderSource:
 
 
 class WindowDataset(Dataset):
-    """``num_images`` windows of one size from a source, for a ``DataLoader``."""
+    """Windows of one size from a source, for a ``DataLoader``; items are ``(global index, window)``.
 
-    def __init__(self, source: ImageSource, num_images: int, size: int) -> None:
-        self.source, self.num_images, self.size = source, num_images, size
+    Args:
+        source: The image source.
+        indices: Which windows (a range for one process; a strided slice of it per rank when distributed).
+        size: Window side in pixels.
+    """
+
+    def __init__(self, source: ImageSource, indices: range, size: int) -> None:
+        self.source, self.indices, self.size = source, indices, size
 
     def __len__(self) -> int:
-        return self.num_images
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> Tensor:
-        return self.source.window(index, self.size)
+    def __getitem__(self, position: int) -> tuple[int, Tensor]:
+        index = self.indices[position]
+        return index, self.source.window(index, self.size)

@@ -52,7 +52,7 @@ def _check_known(name: str) -> None:
 
 
 def build_model(name: str, *, pretrained: bool = True, weights: str | os.PathLike | None = None,
-                device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
+                device: str | torch.device = "cpu", seed: int = 0) -> tuple[nn.Module, ModelInfo]:
     """Create a timm model in eval mode with the requested weights.
 
     Args:
@@ -60,14 +60,23 @@ def build_model(name: str, *, pretrained: bool = True, weights: str | os.PathLik
         pretrained: Load the pretrained weights timm resolves for ``name`` (ignored when ``weights`` is given).
         weights: A safetensors file or torch checkpoint to load instead (read without executing pickled code).
         device: Where to put the model.
+        seed: Seed of the random initialisation, so a random-init model is the same in every run and every process.
 
     Returns:
         The model and its :class:`ModelInfo`.
     """
+    _check_known(name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, source = _create(name, pretrained, weights)
+    model = model.eval().to(device)
+    return model, _model_info(name, model, source)
+
+
+def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> tuple[nn.Module, str]:
     import timm
     from timm.models import load_checkpoint
 
-    _check_known(name)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
@@ -98,8 +107,7 @@ def build_model(name: str, *, pretrained: bool = True, weights: str | os.PathLik
     else:
         model = timm.create_model(name, pretrained=False)
         source = "random-init"
-    model = model.eval().to(device)
-    return model, _model_info(name, model, source)
+    return model, source
 
 
 def _model_info(name: str, model: nn.Module, source: str) -> ModelInfo:

@@ -159,6 +159,7 @@ class PPPAccumulator:
         self.groups = groups
         self.with_reference = with_reference
         self.state: dict[str, Tensor] = {}
+        self.arrived = 0
 
     @property
     def n(self) -> int:
@@ -180,14 +181,25 @@ class PPPAccumulator:
             )
 
     @torch.no_grad()
-    def update(self, a: Tensor, b: Tensor | None = None) -> None:
-        """Add a batch: ``a`` = features of the padded crops (B, C, h, w); ``b`` = their padding-free reference."""
+    def update(self, a: Tensor, b: Tensor | None = None, indices: Tensor | None = None) -> None:
+        """Add a batch: ``a`` = features of the padded crops (B, C, h, w); ``b`` = their padding-free reference.
+
+        Args:
+            a: Padded features.
+            b: Padding-free reference features (required when ``with_reference``).
+            indices: Global sample indices, which fix each sample's jackknife group; by default samples are numbered
+                in arrival order. Passing them makes sharded runs (one accumulator per rank) sum to exactly the
+                single-process state.
+        """
         if self.with_reference and (b is None or b.shape != a.shape):
             raise ValueError(f"reference shape {None if b is None else tuple(b.shape)} != feature shape {tuple(a.shape)}")
         if not self.state:
             self._init(a)
         a = a.detach().to(torch.float64)
-        group = (torch.arange(a.shape[0], device=a.device) + self.n) % self.groups
+        if indices is None:
+            indices = torch.arange(a.shape[0]) + self.arrived
+        self.arrived += a.shape[0]
+        group = indices.to(a.device) % self.groups
         st = self.state
         st["count"].index_add_(0, group, torch.ones_like(group, dtype=torch.float64))
         st["sum_a"].index_add_(0, group, a)
@@ -199,6 +211,18 @@ class PPPAccumulator:
             st["sq_delta"].add_(delta.square().sum(0))
             st["sum_b"].add_(b.sum(0))
             st["sq_b"].add_(b.square().sum(0))
+
+    def is_finite(self) -> bool:
+        """False when any NaN/inf reached the sums (checked once at the end, not per batch: no host syncs)."""
+        return all(bool(torch.isfinite(t).all()) for t in self.state.values())
+
+    def all_reduce_(self) -> "PPPAccumulator":
+        """Sum the state over the ranks of the default ``torch.distributed`` process group."""
+        import torch.distributed as dist
+
+        for key in sorted(self.state):
+            dist.all_reduce(self.state[key])
+        return self
 
     def merge_(self, other: "PPPAccumulator") -> "PPPAccumulator":
         """Add another accumulator's state (e.g. from another process); groups stay aligned by construction."""
