@@ -53,23 +53,48 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
     from rich.console import Console
 
     from .engine import audit
-    from .report import render_table
+    from .render import print_report
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     report = audit(config, progress=show_progress, **audit_kwargs)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes and prints the (all-reduced) report
         return
     # The report reaches the disk before anything else can fail.
+    saved = None
     if out is not None:
         saved = report.save(Path(out) / "report.json")
         _stderr().print(f"report saved to {saved}", highlight=False)
     if json_out == "-":
         sys.stdout.write(report.to_json() + "\n")
-        return
-    if json_out:
-        report.save(json_out)
-        _stderr().print(f"report saved to {json_out}", highlight=False)
-    Console().print(render_table(report))
+    else:
+        if json_out:
+            report.save(json_out)
+            _stderr().print(f"report saved to {json_out}", highlight=False)
+        print_report(Console(), report)
+    if out is not None:
+        _write_outputs(report, Path(out), overwrite=True, source=saved)
+
+
+def _write_outputs(report, out: Path, **kwargs) -> None:
+    """PNG figures and report.html next to report.json; one line on stderr saying what was written."""
+    from .errors import ReportFileError
+    from .render import write_outputs
+
+    try:
+        outputs = write_outputs(report, out, **kwargs)
+    except OSError as exc:
+        raise ReportFileError(
+            f"could not write figures to '{out}': {exc.strerror or exc}",
+            "the report JSON is saved; pick a writable folder with `ppp-audit show REPORT --out DIR`",
+        ) from None
+    written = outputs.written
+    if written:
+        drawn = sum(1 for f in outputs.figures if f.written)
+        page = f" and {outputs.html.name}" if outputs.html_written else ""
+        _stderr().print(f"{drawn} figure{'' if drawn == 1 else 's'}{page} written to {outputs.out_dir}",
+                        highlight=False)
+    else:
+        _stderr().print(f"figures and page already in {outputs.out_dir} (--overwrite redraws them)", highlight=False)
 
 
 def _guarded(func):
@@ -91,7 +116,9 @@ def _guarded(func):
 JsonOpt = Annotated[
     Optional[str], typer.Option("--json", help="Write the report as JSON to PATH, or '-' for stdout (JSON only).")
 ]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder to write report.json into.")]
+OutOpt = Annotated[
+    Optional[Path], typer.Option("--out", help="Folder to write report.json, PNG figures and report.html into.")
+]
 NumImagesOpt = Annotated[int, typer.Option("--num-images", "-n", help="Windows to average over (N).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Windows per forward pass.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:K.")]
@@ -161,6 +188,40 @@ def demo_command(
         batch_size=batch_size, device=device, seed=seed,
     )
     _run_audit(config, json_out, out, progress)
+
+
+@app.command("show")
+@_guarded
+def show_command(
+    report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="A folder written by --out, or a report JSON.")],
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Folder for figures and report.html (default: the report's folder).")
+    ] = None,
+    figures: Annotated[
+        bool, typer.Option("--figures/--no-figures", help="Write missing figures and report.html.")
+    ] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redraw figures and the page even if they exist.")
+    ] = False,
+    embed: Annotated[
+        bool, typer.Option("--embed", help="Embed the images in report.html (one file to share).")
+    ] = False,
+) -> None:
+    """Re-render a saved report: the table and terminal heatmap, and any figures or page that are missing.
+
+    A folder (or its report.json) gets its figures and report.html in place; another JSON file, e.g. from --json
+    results.json, gets a sibling folder named after it (results/).
+    """
+    from rich.console import Console
+
+    from .render import load_saved_report, print_report
+
+    report, json_path = load_saved_report(report_path)
+    print_report(Console(), report)
+    if figures:
+        # A folder's report.json renders into that folder; any other JSON file into a sibling folder of its name.
+        default = json_path.parent if json_path.name == "report.json" else json_path.with_suffix("")
+        _write_outputs(report, out if out is not None else default, overwrite=overwrite, embed=embed, source=json_path)
 
 
 @app.command("paddings")

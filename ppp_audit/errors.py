@@ -47,3 +47,7 @@ class FeatureError(PPPAuditError):
     """A tapped layer produced NaN/inf or a shape the measurement cannot use."""
 
     exit_code = 1
+
+
+class ReportFileError(PPPAuditError):
+    """A saved report is missing, unreadable, or cannot be re-rendered where asked."""

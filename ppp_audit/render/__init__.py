@@ -1,0 +1,119 @@
+"""Renderers and sinks of a :class:`~ppp_audit.report.Report` (SPEC §6): terminal, PNG figures, an HTML page.
+
+``write_outputs(report, out_dir)`` writes ``report.json``, ``figures/*.png`` and ``report.html`` into one folder;
+``print_report(console, report)`` prints the table and a terminal heatmap of the last stage. matplotlib is imported
+only when a figure is drawn.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ReportFileError
+from .figures import FIGURES, FigureFile, FigureSpec, figure_specs, register_figure, write_figures
+from .html import SECTIONS, page_resources, register_section, render_html, write_html
+from .terminal import TerminalHeatmap
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..report import Report
+
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+
+
+@dataclass
+class Outputs:
+    """What :func:`write_outputs` left in ``out_dir``."""
+
+    out_dir: Path
+    json: Path
+    html: Path
+    figures: list[FigureFile]
+    html_written: bool
+
+    @property
+    def written(self) -> list[Path]:
+        paths = [self.out_dir / f.filename for f in self.figures if f.written]
+        return paths + ([self.html] if self.html_written else [])
+
+
+def print_report(console: "Console", report: "Report") -> None:
+    """The terminal view: the per-layer table, then the last stage's PPP map of every scheme."""
+    from ..report import render_table
+
+    console.print(render_table(report))
+    console.print(TerminalHeatmap(report))
+
+
+def load_saved_report(path: str | Path) -> tuple["Report", Path]:
+    """Read a report from a folder (its ``report.json``) or a JSON file; return it and the JSON's path."""
+    from ..report import Report
+
+    path = Path(path)
+    json_path = path / REPORT_JSON if path.is_dir() else path
+    if not json_path.is_file():
+        raise ReportFileError(f"no report at '{json_path}'",
+                              "pass a folder written by --out, or a JSON file written by --json")
+    try:
+        return Report.load(json_path), json_path
+    except json.JSONDecodeError as exc:
+        raise ReportFileError(f"'{json_path}' is not valid JSON ({exc.msg}, line {exc.lineno})",
+                              "re-run the audit with --out DIR") from None
+    except ValueError as exc:  # e.g. an incompatible schema version
+        raise ReportFileError(f"'{json_path}': {exc}", "re-run the audit with this ppp-audit") from None
+    except (KeyError, TypeError) as exc:
+        raise ReportFileError(f"'{json_path}' is not a ppp-audit report (bad or missing field: {exc})",
+                              "pass a report.json written by ppp-audit") from None
+
+
+def write_outputs(report: "Report", out_dir: str | Path, *, overwrite: bool = True, embed: bool = False,
+                  source: str | Path | None = None) -> Outputs:
+    """Write the report's JSON, PNG figures and HTML page into ``out_dir``.
+
+    Args:
+        report: The report.
+        out_dir: Destination folder (created).
+        overwrite: Redraw figures and rewrite files that exist; ``False`` only fills in what is missing.
+        embed: Embed the images in the HTML as data URIs (one file to share) instead of linking ``figures/*.png``.
+        source: The JSON file the report was read from; if it lies in ``out_dir`` the page links to it as is.
+
+    Raises:
+        ReportFileError: ``out_dir`` already holds a different ``report.json`` and ``overwrite`` is off, or
+            matplotlib is missing.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = _place_json(report, out_dir, overwrite, Path(source) if source else None)
+    try:
+        figures = write_figures(report, out_dir, overwrite=overwrite)
+    except ImportError as exc:
+        raise ReportFileError(f"figures need matplotlib ({exc})", "pip install matplotlib") from None
+    html_path = out_dir / REPORT_HTML
+    html_written = overwrite or embed or not html_path.exists() or any(f.written for f in figures)
+    if html_written:
+        write_html(report, out_dir, figures, json_name=json_path.name, embed=embed, filename=REPORT_HTML)
+    return Outputs(out_dir=out_dir, json=json_path, html=html_path, figures=figures, html_written=html_written)
+
+
+def _place_json(report: "Report", out_dir: Path, overwrite: bool, source: Path | None) -> Path:
+    if source is not None and source.resolve().parent == out_dir.resolve():
+        return source
+    target = out_dir / REPORT_JSON
+    if target.exists() and not overwrite:
+        if load_saved_report(target)[0].to_json() != report.to_json():
+            raise ReportFileError(f"'{target}' holds a different report",
+                                  "choose another --out folder, or pass --overwrite to replace it")
+        return target
+    return report.save(target)
+
+
+__all__ = [
+    "FIGURES", "FigureFile", "FigureSpec", "Outputs", "REPORT_HTML", "REPORT_JSON", "SECTIONS", "TerminalHeatmap",
+    "figure_specs", "load_saved_report", "page_resources", "print_report", "register_figure", "register_section",
+    "render_html", "write_figures", "write_html", "write_outputs",
+]

@@ -1,0 +1,452 @@
+"""PNG figures of a :class:`~ppp_audit.report.Report` (SPEC §6): PPP maps, extent curves, strength by stage.
+
+Figures come from a registry of *figure factories*: ``@register_figure(name)`` on a function ``report ->
+list[FigureSpec]``. A spec names its file and the report section that shows it, and draws lazily, so callers can
+skip figures that already exist without importing matplotlib. Drawing uses ``matplotlib.figure.Figure`` with the
+Agg canvas (no pyplot, no global state) at a fixed size: a PNG's pixel size is ``figsize * DPI``, never cropped.
+
+Palette: viridis for maps; Okabe-Ito (colour-blind safe) for lines, with line styles as a second cue.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from ..metrics import BorderProfile
+    from ..report import LayerResult, Report
+
+DPI = 100
+MAP_CMAP = "viridis"
+OKABE_ITO = {
+    "black": "#000000", "orange": "#E69F00", "sky_blue": "#56B4E9", "bluish_green": "#009E73",
+    "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish_purple": "#CC79A7",
+}
+SIDE_STYLES = {
+    "all sides": dict(color=OKABE_ITO["black"], linestyle="-", linewidth=2.2, marker="o", markersize=3.5),
+    "top": dict(color=OKABE_ITO["orange"], linestyle="-", linewidth=1.4),
+    "bottom": dict(color=OKABE_ITO["sky_blue"], linestyle="--", linewidth=1.4),
+    "left": dict(color=OKABE_ITO["bluish_green"], linestyle="-.", linewidth=1.4),
+    "right": dict(color=OKABE_ITO["vermillion"], linestyle=":", linewidth=1.6),
+}
+_SCHEME_COLOURS = [OKABE_ITO[k] for k in ("black", "blue", "vermillion", "bluish_green", "reddish_purple", "orange",
+                                           "sky_blue")]
+_SCHEME_MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+# Layout of the map figure, in inches (fixed, so panel positions and PNG sizes are known in advance).
+MAP_PANEL_IN = 2.3
+MAP_GAP_IN = 0.45
+MAP_LEFT_IN = 0.7
+MAP_CBAR_GAP_IN = 0.3
+MAP_CBAR_IN = 0.15
+MAP_RIGHT_IN = 1.25
+MAP_BOTTOM_IN = 0.95
+MAP_TOP_IN = 1.1
+EXTENT_PANEL_IN = (3.4, 2.6)
+EXTENT_MARGINS_IN = dict(left=0.75, right=0.2, bottom=1.1, top=1.0, gap=0.35)
+
+
+def scheme_colour(index: int) -> str:
+    """The line colour of the ``index``-th scheme of a report (the same in every figure)."""
+    return _SCHEME_COLOURS[index % len(_SCHEME_COLOURS)]
+
+
+@dataclass
+class FigureSpec:
+    """A figure a report can have, before it is drawn.
+
+    Args:
+        key: Unique id, e.g. ``ppp_map/layer3``.
+        filename: Path of the PNG relative to the output folder (``figures/...``).
+        section: The report section that shows it (see :mod:`ppp_audit.render.html`).
+        title: One line shown above it in the HTML page.
+        alt: Text alternative for the image.
+        size_in: Figure size in inches; the PNG is ``size_in * DPI`` pixels.
+        draw: Builds the matplotlib figure; returns it and the axes of its panels by label (may be empty).
+    """
+
+    key: str
+    filename: str
+    section: str
+    title: str
+    alt: str
+    size_in: tuple[float, float]
+    draw: Callable[[], tuple["Figure", dict[str, "Axes"]]]
+
+    @property
+    def size_px(self) -> tuple[int, int]:
+        return round(self.size_in[0] * DPI), round(self.size_in[1] * DPI)
+
+
+@dataclass
+class FigureFile:
+    """A figure on disk. ``panels_px`` maps a panel label to the (left, top, right, bottom) pixel box of its data
+    (known only when the figure was drawn in this call)."""
+
+    key: str
+    filename: str
+    section: str
+    title: str
+    alt: str
+    size_px: tuple[int, int]
+    written: bool
+    panels_px: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+
+FigureFactory = Callable[["Report"], list[FigureSpec]]
+FIGURES: dict[str, FigureFactory] = {}
+
+
+def register_figure(name: str) -> Callable[[FigureFactory], FigureFactory]:
+    """Register a figure factory ``report -> list[FigureSpec]`` under ``name`` (later names replace earlier)."""
+
+    def decorator(factory: FigureFactory) -> FigureFactory:
+        FIGURES[name] = factory
+        return factory
+
+    return decorator
+
+
+def figure_specs(report: "Report") -> list[FigureSpec]:
+    """Every figure the registered factories make for ``report``, in registration order."""
+    return [spec for factory in FIGURES.values() for spec in factory(report)]
+
+
+def write_figures(report: "Report", out_dir: str | Path, overwrite: bool = True) -> list[FigureFile]:
+    """Draw the report's figures into ``out_dir`` (PNG). With ``overwrite=False`` existing files are kept."""
+    out_dir = Path(out_dir)
+    files = []
+    for spec in figure_specs(report):
+        path = out_dir / spec.filename
+        if path.exists() and not overwrite:
+            files.append(_file(spec, written=False))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig, panels = spec.draw()
+        boxes = _panel_boxes(fig, panels)
+        tmp = path.with_name(path.name + ".tmp")
+        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}, pil_kwargs={"optimize": True})
+        tmp.replace(path)
+        files.append(_file(spec, written=True, panels_px=boxes))
+    return files
+
+
+def _file(spec: FigureSpec, **kwargs: Any) -> FigureFile:
+    return FigureFile(key=spec.key, filename=spec.filename, section=spec.section, title=spec.title, alt=spec.alt,
+                      size_px=spec.size_px, **kwargs)
+
+
+def _panel_boxes(fig: "Figure", panels: dict[str, "Axes"]) -> dict[str, tuple[int, int, int, int]]:
+    """Pixel box (left, top, right, bottom; origin top-left) of each panel's image data, or of the axes."""
+    fig.canvas.draw()  # fixes transforms (equal aspect) before reading positions
+    height = fig.bbox.height
+    boxes = {}
+    for label, ax in panels.items():
+        images = ax.get_images()
+        if images:
+            x0, x1, y0, y1 = images[0].get_extent()
+            (px0, py0), (px1, py1) = ax.transData.transform([(x0, y0), (x1, y1)])
+        else:
+            px0, py0, px1, py1 = ax.bbox.x0, ax.bbox.y0, ax.bbox.x1, ax.bbox.y1
+        left, right = sorted((px0, px1))
+        bottom, top = sorted((py0, py1))
+        boxes[label] = (round(left), round(height - top), round(right), round(height - bottom))
+    return boxes
+
+
+def _new_figure(size_in: tuple[float, float]) -> "Figure":
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size_in, dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "layer"
+
+
+def model_label(report: "Report") -> str:
+    """``model (weights)``, with a weights file shortened to its name."""
+    model = report.model.get("name", "?")
+    weights = str(report.model.get("weights") or "")
+    if "/" in weights or "\\" in weights:
+        weights = re.split(r"[/\\]", weights)[-1]
+    return f"{model} ({weights})" if weights else model
+
+
+def _header(report: "Report", layer: "LayerResult") -> str:
+    return (f"{model_label(report)}\nstage {layer.name} (stride {layer.stats.stride_px:g}) · N={layer.stats.n} "
+            f"{report.data.get('kind', '')}").rstrip()
+
+
+def _floor_map(layer: "LayerResult"):
+    """Per-position noise floor: the overall profile's floor of the ring each position lies in (NaN if unknown)."""
+    import numpy as np
+
+    stats = layer.stats
+    h, w = stats.height, stats.width
+    y, x = np.mgrid[0:h, 0:w]
+    rings = np.minimum.reduce([y, h - 1 - y, x, w - 1 - x])
+    floors = np.asarray(stats.profile.noise_floor if stats.profile else [], dtype=float)
+    out = np.full((h, w), np.nan)
+    known = rings < len(floors)
+    out[known] = floors[rings[known]]
+    return out
+
+
+def max_noise_floor(profile: "BorderProfile | None") -> float | None:
+    """The highest ring noise floor of a profile: a map value above it is above the noise in every ring."""
+    if profile is None or not profile.noise_floor:
+        return None
+    values = [v for v in profile.noise_floor if math.isfinite(v)]
+    return max(values) if values else None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PPP maps: one figure per stage, one panel per scheme, one shared colour scale
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def map_figure_size(num_panels: int) -> tuple[float, float]:
+    """Size (inches) of a PPP-map figure with ``num_panels`` scheme panels."""
+    width = (MAP_LEFT_IN + num_panels * MAP_PANEL_IN + (num_panels - 1) * MAP_GAP_IN + MAP_CBAR_GAP_IN + MAP_CBAR_IN
+             + MAP_RIGHT_IN)
+    return width, MAP_BOTTOM_IN + MAP_PANEL_IN + MAP_TOP_IN
+
+
+@register_figure("ppp_map")
+def ppp_map_figures(report: "Report") -> list[FigureSpec]:
+    """Per stage: the channel-RMS PPP map of every scheme that has one, side by side on one colour scale."""
+    specs = []
+    for index, first in enumerate(report.results[0].layers):
+        panels = [(i, r.scheme, r.layers[index]) for i, r in enumerate(report.results)
+                  if index < len(r.layers) and r.layers[index].stats.ppp_map is not None]
+        if not panels:
+            continue
+        schemes = ", ".join(label for _, label, _ in panels)
+        specs.append(FigureSpec(
+            key=f"ppp_map/{first.name}", filename=f"figures/ppp_map_{index:02d}_{_slug(first.name)}.png",
+            section="maps", title=f"PPP map · {first.name} (stride {first.stats.stride_px:g})",
+            alt=f"Channel-RMS PPP map of {report.model.get('name')} at stage {first.name} for {schemes}",
+            size_in=map_figure_size(len(panels)),
+            draw=lambda panels=panels, first=first: _draw_maps(report, first, panels),
+        ))
+    return specs
+
+
+def _draw_maps(report: "Report", first: "LayerResult", panels: list[tuple[int, str, "LayerResult"]]):
+    import numpy as np
+    from matplotlib import patheffects
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    size = map_figure_size(len(panels))
+    fig = _new_figure(size)
+    maps = [np.asarray(layer.stats.ppp_map, dtype=float) for _, _, layer in panels]
+    vmax = max((float(np.nanmax(m)) for m in maps if m.size), default=0.0) or 1.0
+    norm = Normalize(vmin=0.0, vmax=vmax)
+    axes: dict[str, Axes] = {}
+    outline = [patheffects.Stroke(linewidth=2.6, foreground="black"), patheffects.Normal()]
+
+    def rect(left_in: float, width_in: float) -> list[float]:
+        return [left_in / size[0], MAP_BOTTOM_IN / size[1], width_in / size[0], MAP_PANEL_IN / size[1]]
+
+    for k, ((scheme_index, label, layer), values) in enumerate(zip(panels, maps)):
+        stats = layer.stats
+        ax = fig.add_axes(rect(MAP_LEFT_IN + k * (MAP_PANEL_IN + MAP_GAP_IN), MAP_PANEL_IN))
+        height_px, width_px = stats.height * stats.stride_px, stats.width * stats.stride_px
+        ax.imshow(values, cmap=MAP_CMAP, norm=norm, origin="upper", interpolation="nearest",
+                  extent=(0, width_px, height_px, 0))
+        # Contour where the map crosses its ring's noise floor: inside it, the pattern is measurably there.
+        floor = _floor_map(layer)
+        above = np.where(np.isfinite(floor), (values > floor).astype(float), 0.0)
+        if min(values.shape) >= 2 and 0 < above.sum() < above.size:
+            centres_y = (np.arange(stats.height) + 0.5) * stats.stride_px
+            centres_x = (np.arange(stats.width) + 0.5) * stats.stride_px
+            contour = ax.contour(centres_x, centres_y, above, levels=[0.5], colors="white", linewidths=1.2,
+                                 linestyles="--")
+            contour.set_path_effects(outline)
+        native = f" ({layer_native(report, scheme_index)})" if label == "native" else ""
+        known = np.isfinite(floor)
+        share = f"{above[known].mean():.0%} of positions above the floor" if known.any() else "no noise floor"
+        ax.set_title(f"{label}{native} · strength {_fmt(stats.strength)}\n{share}", fontsize=8.5,
+                     color=scheme_colour(scheme_index))
+        ax.set_xlabel("x (input px)", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("y (input px)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        axes[label] = ax
+
+    cax_left = MAP_LEFT_IN + len(panels) * MAP_PANEL_IN + (len(panels) - 1) * MAP_GAP_IN + MAP_CBAR_GAP_IN
+    cax = fig.add_axes(rect(cax_left, MAP_CBAR_IN))
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=MAP_CMAP), cax=cax)
+    bar.set_label("channel-RMS of P (feature units)", fontsize=8)
+    cax.tick_params(labelsize=7)
+    for scheme_index, label, layer in panels:
+        level = max_noise_floor(layer.stats.profile)
+        if level is not None and level <= vmax:
+            # A triangle left of the bar, in the scheme's colour, points at that scheme's noise floor.
+            cax.plot([-0.6], [level], marker=">", markersize=8, color=scheme_colour(scheme_index), clip_on=False,
+                     transform=cax.get_yaxis_transform(), markeredgecolor="white", markeredgewidth=0.6)
+    fig.suptitle(_header(report, first), fontsize=10, x=0.02, ha="left", y=1 - 0.12 / size[1], va="top")
+    fig.text(0.02, 0.12 / size[1],
+             "dashed contour: where the map exceeds the noise floor of its ring · ▸ at the colour bar: the highest "
+             "ring noise floor (scheme colour)", fontsize=7, color="#444444", ha="left", va="bottom", wrap=True)
+    return fig, axes
+
+
+def layer_native(report: "Report", scheme_index: int) -> str:
+    """The model's native padding as recorded in a scheme's patch summary."""
+    return str(report.results[scheme_index].patch.get("native_padding", "?"))
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Extent curves: strength against distance from the border, per side
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def extent_figure_size(num_panels: int) -> tuple[float, float]:
+    """Size (inches) of an extent figure with ``num_panels`` scheme panels."""
+    m = EXTENT_MARGINS_IN
+    width = m["left"] + num_panels * EXTENT_PANEL_IN[0] + (num_panels - 1) * m["gap"] + m["right"]
+    return width, m["bottom"] + EXTENT_PANEL_IN[1] + m["top"]
+
+
+@register_figure("extent")
+def extent_figures(report: "Report") -> list[FigureSpec]:
+    """Per stage: channel-RMS of P against distance from the border (input px), all sides and each side."""
+    specs = []
+    for index, first in enumerate(report.results[0].layers):
+        panels = [(i, r.scheme, r.layers[index]) for i, r in enumerate(report.results)
+                  if index < len(r.layers) and r.layers[index].stats.profile is not None]
+        if not panels:
+            continue
+        specs.append(FigureSpec(
+            key=f"extent/{first.name}", filename=f"figures/extent_{index:02d}_{_slug(first.name)}.png",
+            section="extent", title=f"Extent · {first.name} (stride {first.stats.stride_px:g})",
+            alt=f"PPP strength against distance from the border at stage {first.name}, per side and scheme",
+            size_in=extent_figure_size(len(panels)),
+            draw=lambda panels=panels, first=first: _draw_extent(report, first, panels),
+        ))
+    return specs
+
+
+def _draw_extent(report: "Report", first: "LayerResult", panels: list[tuple[int, str, "LayerResult"]]):
+    size = extent_figure_size(len(panels))
+    m = EXTENT_MARGINS_IN
+    fig = _new_figure(size)
+    axes: dict[str, Axes] = {}
+    top = 0.0
+    for _, _, layer in panels:
+        profiles = [layer.stats.profile, *layer.stats.side_profiles.values()]
+        top = max([top, *(v for p in profiles for v in [*p.rms, *p.noise_floor] if math.isfinite(v))])
+    top = top * 1.08 or 1.0
+    # Zoom in on the border where the pattern is short-ranged; the far rings are flat at the floor anyway.
+    full = max((p.distance_px[-1] + layer.stats.stride_px / 2 for _, _, layer in panels
+                for p in [layer.stats.profile] if p.distance_px), default=1.0)
+    reach = max(p.extent_px for _, _, layer in panels
+                for p in [layer.stats.profile, *layer.stats.side_profiles.values()])
+    right = min(full, max(2.5 * reach, 10 * first.stats.stride_px))
+    handles = {}
+    for k, (scheme_index, label, layer) in enumerate(panels):
+        left = m["left"] + k * (EXTENT_PANEL_IN[0] + m["gap"])
+        ax = fig.add_axes([left / size[0], m["bottom"] / size[1], EXTENT_PANEL_IN[0] / size[0],
+                           EXTENT_PANEL_IN[1] / size[1]])
+        overall = layer.stats.profile
+        floor = ax.fill_between(overall.distance_px, 0, overall.noise_floor, color="#BBBBBB", alpha=0.6,
+                                linewidth=0, step="mid")
+        handles["noise floor (all sides)"] = floor
+        curves = {"all sides": overall, **layer.stats.side_profiles}
+        for side, profile in curves.items():
+            style = SIDE_STYLES.get(side, dict(color="#777777", linestyle="-"))
+            (line,) = ax.plot(profile.distance_px, profile.rms, **style)
+            handles.setdefault(side, line)
+        extent_line = ax.axvline(overall.extent_px, color=OKABE_ITO["reddish_purple"], linestyle=(0, (1, 1)),
+                                 linewidth=1.5)
+        handles["extent (all sides)"] = extent_line
+        sides = ", ".join(f"{s[0].upper()} {p.extent_px:g}" for s, p in layer.stats.side_profiles.items())
+        native = f" ({layer_native(report, scheme_index)})" if label == "native" else ""
+        ax.set_title(f"{label}{native} · extent {overall.extent_px:g} px\n({sides})", fontsize=8.5,
+                     color=scheme_colour(scheme_index))
+        ax.set_ylim(0, top)
+        ax.set_xlim(0, right)
+        zoom = f", first {right:g} of {full:g}" if right < full else ""
+        ax.set_xlabel(f"distance from the border (input px{zoom})", fontsize=8)
+        if k == 0:
+            ax.set_ylabel("channel-RMS of P", fontsize=8)
+        else:
+            ax.tick_params(labelleft=False)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, linewidth=0.5)
+        axes[label] = ax
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower left", ncol=4, fontsize=7.5, frameon=False,
+               bbox_to_anchor=(m["left"] / size[0], 0.02))
+    fig.suptitle(_header(report, first), fontsize=10, x=0.02, ha="left", y=1 - 0.12 / size[1], va="top")
+    return fig, axes
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Strength by stage
+# ---------------------------------------------------------------------------------------------------------------------
+
+STRENGTH_SIZE_IN = (6.4, 3.6)
+
+
+@register_figure("strength")
+def strength_figures(report: "Report") -> list[FigureSpec]:
+    """PPP strength (with its 95 % CI) at every stage, one line per scheme."""
+    if not any(layer.stats.strength is not None for r in report.results for layer in r.layers):
+        return []
+    return [FigureSpec(
+        key="strength", filename="figures/strength.png", section="strength", title="PPP strength by stage",
+        alt=f"PPP strength with 95% confidence intervals per stage of {report.model.get('name')}, one line per scheme",
+        size_in=STRENGTH_SIZE_IN, draw=lambda: _draw_strength(report),
+    )]
+
+
+def _draw_strength(report: "Report"):
+    fig = _new_figure(STRENGTH_SIZE_IN)
+    ax = fig.add_axes([0.11, 0.2, 0.62, 0.66])
+    names = [layer.name for layer in report.results[0].layers]
+    count = len(report.results)
+    for i, result in enumerate(report.results):
+        xs, ys, lows, highs = [], [], [], []
+        for j, layer in enumerate(result.layers):
+            stats = layer.stats
+            if stats.strength is None:
+                continue
+            xs.append(j + (i - (count - 1) / 2) * 0.06)  # a small dodge keeps CI bars apart
+            ys.append(stats.strength)
+            low, high = stats.strength_ci or (stats.strength, stats.strength)
+            lows.append(stats.strength - low)
+            highs.append(high - stats.strength)
+        native = f" ({layer_native(report, i)})" if result.scheme == "native" else ""
+        ax.errorbar(xs, ys, yerr=[lows, highs], label=f"{result.scheme}{native}", color=scheme_colour(i),
+                    marker=_SCHEME_MARKERS[i % len(_SCHEME_MARKERS)], markersize=5, capsize=3, linewidth=1.5)
+    strides = [f"{layer.name}\n(s={layer.stats.stride_px:g})" for layer in report.results[0].layers]
+    ax.set_xticks(range(len(names)), strides, fontsize=7)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("PPP strength  RMS(P)/RMS(σ)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="padding",
+              title_fontsize=8)
+    n = report.data.get("num_images", "?")
+    fig.suptitle(f"{model_label(report)}\nPPP strength ± 95% CI · N={n} {report.data.get('kind', '')}".rstrip(),
+                 fontsize=10, x=0.02, ha="left", y=0.98, va="top")
+    return fig, {"strength": ax}

@@ -1,0 +1,331 @@
+"""A self-contained HTML page of a report: provenance, the table, figures, and whatever else the report holds.
+
+The page is built from *sections*: ``@register_section(name, title, order, fields)`` on a function
+``(report, page) -> str | None`` that returns an HTML fragment (or ``None`` to leave the section out). ``fields``
+names the top-level report keys (``report.to_dict()``) the section presents; keys no section claims are still shown,
+generically, under "More results", so a new optional report field is never silently dropped.
+
+Images are referenced by relative path to the PNGs shipped next to the page (``figures/*.png``), or embedded as
+``data:`` URIs with ``embed=True`` (one file to share). The page loads nothing from the network: a
+Content-Security-Policy forbids it, and an inline script marks ``<html data-images-loaded="k/n">`` once loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ..report import Report
+    from .figures import FigureFile
+
+
+@dataclass
+class Page:
+    """What a section renderer may use besides the report.
+
+    Args:
+        figures: The figures written for the report (paths relative to ``out_dir``).
+        out_dir: The folder the page is written to.
+        json_name: File name of the report JSON next to the page.
+        embed: Embed images as data URIs instead of linking them.
+    """
+
+    figures: list["FigureFile"]
+    out_dir: Path
+    json_name: str = "report.json"
+    embed: bool = False
+    shown: set[str] = field(default_factory=set)
+
+    def figures_for(self, section: str) -> list["FigureFile"]:
+        return [f for f in self.figures if f.section == section]
+
+    def image(self, figure: "FigureFile") -> str:
+        """A ``<figure>`` for one PNG (marks it shown, so "Other figures" leaves it out)."""
+        self.shown.add(figure.key)
+        if self.embed:
+            data = base64.b64encode((self.out_dir / figure.filename).read_bytes()).decode("ascii")
+            src = f"data:image/png;base64,{data}"
+        else:
+            src = html.escape(figure.filename)
+        width, height = figure.size_px
+        return (f'<figure><img src="{src}" width="{width}" height="{height}" alt="{html.escape(figure.alt)}">'
+                f"<figcaption>{html.escape(figure.title)}</figcaption></figure>")
+
+    def gallery(self, section: str) -> str | None:
+        figures = self.figures_for(section)
+        if not figures:
+            return None
+        return '<div class="gallery">' + "".join(self.image(f) for f in figures) + "</div>"
+
+
+SectionRenderer = Callable[["Report", Page], "str | None"]
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    order: int
+    fields: tuple[str, ...]
+    render: SectionRenderer
+
+
+SECTIONS: dict[str, Section] = {}
+
+
+def register_section(name: str, title: str, order: int = 100,
+                     fields: tuple[str, ...] = ()) -> Callable[[SectionRenderer], SectionRenderer]:
+    """Register a page section; ``order`` sorts sections, ``fields`` are the report keys it presents."""
+
+    def decorator(render: SectionRenderer) -> SectionRenderer:
+        SECTIONS[name] = Section(name=name, title=title, order=order, fields=tuple(fields), render=render)
+        return render
+
+    return decorator
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Built-in sections
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@register_section("summary", "Audit", order=10, fields=(
+    "schema_version", "created", "environment", "model", "data", "input_size", "margin", "window", "seed", "device",
+    "precision", "estimator", "timings"))
+def _summary(report: "Report", page: Page) -> str:
+    data = report.to_dict()
+    rows = {
+        "model": data["model"],
+        "images": data["data"],
+        "crop S / margin m / window": f"{report.input_size} / {report.margin} / {report.window} px",
+        "seed · device · precision": f"{report.seed} · {report.device} · {report.precision}",
+        "estimator": report.estimator,
+        "timings": data["timings"],
+        "versions": data["environment"],
+        "created · schema": f"{report.created} · {report.schema_version}",
+    }
+    link = f'<p>Machine-readable: <a href="{html.escape(page.json_name)}">{html.escape(page.json_name)}</a></p>'
+    return generic_html(rows) + link
+
+
+@register_section("table", "PPP strength per layer", order=20, fields=("results",))
+def _table(report: "Report", page: Page) -> str:
+    from ..report import render_table
+
+    return rich_table_html(render_table(report))
+
+
+@register_section("strength", "Strength by stage", order=30)
+def _strength(report: "Report", page: Page) -> str | None:
+    return page.gallery("strength")
+
+
+@register_section("maps", "PPP maps", order=40)
+def _maps(report: "Report", page: Page) -> str | None:
+    gallery = page.gallery("maps")
+    if gallery is None:
+        return None
+    return ("<p>Channel-RMS of the mean padded-minus-reference features P at each position (debiased), one colour "
+            "scale per stage. Dashed contour: above the noise floor of its ring.</p>" + gallery)
+
+
+@register_section("extent", "Extent from the border", order=50)
+def _extent(report: "Report", page: Page) -> str | None:
+    gallery = page.gallery("extent")
+    if gallery is None:
+        return None
+    return ("<p>Channel-RMS of P against distance to the nearest border (input pixels), for all positions and per "
+            "side; grey: noise floor; dotted line: extent.</p>" + gallery)
+
+
+@register_section("patches", "What each scheme patched", order=60)
+def _patches(report: "Report", page: Page) -> str:
+    parts = []
+    for result in report.results:
+        patch = result.patch
+        unpatched = patch.get("unpatched", [])
+        summary = (f"{html.escape(result.scheme)}: {patch.get('num_patched', len(patch.get('patched', [])))} "
+                   f"padding sites patched, {len(unpatched)} not patched")
+        parts.append(f"<details><summary>{summary}</summary>{generic_html(patch)}</details>")
+    return "".join(parts)
+
+
+@register_section("other_figures", "Other figures", order=90)
+def _other_figures(report: "Report", page: Page) -> str | None:
+    known = set(SECTIONS)
+    rest = [f for f in page.figures if f.key not in page.shown and f.section not in known]
+    if not rest:
+        return None
+    return '<div class="gallery">' + "".join(page.image(f) for f in rest) + "</div>"
+
+
+@register_section("more", "More results", order=95)
+def _more(report: "Report", page: Page) -> str | None:
+    claimed = {name for section in SECTIONS.values() for name in section.fields}
+    extra = {k: v for k, v in report.to_dict().items() if k not in claimed and v not in (None, {}, [])}
+    if not extra:
+        return None
+    return "".join(f"<h3>{html.escape(_label(k))}</h3>{generic_html(v)}" for k, v in extra.items())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.4g}"
+    if value is None:
+        return "–"
+    return html.escape(str(value))
+
+
+def generic_html(value: Any, depth: int = 0) -> str:
+    """Any JSON-like value as HTML: dicts as key/value tables, lists of dicts as tables, short lists inline."""
+    if isinstance(value, dict):
+        if not value:
+            return "<em>none</em>"
+        rows = "".join(f"<tr><th>{html.escape(_label(str(k)))}</th><td>{generic_html(v, depth + 1)}</td></tr>"
+                       for k, v in value.items())
+        return f'<table class="kv">{rows}</table>'
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "<em>none</em>"
+        if all(isinstance(v, dict) for v in value):
+            columns = list(dict.fromkeys(k for v in value for k in v))
+            head = "".join(f"<th>{html.escape(_label(str(c)))}</th>" for c in columns)
+            body = "".join("<tr>" + "".join(f"<td>{generic_html(v.get(c), depth + 1)}</td>" for c in columns)
+                           + "</tr>" for v in value)
+            return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        if all(not isinstance(v, (dict, list, tuple)) for v in value):
+            shown = ", ".join(_scalar(v) for v in value[:12])
+            return f"[{shown}{', …' if len(value) > 12 else ''}]" + (
+                f" <small>({len(value)} values)</small>" if len(value) > 12 else "")
+        return "<ul>" + "".join(f"<li>{generic_html(v, depth + 1)}</li>" for v in value) + "</ul>"
+    return _scalar(value)
+
+
+def rich_table_html(table: "Table") -> str:
+    """A rich :class:`~rich.table.Table` of plain-text cells as an HTML table (title, header, sections, caption)."""
+    from rich.text import Text
+
+    def text(cell: Any) -> str:
+        plain = cell.plain if isinstance(cell, Text) else str(cell)
+        return html.escape(plain).replace("\n", "<br>")
+
+    columns = table.columns
+    head = "".join(f'<th class="{c.justify}">{text(c.header)}</th>' for c in columns)
+    cells = [list(c.cells) for c in columns]
+    body = []
+    for i, row in enumerate(table.rows):
+        classes = [cls for cls, on in (("bold", bool(row.style) and "bold" in str(row.style)),
+                                       ("section-end", row.end_section)) if on]
+        tds = "".join(f'<td class="{c.justify}">{text(cells[j][i])}</td>' for j, c in enumerate(columns))
+        body.append(f'<tr class="{" ".join(classes)}">{tds}</tr>' if classes else f"<tr>{tds}</tr>")
+    title = f"<caption>{text(table.title)}</caption>" if table.title else ""
+    note = f'<p class="note">{text(table.caption)}</p>' if table.caption else ""
+    return (f'<table class="grid results">{title}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
+            f"</table>{note}")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1rem 2rem;
+color:#222;line-height:1.4}
+h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;
+margin-top:2rem}h3{font-size:1rem}
+nav a{margin-right:1rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
+table.grid th,table.grid td{border:1px solid #ccc;padding:.2rem .5rem;vertical-align:top}
+table.kv th{text-align:left;padding:.1rem .8rem .1rem 0;vertical-align:top;font-weight:600}
+table.kv td{padding:.1rem 0}table.kv table.kv{font-size:inherit;margin:0}
+table.results caption{text-align:left;font-weight:600;padding-bottom:.3rem}
+td.right,th.right{text-align:right}td.center,th.center{text-align:center}
+tr.bold td{font-weight:700}tr.section-end td{border-bottom:2px solid #888}
+.note,figcaption,small{color:#555;font-size:.8rem}
+.gallery{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0}img{max-width:100%;height:auto;border:1px solid #eee}
+details{margin:.3rem 0}summary{cursor:pointer}
+#image-status{color:#555;font-size:.8rem}
+"""
+
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var images = Array.prototype.slice.call(document.images);
+  var loaded = images.filter(function (img) { return img.complete && img.naturalWidth > 0; }).length;
+  document.documentElement.setAttribute("data-images-loaded", loaded + "/" + images.length);
+  document.getElementById("image-status").textContent = loaded + " of " + images.length + " images loaded";
+});
+"""
+
+_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+        "base-uri 'none'; form-action 'none'")
+
+
+def render_html(report: "Report", page: Page) -> str:
+    """The whole page as a string."""
+    title = f"PPP audit · {report.model.get('name', '?')}"
+    sections = []
+    for section in sorted(SECTIONS.values(), key=lambda s: s.order):
+        fragment = section.render(report, page)
+        if fragment:
+            sections.append((section, fragment))
+    nav = "".join(f'<a href="#{s.name}">{html.escape(s.title)}</a>' for s, _ in sections)
+    body = "".join(f'<section id="{s.name}"><h2>{html.escape(s.title)}</h2>{fragment}</section>'
+                   for s, fragment in sections)
+    version = report.environment.get("ppp_audit", "?")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
+        f"<h1>{html.escape(title)}</h1>"
+        f'<p class="note">Position-information Pattern from Padding · ppp-audit {html.escape(version)} · '
+        f'<span id="image-status">images not checked (scripts off)</span></p>'
+        f"<nav>{nav}</nav>{body}"
+        f"<script>{_SCRIPT}</script></body></html>\n"
+    )
+
+
+def write_html(report: "Report", out_dir: str | Path, figures: list["FigureFile"], json_name: str = "report.json",
+               embed: bool = False, filename: str = "report.html") -> Path:
+    """Write ``report.html`` into ``out_dir`` (atomically) and return its path."""
+    out_dir = Path(out_dir)
+    page = Page(figures=figures, out_dir=out_dir, json_name=json_name, embed=embed)
+    text = render_html(report, page)
+    path = out_dir / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def page_resources(text: str) -> list[str]:
+    """Every ``src``/``href`` value in an HTML page (for checking that a page ships what it references)."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Collector(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.extend(v for k, v in attrs if k in ("src", "href") and v is not None)
+
+    Collector().feed(text)
+    return found
+
+
+__all__ = ["Page", "SECTIONS", "Section", "generic_html", "page_resources", "register_section", "render_html",
+           "rich_table_html", "write_html"]
