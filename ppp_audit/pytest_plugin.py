@@ -58,7 +58,8 @@ def _settings(config: pytest.Config) -> dict[str, Any]:
         try:
             settings["num_images"] = int(ini("ppp_num_images"))
         except ValueError:
-            raise pytest.UsageError(f"ini key ppp_num_images must be an integer, not {ini('ppp_num_images')!r}") from None
+            value = ini("ppp_num_images")
+            raise pytest.UsageError(f"ini key ppp_num_images must be an integer, not {value!r}") from None
     if option("ppp_device") or ini("ppp_device"):
         settings["device"] = option("ppp_device") or ini("ppp_device")
     return settings

@@ -4,9 +4,10 @@
 >>> assert_ppp(model, max_strength=0.1, layers="last")              # the last stage stays below 0.1
 >>> assert_ppp("resnet50", layers={"layer3": 0.2, "layer4": 0.1})   # per-layer bounds
 
-The numbers are the CLI's: every check runs :func:`ppp_audit.engine.audit` with an :class:`~ppp_audit.engine.AuditConfig`
-and compares the Δ-estimator strength ``RMS(P) / RMS(σ)`` of each bounded layer. A failed check raises an
-:class:`AssertionError` subclass whose message is one plain-text table of measured versus allowed per layer.
+The numbers are the CLI's: every check runs :func:`ppp_audit.engine.audit` with an
+:class:`~ppp_audit.engine.AuditConfig` and compares the Δ-estimator strength ``RMS(P) / RMS(σ)`` of each bounded
+layer. A failed check raises an :class:`AssertionError` subclass whose message is one plain-text table of measured
+versus allowed per layer.
 
 Nothing heavy is imported here at module level: torch and timm load when a measurement runs.
 """
@@ -18,7 +19,8 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import PPPAuditError
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 
     from .report import Report, SchemeResult
 
-Layers = Union[str, Sequence[str], Mapping[str, Union[float, None]]]
+Layers = str | Sequence[str] | Mapping[str, float | None]
 """Which layers a check covers: ``"last"`` (last stage), ``"all"`` (every stage), module names, or ``{name: bound}``."""
 
 BASELINE_FORMAT = 1
@@ -65,6 +67,7 @@ class LayerCheck:
     strength_ci: tuple[float, float] | None
     allowed: float | None
     baseline: float | None = None
+    reference_partial: bool = False
 
     @property
     def checked(self) -> bool:
@@ -86,12 +89,10 @@ def _named(layers: Layers) -> list[str] | None:
     """Module names the spec asks for explicitly, or ``None`` for ``"last"``/``"all"`` (the model's stages)."""
     if isinstance(layers, str):
         return None if layers in ("last", "all") else [layers]
-    if isinstance(layers, Mapping):
-        names = list(layers)
-    elif isinstance(layers, Sequence):
+    if isinstance(layers, (Mapping, Sequence)):
         names = list(layers)
     else:
-        raise TypeError(f"layers must be 'last', 'all', a list of module names or a {{name: bound}} dict, not {layers!r}")
+        raise TypeError(f"layers must be 'last', 'all', module names or a {{name: bound}} dict, not {layers!r}")
     if not names or not all(isinstance(n, str) for n in names):
         raise ValueError(f"layers must name at least one module, as strings (got {layers!r})")
     return names
@@ -186,7 +187,30 @@ def _selected(result: SchemeResult, layers: Layers) -> list[str]:
     named = _named(layers)
     if named is None:
         return names[-1:] if layers == "last" else names
+    missing = [name for name in named if name not in names]
+    if missing:
+        raise ValueError(f"the report has no layer {', '.join(map(repr, missing))} (it measured {names})")
     return named
+
+
+def _result_of(model: nn.Module | str | Report, layers: Layers,
+               options: Mapping[str, Any]) -> tuple[Report, SchemeResult]:
+    """Measure ``model`` (or take the report given instead) and pick the scheme the check is about."""
+    __tracebackhide__ = True
+    from .report import Report
+
+    if isinstance(model, Report):
+        report = model
+    else:
+        try:
+            report = measure(model, layers=layers, **options)
+        except PPPAuditError as exc:
+            raise exc.with_traceback(None) from None  # the message says it all; hide the engine's frames
+    scheme = options.get("padding") or "native"
+    try:
+        return report, report.scheme(scheme)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
 
 
 def _check_bounds(layers: Layers, max_strength: float | None) -> None:
@@ -195,7 +219,7 @@ def _check_bounds(layers: Layers, max_strength: float | None) -> None:
     for name, bound in given.items():
         bound = max_strength if bound is None else bound
         if bound is None:
-            raise ValueError(f"no bound for {name}: pass max_strength=..., or per-layer bounds as layers={{name: bound}}")
+            raise ValueError(f"no bound for {name}: pass max_strength=..., or per-layer bounds: layers={{name: bound}}")
         try:
             ok = float(bound) >= 0  # NaN compares False
         except (TypeError, ValueError):
@@ -205,17 +229,19 @@ def _check_bounds(layers: Layers, max_strength: float | None) -> None:
 
 
 def _bounds(result: SchemeResult, layers: Layers, max_strength: float | None) -> dict[str, float]:
+    names = _selected(result, layers)
     if isinstance(layers, Mapping):
         return {name: float(max_strength if bound is None else bound) for name, bound in layers.items()}
-    return {name: float(max_strength) for name in _selected(result, layers)}  # type: ignore[arg-type]
+    return {name: float(max_strength) for name in names}  # type: ignore[arg-type]
 
 
-def _rows(result: SchemeResult, allowed: Mapping[str, float], baseline: Mapping[str, float] | None = None) -> list[LayerCheck]:
+def _rows(result: SchemeResult, allowed: Mapping[str, float],
+          baseline: Mapping[str, float] | None = None) -> list[LayerCheck]:
     return [
         LayerCheck(
             name=layer.name, stride_px=layer.stats.stride_px, strength=layer.stats.strength,
             strength_ci=layer.stats.strength_ci, allowed=allowed.get(layer.name),
-            baseline=None if baseline is None else baseline.get(layer.name),
+            baseline=None if baseline is None else baseline.get(layer.name), reference_partial=layer.reference_partial,
         )
         for layer in result.layers
     ]
@@ -235,14 +261,18 @@ def format_table(rows: Sequence[LayerCheck]) -> str:
     for row in rows:
         ci = f"[{_num(row.strength_ci[0])}, {_num(row.strength_ci[1])}]" if row.strength_ci else "–"
         verdict = ("ok" if row.ok else "FAIL") if row.checked else ""
-        body.append([row.name, f"{row.stride_px:g}", _num(row.strength), ci,
+        body.append([row.name + (" *" if row.reference_partial else ""), f"{row.stride_px:g}", _num(row.strength), ci,
                      *([_num(row.baseline)] if with_baseline else []), _num(row.allowed), verdict])
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(padded).rstrip()
 
-    return "\n".join([line(header), *(line(r) for r in body)])
+    lines = [line(header), *(line(r) for r in body)]
+    if any(row.reference_partial for row in rows):
+        lines.append("* receptive field exceeds the margin: the padding-free reference is partial")
+    return "\n".join(lines)
 
 
 def _describe(report: Report, result: SchemeResult) -> str:
@@ -264,7 +294,7 @@ def _saved(report: Report, report_path: str | Path | None) -> str | None:
 
 
 def assert_ppp(
-    model: nn.Module | str,
+    model: nn.Module | str | Report,
     max_strength: float | None = None,
     layers: Layers = "last",
     *,
@@ -274,7 +304,8 @@ def assert_ppp(
     """Assert that a model's PPP strength stays at or below a bound in the chosen layers.
 
     Args:
-        model: An ``nn.Module`` or a timm model name (see :func:`measure`).
+        model: An ``nn.Module`` or a timm model name (see :func:`measure`), or a report measured before (then
+            ``options`` other than ``padding`` are not used).
         max_strength: The bound, for every layer ``layers`` selects (and for ``None`` values of a dict).
         layers: ``"last"`` (the last stage), ``"all"`` (every stage), module names, or ``{name: bound}``.
         report_path: Where to save the full JSON report (always, pass or fail).
@@ -290,11 +321,7 @@ def assert_ppp(
     __tracebackhide__ = True
     _named(layers)
     _check_bounds(layers, max_strength)
-    try:
-        report = measure(model, layers=layers, **options)
-    except PPPAuditError as exc:
-        raise exc.with_traceback(None) from None  # the message says it all; hide the engine's frames
-    result = report.scheme(options.get("padding") or "native")
+    report, result = _result_of(model, layers, options)
     rows = _rows(result, _bounds(result, layers, max_strength))
     saved = _saved(report, report_path)
     failed = [row for row in rows if not row.ok]
@@ -335,7 +362,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def assert_ppp_regression(
-    model: nn.Module | str,
+    model: nn.Module | str | Report,
     baseline_path: str | Path,
     tolerance: float = 0.05,
     *,
@@ -352,7 +379,7 @@ def assert_ppp_regression(
     falls never fails.
 
     Args:
-        model: An ``nn.Module`` or a timm model name (see :func:`measure`).
+        model: An ``nn.Module`` or a timm model name (see :func:`measure`), or a report measured before.
         baseline_path: The baseline JSON file.
         tolerance: Absolute growth allowed.
         rtol: Relative growth allowed.
@@ -370,11 +397,7 @@ def assert_ppp_regression(
     if tolerance < 0 or rtol < 0:
         raise ValueError(f"tolerance and rtol must be non-negative (got {tolerance}, {rtol})")
     path = Path(baseline_path)
-    try:
-        report = measure(model, layers=layers, **options)
-    except PPPAuditError as exc:
-        raise exc.with_traceback(None) from None
-    result = report.scheme(options.get("padding") or "native")
+    report, result = _result_of(model, layers, options)
     names = _selected(result, layers)
     saved = _saved(report, report_path)
     if regen or not path.is_file():
@@ -391,7 +414,8 @@ def assert_ppp_regression(
         raise PPPBaselineMismatch(f"baseline {path} has format {stored.get('format')!r}, not {BASELINE_FORMAT}; "
                                   f"{regen_hint}")
     now = _settings(report, result)
-    differs = {k: (stored["settings"].get(k), now[k]) for k in _SETTINGS_COMPARED if stored["settings"].get(k) != now[k]}
+    then = stored["settings"]
+    differs = {k: (then.get(k), now[k]) for k in _SETTINGS_COMPARED if then.get(k) != now[k]}
     if differs or list(stored["layers"]) != list(names):
         what = [f"{k}: baseline {old!r}, now {new!r}" for k, (old, new) in differs.items()]
         if list(stored["layers"]) != list(names):
@@ -446,6 +470,10 @@ class PPPChecker:
         self.regen = regen
         self.reports: list[Path] = []
 
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+        return f"<PPPChecker {settings + ', ' if settings else ''}reports in {self.report_dir}>"
+
     def _next_report_path(self) -> Path | None:
         if self.report_dir is None:
             return None
@@ -466,14 +494,14 @@ class PPPChecker:
             report.save(path)
         return report
 
-    def check(self, model: nn.Module | str, max_strength: float | None = None, layers: Layers = "last",
+    def check(self, model: nn.Module | str | Report, max_strength: float | None = None, layers: Layers = "last",
               **options: Any) -> Report:
         """:func:`assert_ppp` with this run's settings; the report is saved to the report dir."""
         __tracebackhide__ = True
         return assert_ppp(model, max_strength, layers, report_path=self._next_report_path(),
                           **{**self.defaults, **options})
 
-    def check_regression(self, model: nn.Module | str, tolerance: float = 0.05, *, rtol: float = 0.0,
+    def check_regression(self, model: nn.Module | str | Report, tolerance: float = 0.05, *, rtol: float = 0.0,
                          layers: Layers = "all", basename: str | None = None, **options: Any) -> Report:
         """:func:`assert_ppp_regression` against ``<test module dir>/<module name>/<test name>.ppp.json``.
 

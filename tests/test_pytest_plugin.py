@@ -38,7 +38,7 @@ CONFTEST = Path(plugin_tiny_cnn.__file__).read_text() + textwrap.dedent('''
 
 @pytest.fixture(scope="module", autouse=True)
 def _warm_imports():
-    """One measurement before any inner run, so every lazily imported module stays in pytester's sys.modules snapshot."""
+    """Measure once before any inner run, so every lazily imported module is in pytester's sys.modules snapshot."""
     import PIL.Image  # noqa: F401 - the folder image source imports these lazily
     import torchvision.transforms.functional  # noqa: F401
 
@@ -189,6 +189,13 @@ def test_ini_keys_and_options_reach_the_measurement(project: pytest.Pytester) ->
     assert Report.load(saved).data["num_images"] == 2
 
 
+def test_bad_ini_value_is_a_usage_error(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\nppp_num_images = many\n")
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini key ppp_num_images must be an integer, not 'many'"])
+
+
 def test_disabled_plugin_has_no_fixture_and_no_options(project: pytest.Pytester) -> None:
     project.makepyfile(test_off='''
         def test_uses_fixture(ppp):
@@ -303,6 +310,17 @@ def test_a_swapped_padding_is_what_gets_checked() -> None:
     assert f"{reflect:.3g}" in str(failure.value) and f"{native:.3g}" not in str(failure.value)
 
 
+def test_a_report_measured_once_can_be_checked_many_times() -> None:
+    report = testing.measure(make_tiny(), **SMALL)
+    assert testing.assert_ppp(report, layers={"stage1": 1.0, "stage2": 1.0}) is report
+    with pytest.raises(testing.PPPBoundError, match="1 of 1 checked layers"):
+        testing.assert_ppp(report, max_strength=1e-6, layers="stage1")
+    with pytest.raises(ValueError, match="no layer 'nope'"):
+        testing.assert_ppp(report, max_strength=1.0, layers=["stage1", "nope"])
+    with pytest.raises(ValueError, match="no scheme 'reflect'"):
+        testing.assert_ppp(report, max_strength=1.0, padding="reflect")
+
+
 def test_model_mode_is_restored_and_report_returned(tmp_path) -> None:
     model = make_tiny(padding=0).train()
     report = testing.assert_ppp(model, max_strength=1e-6, layers="all", report_path=tmp_path / "r.json", **SMALL)
@@ -315,11 +333,12 @@ def test_format_table_marks_only_checked_failures() -> None:
         testing.LayerCheck("stage1", 2, 0.5, (0.4, 0.6), None),
         testing.LayerCheck("stage2", 4, 0.25, (0.2, 0.3), 0.3),
         testing.LayerCheck("stage3", 8, 0.35, None, 0.3),
-        testing.LayerCheck("stage4", 16, math.nan, None, 0.3),
+        testing.LayerCheck("stage4", 16, math.nan, None, 0.3, reference_partial=True),
     ]
     assert testing.format_table(rows) == textwrap.dedent("""\
-        layer   stride  strength      95% CI  allowed  result
-        stage1       2       0.5  [0.4, 0.6]        –
-        stage2       4      0.25  [0.2, 0.3]      0.3      ok
-        stage3       8      0.35           –      0.3    FAIL
-        stage4      16         –           –      0.3    FAIL""")
+        layer     stride  strength      95% CI  allowed  result
+        stage1         2       0.5  [0.4, 0.6]        –
+        stage2         4      0.25  [0.2, 0.3]      0.3      ok
+        stage3         8      0.35           –      0.3    FAIL
+        stage4 *      16         –           –      0.3    FAIL
+        * receptive field exceeds the margin: the padding-free reference is partial""")
