@@ -8,6 +8,7 @@ ships, for the offline demo.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass
@@ -116,13 +117,31 @@ def _model_info(name: str, model: nn.Module, source: str) -> ModelInfo:
     config = resolve_data_config(model=model)
     return ModelInfo(
         name=name,
-        architecture=getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__,
+        architecture=_architecture(model),
         weights=source,
         input_size=int(config["input_size"][-1]),
         mean=tuple(float(v) for v in config["mean"]),
         std=tuple(float(v) for v in config["std"]),
         crop_pct=float(config.get("crop_pct", 0.875)),
     )
+
+
+def module_info(model: nn.Module, *, name: str | None = None, input_size: int | None = None,
+                weights: str = "in-memory") -> ModelInfo:
+    """The :class:`ModelInfo` of a module built elsewhere (a timm model or any CNN), for ``audit(model=...)``.
+
+    Args:
+        model: The module.
+        name: Name for the report; default its timm architecture or class name.
+        input_size: Crop size S; default the ``pretrained_cfg`` input size, else timm's default (224).
+        weights: Where its weights came from, for the report.
+    """
+    info = _model_info(name or _architecture(model), model, weights)
+    return dataclasses.replace(info, input_size=int(input_size)) if input_size else info
+
+
+def _architecture(model: nn.Module) -> str:
+    return getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
 
 
 class FeatureTaps:

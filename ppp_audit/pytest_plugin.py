@@ -1,0 +1,110 @@
+"""The pytest plugin (``pytest11`` entry point ``ppp_audit``): the ``ppp`` fixture, the ``ppp`` marker, the options.
+
+Thin on purpose, like pytest-regressions: importing it loads neither torch nor timm, so installing ppp-audit costs
+other projects' test runs nothing. The fixture imports the measurement code (:mod:`ppp_audit.testing`) when a test
+uses it. Disable the plugin with ``-p no:ppp_audit``.
+
+Settings, strongest first: arguments of ``ppp.check(...)``, command-line options, ini keys, the CLI's defaults.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MARKER = "ppp"
+_SETTINGS = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ppp_audit", "PPP bounds on models (ppp-audit)")
+    group.addoption("--ppp-images", metavar="DIR", default=None,
+                    help="image folder for PPP checks (default: the built-in dead-leaves images). ini: ppp_images")
+    group.addoption("--ppp-num-images", metavar="N", type=int, default=None,
+                    help="images to average over in PPP checks (default: the CLI's, 64). ini: ppp_num_images")
+    group.addoption("--ppp-device", metavar="DEVICE", default=None,
+                    help="device for PPP checks: auto, cpu, cuda or cuda:K (default: auto). ini: ppp_device")
+    group.addoption("--ppp-report-dir", metavar="DIR", default=None,
+                    help="folder for the JSON report of every PPP check (default: in .pytest_cache). "
+                    "ini: ppp_report_dir")
+    group.addoption("--ppp-regen", action="store_true", default=False,
+                    help="regenerate the baselines of ppp.check_regression (those tests fail once, like a first run)")
+    parser.addini("ppp_images", "image folder for PPP checks, relative to the ini file", default="")
+    parser.addini("ppp_num_images", "images to average over in PPP checks", default="")
+    parser.addini("ppp_device", "device for PPP checks: auto, cpu, cuda or cuda:K", default="")
+    parser.addini("ppp_report_dir", "folder for the JSON reports of PPP checks, relative to the ini file", default="")
+
+
+def _ini_path(config: pytest.Config, value: str) -> Path:
+    base = config.inipath.parent if config.inipath else config.rootpath
+    return base / value
+
+
+def _settings(config: pytest.Config) -> dict[str, Any]:
+    """Options over ini keys; paths from the command line are relative to where pytest was started."""
+    invoked = config.invocation_params.dir
+    option, ini = config.getoption, config.getini
+    settings: dict[str, Any] = {}
+    if option("ppp_images"):
+        settings["images"] = invoked / option("ppp_images")
+    elif ini("ppp_images"):
+        settings["images"] = _ini_path(config, ini("ppp_images"))
+    if option("ppp_num_images") is not None:
+        settings["num_images"] = option("ppp_num_images")
+    elif ini("ppp_num_images"):
+        try:
+            settings["num_images"] = int(ini("ppp_num_images"))
+        except ValueError:
+            value = ini("ppp_num_images")
+            raise pytest.UsageError(f"ini key ppp_num_images must be an integer, not {value!r}") from None
+    if option("ppp_device") or ini("ppp_device"):
+        settings["device"] = option("ppp_device") or ini("ppp_device")
+    return settings
+
+
+def _report_dir(config: pytest.Config) -> Path | None:
+    if config.getoption("ppp_report_dir"):
+        return config.invocation_params.dir / config.getoption("ppp_report_dir")
+    if config.getini("ppp_report_dir"):
+        return _ini_path(config, config.getini("ppp_report_dir"))
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{MARKER}: measures a model's PPP (slow; deselect with -m 'not {MARKER}'); added automatically to "
+        "tests that use the ppp fixture",
+    )
+    config.stash[_SETTINGS] = _settings(config)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the mark plugin applies -m
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MARKER in getattr(item, "fixturenames", ()) and item.get_closest_marker(MARKER) is None:
+            item.add_marker(MARKER)
+
+
+@pytest.fixture
+def ppp(request: pytest.FixtureRequest):
+    """Assert PPP bounds: ``ppp.check(model, max_strength=0.1, layers="last")``, ``ppp.check_regression(model)``.
+
+    Returns a :class:`ppp_audit.testing.PPPChecker` using this run's ``--ppp-*`` options and ini keys. Every
+    measurement's full JSON report is saved to the report dir; baselines live in ``<test dir>/<module name>/``.
+    """
+    from ppp_audit.testing import PPPChecker, safe_name
+
+    config = request.config
+    report_dir = _report_dir(config)
+    if report_dir is None:
+        cache = getattr(config, "cache", None)
+        report_dir = (cache.mkdir("ppp_audit") if cache is not None
+                      else request.getfixturevalue("tmp_path_factory").getbasetemp() / "ppp_audit")
+    return PPPChecker(
+        defaults=config.stash[_SETTINGS], report_dir=Path(report_dir), report_stem=safe_name(request.node.nodeid),
+        baseline_dir=request.path.parent / request.path.stem, basename=re.sub(r"\W", "_", request.node.name),
+        regen=config.getoption("ppp_regen"),
+    )

@@ -1,0 +1,514 @@
+"""Assert PPP bounds on a model in tests (SPEC §7); the ``ppp`` pytest fixture is a thin wrapper over these helpers.
+
+>>> from ppp_audit.testing import assert_ppp
+>>> assert_ppp(model, max_strength=0.1, layers="last")              # the last stage stays below 0.1
+>>> assert_ppp("resnet50", layers={"layer3": 0.2, "layer4": 0.1})   # per-layer bounds
+
+The numbers are the CLI's: every check runs :func:`ppp_audit.engine.audit` with an
+:class:`~ppp_audit.engine.AuditConfig` and compares the Δ-estimator strength ``RMS(P) / RMS(σ)`` of each bounded
+layer. A failed check raises an :class:`AssertionError` subclass whose message is one plain-text table of measured
+versus allowed per layer.
+
+Nothing heavy is imported here at module level: torch and timm load when a measurement runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import PPPAuditError
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from .report import Report, SchemeResult
+
+Layers = str | Sequence[str] | Mapping[str, float | None]
+"""Which layers a check covers: ``"last"`` (last stage), ``"all"`` (every stage), module names, or ``{name: bound}``."""
+
+BASELINE_FORMAT = 1
+BASELINE_SUFFIX = ".ppp.json"
+_SETTINGS_COMPARED = ("scheme", "data", "num_images", "input_size", "margin", "seed")
+
+
+class PPPAssertionError(AssertionError):
+    """A PPP check failed; the message is a plain-text table (no torch internals)."""
+
+
+class PPPBoundError(PPPAssertionError):
+    """A measured strength is above its bound."""
+
+
+class PPPRegressionError(PPPAssertionError):
+    """A strength grew beyond the tolerance over its stored baseline."""
+
+
+class PPPBaselineWritten(PPPAssertionError):
+    """A baseline was created or regenerated. The test fails once, so an unreviewed baseline never passes silently."""
+
+
+class PPPBaselineMismatch(PPPAssertionError):
+    """The stored baseline was measured with other settings (images, N, input size, layers, ...)."""
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """One row of a check: what was measured in a layer and what was allowed."""
+
+    name: str
+    stride_px: float
+    strength: float | None
+    strength_ci: tuple[float, float] | None
+    allowed: float | None
+    baseline: float | None = None
+    reference_partial: bool = False
+
+    @property
+    def checked(self) -> bool:
+        return self.allowed is not None
+
+    @property
+    def ok(self) -> bool:
+        if self.allowed is None:
+            return True
+        return self.strength is not None and not math.isnan(self.strength) and self.strength <= self.allowed
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Measuring
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _named(layers: Layers) -> list[str] | None:
+    """Module names the spec asks for explicitly, or ``None`` for ``"last"``/``"all"`` (the model's stages)."""
+    if isinstance(layers, str):
+        return None if layers in ("last", "all") else [layers]
+    if isinstance(layers, (Mapping, Sequence)):
+        names = list(layers)
+    else:
+        raise TypeError(f"layers must be 'last', 'all', module names or a {{name: bound}} dict, not {layers!r}")
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"layers must name at least one module, as strings (got {layers!r})")
+    return names
+
+
+def _stage_names(model: nn.Module) -> list[str]:
+    return [f["module"] for f in (getattr(model, "feature_info", None) or [])]
+
+
+def measure(
+    model: nn.Module | str,
+    *,
+    layers: Layers = "all",
+    padding: str | None = None,
+    images: str | Path | None = None,
+    num_images: int | None = None,
+    device: str | None = None,
+    input_size: int | None = None,
+    margin: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+) -> Report:
+    """Measure a model's PPP exactly as ``ppp-audit`` does and return the :class:`~ppp_audit.report.Report`.
+
+    Args:
+        model: An ``nn.Module`` (a timm model or any CNN; its mode and device are restored afterwards) or a timm
+            model name, built like the CLI builds it.
+        layers: Which layers to tap: the model's stages for ``"last"``/``"all"``, else the named modules (read from the
+            stages when they are stage names, with forward hooks otherwise).
+        padding: Measure with this registered scheme swapped in instead of the model's native padding.
+        images: An image folder; ``None`` uses the built-in dead-leaves images.
+        num_images: Images to average over (default: the CLI's).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:K`` (default ``auto``).
+        input_size: Crop size S (default: the model's ``pretrained_cfg``, else 224).
+        margin: Context m around the crop, a multiple of the largest stride (default: twice the largest stride, 32
+            when the model has no ``feature_info``).
+        seed: Seed of the built-in images.
+        batch_size: Images per forward pass (default: the CLI's).
+        pretrained: For a model name: load its pretrained weights (as the CLI does by default).
+        weights: For a model name: a safetensors file or torch checkpoint to load instead.
+    """
+    from .engine import AuditConfig, audit
+    from .models import build_model, module_info
+
+    named = _named(layers)
+    if isinstance(model, str):
+        built, info = build_model(model, pretrained=pretrained, weights=weights)
+    else:
+        built, info = model, module_info(model, input_size=input_size)
+    stages = _stage_names(built)
+    if named is None and not stages:
+        raise PPPAuditError(
+            f"model {info.name} has no feature_info, so its stages are unknown",
+            "name the layers to check: layers=['block.name', ...] or layers={'block.name': bound}",
+        )
+    taps = None if named is None or set(named) <= set(stages) else named
+    optional = {"num_images": num_images, "device": device, "batch_size": batch_size}
+    config = AuditConfig(
+        model=info.name, paddings=[padding] if padding else [], pretrained=pretrained,
+        weights=str(weights) if weights else None, images=str(images) if images else None, seed=seed,
+        input_size=input_size, margin=margin, layers=taps, **{k: v for k, v in optional.items() if v is not None},
+    )
+    if isinstance(model, str):
+        return audit(config, model=built, info=info)
+    state = _module_state(model)
+    try:
+        return audit(config, model=model, info=info)
+    finally:
+        _restore(model, *state)
+
+
+def _module_state(model: nn.Module) -> tuple[bool, Any]:
+    first = next(model.parameters(), None)
+    return model.training, None if first is None else first.device
+
+
+def _restore(model: nn.Module, training: bool, device: Any) -> None:
+    model.train(training)
+    if device is not None:
+        model.to(device)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _selected(result: SchemeResult, layers: Layers) -> list[str]:
+    names = [layer.name for layer in result.layers]
+    named = _named(layers)
+    if named is None:
+        return names[-1:] if layers == "last" else names
+    missing = [name for name in named if name not in names]
+    if missing:
+        raise ValueError(f"the report has no layer {', '.join(map(repr, missing))} (it measured {names})")
+    return named
+
+
+def _result_of(model: nn.Module | str | Report, layers: Layers,
+               options: Mapping[str, Any]) -> tuple[Report, SchemeResult]:
+    """Measure ``model`` (or take the report given instead) and pick the scheme the check is about."""
+    __tracebackhide__ = True
+    from .report import Report
+
+    if isinstance(model, Report):
+        report = model
+    else:
+        try:
+            report = measure(model, layers=layers, **options)
+        except PPPAuditError as exc:
+            raise exc.with_traceback(None) from None  # the message says it all; hide the engine's frames
+    scheme = options.get("padding") or "native"
+    try:
+        return report, report.scheme(scheme)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+
+
+def _check_bounds(layers: Layers, max_strength: float | None) -> None:
+    """Fail fast, before any measuring, on bounds that are missing or not non-negative numbers."""
+    given = dict(layers) if isinstance(layers, Mapping) else {"every layer": None}
+    for name, bound in given.items():
+        bound = max_strength if bound is None else bound
+        if bound is None:
+            raise ValueError(f"no bound for {name}: pass max_strength=..., or per-layer bounds: layers={{name: bound}}")
+        try:
+            ok = float(bound) >= 0  # NaN compares False
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or isinstance(bound, bool):
+            raise ValueError(f"the bound for {name} must be a non-negative number (got {bound!r})")
+
+
+def _bounds(result: SchemeResult, layers: Layers, max_strength: float | None) -> dict[str, float]:
+    names = _selected(result, layers)
+    if isinstance(layers, Mapping):
+        return {name: float(max_strength if bound is None else bound) for name, bound in layers.items()}
+    return {name: float(max_strength) for name in names}  # type: ignore[arg-type]
+
+
+def _rows(result: SchemeResult, allowed: Mapping[str, float],
+          baseline: Mapping[str, float] | None = None) -> list[LayerCheck]:
+    return [
+        LayerCheck(
+            name=layer.name, stride_px=layer.stats.stride_px, strength=layer.stats.strength,
+            strength_ci=layer.stats.strength_ci, allowed=allowed.get(layer.name),
+            baseline=None if baseline is None else baseline.get(layer.name), reference_partial=layer.reference_partial,
+        )
+        for layer in result.layers
+    ]
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def format_table(rows: Sequence[LayerCheck]) -> str:
+    """Measured versus allowed per layer, as plain text (a baseline column when any row has one)."""
+    with_baseline = any(row.baseline is not None for row in rows)
+    header = ["layer", "stride", "strength", "95% CI", *(["baseline"] if with_baseline else []), "allowed", "result"]
+    body = []
+    for row in rows:
+        ci = f"[{_num(row.strength_ci[0])}, {_num(row.strength_ci[1])}]" if row.strength_ci else "–"
+        verdict = ("ok" if row.ok else "FAIL") if row.checked else ""
+        body.append([row.name + (" *" if row.reference_partial else ""), f"{row.stride_px:g}", _num(row.strength), ci,
+                     *([_num(row.baseline)] if with_baseline else []), _num(row.allowed), verdict])
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        return "  ".join(padded).rstrip()
+
+    lines = [line(header), *(line(r) for r in body)]
+    if any(row.reference_partial for row in rows):
+        lines.append("* receptive field exceeds the margin: the padding-free reference is partial")
+    return "\n".join(lines)
+
+
+def _describe(report: Report, result: SchemeResult) -> str:
+    native = result.patch.get("native_padding")
+    scheme = f"{result.scheme} ({native})" if result.scheme == "native" and native else result.scheme
+    return (f"model {report.model['name']} ({report.model['weights']}) · padding {scheme} · "
+            f"N={report.data['num_images']} {report.data['kind']} images · S={report.input_size} m={report.margin} · "
+            f"{report.device}")
+
+
+def _message(title: str, report: Report, result: SchemeResult, rows: Sequence[LayerCheck], *notes: str) -> str:
+    lines = [title, _describe(report, result), "", format_table(rows), "",
+             "strength = RMS(P) / RMS(σ), the number `ppp-audit` prints (Δ estimator, debiased)", *notes]
+    return "\n".join(line for line in lines if line is not None)
+
+
+def _saved(report: Report, report_path: str | Path | None) -> str | None:
+    return f"full report: {report.save(report_path)}" if report_path else None
+
+
+def assert_ppp(
+    model: nn.Module | str | Report,
+    max_strength: float | None = None,
+    layers: Layers = "last",
+    *,
+    report_path: str | Path | None = None,
+    **options: Any,
+) -> Report:
+    """Assert that a model's PPP strength stays at or below a bound in the chosen layers.
+
+    Args:
+        model: An ``nn.Module`` or a timm model name (see :func:`measure`), or a report measured before (then
+            ``options`` other than ``padding`` are not used).
+        max_strength: The bound, for every layer ``layers`` selects (and for ``None`` values of a dict).
+        layers: ``"last"`` (the last stage), ``"all"`` (every stage), module names, or ``{name: bound}``.
+        report_path: Where to save the full JSON report (always, pass or fail).
+        **options: Measurement settings for :func:`measure` (``images``, ``num_images``, ``device``, ``input_size``,
+            ``margin``, ``padding``, ``seed``, ``batch_size``, ``pretrained``, ``weights``).
+
+    Returns:
+        The report, for further assertions.
+
+    Raises:
+        PPPBoundError: A layer's strength is above its bound; the message is the table of measured versus allowed.
+    """
+    __tracebackhide__ = True
+    _named(layers)
+    _check_bounds(layers, max_strength)
+    report, result = _result_of(model, layers, options)
+    rows = _rows(result, _bounds(result, layers, max_strength))
+    saved = _saved(report, report_path)
+    failed = [row for row in rows if not row.ok]
+    if failed:
+        title = f"PPP strength above the bound in {len(failed)} of {sum(r.checked for r in rows)} checked layers"
+        raise PPPBoundError(_message(title, report, result, rows, saved))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Regression against a stored baseline
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _settings(report: Report, result: SchemeResult) -> dict[str, Any]:
+    return {"scheme": result.scheme, "data": report.data["kind"], "num_images": report.data["num_images"],
+            "input_size": report.input_size, "margin": report.margin, "seed": report.seed}
+
+
+def _baseline(report: Report, result: SchemeResult, names: Sequence[str]) -> dict[str, Any]:
+    by_name = {layer.name: layer.stats for layer in result.layers}
+    return {
+        "format": BASELINE_FORMAT,
+        "tool": report.environment,
+        "created": report.created,
+        "model": report.model,
+        "settings": _settings(report, result),
+        "layers": {name: {"strength": by_name[name].strength, "strength_ci": by_name[name].strength_ci}
+                   for name in names},
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def assert_ppp_regression(
+    model: nn.Module | str | Report,
+    baseline_path: str | Path,
+    tolerance: float = 0.05,
+    *,
+    rtol: float = 0.0,
+    layers: Layers = "all",
+    regen: bool = False,
+    report_path: str | Path | None = None,
+    **options: Any,
+) -> Report:
+    """Assert that PPP strength has not grown beyond a tolerance over a stored baseline (pytest-regressions style).
+
+    The first run (or ``regen=True``) writes the baseline and fails, so an unreviewed baseline never passes; commit
+    the file. Later runs fail when a layer's strength exceeds ``baseline * (1 + rtol) + tolerance``. A strength that
+    falls never fails.
+
+    Args:
+        model: An ``nn.Module`` or a timm model name (see :func:`measure`), or a report measured before.
+        baseline_path: The baseline JSON file.
+        tolerance: Absolute growth allowed.
+        rtol: Relative growth allowed.
+        layers: ``"all"`` (every stage), ``"last"`` or module names (a dict's keys are used as names).
+        regen: Overwrite the baseline with this measurement.
+        report_path: Where to save the full JSON report.
+        **options: Measurement settings for :func:`measure`; keep them fixed, or regenerate the baseline.
+
+    Raises:
+        PPPRegressionError: A strength grew beyond the tolerance; the message is the table.
+        PPPBaselineWritten: The baseline was created or regenerated.
+        PPPBaselineMismatch: The baseline was measured with other settings or layers.
+    """
+    __tracebackhide__ = True
+    if tolerance < 0 or rtol < 0:
+        raise ValueError(f"tolerance and rtol must be non-negative (got {tolerance}, {rtol})")
+    path = Path(baseline_path)
+    report, result = _result_of(model, layers, options)
+    names = _selected(result, layers)
+    saved = _saved(report, report_path)
+    if regen or not path.is_file():
+        _write_json(path, _baseline(report, result, names))
+        rows = _rows(result, {})
+        verb = "regenerated" if regen else "created (none existed)"
+        raise PPPBaselineWritten(_message(
+            f"PPP baseline {verb}: {path}", report, result, rows, saved,
+            "review and commit the file; the test passes from the next run on",
+        ))
+    stored = json.loads(path.read_text())
+    regen_hint = "to accept, regenerate the baseline (pytest --ppp-regen, or regen=True)"
+    if stored.get("format") != BASELINE_FORMAT:
+        raise PPPBaselineMismatch(f"baseline {path} has format {stored.get('format')!r}, not {BASELINE_FORMAT}; "
+                                  f"{regen_hint}")
+    now = _settings(report, result)
+    then = stored["settings"]
+    differs = {k: (then.get(k), now[k]) for k in _SETTINGS_COMPARED if then.get(k) != now[k]}
+    if differs or list(stored["layers"]) != list(names):
+        what = [f"{k}: baseline {old!r}, now {new!r}" for k, (old, new) in differs.items()]
+        if list(stored["layers"]) != list(names):
+            what.append(f"layers: baseline {list(stored['layers'])}, now {list(names)}")
+        raise PPPBaselineMismatch("\n".join([
+            f"PPP baseline {path} was measured with other settings, so it cannot be compared:", *what,
+            "keep the measurement settings fixed, or " + regen_hint,
+        ]))
+    base = {name: stored["layers"][name]["strength"] for name in names}
+    allowed = {name: (value * (1 + rtol) + tolerance if value is not None else None) for name, value in base.items()}
+    allowed = {name: bound for name, bound in allowed.items() if bound is not None}
+    rows = [row for row in _rows(result, allowed, base) if row.name in base]
+    failed = [row for row in rows if not row.ok]
+    if failed:
+        rule = f"baseline × {1 + rtol:g} + {tolerance:g}" if rtol else f"baseline + {tolerance:g}"
+        title = f"PPP strength grew beyond the tolerance in {len(failed)} of {len(rows)} layers (allowed = {rule})"
+        raise PPPRegressionError(_message(title, report, result, rows, saved, f"baseline: {path}; {regen_hint}"))
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The object behind the ``ppp`` fixture
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a test name or node id."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_")
+
+
+class PPPChecker:
+    """What the ``ppp`` fixture returns: the helpers above with the run's options as defaults, reports saved per test.
+
+    Settings passed to a method win over the command-line options, which win over the ini keys.
+
+    Args:
+        defaults: Measurement settings from the options and ini keys (``images``, ``num_images``, ``device``).
+        report_dir: Folder the full reports are saved to (``None``: not saved).
+        report_stem: File-name stem of this test's reports.
+        baseline_dir: Folder of this test module's baselines.
+        basename: Default baseline name (the test's name).
+        regen: Regenerate baselines (``--ppp-regen``).
+    """
+
+    def __init__(self, *, defaults: Mapping[str, Any], report_dir: Path | None, report_stem: str, baseline_dir: Path,
+                 basename: str, regen: bool = False) -> None:
+        self.defaults = dict(defaults)
+        self.report_dir = report_dir
+        self.report_stem = report_stem
+        self.baseline_dir = baseline_dir
+        self.basename = basename
+        self.regen = regen
+        self.reports: list[Path] = []
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v}" for k, v in self.defaults.items())
+        return f"<PPPChecker {settings + ', ' if settings else ''}reports in {self.report_dir}>"
+
+    def _next_report_path(self) -> Path | None:
+        if self.report_dir is None:
+            return None
+        suffix = f"-{len(self.reports) + 1}" if self.reports else ""
+        path = self.report_dir / f"{self.report_stem}{suffix}.json"
+        self.reports.append(path)
+        return path
+
+    def measure(self, model: nn.Module | str, **options: Any) -> Report:
+        """The :class:`~ppp_audit.report.Report` of ``model`` (see :func:`measure`), saved to the report dir."""
+        __tracebackhide__ = True
+        try:
+            report = measure(model, **{**self.defaults, **options})
+        except PPPAuditError as exc:
+            raise exc.with_traceback(None) from None
+        path = self._next_report_path()
+        if path is not None:
+            report.save(path)
+        return report
+
+    def check(self, model: nn.Module | str | Report, max_strength: float | None = None, layers: Layers = "last",
+              **options: Any) -> Report:
+        """:func:`assert_ppp` with this run's settings; the report is saved to the report dir."""
+        __tracebackhide__ = True
+        return assert_ppp(model, max_strength, layers, report_path=self._next_report_path(),
+                          **{**self.defaults, **options})
+
+    def check_regression(self, model: nn.Module | str | Report, tolerance: float = 0.05, *, rtol: float = 0.0,
+                         layers: Layers = "all", basename: str | None = None, **options: Any) -> Report:
+        """:func:`assert_ppp_regression` against ``<test module dir>/<module name>/<test name>.ppp.json``.
+
+        Args:
+            basename: Baseline file name (without suffix) when a test checks more than one model.
+        """
+        __tracebackhide__ = True
+        path = self.baseline_dir / f"{safe_name(basename or self.basename)}{BASELINE_SUFFIX}"
+        return assert_ppp_regression(model, path, tolerance, rtol=rtol, layers=layers, regen=self.regen,
+                                     report_path=self._next_report_path(), **{**self.defaults, **options})
