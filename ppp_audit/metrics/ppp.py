@@ -195,22 +195,28 @@ class PPPAccumulator:
             raise ValueError(f"reference shape {None if b is None else tuple(b.shape)} != feature shape {tuple(a.shape)}")
         if not self.state:
             self._init(a)
-        a = a.detach().to(torch.float64)
+        # Batch reductions run in float32 (one pass each, no float64 copies of the features); only the running sums
+        # are float64, which is where precision over large N is needed.
+        a = a.detach().float()
         if indices is None:
             indices = torch.arange(a.shape[0]) + self.arrived
         self.arrived += a.shape[0]
         group = indices.to(a.device) % self.groups
         st = self.state
         st["count"].index_add_(0, group, torch.ones_like(group, dtype=torch.float64))
-        st["sum_a"].index_add_(0, group, a)
+        self._grouped_add(st["sum_a"], a, group)
         st["sq_a"].add_(a.square().sum(0))
         if self.with_reference:
-            b = b.detach().to(torch.float64)
+            b = b.detach().float()
             delta = a - b
-            st["sum_delta"].index_add_(0, group, delta)
+            self._grouped_add(st["sum_delta"], delta, group)
             st["sq_delta"].add_(delta.square().sum(0))
             st["sum_b"].add_(b.sum(0))
             st["sq_b"].add_(b.square().sum(0))
+
+    def _grouped_add(self, target: Tensor, values: Tensor, group: Tensor) -> None:
+        partial = torch.zeros(target.shape, dtype=values.dtype, device=values.device)
+        target.add_(partial.index_add_(0, group, values))
 
     def is_finite(self) -> bool:
         """False when any NaN/inf reached the sums (checked once at the end, not per batch: no host syncs)."""

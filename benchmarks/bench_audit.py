@@ -1,0 +1,130 @@
+"""Audit throughput vs bare forward throughput of the same model on the same inputs, in one run.
+
+The audit needs, per image and per padding, one forward pass of the crop (S²) and one of the window ((S+2m)²) through
+the tapped stages. The overhead factor is
+
+    audit loop time / (forward passes the audit needs x bare forward time of those passes)
+
+1.0 is ideal: the audit costs its forward passes and nothing else (image rendering, statistics, patching). The
+receptive-field probe and model building are one-off costs, reported separately.
+
+    python benchmarks/bench_audit.py --model resnet50 --batch-size 16 --num-images 64
+    python benchmarks/bench_audit.py --model resnet50 --memory-scaling     # peak memory at N and 4N
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bare_forward_seconds(taps, crops, windows, repeats: int, device: torch.device) -> float:
+    """Mean seconds of the passes one audit batch needs for one padding: crops + windows through the taps."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    with torch.inference_mode():
+        taps(crops), taps(windows)  # warm-up
+        sync()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            taps(crops), taps(windows)
+        sync()
+    return (time.perf_counter() - start) / repeats
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ppp_audit.engine import AuditConfig, audit, resolve_device
+    from ppp_audit.images import DeadLeavesSource
+    from ppp_audit.models import FeatureTaps, build_model
+
+    device = resolve_device(args.device)
+    model, info = build_model(args.model, pretrained=False, device=device)
+    config = AuditConfig(model=args.model, pretrained=False, num_images=args.num_images, batch_size=args.batch_size,
+                         device=str(device), paddings=args.paddings, workers=args.workers, precision=args.precision)
+    size = info.input_size
+    margin = 2 * max(f["reduction"] for f in model.feature_info)
+    source = DeadLeavesSource()
+    windows = torch.stack([source.window(i, size + 2 * margin) for i in range(args.batch_size)]).to(device)
+    crops = windows[..., margin:margin + size, margin:margin + size]
+    taps = FeatureTaps(model)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    report = audit(config, model=model, info=info)
+    labels = ["native", *args.paddings]
+    loop_s = sum(report.timings[f"{label}_s"] for label in labels)
+    bare_s = bare_forward_seconds(taps, crops, windows, args.repeats, device)
+    batches = -(-args.num_images // args.batch_size)
+    needed_s = batches * len(labels) * bare_s
+    return {
+        "model": args.model,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "num_images": args.num_images,
+        "paddings": labels,
+        "bare_forward_images_per_s": args.batch_size / bare_s,
+        "audit_images_per_s": args.num_images * len(labels) / loop_s,
+        "overhead_factor_loop": loop_s / needed_s,
+        "overhead_factor_total": report.timings["total_s"] / needed_s,
+        "one_off_s": report.timings["total_s"] - loop_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--paddings", nargs="*", default=[])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-scaling", action="store_true", help="run at N and 4N in fresh processes")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args()
+
+    if args.memory_scaling:
+        rows = []
+        for n in (args.num_images, 4 * args.num_images):
+            cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
+                   "--num-images", str(n), "--device", args.device, "--repeats", "1", "--json",
+                   "--precision", args.precision, *(["--paddings", *args.paddings] if args.paddings else [])]
+            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+        small, large = rows
+        key = "peak_cuda_mib" if small["peak_cuda_mib"] is not None else "peak_rss_mib"
+        print(f"{args.model} on {small['device']}: peak memory N={small['num_images']}: {small[key]:.0f} MiB, "
+              f"N={large['num_images']}: {large[key]:.0f} MiB (ratio {large[key] / small[key]:.3f})")
+        return
+
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['model']} on {result['device']}, batch {result['batch_size']}, N={result['num_images']}, "
+          f"paddings {', '.join(result['paddings'])}")
+    print(f"  bare forward (crop + window passes): {result['bare_forward_images_per_s']:.2f} images/s")
+    print(f"  audit loop:                          {result['audit_images_per_s']:.2f} images x paddings / s")
+    print(f"  overhead factor (loop):  {result['overhead_factor_loop']:.3f}   (1.0 = forward passes only)")
+    print(f"  overhead factor (total): {result['overhead_factor_total']:.3f}   (incl. {result['one_off_s']:.1f} s "
+          "one-off: receptive-field probe, loader start)")
+    print(f"  peak RSS {result['peak_rss_mib']:.0f} MiB" +
+          (f", peak CUDA {result['peak_cuda_mib']:.0f} MiB" if result["peak_cuda_mib"] is not None else ""))
+
+
+if __name__ == "__main__":
+    main()
