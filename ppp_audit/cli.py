@@ -92,8 +92,9 @@ def _push(report_dir: Path, **options) -> None:
         done = "pushed" if result.changed else "unchanged, already on the Hub:"
         _stderr().print(f"{done} {result.path_in_repo} to {result.url}", highlight=False, soft_wrap=True)
     if result.model_repo_id:
-        _stderr().print(f"opened a pull request on {result.model_repo_id}: {result.model_pr_url}", highlight=False,
-                        soft_wrap=True)
+        opened = (f"opened a pull request on {result.model_repo_id}: {result.model_pr_url}" if result.model_pr_url
+                  else f"the model card of {result.model_repo_id} already carries these scores: no pull request")
+        _stderr().print(opened, highlight=False, soft_wrap=True)
 
 
 def _push_options(repo_id: Optional[str], model_pr: bool, model_repo: Optional[str], private: bool,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 REPORT_FILE = "report.json"
 INDEX_FILE = "index.json"
 CARD_FILE = "README.md"
+HTML_FILE = "report.html"  # written next to report.json by `ppp-audit show` / --out
 DEFAULT_LOCAL_ROOT = Path("ppp-audit-reports")
 INDEX_FORMAT = "ppp-audit-index"
 INDEX_VERSION = 1
@@ -58,7 +59,7 @@ class PushResult:
         pr_url: The dataset pull request, when ``create_pr`` was set.
         url: Where to look at the report on the Hub.
         model_repo_id: The model repo a PR was opened on, if any.
-        model_pr_url: That pull request.
+        model_pr_url: That pull request (``None`` when the card already carried these exact scores).
         changed: Whether the dataset commit changed anything (an identical report pushed again changes nothing).
     """
 
@@ -243,6 +244,8 @@ def render_index_markdown(index: dict[str, Any]) -> str:
     for item in index["reports"]:
         folder = item["path"]
         link = f"[{folder}]({folder}/{REPORT_FILE})"
+        if HTML_FILE in item.get("files", []):
+            link += f" ([html]({folder}/{HTML_FILE}))"
         images = f"{item['data'].get('num_images')} × {item['data'].get('label')}"
         size = f"{item.get('input_size')} / {item.get('margin')}"
         for row in item["headline"]:
@@ -345,11 +348,12 @@ def load_report_dir(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     try:
         data = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ReportFileError(f"cannot read report '{file}': {exc}", "pass a report.json written by ppp-audit") from None
+        raise ReportFileError(f"cannot read report '{file}': {exc}",
+                              "pass a report.json written by ppp-audit") from None
     missing = [key for key in ("schema_version", "model", "data", "results") if key not in data]
     if missing or not data.get("results"):
         raise ReportFileError(f"'{file}' is not a ppp-audit report (missing {', '.join(missing) or 'results'})",
-                            "pass a report.json written by ppp-audit")
+                              "pass a report.json written by ppp-audit")
     return file.parent, data
 
 
@@ -447,7 +451,7 @@ def _open_model_pr(api: HfApi, data: dict[str, Any], model_repo: str, source_url
         commit_message="Add PPP audit scores to the model card (ppp-audit)", commit_description=description,
         parent_commit=head,
     )
-    return info.pr_url
+    return info.pr_url if info.oid != head else None  # None: the card already carries these scores
 
 
 def _explain(exc: Exception) -> tuple[str, str]:

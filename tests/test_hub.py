@@ -13,7 +13,16 @@ from hubserver import FakeHub
 from typer.testing import CliRunner
 
 from ppp_audit.cli import app
-from ppp_audit.hub import CARD_FILE, INDEX_BEGIN, INDEX_FILE, headline, model_repo_for, push_report, report_subdir
+from ppp_audit.hub import (
+    CARD_FILE,
+    INDEX_BEGIN,
+    INDEX_FILE,
+    eval_results,
+    headline,
+    model_repo_for,
+    push_report,
+    report_subdir,
+)
 
 TOKEN = "hf_pppAuditFakeToken0123456789abcdef"  # a known fake: it must never show up in output or files
 MODEL_REPO = "timm/resnet10t.c3_in1k"
@@ -166,6 +175,23 @@ def test_push_command_opens_dataset_pr(hub, audited):
     assert json.loads(proposed[INDEX_FILE])["reports"][0]["path"] == report_subdir(report)
 
 
+def test_revision_pushes_to_that_branch(hub, audited):
+    from huggingface_hub import HfApi
+
+    report, folder = audited
+    HfApi(endpoint=hub.url).create_repo("me/ppp-audits", repo_type="dataset")
+    repo = hub.repo("me/ppp-audits")
+    repo.refs["dev"] = repo.refs["main"]  # a branch, as `HfApi.create_branch` would make it
+
+    result, output = _cli("push", str(folder), "me/ppp-audits", "--revision", "dev")
+    assert result.exit_code == 0, output
+    assert f"{report_subdir(report)}/report.json" in repo.files("dev")
+    assert set(repo.files("main")) == {".gitattributes"}
+
+    result, output = _cli("push", str(folder), "me/ppp-audits", "--revision", "nope")
+    assert result.exit_code == 1 and "--revision does not exist" in output
+
+
 def test_model_pr_adds_eval_results(hub, audited):
     from huggingface_hub import ModelCard
 
@@ -189,6 +215,30 @@ def test_model_pr_adds_eval_results(hub, audited):
     assert ours.source_url.endswith("/datasets/me/ppp-audits/tree/main/resnet10t@random-init/native+reflect")
     # The fake Hub checked the model-index against the Hub's required fields before accepting the commit.
     assert any(r["kind"] == "validate-yaml" and "status" not in r for r in _repo_requests(hub))
+
+
+def test_model_pr_replaces_an_earlier_score(hub, audited):
+    from huggingface_hub import ModelCard
+
+    report, folder = audited
+    earlier = eval_results(report)[0]  # native, last stage
+    earlier.metric_value = 9.99
+    seeded = ModelCard(MODEL_CARD.decode())
+    seeded.data.eval_results.append(earlier)
+    hub.seed(MODEL_REPO, {CARD_FILE: str(seeded).encode()})
+
+    result = push_report(folder, model_pr=True, model_repo=MODEL_REPO)  # the PR alone, no dataset repo
+    assert result.repo_id is None and result.model_pr_url
+    card = ModelCard(hub.repo(MODEL_REPO, "model").files("refs/pr/1")[CARD_FILE].decode())
+    ppp = [r for r in card.data.eval_results if r.metric_type.startswith("ppp_")]
+    assert len(ppp) == 4  # replaced, not appended
+    (native_last,) = [r for r in ppp if (r.metric_type, r.metric_config) == ("ppp_strength_last_stage", "native")]
+    assert native_last.metric_value == round(report.scheme("native").last_strength, 4)
+
+    hub.repo(MODEL_REPO, "model").refs["main"] = hub.repo(MODEL_REPO, "model").refs["refs/pr/1"]  # PR merged
+    again, output = _cli("push", str(folder), "--model-pr", "--model-repo", MODEL_REPO)
+    assert again.exit_code == 0 and "already carries these scores" in output
+    assert len(hub.repo(MODEL_REPO, "model").pull_requests) == 1
 
 
 def test_model_pr_needs_a_repo_for_non_hub_weights(hub, audited):
@@ -263,7 +313,11 @@ def test_audit_push_to_hub_end_to_end(hub, tmp_path):
     local = tmp_path / "ppp-audit-reports" / "resnet10t@random-init" / "native+reflect" / "report.json"
     assert local.is_file()
     remote = hub.repo("me/ppp-audits").files()
-    assert remote["resnet10t@random-init/native+reflect/report.json"] == local.read_bytes()
+    written = _snapshot(local.parent)  # report.json plus the figures and page the audit drew
+    assert {"report.json", "report.html"} <= set(written) and any(name.endswith(".png") for name in written)
+    for name, data in written.items():
+        assert remote[f"resnet10t@random-init/native+reflect/{name}"] == data
+    assert "([html](resnet10t@random-init/native+reflect/report.html))" in remote[CARD_FILE].decode()
     assert "pushed resnet10t@random-init/native+reflect" in proc.stderr
     assert json.loads(proc.stdout) == json.loads(local.read_text())  # stdout stays JSON only
     assert _tokens_sent(hub) == {f"Bearer {TOKEN}"}
