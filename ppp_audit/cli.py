@@ -1,7 +1,8 @@
 """The ``ppp-audit`` command line (typer + rich).
 
 ``ppp-audit MODEL [options]`` audits a model (the ``audit`` command is the default, so ``ppp-audit resnet50 --padding
-reflect`` works as written); ``ppp-audit demo`` runs the offline default; ``ppp-audit paddings`` lists schemes.
+reflect`` works as written); ``ppp-audit demo`` runs the offline default; ``ppp-audit paddings`` lists schemes;
+``ppp-audit push`` sends a saved report to the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: Optional[bool], **audit_kwargs) -> None:
+def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: Optional[bool],
+               push: Optional[dict] = None, **audit_kwargs) -> None:
     from rich.console import Console
 
     from .engine import audit
@@ -59,11 +61,15 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
     report = audit(config, progress=show_progress, **audit_kwargs)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes and prints the (all-reduced) report
         return
+    if out is None and push:
+        from .hub import default_report_dir
+
+        out = default_report_dir(report)
     # The report reaches the disk before anything else can fail.
     saved = None
     if out is not None:
         saved = report.save(Path(out) / "report.json")
-        _stderr().print(f"report saved to {saved}", highlight=False)
+        _stderr().print(f"report saved to {saved}", highlight=False, soft_wrap=True)
     if json_out == "-":
         sys.stdout.write(report.to_json() + "\n")
     else:
@@ -73,6 +79,37 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
         print_report(Console(), report)
     if out is not None:
         _write_outputs(report, Path(out), overwrite=True, source=saved)
+    if push:
+        _push(out, **push)
+
+
+def _push(report_dir: Path, **options) -> None:
+    """Push a saved report folder; progress and links go to stderr so stdout keeps only the table or JSON."""
+    from .hub import push_report
+
+    result = push_report(report_dir, **options)
+    if result.repo_id:
+        done = "pushed" if result.changed else "unchanged, already on the Hub:"
+        _stderr().print(f"{done} {result.path_in_repo} to {result.url}", highlight=False, soft_wrap=True)
+    if result.model_repo_id:
+        opened = (f"opened a pull request on {result.model_repo_id}: {result.model_pr_url}" if result.model_pr_url
+                  else f"the model card of {result.model_repo_id} already carries these scores: no pull request")
+        _stderr().print(opened, highlight=False, soft_wrap=True)
+
+
+def _push_options(repo_id: Optional[str], model_pr: bool, model_repo: Optional[str], private: bool,
+                  revision: Optional[str], create_pr: bool) -> Optional[dict]:
+    """The push settings, checked before an audit runs so a typo fails in a second, not after the audit."""
+    if repo_id is None and not model_pr:
+        if model_repo or private or revision or create_pr:
+            raise PPPAuditError("--model-repo/--private/--revision/--create-pr need a push target",
+                                "add --push-to-hub REPO_ID and/or --model-pr")
+        return None
+    from .hub import check_repo_ids
+
+    check_repo_ids(repo_id, model_repo)
+    return {"repo_id": repo_id, "model_pr": model_pr, "model_repo": model_repo, "private": private or None,
+            "revision": revision, "create_pr": create_pr}
 
 
 def _write_outputs(report, out: Path, **kwargs) -> None:
@@ -126,6 +163,15 @@ SeedOpt = Annotated[int, typer.Option(help="Seed of the built-in images.")]
 ProgressOpt = Annotated[
     Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: if a terminal).")
 ]
+ModelPrOpt = Annotated[
+    bool, typer.Option("--model-pr", help="Open a pull request on the model's repo adding the scores to its card.")
+]
+ModelRepoOpt = Annotated[
+    Optional[str], typer.Option(help="Model repo for --model-pr (default: where the audited weights came from).")
+]
+PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the dataset repo private.")]
+RevisionOpt = Annotated[Optional[str], typer.Option(help="Branch of the dataset repo to push to (default: main).")]
+CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull request on the dataset repo instead.")]
 
 
 @app.command("audit")
@@ -154,10 +200,19 @@ def audit_command(
     json_out: JsonOpt = None,
     out: OutOpt = None,
     progress: ProgressOpt = None,
+    push_to_hub: Annotated[
+        Optional[str], typer.Option(help="Dataset repo to push the report to (saved locally first).")
+    ] = None,
+    model_pr: ModelPrOpt = False,
+    model_repo: ModelRepoOpt = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
+    create_pr: CreatePrOpt = False,
 ) -> None:
     """Measure PPP of MODEL with its native padding and each --padding scheme, side by side."""
     from .engine import AuditConfig
 
+    push = _push_options(push_to_hub, model_pr, model_repo, private, revision, create_pr)
     config = AuditConfig(
         model=model, paddings=list(padding), pretrained=pretrained, weights=str(weights) if weights else None,
         images=str(images) if images else None, num_images=num_images, batch_size=batch_size, device=device,
@@ -165,7 +220,7 @@ def audit_command(
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
         precision=precision, workers=workers,
     )
-    _run_audit(config, json_out, out, progress)
+    _run_audit(config, json_out, out, progress, push)
 
 
 @app.command("demo")
@@ -222,6 +277,26 @@ def show_command(
         # A folder's report.json renders into that folder; any other JSON file into a sibling folder of its name.
         default = json_path.parent if json_path.name == "report.json" else json_path.with_suffix("")
         _write_outputs(report, out if out is not None else default, overwrite=overwrite, embed=embed, source=json_path)
+
+
+@app.command("push")
+@_guarded
+def push_command(
+    report_dir: Annotated[Path, typer.Argument(help="A saved report folder (holding report.json) or the file.")],
+    repo_id: Annotated[
+        Optional[str], typer.Argument(help="Dataset repo collecting reports (created if missing).")
+    ] = None,
+    model_pr: ModelPrOpt = False,
+    model_repo: ModelRepoOpt = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
+    create_pr: CreatePrOpt = False,
+) -> None:
+    """Push a saved report (JSON, figures, an updated index card) to the Hub; optionally open a model-repo PR."""
+    push = _push_options(repo_id, model_pr, model_repo, private, revision, create_pr)
+    if push is None:
+        raise PPPAuditError("nothing to push to", "pass a dataset REPO_ID and/or --model-pr")
+    _push(report_dir, **push)
 
 
 @app.command("paddings")

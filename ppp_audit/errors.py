@@ -51,3 +51,9 @@ class FeatureError(PPPAuditError):
 
 class ReportFileError(PPPAuditError):
     """A saved report is missing, unreadable, or cannot be re-rendered where asked."""
+
+
+class HubPushError(PPPAuditError):
+    """A push to the Hugging Face Hub failed (offline, auth, server); the report is already saved locally."""
+
+    exit_code = 1

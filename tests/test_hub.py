@@ -1,0 +1,329 @@
+"""Pushing reports to the Hub (SPEC §7): the real huggingface_hub client, over HTTP, against tests/hubserver.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hubserver import FakeHub
+from typer.testing import CliRunner
+
+from ppp_audit.cli import app
+from ppp_audit.hub import (
+    CARD_FILE,
+    INDEX_BEGIN,
+    INDEX_FILE,
+    eval_results,
+    headline,
+    model_repo_for,
+    push_report,
+    report_subdir,
+)
+
+TOKEN = "hf_pppAuditFakeToken0123456789abcdef"  # a known fake: it must never show up in output or files
+MODEL_REPO = "timm/resnet10t.c3_in1k"
+MODEL_CARD = b"""---
+license: apache-2.0
+library_name: timm
+tags:
+- image-classification
+model-index:
+- name: resnet10t.c3_in1k
+  results:
+  - task:
+      type: image-classification
+    dataset:
+      name: ImageNet-1k
+      type: imagenet-1k
+    metrics:
+    - type: accuracy
+      value: 68.3
+---
+# Model card for resnet10t.c3_in1k
+"""
+
+
+@pytest.fixture(scope="session")
+def audited(tmp_path_factory):
+    """One tiny real audit (random-init resnet10t, 4 dead-leaves windows at 64 px), saved with a real PNG figure."""
+    import numpy as np
+    from PIL import Image
+
+    from ppp_audit.engine import AuditConfig, audit
+
+    report = audit(AuditConfig(model="resnet10t", pretrained=False, paddings=["reflect"], num_images=4,
+                               batch_size=4, input_size=64, device="cpu"))
+    folder = tmp_path_factory.mktemp("report")
+    report.save(folder / "report.json")
+    pixels = (np.random.default_rng(0).random((8, 8, 3)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(folder / "ppp_native.png")
+    return report, folder
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A fake Hub on loopback; the client finds it through HF_ENDPOINT and the token through HF_TOKEN."""
+    import huggingface_hub.constants
+
+    # The suite's conftest sets HF_HUB_OFFLINE=1 so nothing reaches the real Hub; these tests talk to loopback only.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with FakeHub(tokens={TOKEN}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        yield server
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _repo_requests(hub: FakeHub) -> list[dict]:
+    """Requests to repo endpoints (huggingface_hub may also fetch a public agent registry, unauthenticated)."""
+    return [r for r in hub.requests if "kind" in r]
+
+
+def _tokens_sent(hub: FakeHub) -> set[str | None]:
+    return {r["authorization"] for r in _repo_requests(hub)}
+
+
+def _cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result, result.stdout + result.stderr
+
+
+def test_push_writes_report_figures_index_and_card(hub, audited):
+    report, folder = audited
+    result = push_report(folder, "me/ppp-audits", endpoint=hub.url)
+
+    subdir = report_subdir(report)
+    assert subdir == "resnet10t@random-init/native+reflect"
+    files = hub.repo("me/ppp-audits").files()
+    assert files[f"{subdir}/report.json"] == (folder / "report.json").read_bytes()
+    assert files[f"{subdir}/ppp_native.png"] == (folder / "ppp_native.png").read_bytes()  # binary, byte for byte
+    assert result.path_in_repo == subdir and result.url.endswith(f"/datasets/me/ppp-audits/tree/main/{subdir}")
+
+    index = json.loads(files[INDEX_FILE])
+    (entry,) = index["reports"]
+    assert entry["path"] == subdir and entry["weights"] == "random-init"
+    assert sorted(entry["files"]) == ["ppp_native.png", "report.json"]
+    for row, scheme in zip(entry["headline"], report.results, strict=True):
+        assert row["scheme"] == scheme.scheme
+        assert row["last_strength"] == pytest.approx(scheme.last_strength)
+        assert row["max_strength"] == pytest.approx(scheme.max_strength)
+
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard(files[CARD_FILE].decode())
+    assert "ppp-audit" in card.data.get("tags") and card.data.get("viewer") is False
+    assert f"| `resnet10t` | random-init | native (zeros) | {report.scheme('native').last_strength:.3g} |" in card.text
+    assert f"| reflect | {report.scheme('reflect').last_strength:.3g} |" in card.text
+    assert _tokens_sent(hub) == {f"Bearer {TOKEN}"}  # the usual token resolution (HF_TOKEN), on every repo request
+
+
+def test_second_push_updates_card_and_index(hub, audited, tmp_path):
+    from huggingface_hub import DatasetCard, HfApi
+
+    from ppp_audit.report import Report
+
+    report, folder = audited
+    api = HfApi(endpoint=hub.url)
+    api.create_repo("me/ppp-audits", repo_type="dataset")
+    from huggingface_hub import CommitOperationAdd
+
+    user_card = "---\nlicense: mit\ntags:\n- mine\n---\n# My audits\n\nHand-written notes that must survive.\n"
+    api.create_commit("me/ppp-audits", [CommitOperationAdd(CARD_FILE, user_card.encode())], commit_message="card",
+                      repo_type="dataset")
+
+    push_report(folder, "me/ppp-audits")
+    native_only = Report.from_dict({**report.to_dict(), "results": [report.results[0].to_dict()]})
+    second = push_report(native_only, "me/ppp-audits", local_dir=tmp_path / "native-only")
+    assert (tmp_path / "native-only" / "report.json").is_file()  # written locally before the push
+    again = push_report(folder, "me/ppp-audits")  # the same report again: its own entry, unchanged
+    assert not again.changed
+
+    files = hub.repo("me/ppp-audits").files()
+    paths = [item["path"] for item in json.loads(files[INDEX_FILE])["reports"]]
+    assert paths == ["resnet10t@random-init/native", "resnet10t@random-init/native+reflect"]
+    assert second.path_in_repo in paths
+    card = DatasetCard(files[CARD_FILE].decode())
+    assert card.data.get("license") == "mit" and card.data.get("tags")[0] == "mine"
+    assert "Hand-written notes that must survive." in card.text
+    assert card.text.count(INDEX_BEGIN) == 1
+    assert card.text.count("](resnet10t@random-init/native/report.json)") == 1
+    assert card.text.count("](resnet10t@random-init/native+reflect/report.json)") == 2  # one row per scheme
+    commits = hub.repo("me/ppp-audits").commits.values()
+    assert sum("report" in commit.summary for commit in commits) == 2  # the identical third push was a no-op
+
+
+def test_push_command_opens_dataset_pr(hub, audited):
+    report, folder = audited
+    result, output = _cli("push", str(folder), "me/ppp-audits", "--create-pr", "--private")
+    assert result.exit_code == 0, output
+
+    repo = hub.repo("me/ppp-audits")
+    assert repo.private
+    assert set(repo.files()) == {".gitattributes"}  # main untouched
+    (pr,) = repo.pull_requests
+    assert pr["url"] in output
+    proposed = repo.files("refs/pr/1")
+    assert proposed[f"{report_subdir(report)}/report.json"] == (folder / "report.json").read_bytes()
+    assert json.loads(proposed[INDEX_FILE])["reports"][0]["path"] == report_subdir(report)
+
+
+def test_revision_pushes_to_that_branch(hub, audited):
+    from huggingface_hub import HfApi
+
+    report, folder = audited
+    HfApi(endpoint=hub.url).create_repo("me/ppp-audits", repo_type="dataset")
+    repo = hub.repo("me/ppp-audits")
+    repo.refs["dev"] = repo.refs["main"]  # a branch, as `HfApi.create_branch` would make it
+
+    result, output = _cli("push", str(folder), "me/ppp-audits", "--revision", "dev")
+    assert result.exit_code == 0, output
+    assert f"{report_subdir(report)}/report.json" in repo.files("dev")
+    assert set(repo.files("main")) == {".gitattributes"}
+
+    result, output = _cli("push", str(folder), "me/ppp-audits", "--revision", "nope")
+    assert result.exit_code == 1 and "--revision does not exist" in output
+
+
+def test_model_pr_adds_eval_results(hub, audited):
+    from huggingface_hub import ModelCard
+
+    report, folder = audited
+    hub.seed(MODEL_REPO, {CARD_FILE: MODEL_CARD})
+    result, output = _cli("push", str(folder), "me/ppp-audits", "--model-pr", "--model-repo", MODEL_REPO)
+    assert result.exit_code == 0, output
+
+    repo = hub.repo(MODEL_REPO, "model")
+    assert repo.files()[CARD_FILE] == MODEL_CARD  # a pull request, not a commit to main
+    (pr,) = repo.pull_requests
+    assert pr["url"] in output and "native (zeros): last" in pr["description"]
+    card = ModelCard(repo.files("refs/pr/1")[CARD_FILE].decode())
+    assert card.data.license == "apache-2.0"
+    by_metric = {(r.metric_type, r.metric_config): r for r in card.data.eval_results}
+    assert by_metric[("accuracy", None)].metric_value == 68.3  # the existing result is kept
+    for row in headline(report):
+        assert by_metric[("ppp_strength_last_stage", row["scheme"])].metric_value == round(row["last_strength"], 4)
+        assert by_metric[("ppp_strength_max", row["scheme"])].metric_value == round(row["max_strength"], 4)
+    ours = by_metric[("ppp_strength_max", "reflect")]
+    assert ours.source_url.endswith("/datasets/me/ppp-audits/tree/main/resnet10t@random-init/native+reflect")
+    # The fake Hub checked the model-index against the Hub's required fields before accepting the commit.
+    assert any(r["kind"] == "validate-yaml" and "status" not in r for r in _repo_requests(hub))
+
+
+def test_model_pr_replaces_an_earlier_score(hub, audited):
+    from huggingface_hub import ModelCard
+
+    report, folder = audited
+    earlier = eval_results(report)[0]  # native, last stage
+    earlier.metric_value = 9.99
+    seeded = ModelCard(MODEL_CARD.decode())
+    seeded.data.eval_results.append(earlier)
+    hub.seed(MODEL_REPO, {CARD_FILE: str(seeded).encode()})
+
+    result = push_report(folder, model_pr=True, model_repo=MODEL_REPO)  # the PR alone, no dataset repo
+    assert result.repo_id is None and result.model_pr_url
+    card = ModelCard(hub.repo(MODEL_REPO, "model").files("refs/pr/1")[CARD_FILE].decode())
+    ppp = [r for r in card.data.eval_results if r.metric_type.startswith("ppp_")]
+    assert len(ppp) == 4  # replaced, not appended
+    (native_last,) = [r for r in ppp if (r.metric_type, r.metric_config) == ("ppp_strength_last_stage", "native")]
+    assert native_last.metric_value == round(report.scheme("native").last_strength, 4)
+
+    hub.repo(MODEL_REPO, "model").refs["main"] = hub.repo(MODEL_REPO, "model").refs["refs/pr/1"]  # PR merged
+    again, output = _cli("push", str(folder), "--model-pr", "--model-repo", MODEL_REPO)
+    assert again.exit_code == 0 and "already carries these scores" in output
+    assert len(hub.repo(MODEL_REPO, "model").pull_requests) == 1
+
+
+def test_model_pr_needs_a_repo_for_non_hub_weights(hub, audited):
+    _, folder = audited
+    result, output = _cli("push", str(folder), "--model-pr")
+    assert result.exit_code == 2
+    assert "--model-repo" in output and "random-init" in output
+    assert _repo_requests(hub) == []
+
+
+def test_model_repo_for_resolves_hub_weights():
+    def report(name: str, weights: str) -> dict:
+        return {"model": {"name": name, "weights": weights}}
+
+    assert model_repo_for(report("resnet10t", "hub")) == MODEL_REPO
+    assert model_repo_for(report("hf-hub:someone/my-cnn", "hub")) == "someone/my-cnn"
+    assert model_repo_for(report("resnet10t", "random-init")) is None
+    assert model_repo_for(report("resnet10t", "file:/w/x.safetensors")) is None
+
+
+def test_auth_failure_keeps_report_and_hides_token(hub, audited, monkeypatch):
+    _, folder = audited
+    before = _snapshot(folder)
+    wrong = "hf_wrongTokenForTheFakeHub987654321"
+    monkeypatch.setenv("HF_TOKEN", wrong)
+    result, output = _cli("push", str(folder), "me/ppp-audits")
+    assert result.exit_code == 1
+    assert "401" in output and "hf auth login" in output
+    assert str(folder) in output and f"ppp-audit push {folder} me/ppp-audits" in output
+    assert wrong not in output and TOKEN not in output
+    assert _snapshot(folder) == before
+    assert hub.repos == {}
+    assert _tokens_sent(hub) == {f"Bearer {wrong}"}
+
+
+def test_server_error_keeps_report(hub, audited):
+    _, folder = audited
+    before = _snapshot(folder)
+    hub.fail_next("commit", 500, "storage backend down")
+    result, output = _cli("push", str(folder), "me/ppp-audits")
+    assert result.exit_code == 1
+    assert "HTTP 500" in output and "storage backend down" in output and str(folder) in output
+    assert _snapshot(folder) == before
+    assert set(hub.repo("me/ppp-audits").files()) == {".gitattributes"}  # nothing half-pushed
+
+
+def test_offline_says_where_the_report_is(hub, audited, monkeypatch):
+    _, folder = audited
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result, output = _cli("push", str(folder), "me/ppp-audits")
+    assert result.exit_code == 1
+    assert "HF_HUB_OFFLINE" in output and str(folder) in output and "ppp-audit push" in output
+    assert _repo_requests(hub) == []
+
+
+def test_bad_repo_id_fails_before_the_audit(hub):
+    result, output = _cli("resnet10t", "--no-pretrained", "--push-to-hub", "not a repo id")
+    assert result.exit_code == 2 and "invalid repo id" in output
+    assert "report saved" not in output and _repo_requests(hub) == []
+
+
+def test_audit_push_to_hub_end_to_end(hub, tmp_path):
+    """`ppp-audit MODEL --push-to-hub` in a fresh process: saved under ./ppp-audit-reports, pushed, token unseen."""
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=hub.url, HF_TOKEN=TOKEN, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ppp_audit", "resnet10t", "--no-pretrained", "-p", "reflect", "-n", "4",
+         "--input-size", "64", "--no-progress", "--json", "-", "--push-to-hub", "me/ppp-audits"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    local = tmp_path / "ppp-audit-reports" / "resnet10t@random-init" / "native+reflect" / "report.json"
+    assert local.is_file()
+    remote = hub.repo("me/ppp-audits").files()
+    written = _snapshot(local.parent)  # report.json plus the figures and page the audit drew
+    assert {"report.json", "report.html"} <= set(written) and any(name.endswith(".png") for name in written)
+    for name, data in written.items():
+        assert remote[f"resnet10t@random-init/native+reflect/{name}"] == data
+    assert "([html](resnet10t@random-init/native+reflect/report.html))" in remote[CARD_FILE].decode()
+    assert "pushed resnet10t@random-init/native+reflect" in proc.stderr
+    assert json.loads(proc.stdout) == json.loads(local.read_text())  # stdout stays JSON only
+    assert _tokens_sent(hub) == {f"Bearer {TOKEN}"}
+    assert TOKEN not in proc.stdout + proc.stderr
+    for file in tmp_path.rglob("*"):
+        if file.is_file():
+            assert TOKEN.encode() not in file.read_bytes(), file
+    for data in remote.values():
+        assert TOKEN.encode() not in data
