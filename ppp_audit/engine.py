@@ -151,8 +151,11 @@ def _native_summary(model: nn.Module, include_pools: bool = False, example_input
 
 
 def _checked_summary(model: nn.Module, label: str, include_pools: bool, example_input: Tensor) -> PatchSummary:
-    """The patch summary of ``label``, from one traced forward pass: fails now if the scheme cannot keep the model's
-    shapes, and lists padding done inside ``forward`` calls (which no patch reaches) as unpatched."""
+    """The patch summary of ``label`` checked by one traced forward pass on ``example_input``.
+
+    Fails now if the scheme cannot keep the model's shapes, and lists padding done inside ``forward`` calls (which no
+    patch reaches) as unpatched.
+    """
     if label == NATIVE:
         return _native_summary(model, include_pools, example_input)
     summary = patch_padding(model, label, include_pools=include_pools, example_input=example_input)

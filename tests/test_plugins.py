@@ -1,7 +1,7 @@
 """Third-party padding plugins: the example distribution in plugins/, broken plugins, and the off switch.
 
-The example plugin must be installed (CI: ``pip install --no-deps --no-build-isolation -e plugins/ppp-audit-extrapolate``);
-these tests fail, not skip, when it is not.
+The example plugin must be installed; CI runs
+``pip install --no-deps --no-build-isolation -e plugins/ppp-audit-extrapolate``; without it these tests fail.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The built-in schemes against their definitions, and the patcher's handling of pools, functional padding and errors."""
+"""The built-in schemes against their definitions; the patcher on pools, functional padding and errors."""
 
 from __future__ import annotations
 
@@ -122,7 +122,8 @@ def test_mean_padding_fills_with_channel_means():
 
 def test_random_padding_matches_moments_and_changes_per_call():
     torch.manual_seed(0)
-    x = torch.randn(1, 2, 64, 64) * torch.tensor([0.5, 3.0]).view(1, 2, 1, 1) + torch.tensor([2.0, -1.0]).view(1, 2, 1, 1)
+    scale, shift = torch.tensor([0.5, 3.0]).view(1, 2, 1, 1), torch.tensor([2.0, -1.0]).view(1, 2, 1, 1)
+    x = torch.randn(1, 2, 64, 64) * scale + shift
     scheme = get_padding("random")
     first, second = scheme.pad(x, (16, 16, 16, 16)), scheme.pad(x, (16, 16, 16, 16))
     assert torch.equal(first[..., 16:80, 16:80], x)
