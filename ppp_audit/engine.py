@@ -46,6 +46,8 @@ class AuditConfig:
         groups: Jackknife groups for confidence intervals.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast on CUDA.
         workers: DataLoader worker processes for image loading.
+        include_pools: Let the schemes also replace the padding of pools (max-pools pad with -inf, average pools
+            with counted zeros); by default pools keep theirs and are listed as unpatched.
     """
 
     model: str
@@ -63,6 +65,7 @@ class AuditConfig:
     groups: int = 8
     precision: str = "fp32"
     workers: int = 0
+    include_pools: bool = False
 
     def __post_init__(self) -> None:
         def bad(what: str, fix: str) -> None:
@@ -133,19 +136,35 @@ def _source(config: AuditConfig, info: ModelInfo, size: int) -> ImageSource:
 
 
 @contextlib.contextmanager
-def _scheme(model: nn.Module, label: str) -> Iterator[PatchSummary]:
+def _scheme(model: nn.Module, label: str, include_pools: bool = False,
+            probe: Tensor | None = None) -> Iterator[PatchSummary]:
     if label == NATIVE:
-        yield _native_summary(model)
+        yield _native_summary(model, include_pools)
     else:
-        with padding(model, label) as summary:
+        # Schemes that change map sizes check the model's output shapes on every patch; the others need no probe.
+        example = probe if not get_padding(label).keeps_shape else None
+        with padding(model, label, include_pools=include_pools, example_input=example) as summary:
             yield summary
 
 
-def _native_summary(model: nn.Module) -> PatchSummary:
+def _native_summary(model: nn.Module, include_pools: bool = False, example_input: Tensor | None = None) -> PatchSummary:
     """Where the model pads natively: the summary a no-op (zeros) patch records, undone at once."""
-    summary = patch_padding(model, "zeros")
+    summary = patch_padding(model, "zeros", include_pools=include_pools, example_input=example_input)
     summary.restore()
     summary.scheme = NATIVE
+    return summary
+
+
+def _checked_summary(model: nn.Module, label: str, include_pools: bool, example_input: Tensor) -> PatchSummary:
+    """The patch summary of ``label`` checked by one traced forward pass on ``example_input``.
+
+    Fails now if the scheme cannot keep the model's shapes, and lists padding done inside ``forward`` calls (which no
+    patch reaches) as unpatched.
+    """
+    if label == NATIVE:
+        return _native_summary(model, include_pools, example_input)
+    summary = patch_padding(model, label, include_pools=include_pools, example_input=example_input)
+    summary.restore()
     return summary
 
 
@@ -186,7 +205,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
             raise ValueError("pass the ModelInfo of a prebuilt model")
     for name in config.paddings:
         get_padding(name)  # unknown schemes fail before any work
-    native = _native_summary(model)
+    native = _native_summary(model, config.include_pools)
     if config.paddings and not native.patched:
         raise NothingToPatchError(
             f"model '{config.model}' has no padding to replace (no padded convolutions or pad modules)",
@@ -204,6 +223,11 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
             f"use --margin {max_stride * max(1, round(margin / max_stride))}",
         )
     window = size + 2 * margin
+    in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
+    probe = torch.zeros(1, in_chans, size, size, device=device)
+    summaries: dict[str, PatchSummary] = {
+        label: _checked_summary(model, label, config.include_pools, probe) for label in [NATIVE, *config.paddings]
+    }
     radii = receptive_radii(taps, window, device)
 
     source = _source(config, info, window)
@@ -223,7 +247,6 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
 
     labels = [NATIVE, *config.paddings]
     accumulators = {label: [PPPAccumulator(config.groups) for _ in taps.names] for label in labels}
-    summaries: dict[str, PatchSummary] = {}
     seconds = {label: 0.0 for label in labels}
     offsets: list[int] = []
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -235,8 +258,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
             crops = windows[..., margin:margin + size, margin:margin + size]
             for label in labels:
                 tick = time.perf_counter()
-                with _scheme(model, label) as summary, _autocast(device, config.precision):
-                    summaries[label] = summary
+                with _scheme(model, label, config.include_pools, probe), _autocast(device, config.precision):
                     feats_crop, feats_window = taps(crops), taps(windows)
                 if not offsets:
                     offsets = [_offset(name, a, b) for name, a, b in zip(taps.names, feats_crop, feats_window)]

@@ -32,7 +32,10 @@ class UnknownPaddingError(PPPAuditError):
 
 
 class PaddingShapeError(PPPAuditError):
-    """A padding scheme cannot keep a layer's output shape (e.g. reflect on a 1x1 map)."""
+    """A padding scheme cannot keep a layer's output shape (e.g. reflect on a 1x1 map, valid on a residual net)."""
+
+    layer: str | None = None
+    """The module name of the layer where it failed, when known."""
 
 
 class NothingToPatchError(PPPAuditError):

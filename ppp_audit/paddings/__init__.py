@@ -7,21 +7,24 @@ from .registry import (
     Pad4,
     PaddingScheme,
     SchemeInfo,
+    SiteGeometry,
     get_padding,
     list_paddings,
     register_padding,
 )
-from .trace import PaddingOp, count_zero_padding, trace_padding
+from .trace import PaddingOp, PaddingRecorder, count_zero_padding, trace_padding
 
 __all__ = [
     "DISABLE_PLUGINS_ENV",
     "ENTRY_POINT_GROUP",
     "Pad4",
     "PaddingOp",
+    "PaddingRecorder",
     "PaddingScheme",
     "PatchSummary",
     "PatchedSite",
     "SchemeInfo",
+    "SiteGeometry",
     "UnpatchedSite",
     "count_zero_padding",
     "get_padding",

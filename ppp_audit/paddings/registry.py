@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple, Optional
 
 from torch import Tensor
 
@@ -24,19 +24,59 @@ Pad4 = tuple[int, int, int, int]
 """Padding amounts in ``F.pad`` order for the last two dims: (left, right, top, bottom)."""
 
 
+class SiteGeometry(NamedTuple):
+    """Where a padded *linear* layer (a convolution or an average pool) sits, as a scheme's output hook sees it.
+
+    The layer computed ``out = linear(scheme.pad(x, pad)) + bias`` for an input ``x`` of size ``input_size``.
+    """
+
+    input_size: tuple[int, int]
+    """(H, W) of the map before padding."""
+    pad: Pad4
+    """The padding the layer asked for, (left, right, top, bottom)."""
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    bias: Optional[Tensor]
+    """What the layer added after the linear map: shape (C,), or (N, C) for per-sample biases (CondConv); ``None``
+    for pools and bias-free convolutions."""
+
+
 class PaddingScheme:
     """A way to pad the border of a feature map.
 
     Subclasses set ``name`` and ``description`` and implement :meth:`pad`. The patcher calls :meth:`pad` in place of the
-    zero padding a layer did before, with the same amounts, so output shapes never change.
+    padding a layer did before, with the same amounts, so output shapes never change (unless ``keeps_shape`` is
+    False). A scheme that must also act on the result of the layer (e.g. ``partial``, which re-weights border outputs)
+    overrides :meth:`adjust_output`; the patcher then applies it to convolutions and average pools only.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    keeps_shape: ClassVar[bool] = True
+    """False for schemes whose :meth:`pad` returns fewer pixels than asked (``valid``). The patcher then checks the
+    model's output shapes on an example input before handing the model back."""
 
     def pad(self, x: Tensor, pad: Pad4) -> Tensor:
         """Pad the last two dims of ``x`` (N, C, H, W) by ``pad`` = (left, right, top, bottom)."""
         raise NotImplementedError
+
+    def adjust_output(self, out: Tensor, site: SiteGeometry) -> Tensor:
+        """Optional hook on the output of each patched linear layer (convolution or average pool).
+
+        Args:
+            out: What the layer computed from ``self.pad(x, site.pad)``, bias included.
+            site: The layer's geometry and bias.
+
+        Returns:
+            The output to use instead. The default returns ``out`` unchanged.
+        """
+        return out
+
+    @property
+    def adjusts_output(self) -> bool:
+        """Whether this scheme overrides :meth:`adjust_output` (and so only applies to linear layers)."""
+        return type(self).adjust_output is not PaddingScheme.adjust_output
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -105,7 +145,8 @@ def list_paddings() -> list[SchemeInfo]:
     """All registered schemes, sorted by name."""
     infos = []
     for name, (factory, dist) in sorted(_all().items()):
-        description = getattr(factory, "description", "") or (factory.__doc__ or "").strip().splitlines()[0]
+        doc_lines = (factory.__doc__ or "").strip().splitlines()
+        description = getattr(factory, "description", "") or (doc_lines[0] if doc_lines else "")
         infos.append(SchemeInfo(name=name, description=description, distribution=dist))
     return infos
 
@@ -121,11 +162,19 @@ def get_padding(scheme: str | PaddingScheme) -> PaddingScheme:
             f"unknown padding scheme '{scheme}'",
             f"available: {available}; `ppp-audit paddings` lists them with descriptions",
         )
-    instance = registry[scheme][0]()
+    factory, dist = registry[scheme]
+    try:
+        instance = factory()
+    except Exception as exc:  # a third-party factory that fails must not take the tool down with a traceback
+        raise UnknownPaddingError(
+            f"padding plugin '{scheme}' from distribution '{dist}' failed to create its scheme: {exc!r}",
+            f"fix or uninstall '{dist}', or set {DISABLE_PLUGINS_ENV}=1 to skip third-party plugins",
+        ) from exc
     if not isinstance(instance, PaddingScheme):
         raise UnknownPaddingError(
-            f"padding plugin '{scheme}' did not produce a PaddingScheme (got {type(instance).__name__})",
-            "fix or uninstall the plugin that registers it",
+            f"padding plugin '{scheme}' from distribution '{dist}' did not produce a PaddingScheme "
+            f"(got {type(instance).__name__})",
+            f"fix or uninstall '{dist}', or set {DISABLE_PLUGINS_ENV}=1 to skip third-party plugins",
         )
     return instance
 
@@ -142,6 +191,7 @@ __all__ = [
     "Pad4",
     "PaddingScheme",
     "SchemeInfo",
+    "SiteGeometry",
     "register_padding",
     "list_paddings",
     "get_padding",
