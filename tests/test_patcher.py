@@ -27,8 +27,10 @@ def test_reflect_leaves_no_zero_padding_executing(model_and_input):
         executed = trace_padding(model, x)
     assert count_zero_padding(executed) == {}, name
     assert summary.patched and summary.native_padding == "zeros"
-    # What the summary reports as unpatched is what still pads (with -inf, in max-pools): nothing more, nothing less.
-    assert {op.module for op in executed} == {site.name for site in summary.unpatched}
+    # Patched sites now pad by reflection; what still pads otherwise (with -inf, in max-pools) is exactly what the
+    # summary reports as unpatched: nothing more, nothing less.
+    assert {op.module for op in executed if op.fill == "reflect"} == {site.name for site in summary.patched}
+    assert {op.module for op in executed if op.fill != "reflect"} == {site.name for site in summary.unpatched}
 
 
 def test_zeros_reapplied_equals_original_and_restore_is_exact(model_and_input):
