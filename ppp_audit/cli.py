@@ -48,14 +48,20 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: Optional[bool], **audit_kwargs) -> None:
+def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: Optional[bool], finetune=None,
+               **audit_kwargs) -> None:
     from rich.console import Console
 
     from .engine import audit
     from .report import render_table
 
     show_progress = sys.stderr.isatty() if progress is None else progress
-    report = audit(config, progress=show_progress, **audit_kwargs)
+    if finetune is None:
+        report = audit(config, progress=show_progress, **audit_kwargs)
+    else:
+        from .finetune import finetune_audit
+
+        report = finetune_audit(config, finetune, progress=show_progress, **audit_kwargs)
     # The report reaches the disk before anything else can fail.
     if out is not None:
         saved = report.save(Path(out) / "report.json")
@@ -67,6 +73,12 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
         report.save(json_out)
         _stderr().print(f"report saved to {json_out}", highlight=False)
     Console().print(render_table(report))
+    if finetune is not None:
+        from .report import render_curve_table, render_finetune_table
+
+        for table in (render_finetune_table(report), render_curve_table(report)):
+            if table is not None:
+                Console().print(table)
 
 
 def _guarded(func):
@@ -93,6 +105,7 @@ NumImagesOpt = Annotated[int, typer.Option("--num-images", "-n", help="Windows t
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Windows per forward pass.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:K.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the built-in images.")]
+_FT = "Fine-tuning (after the padding swap)"
 ProgressOpt = Annotated[
     Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: if a terminal).")
 ]
@@ -124,8 +137,37 @@ def audit_command(
     json_out: JsonOpt = None,
     out: OutOpt = None,
     progress: ProgressOpt = None,
+    finetune_steps: Annotated[int, typer.Option(
+        help="Fine-tune this many steps after each --padding swap, then measure again (0: no fine-tuning).",
+        rich_help_panel=_FT)] = 0,
+    labels: Annotated[Optional[str], typer.Option(
+        help="'folder': cross-entropy on the class folders of --images. Default: distil the original model.",
+        rich_help_panel=_FT)] = None,
+    distill_loss: Annotated[str, typer.Option(
+        help="kl (softened logits, x T^2) or mse (logits).", rich_help_panel=_FT)] = "kl",
+    temperature: Annotated[float, typer.Option(help="Temperature T of the kl loss.", rich_help_panel=_FT)] = 1.0,
+    optimizer: Annotated[
+        str, typer.Option(help="adamw, sgd, or another timm optimiser.", rich_help_panel=_FT)
+    ] = "adamw",
+    lr: Annotated[float, typer.Option(help="Learning rate (constant).", rich_help_panel=_FT)] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.", rich_help_panel=_FT)] = 0.0,
+    finetune_batch_size: Annotated[int, typer.Option(help="Training crops per step.", rich_help_panel=_FT)] = 16,
+    bn: Annotated[str, typer.Option(
+        help="frozen (BatchNorm statistics fixed) or train (updated from the batches).", rich_help_panel=_FT,
+    )] = "frozen",
+    measure_every: Annotated[int, typer.Option(
+        help="Also measure PPP every N steps (a formation curve); 0: before and after only.", rich_help_panel=_FT,
+    )] = 0,
+    train_images: Annotated[Optional[int], typer.Option(
+        help="Training pool size (default: fresh built-in images each step / all non-held-out folder images).",
+        rich_help_panel=_FT)] = None,
+    save_weights: Annotated[Optional[Path], typer.Option(
+        help="Save each fine-tuned model as timm safetensors in DIR/SCHEME.", rich_help_panel=_FT)] = None,
 ) -> None:
-    """Measure PPP of MODEL with its native padding and each --padding scheme, side by side."""
+    """Measure PPP of MODEL with its native padding and each --padding scheme, side by side.
+
+    With --finetune-steps K: after each swap, fine-tune K steps and measure again (does training rebuild PPP?).
+    """
     from .engine import AuditConfig
 
     config = AuditConfig(
@@ -135,7 +177,19 @@ def audit_command(
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
         precision=precision, workers=workers,
     )
-    _run_audit(config, json_out, out, progress)
+    finetune = None
+    if finetune_steps:
+        from .finetune import FinetuneConfig
+
+        finetune = FinetuneConfig(
+            steps=finetune_steps, lr=lr, optimizer=optimizer, batch_size=finetune_batch_size,
+            weight_decay=weight_decay, bn=bn, labels=labels, distill_loss=distill_loss, temperature=temperature,
+            measure_every=measure_every, train_images=train_images,
+            save_weights=str(save_weights) if save_weights else None,
+        )
+    elif labels or save_weights or measure_every:
+        raise PPPAuditError("--labels, --measure-every and --save-weights need fine-tuning", "add --finetune-steps K")
+    _run_audit(config, json_out, out, progress, finetune=finetune)
 
 
 @app.command("demo")

@@ -161,7 +161,7 @@ def _progress(enabled: bool):
 
 
 def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None,
-          progress: bool = False) -> Report:
+          progress: bool = False, source: ImageSource | None = None, native: bool = True) -> Report:
     """Run the audit described by ``config`` and return its :class:`Report`.
 
     Args:
@@ -169,6 +169,8 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         model: An already built model (its ``info`` too); otherwise built from ``config``.
         info: The :class:`ModelInfo` of ``model``.
         progress: Show a rich progress bar on stderr.
+        source: Images to measure on instead of the one ``config`` names (e.g. a held-out split).
+        native: Also measure the model's native padding (the fine-tune engine skips it for fine-tuned weights).
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -188,19 +190,11 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         )
 
     taps = FeatureTaps(model, config.layers)
-    strides = [f["reduction"] for f in getattr(model, "feature_info", [])] or [32]
-    max_stride = int(max(strides))
-    size = config.input_size or info.input_size
-    margin = config.margin or 2 * max_stride
-    if margin % max_stride:
-        raise PPPAuditError(
-            f"--margin {margin} is not a multiple of the model's largest stride {max_stride}",
-            f"use --margin {max_stride * max(1, round(margin / max_stride))}",
-        )
+    size, margin = geometry(config, model, info)
     window = size + 2 * margin
     radii = receptive_radii(taps, window, device)
 
-    source = _source(config, info, window)
+    source = _source(config, info, window) if source is None else source
     available = source.available()
     num_images = min(config.num_images, available) if available else config.num_images
     if num_images < 2:
@@ -212,7 +206,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
 
-    labels = [NATIVE, *config.paddings]
+    labels = [NATIVE, *config.paddings] if native or not config.paddings else list(config.paddings)
     accumulators = {label: [PPPAccumulator(config.groups) for _ in taps.names] for label in labels}
     summaries: dict[str, PatchSummary] = {}
     seconds = {label: 0.0 for label in labels}
@@ -271,6 +265,20 @@ def _offset(name: str, crop: Tensor, window: Tensor) -> int:
             "tap a spatial layer, and keep --input-size and --margin multiples of the model's largest stride",
         )
     return diff_h // 2
+
+
+def geometry(config: AuditConfig, model: nn.Module, info: ModelInfo) -> tuple[int, int]:
+    """Crop size ``S`` and margin ``m`` of an audit (windows are ``S + 2m``), validated."""
+    strides = [f["reduction"] for f in getattr(model, "feature_info", [])] or [32]
+    max_stride = int(max(strides))
+    size = config.input_size or info.input_size
+    margin = config.margin or 2 * max_stride
+    if margin % max_stride:
+        raise PPPAuditError(
+            f"--margin {margin} is not a multiple of the model's largest stride {max_stride}",
+            f"use --margin {max_stride * max(1, round(margin / max_stride))}",
+        )
+    return size, margin
 
 
 def _check_finite(name: str, label: str, *tensors: Tensor) -> None:
