@@ -291,7 +291,7 @@ def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: in
         raise ImageSourceError(f"the image folder holds {available} images", "fine-tuning needs at least 4")
     order = torch.randperm(available, generator=torch.Generator().manual_seed(config.seed)).tolist()
     n = min(config.num_images, available // 2)
-    train = sorted(order[n:])[: ft.train_images]
+    train = sorted(order[n:][: ft.train_images])  # a random subset of the rest, not the first classes
     heldout = SplitSource(base, sorted(order[:n]), "held-out")
     splits = _Splits(heldout, SplitSource(base, train, "train"), range(len(train)))
     if ft.labels == "folder":
@@ -363,7 +363,7 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
         teacher: The original model, whose logits are distilled (needed unless ``config.labels``).
         device: Where to train.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast on CUDA.
-        seed: Seeds dropout and anything else random in the step.
+        seed: Seeds torch's global generator (dropout and anything else random in a step).
         measure: Called as ``measure(step)`` every ``config.measure_every`` steps (not at the last), with the student
             unpatched, for the formation curve.
         progress: Show a progress bar on stderr.

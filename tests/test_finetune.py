@@ -58,8 +58,8 @@ def distilled(lite0, tmp_path_factory):
 
     model, info = lite0
     weights = tmp_path_factory.mktemp("distilled")
-    config = AuditConfig(info.name, paddings=["reflect"], weights=info.weights[len("file:"):], num_images=8, batch_size=8,
-                         input_size=96, seed=0)
+    config = AuditConfig(info.name, paddings=["reflect"], weights=info.weights.removeprefix("file:"), num_images=8,
+                         batch_size=8, input_size=96, seed=0)
     report = finetune_audit(config, FinetuneConfig(steps=4, lr=1e-4, batch_size=8, measure_every=2,
                                                    save_weights=str(weights)), model=model, info=info)
     return report, config, weights
