@@ -20,6 +20,8 @@ _LAZY = {
     "PatchSummary": "ppp_audit.paddings",
     "AuditConfig": "ppp_audit.engine",
     "audit": "ppp_audit.engine",
+    "FinetuneConfig": "ppp_audit.finetune",
+    "finetune_audit": "ppp_audit.finetune",
     "Report": "ppp_audit.report",
     "PPPAuditError": "ppp_audit.errors",
 }

@@ -51,14 +51,19 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: Optional[bool],
-               push: Optional[dict] = None, **audit_kwargs) -> None:
+               push: Optional[dict] = None, finetune=None, **audit_kwargs) -> None:
     from rich.console import Console
 
     from .engine import audit
     from .render import print_report
 
     show_progress = sys.stderr.isatty() if progress is None else progress
-    report = audit(config, progress=show_progress, **audit_kwargs)
+    if finetune is None:
+        report = audit(config, progress=show_progress, **audit_kwargs)
+    else:
+        from .finetune import finetune_audit
+
+        report = finetune_audit(config, finetune, progress=show_progress, **audit_kwargs)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes and prints the (all-reduced) report
         return
     if out is None and push:
@@ -160,6 +165,7 @@ NumImagesOpt = Annotated[int, typer.Option("--num-images", "-n", help="Windows t
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Windows per forward pass.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:K.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the built-in images.")]
+_FT = "Fine-tuning (after the padding swap)"
 ProgressOpt = Annotated[
     Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: if a terminal).")
 ]
@@ -211,8 +217,37 @@ def audit_command(
     private: PrivateOpt = False,
     revision: RevisionOpt = None,
     create_pr: CreatePrOpt = False,
+    finetune_steps: Annotated[int, typer.Option(
+        help="Fine-tune this many steps after each --padding swap, then measure again (0: no fine-tuning).",
+        rich_help_panel=_FT)] = 0,
+    labels: Annotated[Optional[str], typer.Option(
+        help="'folder': cross-entropy on the class folders of --images. Default: distil the original model.",
+        rich_help_panel=_FT)] = None,
+    distill_loss: Annotated[str, typer.Option(
+        help="kl (softened logits, x T^2) or mse (logits).", rich_help_panel=_FT)] = "kl",
+    temperature: Annotated[float, typer.Option(help="Temperature T of the kl loss.", rich_help_panel=_FT)] = 1.0,
+    optimizer: Annotated[
+        str, typer.Option(help="adamw, sgd, or another timm optimiser.", rich_help_panel=_FT)
+    ] = "adamw",
+    lr: Annotated[float, typer.Option(help="Learning rate (constant).", rich_help_panel=_FT)] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.", rich_help_panel=_FT)] = 0.0,
+    finetune_batch_size: Annotated[int, typer.Option(help="Training crops per step.", rich_help_panel=_FT)] = 16,
+    bn: Annotated[str, typer.Option(
+        help="frozen (BatchNorm statistics fixed) or train (updated from the batches).", rich_help_panel=_FT,
+    )] = "frozen",
+    measure_every: Annotated[int, typer.Option(
+        help="Also measure PPP every N steps (a formation curve); 0: before and after only.", rich_help_panel=_FT,
+    )] = 0,
+    train_images: Annotated[Optional[int], typer.Option(
+        help="Training pool size (default: fresh built-in images each step / all non-held-out folder images).",
+        rich_help_panel=_FT)] = None,
+    save_weights: Annotated[Optional[Path], typer.Option(
+        help="Save each fine-tuned model as timm safetensors in DIR/SCHEME.", rich_help_panel=_FT)] = None,
 ) -> None:
-    """Measure PPP of MODEL with its native padding and each --padding scheme, side by side."""
+    """Measure PPP of MODEL with its native padding and each --padding scheme, side by side.
+
+    With --finetune-steps K: after each swap, fine-tune K steps and measure again (does training rebuild PPP?).
+    """
     from .engine import AuditConfig
 
     push = _push_options(push_to_hub, model_pr, model_repo, private, revision, create_pr)
@@ -223,7 +258,19 @@ def audit_command(
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
         precision=precision, workers=workers, include_pools=include_pools,
     )
-    _run_audit(config, json_out, out, progress, push)
+    finetune = None
+    if finetune_steps:
+        from .finetune import FinetuneConfig
+
+        finetune = FinetuneConfig(
+            steps=finetune_steps, lr=lr, optimizer=optimizer, batch_size=finetune_batch_size,
+            weight_decay=weight_decay, bn=bn, labels=labels, distill_loss=distill_loss, temperature=temperature,
+            measure_every=measure_every, train_images=train_images,
+            save_weights=str(save_weights) if save_weights else None,
+        )
+    elif labels or save_weights or measure_every:
+        raise PPPAuditError("--labels, --measure-every and --save-weights need fine-tuning", "add --finetune-steps K")
+    _run_audit(config, json_out, out, progress, push, finetune=finetune)
 
 
 @app.command("demo")

@@ -185,7 +185,7 @@ def _progress(enabled: bool):
 
 
 def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None,
-          progress: bool = False) -> Report:
+          progress: bool = False, source: ImageSource | None = None, native: bool = True) -> Report:
     """Run the audit described by ``config`` and return its :class:`Report`.
 
     Args:
@@ -193,6 +193,8 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         model: An already built model (its ``info`` too); otherwise built from ``config``.
         info: The :class:`ModelInfo` of ``model``.
         progress: Show a rich progress bar on stderr.
+        source: Images to measure on instead of the one ``config`` names (e.g. a held-out split).
+        native: Also measure the model's native padding (the fine-tune engine skips it for fine-tuned weights).
     """
     started = time.perf_counter()
     device = resolve_device(config.device)
@@ -213,15 +215,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         )
 
     taps = FeatureTaps(model, config.layers)
-    strides = [f["reduction"] for f in getattr(model, "feature_info", [])] or [32]
-    max_stride = int(max(strides))
-    size = config.input_size or info.input_size
-    margin = config.margin or 2 * max_stride
-    if margin % max_stride:
-        raise PPPAuditError(
-            f"--margin {margin} is not a multiple of the model's largest stride {max_stride}",
-            f"use --margin {max_stride * max(1, round(margin / max_stride))}",
-        )
+    size, margin = geometry(config, model, info)
     window = size + 2 * margin
     in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
     probe = torch.zeros(1, in_chans, size, size, device=device)
@@ -230,7 +224,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     }
     radii = receptive_radii(taps, window, device)
 
-    source = _source(config, info, window)
+    source = _source(config, info, window) if source is None else source
     available = source.available()
     num_images = min(config.num_images, available) if available else config.num_images
     if num_images < 2:
@@ -245,7 +239,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
 
-    labels = [NATIVE, *config.paddings]
+    labels = [NATIVE, *config.paddings] if native or not config.paddings else list(config.paddings)
     accumulators = {label: [PPPAccumulator(config.groups) for _ in taps.names] for label in labels}
     seconds = {label: 0.0 for label in labels}
     offsets: list[int] = []
@@ -323,3 +317,17 @@ def _rank_and_world() -> tuple[int, int]:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def geometry(config: AuditConfig, model: nn.Module, info: ModelInfo) -> tuple[int, int]:
+    """Crop size ``S`` and margin ``m`` of an audit (windows are ``S + 2m``), validated."""
+    strides = [f["reduction"] for f in getattr(model, "feature_info", [])] or [32]
+    max_stride = int(max(strides))
+    size = config.input_size or info.input_size
+    margin = config.margin or 2 * max_stride
+    if margin % max_stride:
+        raise PPPAuditError(
+            f"--margin {margin} is not a multiple of the model's largest stride {max_stride}",
+            f"use --margin {max_stride * max(1, round(margin / max_stride))}",
+        )
+    return size, margin

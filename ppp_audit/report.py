@@ -62,6 +62,7 @@ class SchemeResult:
     scheme: str
     patch: dict[str, Any]
     layers: list[LayerResult]
+    finetune: "FinetuneResult | None" = None
 
     @property
     def last_strength(self) -> float | None:
@@ -79,13 +80,17 @@ class SchemeResult:
         raise KeyError(f"no layer '{name}' in the report (layers: {[l.name for l in self.layers]})")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scheme": self.scheme, "last_strength": self.last_strength, "max_strength": self.max_strength,
-                "patch": self.patch, "layers": [layer.to_dict() for layer in self.layers]}
+        out = {"scheme": self.scheme, "last_strength": self.last_strength, "max_strength": self.max_strength,
+               "patch": self.patch, "layers": [layer.to_dict() for layer in self.layers]}
+        if self.finetune is not None:
+            out["finetune"] = self.finetune.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SchemeResult":
+        finetune = FinetuneResult.from_dict(data["finetune"]) if data.get("finetune") else None
         return cls(scheme=data["scheme"], patch=data["patch"],
-                   layers=[LayerResult.from_dict(layer) for layer in data["layers"]])
+                   layers=[LayerResult.from_dict(layer) for layer in data["layers"]], finetune=finetune)
 
 
 @dataclass
@@ -214,4 +219,145 @@ def render_table(report: Report):
         notes.append(f"* receptive field exceeds the margin m={report.margin}: the padding-free reference is partial")
     table.caption = "\n".join(notes)
     table.caption_justify = "left"
+    return table
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Fine-tuning (SPEC §5): PPP after the padding swap *and* training, per scheme
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CurvePoint:
+    """PPP and held-out agreement of the fine-tuned model after ``step`` optimiser steps (a formation curve point)."""
+
+    step: int
+    strengths: list[float | None]  # per tapped layer, in the order of ``SchemeResult.layers``
+    relative_energies: list[float | None]
+    agreement_top1: float | None = None
+    distill_loss: float | None = None
+
+
+@dataclass
+class FinetuneResult:
+    """One scheme fine-tuned after the swap: PPP with the scheme after training, and what training cost.
+
+    PPP before the swap is the report's ``native`` result; right after the swap it is the scheme's own ``layers``.
+    ``before``/``after`` hold held-out metrics right after the swap and after training: ``agreement_top1`` (share of
+    held-out images where the top-1 class equals the original model's), ``distill_loss`` (the distillation loss
+    against the original model), and with labels ``label_accuracy``/``label_loss``.
+    """
+
+    steps: int
+    settings: dict[str, Any]
+    layers: list[LayerResult]
+    before: dict[str, float]
+    after: dict[str, float]
+    original: dict[str, float] = field(default_factory=dict)
+    curve: list[CurvePoint] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_loss_every: int = 1
+    weights: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def last_strength(self) -> float | None:
+        return self.layers[-1].stats.strength if self.layers else None
+
+    @property
+    def max_strength(self) -> float | None:
+        values = [layer.stats.strength for layer in self.layers if layer.stats.strength is not None]
+        return max(values) if values else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "settings": self.settings, "last_strength": self.last_strength,
+                "max_strength": self.max_strength, "before": self.before, "after": self.after,
+                "original": self.original, "curve": [asdict(point) for point in self.curve],
+                "train_loss": self.train_loss, "train_loss_every": self.train_loss_every, "weights": self.weights,
+                "seconds": self.seconds, "layers": [layer.to_dict() for layer in self.layers]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "FinetuneResult":
+        data = {k: v for k, v in data.items() if k not in ("last_strength", "max_strength")}
+        data["layers"] = [LayerResult.from_dict(layer) for layer in data["layers"]]
+        data["curve"] = [CurvePoint(**point) for point in data.get("curve", [])]
+        return cls(**data)
+
+
+def render_finetune_table(report: Report):
+    """A rich table of the fine-tuned schemes: PPP strength per layer native / after the swap / after fine-tuning,
+    then held-out top-1 agreement with the original model and distillation loss. ``None`` without fine-tuning."""
+    from rich.table import Table
+
+    tuned = [r for r in report.results if r.finetune is not None]
+    if not tuned:
+        return None
+    native = report.results[0]
+    settings = tuned[0].finetune.settings
+    title = (f"Fine-tune after the padding swap · {report.model['name']} · {tuned[0].finetune.steps} steps "
+             f"{settings.get('objective', '')} {settings.get('optimizer', '')} lr={settings.get('lr', '')} "
+             f"batch={settings.get('batch_size', '')} BN {settings.get('bn', '')} · "
+             f"held-out N={report.data['num_images']}")
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer")
+    table.add_column("stride", justify="right")
+    table.add_column(f"{native.scheme}\nbefore swap", justify="right")
+    for result in tuned:
+        table.add_column(f"{result.scheme}\nafter swap", justify="right")
+        table.add_column(f"{result.scheme}\n+{result.finetune.steps} steps", justify="right")
+
+    def strength_cell(stats: LayerStats) -> str:
+        half = stats.strength_ci[1] - stats.strength if stats.strength_ci else None
+        return f"{_fmt(stats.strength)} ± {_fmt(half, 2)}"
+
+    for i, layer in enumerate(native.layers):
+        row = [layer.name + (" *" if layer.reference_partial else ""), f"{layer.stats.stride_px:g}",
+               strength_cell(layer.stats)]
+        for result in tuned:
+            row += [strength_cell(result.layers[i].stats), strength_cell(result.finetune.layers[i].stats)]
+        table.add_row(*row)
+    table.add_section()
+    for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
+        row = [label, "", _fmt(getattr(native, attr))]
+        for result in tuned:
+            row += [_fmt(getattr(result, attr)), _fmt(getattr(result.finetune, attr))]
+        table.add_row(*row, style="bold")
+    table.add_section()
+    metrics = [("top-1 agreement", "agreement_top1", 1.0), ("distill loss", "distill_loss", 0.0)]
+    if "label_accuracy" in tuned[0].finetune.after:
+        metrics.append(("label accuracy", "label_accuracy", tuned[0].finetune.original.get("label_accuracy")))
+    for label, key, original in metrics:
+        row = [f"held-out {label}", "", _fmt(original)]
+        for result in tuned:
+            row += [_fmt(result.finetune.before.get(key)), _fmt(result.finetune.after.get(key))]
+        table.add_row(*row)
+    table.caption = ("strength = RMS(P) / RMS(σ) ± 95% CI on held-out images; agreement and loss are against the "
+                     "original (unpatched) model's logits")
+    table.caption_justify = "left"
+    return table
+
+
+def render_curve_table(report: Report):
+    """The formation curves: model-level PPP strength (last stage, max) and agreement every N steps, per scheme."""
+    from rich.table import Table
+
+    tuned = [r for r in report.results if r.finetune is not None and r.finetune.curve]
+    if not tuned:
+        return None
+    table = Table(title="PPP formation during fine-tuning (held-out images)", title_justify="left")
+    table.add_column("step", justify="right")
+    for result in tuned:
+        for column in ("last stage", "max", "agreement"):
+            table.add_column(f"{result.scheme}\n{column}", justify="right")
+    steps = sorted({point.step for result in tuned for point in result.finetune.curve})
+    for step in steps:
+        row = [str(step)]
+        for result in tuned:
+            point = next((p for p in result.finetune.curve if p.step == step), None)
+            if point is None:
+                row += ["", "", ""]
+                continue
+            values = [v for v in point.strengths if v is not None]
+            row += [_fmt(point.strengths[-1]), _fmt(max(values) if values else None), _fmt(point.agreement_top1)]
+        table.add_row(*row)
     return table

@@ -43,11 +43,14 @@ class Outputs:
 
 
 def print_report(console: "Console", report: "Report") -> None:
-    """The terminal view: the per-layer table, then the last stage's PPP map of every scheme."""
-    from ..report import render_table
+    """The terminal view: the per-layer table, the last stage's PPP map of every scheme, then fine-tune tables."""
+    from ..report import render_curve_table, render_finetune_table, render_table
 
     console.print(render_table(report))
     console.print(TerminalHeatmap(report))
+    for table in (render_finetune_table(report), render_curve_table(report)):
+        if table is not None:
+            console.print(table)
 
 
 def load_saved_report(path: str | Path) -> tuple["Report", Path]:

@@ -1,0 +1,615 @@
+"""Fine-tune after a padding swap, then measure PPP again (SPEC §5 *fine-tune*).
+
+Does swapping ``zeros`` for ``reflect`` remove a pretrained model's PPP, or does training rebuild it? The engine:
+
+1. measures PPP of the original model with its native padding and with each scheme (an ordinary :func:`audit` on
+   held-out images: *before the swap* and *right after it*);
+2. for each scheme, copies the model, swaps its padding, and fine-tunes it: by default label-free, distilling the
+   original (unpatched) model's logits on the same crops; or with cross-entropy on labels from a class-per-folder tree;
+3. measures PPP again with the same audit on the same held-out images (*after fine-tuning*), optionally every
+   ``measure_every`` steps (a formation curve), plus top-1 agreement with the original model and the distillation loss.
+
+Training crops are the crops the audit measures (the centre ``S x S`` of a window of the source) and never the
+held-out ones: built-in dead-leaves images ``0..N-1`` are held out and training uses fresh indices from ``N`` on; an
+image folder is split by a seeded shuffle.
+
+Example:
+    >>> from ppp_audit.engine import AuditConfig
+    >>> from ppp_audit.finetune import FinetuneConfig, finetune_audit
+    >>> report = finetune_audit(AuditConfig("resnet18", paddings=["reflect"]), FinetuneConfig(steps=50))
+    >>> report.scheme("reflect").finetune.last_strength
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .engine import AuditConfig, _autocast, _progress, _source, audit, geometry, resolve_device
+from .errors import ImageSourceError, PPPAuditError
+from .images import FolderSource, ImageSource
+from .models import ModelInfo, build_model
+from .paddings import PatchSummary, get_padding, padding, patch_padding
+from .report import CurvePoint, FinetuneResult, LayerResult, Report
+
+BN_MODES = ("frozen", "train")
+DISTILL_LOSSES = ("kl", "mse")
+LABEL_SOURCES = ("folder",)
+SAVED_RECORD_KEY = "ppp_audit"
+"""Key of the fine-tune record in a saved model's ``config.json`` (and prefix of its safetensors metadata)."""
+_MAX_LOSS_POINTS = 200
+
+
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune after the swap. Validated on creation; CLI flags in brackets.
+
+    Args:
+        steps: Optimiser steps per scheme (``--finetune-steps``).
+        lr: Learning rate, constant (``--lr``).
+        optimizer: A timm optimiser name, e.g. ``adamw`` or ``sgd`` (Nesterov momentum) (``--optimizer``).
+        batch_size: Training crops per step (``--finetune-batch-size``).
+        weight_decay: Weight decay; timm exempts biases and norm weights (``--weight-decay``).
+        momentum: Momentum of SGD-type optimisers.
+        bn: ``frozen``: BatchNorm layers stay in eval mode (running statistics fixed, affine weights still train);
+            ``train``: they update their statistics from the training batches (``--bn``).
+        labels: ``None``: distil the original model (label-free); ``folder``: cross-entropy with the class-per-folder
+            labels of ``--images`` (``--labels``).
+        distill_loss: ``kl``: KL divergence between temperature-softened distributions, times ``T²``; ``mse``: mean
+            squared error between logits (``--distill-loss``).
+        temperature: Softening temperature ``T`` of the ``kl`` loss (``--temperature``).
+        measure_every: Measure PPP every this many steps for a formation curve; 0: only before and after
+            (``--measure-every``).
+        train_images: Size of the training pool, cycled in seeded shuffles; ``None``: fresh built-in images every step,
+            or every non-held-out image of a folder (``--train-images``).
+        save_weights: Folder to save each fine-tuned model in, as ``DIR/SCHEME`` (``--save-weights``).
+    """
+
+    steps: int = 100
+    lr: float = 1e-4
+    optimizer: str = "adamw"
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    bn: str = "frozen"
+    labels: str | None = None
+    distill_loss: str = "kl"
+    temperature: float = 1.0
+    measure_every: int = 0
+    train_images: int | None = None
+    save_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        def bad(what: str, fix: str) -> None:
+            raise PPPAuditError(what, fix)
+
+        if self.steps < 1:
+            bad(f"--finetune-steps must be at least 1 (got {self.steps})", "pass e.g. --finetune-steps 100")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            bad(f"--lr must be a finite number >= 0 (got {self.lr})", "pass e.g. --lr 1e-4")
+        if self.batch_size < 1:
+            bad(f"--finetune-batch-size must be positive (got {self.batch_size})", "pass e.g. 16")
+        if self.weight_decay < 0:
+            bad(f"--weight-decay must be >= 0 (got {self.weight_decay})", "leave it out for 0")
+        if self.bn not in BN_MODES:
+            bad(f"unknown --bn mode '{self.bn}'", f"use one of {', '.join(BN_MODES)}")
+        if self.labels is not None and self.labels not in LABEL_SOURCES:
+            bad(f"unknown --labels source '{self.labels}'", "use --labels folder, or leave it out to distil")
+        if self.distill_loss not in DISTILL_LOSSES:
+            bad(f"unknown --distill-loss '{self.distill_loss}'", f"use one of {', '.join(DISTILL_LOSSES)}")
+        if not self.temperature > 0:
+            bad(f"--temperature must be positive (got {self.temperature})", "use 1 for plain KL")
+        if self.measure_every < 0:
+            bad(f"--measure-every must be >= 0 (got {self.measure_every})", "0 measures only before and after")
+        if self.train_images is not None and self.train_images < 1:
+            bad(f"--train-images must be positive (got {self.train_images})", "leave it out for fresh images")
+        from timm.optim import list_optimizers
+
+        if self.optimizer.lower() not in list_optimizers():
+            bad(f"unknown optimizer '{self.optimizer}'", "use adamw or sgd (any name in timm.optim.list_optimizers())")
+        self.optimizer = self.optimizer.lower()
+
+    @property
+    def objective(self) -> str:
+        """``distill-kl``, ``distill-mse`` or ``cross-entropy``."""
+        return "cross-entropy" if self.labels else f"distill-{self.distill_loss}"
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able settings for the report."""
+        return {"objective": self.objective, **{k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Losses and held-out metrics (pure functions)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def distillation_loss(student: Tensor, teacher: Tensor, kind: str = "kl", temperature: float = 1.0) -> Tensor:
+    """Distillation loss between logits (B, classes), averaged over the batch, in float32.
+
+    ``kl``: ``T² · KL(softmax(teacher/T) ‖ softmax(student/T))`` (Hinton et al.; ``T²`` keeps gradient sizes
+    comparable across ``T``). ``mse``: mean squared error between the logits.
+    """
+    student, teacher = student.float(), teacher.float()
+    if kind == "mse":
+        return F.mse_loss(student, teacher)
+    if kind != "kl":
+        raise ValueError(f"unknown distillation loss '{kind}'")
+    t = temperature
+    log_p_student = F.log_softmax(student / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher / t, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * t * t
+
+
+def heldout_metrics(student: Tensor, teacher: Tensor, labels: Tensor | None = None, *, kind: str = "kl",
+                    temperature: float = 1.0) -> dict[str, float]:
+    """Top-1 agreement with the original model, distillation loss and (given labels) accuracy and cross-entropy."""
+    out = {
+        "agreement_top1": float((student.argmax(-1) == teacher.argmax(-1)).double().mean()),
+        "distill_loss": float(distillation_loss(student, teacher, kind, temperature)),
+    }
+    if labels is not None:
+        out["label_accuracy"] = float((student.argmax(-1) == labels).double().mean())
+        out["label_loss"] = float(F.cross_entropy(student.float(), labels))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data: held-out / training splits and the crops the audit measures
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """A view of an image source restricted to some of its indices (a held-out or training split).
+
+    Args:
+        base: The source.
+        indices: Indices of ``base`` in this split, in order (a ``range`` for the built-in images).
+        split: ``held-out`` or ``train``, for the report.
+        unlimited: The split has no end (fresh built-in images); ``available()`` is then ``None``.
+    """
+
+    base: ImageSource
+    indices: Sequence[int]
+    split: str
+    unlimited: bool = False
+
+    def window(self, index: int, size: int) -> Tensor:
+        return self.base.window(self.indices[index], size)
+
+    def available(self) -> int | None:
+        return None if self.unlimited else len(self.indices)
+
+    def describe(self) -> dict[str, Any]:
+        out = {**self.base.describe(), "split": self.split}
+        if isinstance(self.indices, range):
+            out["indices"] = [self.indices.start, None if self.unlimited else self.indices.stop]
+        else:
+            out["num_split"] = len(self.indices)
+        return out
+
+
+class CropDataset(Dataset):
+    """Centre ``size`` crops of ``window``-sized windows (the audit's crops), with a class label or -1.
+
+    Args:
+        source: Image source.
+        indices: Which windows, in order (repeats allowed).
+        window: Window size ``S + 2m``.
+        size: Crop size ``S``.
+        labels: Class of each index of ``source``, or ``None``.
+    """
+
+    def __init__(self, source: ImageSource, indices: Sequence[int], window: int, size: int,
+                 labels: Callable[[int], int] | None = None) -> None:
+        self.source, self.indices, self.window, self.size, self.labels = source, indices, window, size, labels
+        self.offset = (window - size) // 2
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        index = self.indices[i]
+        crop = self.source.window(index, self.window)[:, self.offset:self.offset + self.size,
+                                                      self.offset:self.offset + self.size]
+        return crop.contiguous(), (self.labels(index) if self.labels else -1)
+
+
+def folder_classes(source: FolderSource) -> tuple[list[int], list[str]]:
+    """Class index of every file of a class-per-folder tree, and the class names.
+
+    The class of ``ROOT/NAME/.../file.png`` is ``NAME``. Indices follow torchvision's ``ImageFolder`` (class names in
+    sorted order, so an ImageNet tree of WordNet-id folders gets the ImageNet indices), except that when every name is
+    a decimal number the number itself is the index (``ROOT/281/cat.png`` is class 281).
+    """
+    names = []
+    for path in source.files:
+        parts = path.relative_to(source.root).parts
+        if len(parts) < 2:
+            raise ImageSourceError(
+                f"--labels folder: '{path}' is not inside a class folder",
+                "arrange images as ROOT/CLASS/image.png (one folder per class)",
+            )
+        names.append(parts[0])
+    classes = sorted(set(names))
+    if all(name.isdigit() for name in classes):
+        return [int(name) for name in names], classes
+    rank = {name: i for i, name in enumerate(classes)}
+    return [rank[name] for name in names], classes
+
+
+@dataclass
+class _Splits:
+    heldout: SplitSource
+    train: SplitSource
+    pool: Sequence[int] | None  # None: fresh images for every crop
+    labels: list[int] | None = None  # class of each *base* source index
+    classes: list[str] | None = None
+
+    def labels_of(self, split: SplitSource) -> Callable[[int], int] | None:
+        """Class of each index of ``split``, or ``None`` without labels."""
+        return None if self.labels is None else _SplitLabels(self.labels, split.indices)
+
+
+@dataclass(frozen=True)
+class _SplitLabels:
+    """Picklable (for DataLoader workers) map from a split index to its class."""
+
+    labels: Sequence[int]
+    indices: Sequence[int]
+
+    def __call__(self, index: int) -> int:
+        return self.labels[self.indices[index]]
+
+
+def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: int, num_classes: int | None) -> _Splits:
+    base = _source(config, info, window)
+    if ft.labels == "folder" and not isinstance(base, FolderSource):
+        raise PPPAuditError("--labels folder needs an image folder", "pass --images ROOT with one folder per class")
+    available = base.available()
+    if available is None:  # unlimited built-in images: 0..N-1 held out, training from N on
+        n = config.num_images
+        heldout = SplitSource(base, range(0, n), "held-out")
+        if ft.train_images is None:
+            return _Splits(heldout, SplitSource(base, range(n, 2**62), "train", unlimited=True), None)
+        return _Splits(heldout, SplitSource(base, range(n, n + ft.train_images), "train"), range(ft.train_images))
+    if available < 4:
+        raise ImageSourceError(f"the image folder holds {available} images", "fine-tuning needs at least 4")
+    order = torch.randperm(available, generator=torch.Generator().manual_seed(config.seed)).tolist()
+    n = min(config.num_images, available // 2)
+    train = sorted(order[n:][: ft.train_images])  # a random subset of the rest, not the first classes
+    heldout = SplitSource(base, sorted(order[:n]), "held-out")
+    splits = _Splits(heldout, SplitSource(base, train, "train"), range(len(train)))
+    if ft.labels == "folder":
+        file_classes, splits.classes = folder_classes(base)
+        if num_classes is not None and max(file_classes) >= num_classes:
+            raise PPPAuditError(
+                f"--labels folder: class index {max(file_classes)} does not fit the model's {num_classes} classes",
+                "name class folders by the model's class index (0..num_classes-1), or use fewer classes",
+            )
+        splits.labels = file_classes
+    return splits
+
+
+def _training_order(pool: Sequence[int] | None, count: int, seed: int) -> Sequence[int]:
+    """Indices of the ``count`` training crops: fresh ones, or seeded reshuffles of a finite pool."""
+    if pool is None:
+        return range(count)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    while len(order) < count:
+        order += [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
+    return order[:count]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def set_train_mode(model: nn.Module, bn: str = "frozen") -> nn.Module:
+    """``model.train()``, then BatchNorm layers back to eval mode when ``bn == "frozen"``."""
+    model.train()
+    if bn == "frozen":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    return model
+
+
+@dataclass
+class TrainLog:
+    """What one fine-tuning run did: the loss of every step and the seconds spent training."""
+
+    losses: list[float]
+    seconds: float
+
+
+class _Normalise:
+    def __init__(self, info: ModelInfo, device: torch.device) -> None:
+        self.mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+        self.device = device
+
+    def __call__(self, crops: Tensor) -> Tensor:
+        return (crops.to(self.device, non_blocking=True) - self.mean) / self.std
+
+
+def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: FinetuneConfig, *, info: ModelInfo,
+             teacher: nn.Module | None = None, device: str | torch.device = "cpu", precision: str = "fp32",
+             seed: int = 0, measure: Callable[[int], None] | None = None, progress: bool = False) -> TrainLog:
+    """Train ``student`` in place with its padding swapped to ``scheme``; the patch is undone on return.
+
+    Args:
+        student: The model to fine-tune (unpatched; it is patched only while training).
+        scheme: Padding scheme to train with.
+        loader: Batches of ``(crops in [0, 1], labels)``; at least ``config.steps`` of them.
+        config: Objective, optimiser and BatchNorm mode.
+        info: The model's :class:`ModelInfo` (normalisation).
+        teacher: The original model, whose logits are distilled (needed unless ``config.labels``).
+        device: Where to train.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast on CUDA.
+        seed: Seeds torch's global generator (dropout and anything else random in a step).
+        measure: Called as ``measure(step)`` every ``config.measure_every`` steps (not at the last), with the student
+            unpatched, for the formation curve.
+        progress: Show a progress bar on stderr.
+    """
+    from timm.optim import create_optimizer_v2
+
+    if config.labels is None and teacher is None:
+        raise ValueError("distillation needs the teacher (original) model")
+    device = torch.device(device)
+    get_padding(scheme)
+    torch.manual_seed(seed)
+    optimizer = create_optimizer_v2(student, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                                    momentum=config.momentum)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
+    normalise = _Normalise(info, device)
+    if teacher is not None:
+        teacher.eval()
+    losses: list[float] = []
+    started = time.perf_counter()
+    summary: PatchSummary | None = patch_padding(student, scheme)
+    try:
+        set_train_mode(student, config.bn)
+        batches = iter(loader)
+        with _progress(progress) as bar:
+            task = bar.add_task(f"fine-tuning with {scheme}", total=config.steps)
+            for step in range(1, config.steps + 1):
+                try:
+                    crops, labels = next(batches)
+                except StopIteration:
+                    raise ValueError(f"the loader ran out after {step - 1} of {config.steps} steps") from None
+                x = normalise(crops)
+                with _autocast(device, precision):
+                    logits = student(x)
+                    if config.labels is None:
+                        with torch.no_grad():
+                            target = teacher(x)
+                if config.labels is None:
+                    loss = distillation_loss(logits, target, config.distill_loss, config.temperature)
+                else:
+                    loss = F.cross_entropy(logits.float(), labels.to(device))
+                if not torch.isfinite(loss):
+                    raise PPPAuditError(f"the training loss became {float(loss.detach())} at step {step}",
+                                        "lower --lr, or use --precision fp32")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(float(loss.detach()))
+                bar.update(task, advance=1, description=f"fine-tuning with {scheme} · loss {losses[-1]:.4g}")
+                if measure and config.measure_every and step % config.measure_every == 0 and step < config.steps:
+                    summary.restore()
+                    summary = None
+                    measure(step)
+                    summary = patch_padding(student, scheme)
+                    set_train_mode(student, config.bn)
+    finally:
+        if summary is not None:
+            summary.restore()
+        student.eval()
+    return TrainLog(losses=losses, seconds=time.perf_counter() - started)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, *, info: ModelInfo, device: str | torch.device = "cpu",
+            precision: str = "fp32", scheme: str | None = None) -> tuple[Tensor, Tensor]:
+    """Logits (float32, CPU) and labels of every crop of ``loader``, in eval mode, optionally under ``scheme``."""
+    device = torch.device(device)
+    normalise = _Normalise(info, device)
+    model.eval()
+    logits, labels = [], []
+    with padding(model, scheme) if scheme else contextlib.nullcontext():
+        for crops, y in loader:
+            with _autocast(device, precision):
+                logits.append(model(normalise(crops)).float().cpu())
+            labels.append(y)
+    return torch.cat(logits), torch.cat(labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Saving and loading a fine-tuned model
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def save_finetuned(model: nn.Module, directory: str | Path, scheme: str, record: dict[str, Any] | None = None) -> Path:
+    """Save an (unpatched) fine-tuned timm model as ``config.json`` + ``model.safetensors``, loadable by timm.
+
+    ``timm.create_model("local-dir:DIR", pretrained=True)`` rebuilds it, **with the architecture's native padding**:
+    the weights were trained for ``scheme``, recorded under ``"ppp_audit"`` in ``config.json`` and as
+    ``ppp_audit.padding`` in the safetensors metadata. :func:`load_finetuned` applies it.
+    """
+    from safetensors.torch import save_file
+    from timm.models import save_for_hf
+
+    directory = Path(directory)
+    if not hasattr(model, "pretrained_cfg"):
+        raise PPPAuditError(f"cannot save a {type(model).__name__} in timm's format", "save a timm model")
+    full_record = {"padding": scheme, **(record or {}),
+                   "note": "trained with this padding: apply it at load time, e.g. ppp_audit.finetune.load_finetuned"}
+    save_for_hf(model, directory, model_config={SAVED_RECORD_KEY: full_record}, safe_serialization=True)
+    # Rewrite the weights with the scheme in their metadata, so a bare .safetensors file still says how to pad.
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"),
+              metadata={"format": "pt", f"{SAVED_RECORD_KEY}.padding": scheme,
+                        f"{SAVED_RECORD_KEY}.record": json.dumps(full_record)})
+    return directory
+
+
+def saved_padding(path: str | Path) -> str | None:
+    """The padding scheme a model saved by :func:`save_finetuned` was trained with (folder or .safetensors file)."""
+    path = Path(path)
+    if path.is_dir():
+        config = json.loads((path / "config.json").read_text())
+        return (config.get(SAVED_RECORD_KEY) or {}).get("padding")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get(f"{SAVED_RECORD_KEY}.padding")
+
+
+def load_finetuned(path: str | Path, *, model: str | None = None,
+                   device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo, PatchSummary]:
+    """Load a model saved by :func:`save_finetuned` **with the padding it was trained with** applied.
+
+    Args:
+        path: The saved folder, or its ``model.safetensors`` (then ``model`` names the architecture).
+        model: timm architecture of a bare safetensors file.
+        device: Where to put it.
+
+    Returns:
+        The patched model, its :class:`ModelInfo`, and the :class:`PatchSummary` (``restore()`` gives the native
+        padding back).
+    """
+    path = Path(path)
+    scheme = saved_padding(path)
+    if scheme is None:
+        raise PPPAuditError(f"'{path}' records no padding scheme", "load it with ppp_audit.models.build_model")
+    if path.is_dir():
+        net, info = build_model(f"local-dir:{path}", device=device)
+    else:
+        if model is None:
+            raise PPPAuditError(f"loading the bare file '{path}' needs its architecture", "pass model='NAME'")
+        net, info = build_model(model, weights=path, device=device)
+    return net, info, patch_padding(net, scheme)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The fine-tune audit
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _curve_point(step: int, layers: list[LayerResult], metrics: dict[str, float]) -> CurvePoint:
+    return CurvePoint(step=step, strengths=[layer.stats.strength for layer in layers],
+                      relative_energies=[layer.stats.relative_energy for layer in layers],
+                      agreement_top1=metrics.get("agreement_top1"), distill_loss=metrics.get("distill_loss"))
+
+
+def _downsample(losses: list[float]) -> tuple[list[float], int]:
+    every = max(1, math.ceil(len(losses) / _MAX_LOSS_POINTS))
+    return [sum(losses[i:i + every]) / len(losses[i:i + every]) for i in range(0, len(losses), every)], every
+
+
+def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, model: nn.Module | None = None,
+                   info: ModelInfo | None = None, progress: bool = False) -> Report:
+    """Audit, then per scheme swap the padding, fine-tune, and audit again; return one :class:`Report`.
+
+    The report is the ordinary audit on the held-out images (``native`` = before the swap, each scheme = right after
+    it) with each scheme's ``finetune`` field filled in (:class:`~ppp_audit.report.FinetuneResult`).
+
+    Args:
+        config: What to audit; needs at least one scheme in ``paddings``. ``seed`` also seeds training.
+        finetune_config: How to fine-tune.
+        model: An already built model (and its ``info``); otherwise built from ``config``. It is not modified.
+        info: The :class:`ModelInfo` of ``model``.
+        progress: Progress bars on stderr.
+    """
+    ft = finetune_config
+    if not config.paddings:
+        raise PPPAuditError("fine-tuning needs a padding scheme to swap to", "add e.g. --padding reflect")
+    for name in config.paddings:
+        get_padding(name)
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    if model is None:
+        model, info = build_model(config.model, pretrained=config.pretrained, weights=config.weights, device=device)
+    else:
+        model = model.eval().to(device)
+        if info is None:
+            raise ValueError("pass the ModelInfo of a prebuilt model")
+    size, margin = geometry(config, model, info)
+    window = size + 2 * margin
+    splits = _splits(config, ft, info, window, getattr(model, "num_classes", None))
+
+    report = audit(config, model=model, info=info, progress=progress, source=splits.heldout)
+    num_heldout = report.data["num_images"]
+    heldout_loader = DataLoader(
+        CropDataset(splits.heldout, range(num_heldout), window, size, splits.labels_of(splits.heldout)),
+        batch_size=config.batch_size, num_workers=config.workers,
+    )
+    order = _training_order(splits.pool, ft.steps * ft.batch_size, config.seed)
+    train_loader = DataLoader(CropDataset(splits.train, order, window, size, splits.labels_of(splits.train)),
+                              batch_size=ft.batch_size, num_workers=config.workers, pin_memory=device.type == "cuda")
+    settings = {**ft.settings(), "seed": config.seed, "precision": config.precision,
+                "train_data": splits.train.describe(), "heldout_data": splits.heldout.describe(),
+                **({"classes": splits.classes} if splits.classes else {})}
+
+    kw = dict(info=info, device=device, precision=config.precision)
+    teacher_logits, heldout_labels = predict(model, heldout_loader, **kw)
+    labels = heldout_labels if splits.labels else None
+    metric_kw = dict(kind=ft.distill_loss, temperature=ft.temperature)
+    original = {}
+    if labels is not None:
+        original = {k: v for k, v in heldout_metrics(teacher_logits, teacher_logits, labels, **metric_kw).items()
+                    if k.startswith("label")}
+
+    for result in report.results[1:]:
+        scheme = result.scheme
+        scheme_config = dataclasses.replace(config, paddings=[scheme])
+        student = copy.deepcopy(model)
+
+        def measure_now() -> tuple[list[LayerResult], dict[str, float]]:
+            measured = audit(scheme_config, model=student, info=info, source=splits.heldout, native=False)
+            logits, _ = predict(student, heldout_loader, scheme=scheme, **kw)
+            return measured.scheme(scheme).layers, heldout_metrics(logits, teacher_logits, labels, **metric_kw)
+
+        before_logits, _ = predict(student, heldout_loader, scheme=scheme, **kw)
+        before = heldout_metrics(before_logits, teacher_logits, labels, **metric_kw)
+        curve = [_curve_point(0, result.layers, before)] if ft.measure_every else []
+
+        def on_measure(step: int) -> None:
+            layers, metrics = measure_now()
+            curve.append(_curve_point(step, layers, metrics))
+
+        log = finetune(student, scheme, train_loader, ft, teacher=model if ft.labels is None else None,
+                       seed=config.seed, measure=on_measure, progress=progress, **kw)
+        after_layers, after = measure_now()
+        if ft.measure_every:
+            curve.append(_curve_point(ft.steps, after_layers, after))
+        weights = None
+        if ft.save_weights:
+            record = {"base_model": info.name, "base_weights": info.weights, "steps": ft.steps, **settings}
+            weights = str(save_finetuned(student, Path(ft.save_weights) / scheme, scheme, record))
+        train_loss, every = _downsample(log.losses)
+        result.finetune = FinetuneResult(
+            steps=ft.steps, settings=settings, layers=after_layers, before=before, after=after, original=original,
+            curve=curve, train_loss=train_loss, train_loss_every=every, weights=weights, seconds=log.seconds,
+        )
+        del student
+    report.timings["finetune_total_s"] = time.perf_counter() - started
+    return report
