@@ -60,12 +60,16 @@ def run(args: argparse.Namespace) -> dict:
     crops = windows[..., margin:margin + size, margin:margin + size]
     taps = FeatureTaps(model)
 
+    # Bare forward measured right before and right after the audit, averaged: a machine whose speed drifts (other
+    # load, clocks) then biases neither side.
+    bare_before = bare_forward_seconds(taps, crops, windows, args.repeats, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     report = audit(config, model=model, info=info)
+    bare_after = bare_forward_seconds(taps, crops, windows, args.repeats, device)
+    bare_s = (bare_before + bare_after) / 2
     labels = ["native", *args.paddings]
     loop_s = sum(report.timings[f"{label}_s"] for label in labels)
-    bare_s = bare_forward_seconds(taps, crops, windows, args.repeats, device)
     batches = -(-args.num_images // args.batch_size)
     needed_s = batches * len(labels) * bare_s
     return {
@@ -75,6 +79,7 @@ def run(args: argparse.Namespace) -> dict:
         "num_images": args.num_images,
         "paddings": labels,
         "bare_forward_images_per_s": args.batch_size / bare_s,
+        "bare_forward_drift": bare_after / bare_before,
         "audit_images_per_s": args.num_images * len(labels) / loop_s,
         "overhead_factor_loop": loop_s / needed_s,
         "overhead_factor_total": report.timings["total_s"] / needed_s,
@@ -104,7 +109,10 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
                    "--num-images", str(n), "--device", args.device, "--repeats", "1", "--json",
                    "--precision", args.precision, *(["--paddings", *args.paddings] if args.paddings else [])]
-            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"benchmark run failed:\n{done.stderr[-3000:]}")
+            rows.append(json.loads(done.stdout))
         small, large = rows
         key = "peak_cuda_mib" if small["peak_cuda_mib"] is not None else "peak_rss_mib"
         print(f"{args.model} on {small['device']}: peak memory N={small['num_images']}: {small[key]:.0f} MiB, "
@@ -117,7 +125,8 @@ def main() -> None:
         return
     print(f"{result['model']} on {result['device']}, batch {result['batch_size']}, N={result['num_images']}, "
           f"paddings {', '.join(result['paddings'])}")
-    print(f"  bare forward (crop + window passes): {result['bare_forward_images_per_s']:.2f} images/s")
+    print(f"  bare forward (crop + window passes): {result['bare_forward_images_per_s']:.2f} images/s "
+          f"(after/before the audit: {result['bare_forward_drift']:.2f})")
     print(f"  audit loop:                          {result['audit_images_per_s']:.2f} images x paddings / s")
     print(f"  overhead factor (loop):  {result['overhead_factor_loop']:.3f}   (1.0 = forward passes only)")
     print(f"  overhead factor (total): {result['overhead_factor_total']:.3f}   (incl. {result['one_off_s']:.1f} s "
