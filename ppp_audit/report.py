@@ -55,14 +55,10 @@ class LayerResult:
         return cls(name=name, receptive_radius_px=radius, reference_partial=partial, stats=LayerStats(**data))
 
 
-@dataclass
-class SchemeResult:
-    """All layers under one padding (``native`` or a scheme name)."""
+class _HeadlineScores:
+    """The model-level scores of anything holding per-layer results in ``layers``."""
 
-    scheme: str
-    patch: dict[str, Any]
     layers: list[LayerResult]
-    finetune: "FinetuneResult | None" = None
 
     @property
     def last_strength(self) -> float | None:
@@ -72,6 +68,16 @@ class SchemeResult:
     def max_strength(self) -> float | None:
         values = [layer.stats.strength for layer in self.layers if layer.stats.strength is not None]
         return max(values) if values else None
+
+
+@dataclass
+class SchemeResult(_HeadlineScores):
+    """All layers under one padding (``native`` or a scheme name)."""
+
+    scheme: str
+    patch: dict[str, Any]
+    layers: list[LayerResult]
+    finetune: "FinetuneResult | None" = None
 
     def layer(self, name: str) -> LayerResult:
         for layer in self.layers:
@@ -239,7 +245,7 @@ class CurvePoint:
 
 
 @dataclass
-class FinetuneResult:
+class FinetuneResult(_HeadlineScores):
     """One scheme fine-tuned after the swap: PPP with the scheme after training, and what training cost.
 
     PPP before the swap is the report's ``native`` result; right after the swap it is the scheme's own ``layers``.
@@ -259,15 +265,6 @@ class FinetuneResult:
     train_loss_every: int = 1
     weights: str | None = None
     seconds: float = 0.0
-
-    @property
-    def last_strength(self) -> float | None:
-        return self.layers[-1].stats.strength if self.layers else None
-
-    @property
-    def max_strength(self) -> float | None:
-        values = [layer.stats.strength for layer in self.layers if layer.stats.strength is not None]
-        return max(values) if values else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "settings": self.settings, "last_strength": self.last_strength,
