@@ -52,7 +52,7 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
     from rich.console import Console
 
     from .engine import audit
-    from .report import render_table
+    from .report import render_baselines, render_table
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     report = audit(config, progress=show_progress, **audit_kwargs)
@@ -66,7 +66,10 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
     if json_out:
         report.save(json_out)
         _stderr().print(f"report saved to {json_out}", highlight=False)
-    Console().print(render_table(report))
+    console = Console()
+    console.print(render_table(report))
+    for table in render_baselines(report):
+        console.print(table)
 
 
 def _guarded(func):
@@ -121,12 +124,20 @@ def audit_command(
     layers: Annotated[Optional[str], typer.Option(help="Comma-separated module names to tap instead of stages.")] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast on CUDA.")] = "fp32",
     workers: Annotated[int, typer.Option(help="DataLoader workers for image loading.")] = 0,
+    baselines: Annotated[
+        Optional[str], typer.Option(help="Comma-separated baselines on the same images: posenet,fconv,uneven.")
+    ] = None,
+    baseline_option: Annotated[
+        list[str], typer.Option("--baseline-option", help="Baseline setting NAME.FIELD=VALUE, e.g. posenet.steps=500, "
+                                "fconv.borders=0,32,128 (repeatable).")
+    ] = [],  # noqa: B006 - typer needs a literal default
     json_out: JsonOpt = None,
     out: OutOpt = None,
     progress: ProgressOpt = None,
 ) -> None:
     """Measure PPP of MODEL with its native padding and each --padding scheme, side by side."""
     from .engine import AuditConfig
+    from .metrics.baselines import parse_baseline_options
 
     config = AuditConfig(
         model=model, paddings=list(padding), pretrained=pretrained, weights=str(weights) if weights else None,
@@ -134,6 +145,8 @@ def audit_command(
         seed=seed, input_size=input_size, margin=margin,
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
         precision=precision, workers=workers,
+        baselines=[name for name in (baselines or "").split(",") if name.strip()],
+        baseline_options=parse_baseline_options(baseline_option),
     )
     _run_audit(config, json_out, out, progress)
 
