@@ -89,11 +89,12 @@ def rows(label: str, report) -> list[str]:
         posenet = report.baselines["posenet"][result.scheme]
         fconv = report.baselines["fconv"][result.scheme]
         held, black = posenet["scores"]["held_out"], posenet["scores"]["black"]
+        scheme = f"native ({result.patch['native_padding']})" if result.scheme == "native" else result.scheme
         largest = fconv["largest_decodable_border"]
         border = "none" if largest is None else f"{'≥ ' if fconv['decodable_at_all_borders'] else ''}{largest}"
         accs = " / ".join(f"{a:.0%}" for a in fconv["accuracy"])
         out.append(
-            f"| {label} | {result.scheme} ({result.patch['native_padding']}) | {result.last_strength:.3g} | "
+            f"| {label} | {scheme} | {result.last_strength:.3g} | "
             f"{result.max_strength:.3g} | {posenet['mean_spc']:.2f} | {held['horizontal']['spc']:.2f} | "
             f"{held['gaussian']['spc']:.2f} | {sum(v['spc'] for v in black.values()) / 5:.2f} | {accs} | {border} | "
             f"{uneven['num_uneven']} / {uneven['num_checked']} |"
