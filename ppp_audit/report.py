@@ -293,8 +293,11 @@ def render_baselines(report: Report) -> list:
         for label, result in fconv.items():
             cells = [f"{acc:.0%}" + (" *" if ok else "") for acc, ok in zip(result["accuracy"], result["decodable"])]
             table.add_row(label, *cells)
-        table.caption = (f"accuracy top-left vs bottom-right (chance 50 %); * decodable: accuracy ≥ "
-                         f"{first['threshold_accuracy']:.0%} (one-sided binomial, alpha {first['alpha']:g} / borders)")
+        threshold = first["threshold_accuracy"]
+        rule = (f"accuracy ≥ {threshold:.0%}" if threshold is not None
+                else "unreachable with this few test images (raise fconv.num_test)")
+        table.caption = (f"accuracy top-left vs bottom-right (chance 50 %); * decodable: {rule} (one-sided binomial, "
+                         f"alpha {first['alpha']:g} / borders)")
         table.caption_justify = "left"
         tables.append(table)
 

@@ -213,6 +213,24 @@ def test_location_is_near_perfect_with_a_planted_border_signal(crops):
     assert result.decodable_at_all_borders and result.largest_decodable_border == 64
 
 
+class SubResolutionPlant(PlantedBorderDistance):
+    """The planted border-distance signal riding on a constant, at 1e-6 of it: above float32 rounding, below the
+    test's resolution (1e-4), like the placement-dependent rounding in a real network's near-constant channels."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [1.0 + 1e-6 * super().forward(x)[0]]
+
+
+def test_location_ignores_differences_below_its_resolution(crops):
+    torch.manual_seed(0)
+    model, content = SubResolutionPlant().eval(), crops[..., 16:48, 16:48]
+    blind = LocationConfig(borders=(16,), num_train=16, num_test=16, resolution=0.0)
+    assert location_test(model, content[:16], content[16:32], config=blind, normalize=normalize).accuracy[0] > 0.9
+    result = location_test(model, content[:16], content[16:32], config=LocationConfig(borders=(16,), num_train=16,
+                                                                                       num_test=16), normalize=normalize)
+    assert not result.decodable[0], result.accuracy
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Static uneven-padding check
 # ---------------------------------------------------------------------------------------------------------------------
@@ -313,6 +331,30 @@ def test_options_are_parsed_and_validated():
                 lambda: parse_baseline_options(["fconv.alpha=high"])):
         with pytest.raises(PPPAuditError):
             bad()
+
+
+class _FewImages:
+    """A finite source: window ``i`` is filled with ``i``."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def available(self) -> int:
+        return self.count
+
+    def window(self, index: int, size: int) -> torch.Tensor:
+        return torch.full((3, size, size), float(index))
+
+
+def test_image_bank_takes_the_audits_crops_and_shrinks_splits_for_small_folders():
+    from ppp_audit.metrics.baselines import ImageBank
+
+    bank = ImageBank(_FewImages(6), window=12, margin=2, size=8)
+    train, test = bank.split(64, 32, "posenet")
+    assert train.shape == (4, 3, 8, 8) and test.shape == (2, 3, 8, 8)  # 6 images: 2 held out (1/3), 4 to train
+    assert train[:, 0, 0, 0].tolist() == [0, 1, 2, 3] and test[:, 0, 0, 0].tolist() == [4, 5]
+    with pytest.raises(PPPAuditError, match="at least 4 images"):
+        ImageBank(_FewImages(3), window=12, margin=2, size=8).split(64, 32, "fconv")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,9 @@ canvas edges either way. Global average pools of the tapped feature maps, concat
 equivariant to: a model that cannot see the canvas edge from the content (receptive field plus border effects smaller
 than ``b``) produces the same pooled features for both placements and sits exactly at chance.
 
+Pooled features get a little noise (relative size ``resolution``, default 1e-4) so that float32 rounding, which
+differs deterministically between the two placements, cannot be decoded (see :func:`dither`).
+
 Decision rule: location is *decodable* at border ``b`` when the test accuracy beats chance in a one-sided exact
 binomial test at level ``alpha / len(borders)`` (Bonferroni over the sweep), treating the ``2 · num_test`` test
 canvases as independent trials. The reported *largest decodable border* is the largest swept ``b`` that passes.
@@ -69,14 +72,11 @@ class LogisticProbe:
 def fit_logistic(x: Tensor, y: Tensor, *, l2: float = 1e-2, max_iter: int = 200) -> LogisticProbe:
     """L2-regularised logistic regression (mean BCE + ``l2·|w|²``), fitted by L-BFGS in float64.
 
-    Features are standardised with the training mean and std. A feature whose spread is below ``1e-6`` of the median
-    spread is treated as constant (scale 1), so float rounding in an otherwise constant feature cannot be amplified
-    into a spurious signal.
+    Features are standardised with the training mean and std (scale 1 for a constant feature).
     """
     x, y = x.double(), y.double()
     mean, std = x.mean(0), x.std(0)
-    floor = 1e-6 * std.median().clamp_min(1e-30)
-    scale = torch.where(std > floor, std, torch.ones_like(std))
+    scale = torch.where(std > 0, std, torch.ones_like(std))
     z = (x - mean) / scale
     weight = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -91,6 +91,21 @@ def fit_logistic(x: Tensor, y: Tensor, *, l2: float = 1e-2, max_iter: int = 200)
     with torch.enable_grad():
         optimizer.step(closure)
     return LogisticProbe(mean=mean, scale=scale, weight=weight.detach(), bias=bias.detach())
+
+
+def dither(train: Tensor, test: Tensor, resolution: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Add independent noise ``N(0, (resolution · RMS_k)²)`` to feature ``k`` of every sample (RMS over ``train``).
+
+    Float32 sums over a canvas round differently depending on where the content sits (about 1e-7 of a feature's size),
+    and those differences are deterministic per placement, so the paired design (each image on both corners) would
+    decode them. Noise far above that level and far below any meaningful signal makes the probe blind to rounding.
+    """
+    if resolution <= 0:
+        return train, test
+    generator = torch.Generator().manual_seed(seed)
+    scale = resolution * train.square().mean(0).sqrt()
+    noise = lambda x: scale * torch.randn(x.shape, generator=generator, dtype=x.dtype)  # noqa: E731
+    return train + noise(train), test + noise(test)
 
 
 def binomial_sf(successes: int, trials: int, p: float = 0.5) -> float:
@@ -118,6 +133,9 @@ class LocationConfig:
         alpha: Significance level of the whole sweep (Bonferroni-split over the borders).
         l2: L2 penalty of the logistic regression.
         batch_size: Canvases per forward pass.
+        resolution: Relative size of the noise added to the pooled features (see :func:`dither`); differences below
+            it are not counted as location information.
+        seed: Seed of that noise.
     """
 
     borders: tuple[int, ...] = (0, 16, 32, 64, 128)
@@ -127,6 +145,8 @@ class LocationConfig:
     alpha: float = 0.01
     l2: float = 1e-2
     batch_size: int = 16
+    resolution: float = 1e-4
+    seed: int = 0
 
     def __post_init__(self) -> None:
         from ...errors import PPPAuditError
@@ -142,8 +162,9 @@ class LocationConfig:
             raise PPPAuditError(f"fconv.alpha must be in (0, 1) (got {self.alpha})", "e.g. fconv.alpha=0.01")
         if self.content is not None and self.content < 1:
             raise PPPAuditError(f"fconv.content must be positive (got {self.content})", "leave it out for the default")
-        if self.l2 < 0 or self.batch_size < 1:
-            raise PPPAuditError("fconv.l2 must be >= 0 and fconv.batch_size >= 1", "use the defaults")
+        if self.l2 < 0 or self.batch_size < 1 or self.resolution < 0:
+            raise PPPAuditError("fconv.l2 and fconv.resolution must be >= 0 and fconv.batch_size >= 1",
+                                "use the defaults")
 
 
 @dataclass
@@ -158,7 +179,7 @@ class LocationResult:
     num_train: int
     num_test: int
     alpha: float
-    threshold_accuracy: float
+    threshold_accuracy: float | None  # None: too few test images for any accuracy to count as decodable
     seconds: float = 0.0
     canvas: list[int] = field(default_factory=list)
 
@@ -208,6 +229,7 @@ def location_test(extract: Extract, train_content: Tensor, test_content: Tensor,
     for border in config.borders:
         x_train, y_train = dataset(train_content, border)
         x_test, y_test = dataset(test_content, border)
+        x_train, x_test = dither(x_train, x_test, config.resolution, config.seed)
         probe = fit_logistic(x_train, y_train, l2=config.l2)
         correct = int((probe.predict(x_test) == y_test).sum())
         accuracy.append(correct / trials)
@@ -216,6 +238,6 @@ def location_test(extract: Extract, train_content: Tensor, test_content: Tensor,
     return LocationResult(
         content=size, borders=list(config.borders), accuracy=accuracy, p_value=p_values,
         decodable=[p < level for p in p_values], num_train=train_content.shape[0], num_test=test_content.shape[0],
-        alpha=config.alpha, threshold_accuracy=threshold, seconds=time.perf_counter() - started,
+        alpha=config.alpha, threshold_accuracy=threshold if math.isfinite(threshold) else None, seconds=time.perf_counter() - started,
         canvas=[2 * size + 2 * b for b in config.borders],
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 import torch
@@ -145,12 +145,11 @@ def train_readout(features: Tensor, targets: Tensor, *, steps: int, lr: float, b
         The read-out in eval mode, and the training loss of the last 10 % of steps.
     """
     generator = torch.Generator().manual_seed(seed)
-    flat = features.transpose(0, 1).flatten(1)
-    std = flat.std(1)
+    mean, std = features.mean(dim=(0, 2, 3)), features.std(dim=(0, 2, 3))
     std = torch.where(std > 1e-6 * std.max().clamp_min(1e-30), std, torch.ones_like(std))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():  # a seeded init that leaves the caller's RNG streams alone
         torch.manual_seed(seed)
-        readout = PosENetReadout(features.shape[1], targets.shape[0], flat.mean(1), std).to(features.device)
+        readout = PosENetReadout(features.shape[1], targets.shape[0], mean, std).to(features.device)
     optimizer = torch.optim.Adam(readout.parameters(), lr=lr)
     with torch.no_grad():
         standardized = readout.standardize(features)  # once: training then only runs the head
@@ -212,10 +211,12 @@ class PosENetConfig:
     def __post_init__(self) -> None:
         from ...errors import PPPAuditError
 
-        for key in ("num_train", "num_test", "steps", "batch_size", "num_noise"):
-            if int(getattr(self, key)) < 1 or (key in ("num_train", "num_test") and int(getattr(self, key)) < 2):
-                raise PPPAuditError(f"posenet.{key} must be positive (got {getattr(self, key)})",
-                                    "use at least 2 train/test images and 1 step")
+        minimum = {"num_train": 2, "num_test": 2, "steps": 1, "batch_size": 1, "num_noise": 1}
+        for key, low in minimum.items():
+            if getattr(self, key) < low:
+                default = next(f.default for f in fields(self) if f.name == key)
+                raise PPPAuditError(f"posenet.{key} must be at least {low} (got {getattr(self, key)})",
+                                    f"e.g. posenet.{key}={default}")
         if self.lr <= 0:
             raise PPPAuditError(f"posenet.lr must be positive (got {self.lr})", "e.g. posenet.lr=0.01")
         if self.grid is not None and self.grid < 4:
