@@ -226,8 +226,8 @@ def test_location_ignores_differences_below_its_resolution(crops):
     model, content = SubResolutionPlant().eval(), crops[..., 16:48, 16:48]
     blind = LocationConfig(borders=(16,), num_train=16, num_test=16, resolution=0.0)
     assert location_test(model, content[:16], content[16:32], config=blind, normalize=normalize).accuracy[0] > 0.9
-    result = location_test(model, content[:16], content[16:32], config=LocationConfig(borders=(16,), num_train=16,
-                                                                                       num_test=16), normalize=normalize)
+    default = LocationConfig(borders=(16,), num_train=16, num_test=16)
+    result = location_test(model, content[:16], content[16:32], config=default, normalize=normalize)
     assert not result.decodable[0], result.accuracy
 
 

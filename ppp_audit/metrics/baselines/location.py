@@ -238,6 +238,7 @@ def location_test(extract: Extract, train_content: Tensor, test_content: Tensor,
     return LocationResult(
         content=size, borders=list(config.borders), accuracy=accuracy, p_value=p_values,
         decodable=[p < level for p in p_values], num_train=train_content.shape[0], num_test=test_content.shape[0],
-        alpha=config.alpha, threshold_accuracy=threshold if math.isfinite(threshold) else None, seconds=time.perf_counter() - started,
+        alpha=config.alpha, threshold_accuracy=threshold if math.isfinite(threshold) else None,
+        seconds=time.perf_counter() - started,
         canvas=[2 * size + 2 * b for b in config.borders],
     )

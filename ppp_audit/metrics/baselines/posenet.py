@@ -220,7 +220,8 @@ class PosENetConfig:
         if self.lr <= 0:
             raise PPPAuditError(f"posenet.lr must be positive (got {self.lr})", "e.g. posenet.lr=0.01")
         if self.grid is not None and self.grid < 4:
-            raise PPPAuditError(f"posenet.grid must be at least 4 (got {self.grid})", "leave it out for max(8, input_size // 16)")
+            raise PPPAuditError(f"posenet.grid must be at least 4 (got {self.grid})",
+                                "leave it out for max(8, input_size // 16)")
 
 
 @dataclass

@@ -93,7 +93,8 @@ def _convert(value: str, annotation: str, key: str) -> Any:
         if annotation.startswith("float"):
             return float(value)
     except ValueError:
-        raise PPPAuditError(f"cannot read '{value}' for {key} (type {annotation})", f"give {key}=<{annotation}>") from None
+        raise PPPAuditError(f"cannot read '{value}' for {key} (type {annotation})",
+                            f"give {key}=<{annotation}>") from None
     return value
 
 

@@ -79,7 +79,8 @@ class LayerGeometry:
         return {**asdict(self), "unread": list(self.unread), "uneven": self.uneven}
 
 
-def used_padding(size: int, before: int, after: int, kernel: int, stride: int, dilation: int, out: int) -> tuple[int, int]:
+def used_padding(size: int, before: int, after: int, kernel: int, stride: int, dilation: int,
+                 out: int) -> tuple[int, int]:
     """Padding rows read on each side of one axis, given the output size the layer really produced.
 
     The first window starts at padded index 0, so all ``before`` rows are read; the last one ends at
@@ -123,8 +124,9 @@ class _ShapeTrace:
         for name, module in self.model.named_modules():
             kind = self.kind(module)
             if kind is not None:
-                handles.append(module.register_forward_pre_hook(lambda m, args, n=name, k=kind: self.pre(n, k, m, args)))
-                handles.append(module.register_forward_hook(lambda m, args, out, n=name, k=kind: self.post(n, k, m, out)))
+                handles.append(module.register_forward_pre_hook(lambda m, args, k=kind: self.pre(k, m, args)))
+                handles.append(module.register_forward_hook(
+                    lambda m, args, out, n=name, k=kind: self.post(n, k, m, out)))
             elif isinstance(module, _PAD_MODULES):
                 handles.append(module.register_forward_hook(lambda m, args, out: self.pad(m, args, out)))
         return handles
@@ -135,7 +137,7 @@ class _ShapeTrace:
         if x.shape[-2:] != out.shape[-2:] or any(pad4):
             self.padded[id(out)] = (out, pad4)  # keep ``out`` alive so its id is not reused
 
-    def pre(self, name: str, kind: str, module: nn.Module, args: tuple) -> None:
+    def pre(self, kind: str, module: nn.Module, args: tuple) -> None:
         x = args[0]
         height, width = int(x.shape[-2]), int(x.shape[-1])
         kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
@@ -169,7 +171,8 @@ class _ShapeTrace:
 
 
 def _run_on_meta(model: nn.Module, shape: tuple[int, ...]) -> None:
-    tensors = itertools.chain(model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False))
+    tensors = itertools.chain(model.named_parameters(remove_duplicate=False),
+                              model.named_buffers(remove_duplicate=False))
     on_meta = {name: torch.empty_like(t, device="meta") for name, t in tensors}
     with torch.no_grad():
         torch.func.functional_call(model, on_meta, (torch.zeros(shape, device="meta"),), strict=False)
