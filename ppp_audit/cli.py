@@ -206,6 +206,13 @@ def audit_command(
     include_pools: Annotated[
         bool, typer.Option("--include-pools", help="Schemes also replace pool padding (max-pool -inf, avg-pool zeros).")
     ] = False,
+    baselines: Annotated[
+        Optional[str], typer.Option(help="Comma-separated baselines on the same images: posenet,fconv,uneven.")
+    ] = None,
+    baseline_option: Annotated[
+        list[str], typer.Option("--baseline-option", help="Baseline setting NAME.FIELD=VALUE, e.g. posenet.steps=500, "
+                                "fconv.borders=0,32,128 (repeatable).")
+    ] = [],  # noqa: B006 - typer needs a literal default
     json_out: JsonOpt = None,
     out: OutOpt = None,
     progress: ProgressOpt = None,
@@ -249,6 +256,7 @@ def audit_command(
     With --finetune-steps K: after each swap, fine-tune K steps and measure again (does training rebuild PPP?).
     """
     from .engine import AuditConfig
+    from .metrics.baselines import parse_baseline_options
 
     push = _push_options(push_to_hub, model_pr, model_repo, private, revision, create_pr)
     config = AuditConfig(
@@ -257,6 +265,8 @@ def audit_command(
         seed=seed, input_size=input_size, margin=margin,
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
         precision=precision, workers=workers, include_pools=include_pools,
+        baselines=[name for name in (baselines or "").split(",") if name.strip()],
+        baseline_options=parse_baseline_options(baseline_option),
     )
     finetune = None
     if finetune_steps:

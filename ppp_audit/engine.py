@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -48,6 +48,8 @@ class AuditConfig:
         workers: DataLoader worker processes for image loading.
         include_pools: Let the schemes also replace the padding of pools (max-pools pad with -inf, average pools
             with counted zeros); by default pools keep theirs and are listed as unpatched.
+        baselines: Baselines to run on the same images (``posenet``, ``fconv``, ``uneven``; SPEC §3.3).
+        baseline_options: Per-baseline settings, ``{"posenet": {"steps": 500}, "fconv": {"borders": (0, 64)}}``.
     """
 
     model: str
@@ -66,6 +68,8 @@ class AuditConfig:
     precision: str = "fp32"
     workers: int = 0
     include_pools: bool = False
+    baselines: list[str] = field(default_factory=list)
+    baseline_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(what: str, fix: str) -> None:
@@ -88,6 +92,10 @@ class AuditConfig:
         self.paddings = list(dict.fromkeys(self.paddings))
         if NATIVE in self.paddings:
             bad(f"'{NATIVE}' is always measured", "list only schemes to compare against it")
+        if self.baselines or self.baseline_options:
+            from .metrics.baselines import validate_baselines
+
+            self.baselines = validate_baselines(self.baselines, self.baseline_options)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -230,6 +238,8 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     if num_images < 2:
         raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
     rank, world = _rank_and_world()
+    if world > 1 and config.baselines:
+        raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
     if world > num_images:
         raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
     loader = DataLoader(
@@ -278,6 +288,13 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
                                       stats=stats))
         results.append(SchemeResult(scheme=label, patch=summaries[label].to_dict(), layers=layers))
 
+    baselines: dict[str, Any] = {}
+    if config.baselines:
+        tick = time.perf_counter()
+        baselines = _run_baselines(config, model, taps, source, window, margin, size, largest_stride(model), device,
+                                   mean, std, labels, progress)
+        seconds_baselines = time.perf_counter() - tick
+
     total = time.perf_counter() - started
     return Report(
         environment=environment(),
@@ -290,8 +307,28 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         precision=config.precision,
         results=results,
         timings={"total_s": total, "processes": world, **{f"{label}_s": s for label, s in seconds.items()},
-                 "images_per_s": num_images * len(labels) / max(sum(seconds.values()), 1e-9)},
+                 "images_per_s": num_images * len(labels) / max(sum(seconds.values()), 1e-9),
+                 **({"baselines_s": seconds_baselines} if config.baselines else {})},
+        baselines=baselines,
     )
+
+
+def _run_baselines(config: AuditConfig, model: nn.Module, taps: FeatureTaps, source: ImageSource, window: int,
+                   margin: int, size: int, max_stride: int, device: torch.device, mean: Tensor, std: Tensor,
+                   labels: list[str], progress: bool) -> dict[str, Any]:
+    """The baselines (SPEC §3.3) on the audit's own crops, per scheme where the padding matters; fp32 throughout."""
+    from .metrics.baselines import BaselineInputs, ImageBank, run_baselines
+    from .metrics.baselines.runner import num_steps
+
+    inputs = BaselineInputs(
+        model=model, extract=taps, images=ImageBank(source, window, margin, size),
+        normalize=lambda x: (x - mean) / std, input_size=size, max_stride=max_stride, device=device,
+        schemes=labels, scheme=lambda label: _scheme(model, label),
+    )
+    with _progress(progress) as bar:
+        task = bar.add_task("baselines", total=num_steps(config.baselines, len(labels)))
+        return run_baselines(config.baselines, config.baseline_options, inputs,
+                             on_step=lambda what: bar.update(task, advance=1, description=f"baseline {what}"))
 
 
 def _offset(name: str, crop: Tensor, window: Tensor) -> int:
@@ -319,10 +356,14 @@ def _rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def largest_stride(model: nn.Module) -> int:
+    """The model's largest stride from ``feature_info`` (32, timm's usual, for models without one)."""
+    return int(max([f["reduction"] for f in getattr(model, "feature_info", [])] or [32]))
+
+
 def geometry(config: AuditConfig, model: nn.Module, info: ModelInfo) -> tuple[int, int]:
     """Crop size ``S`` and margin ``m`` of an audit (windows are ``S + 2m``), validated."""
-    strides = [f["reduction"] for f in getattr(model, "feature_info", [])] or [32]
-    max_stride = int(max(strides))
+    max_stride = largest_stride(model)
     size = config.input_size or info.input_size
     margin = config.margin or 2 * max_stride
     if margin % max_stride:

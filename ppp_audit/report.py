@@ -6,6 +6,7 @@ equals ``r``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import platform
@@ -16,7 +17,8 @@ from typing import Any
 
 from .metrics import BorderProfile, LayerStats
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+"""1.1 added ``baselines`` and per-scheme ``finetune``; readers accept any 1.x and ignore fields they do not know."""
 
 
 def environment() -> dict[str, str]:
@@ -114,6 +116,7 @@ class Report:
     results: list[SchemeResult]
     timings: dict[str, float] = field(default_factory=dict)
     estimator: str = "delta"
+    baselines: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: str = SCHEMA_VERSION
 
@@ -152,11 +155,13 @@ class Report:
             "estimator": self.estimator,
             "timings": self.timings,
             "results": [r.to_dict() for r in self.results],
+            "baselines": self.baselines,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Report":
-        fields = {k: v for k, v in data.items() if k not in ("window", "results")}
+        known = {f.name for f in dataclasses.fields(cls)} - {"results"}
+        fields = {k: v for k, v in data.items() if k in known}  # a newer 1.x may add fields: read what we know
         return cls(**fields, results=[SchemeResult.from_dict(r) for r in data["results"]])
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -358,3 +363,104 @@ def render_curve_table(report: Report):
             row += [_fmt(point.strengths[-1]), _fmt(max(values) if values else None), _fmt(point.agreement_top1)]
         table.add_row(*row)
     return table
+
+
+_SHORT_TARGETS = {"horizontal": "horiz.", "vertical": "vert.", "gaussian": "gauss.", "horizontal_stripes": "h-stripes",
+                  "vertical_stripes": "v-stripes"}
+
+
+def render_baselines(report: Report) -> list:
+    """Rich tables for ``report.baselines`` (SPEC §3.3): a summary beside PPP strength, then one table per baseline."""
+    from rich.table import Table
+
+    base = report.baselines
+    if not base:
+        return []
+    tables = []
+    posenet, fconv, uneven = base.get("posenet", {}), base.get("fconv", {}), base.get("uneven")
+
+    def mean_spc(result: dict[str, Any], which: str) -> float:
+        scores = result["scores"][which]
+        return sum(v["spc"] for v in scores.values()) / len(scores)
+
+    summary = Table(title="Baselines beside PPP strength (same images)", title_justify="left")
+    summary.add_column("padding")
+    summary.add_column("PPP strength\nlast / max", justify="right")
+    if posenet:
+        summary.add_column("PosENet SPC\nheld-out", justify="right")
+        summary.add_column("PosENet SPC\nblack / white", justify="right")
+    if fconv:
+        summary.add_column("F-Conv largest\ndecodable border", justify="right")
+    if uneven:
+        summary.add_column("uneven layers\n(any padding)", justify="right")
+    for result in report.results:
+        row = [result.scheme, f"{_fmt(result.last_strength)} / {_fmt(result.max_strength)}"]
+        if posenet:
+            p = posenet.get(result.scheme)
+            row += [_fmt(mean_spc(p, "held_out")) if p else "–",
+                    f"{_fmt(mean_spc(p, 'black'))} / {_fmt(mean_spc(p, 'white'))}" if p else "–"]
+        if fconv:
+            f = fconv.get(result.scheme)
+            if f is None:
+                row.append("–")
+            else:
+                largest = f["largest_decodable_border"]
+                text = "none" if largest is None else f"{largest} px"
+                row.append(f"≥ {text}" if f["decodable_at_all_borders"] else text)
+        if uneven:
+            row.append(f"{uneven['num_uneven']} / {uneven['num_checked']}")
+        summary.add_row(*row)
+    summary.caption = ("PosENet SPC: mean over targets of the Spearman correlation (1 = position fully decodable); "
+                       "F-Conv: largest border with accuracy above chance (binomial, Bonferroni); uneven: at "
+                       f"{report.input_size} px, padding-independent")
+    summary.caption_justify = "left"
+    tables.append(summary)
+
+    if posenet:
+        first = next(iter(posenet.values()))
+        table = Table(title=f"PosENet probe · grid {first['grid']} · {first['num_train']} train / {first['num_test']} "
+                      f"held-out images · {first['steps']} steps", title_justify="left")
+        table.add_column("padding")
+        table.add_column("input")
+        targets = first["targets"]
+        for target in targets:
+            table.add_column(f"{_SHORT_TARGETS.get(target, target)}\nSPC / MAE", justify="right")
+        for label, result in posenet.items():
+            for which, scores in result["scores"].items():
+                table.add_row(label, which.replace("_", "-"),
+                              *[f"{scores[t]['spc']:.2f} / {scores[t]['mae']:.2f}" for t in targets])
+            table.add_section()
+        tables.append(table)
+
+    if fconv:
+        first = next(iter(fconv.values()))
+        table = Table(title=f"F-Conv location test · content {first['content']} px · {first['num_train']} train / "
+                      f"{first['num_test']} test images", title_justify="left")
+        table.add_column("padding")
+        for border in first["borders"]:
+            table.add_column(f"border\n{border} px", justify="right")
+        for label, result in fconv.items():
+            cells = [f"{acc:.0%}" + (" *" if ok else "") for acc, ok in zip(result["accuracy"], result["decodable"])]
+            table.add_row(label, *cells)
+        threshold = first["threshold_accuracy"]
+        rule = (f"accuracy ≥ {threshold:.0%}" if threshold is not None
+                else "unreachable with this few test images (raise fconv.num_test)")
+        table.caption = (f"accuracy top-left vs bottom-right (chance 50 %); * decodable: {rule} (one-sided binomial, "
+                         f"alpha {first['alpha']:g} / borders)")
+        table.caption_justify = "left"
+        tables.append(table)
+
+    if uneven:
+        table = Table(title=f"Uneven padding at {uneven['input_size'][0]}x{uneven['input_size'][1]}: "
+                      f"{uneven['num_uneven']} of {uneven['num_checked']} conv/pool layers", title_justify="left")
+        for column in ("layer", "type", "in → out", "k / s / d", "top / bottom", "left / right"):
+            table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+        for g in uneven["layers"]:
+            left, right, top, bottom = g["used"]
+            table.add_row(g["name"], g["module_type"], f"{g['input_hw'][0]} → {g['output_hw'][0]}",
+                          f"{g['kernel'][0]} / {g['stride'][0]} / {g['dilation'][0]}", f"{top} / {bottom}",
+                          f"{left} / {right}")
+        table.caption = "padding rows/cols actually read per side; negative: real rows/cols never read"
+        table.caption_justify = "left"
+        tables.append(table)
+    return tables

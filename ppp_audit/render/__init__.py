@@ -43,12 +43,13 @@ class Outputs:
 
 
 def print_report(console: "Console", report: "Report") -> None:
-    """The terminal view: the per-layer table, the last stage's PPP map of every scheme, then fine-tune tables."""
-    from ..report import render_curve_table, render_finetune_table, render_table
+    """The terminal view: the per-layer table, the last stage's PPP map of every scheme, then fine-tune and baseline
+    tables."""
+    from ..report import render_baselines, render_curve_table, render_finetune_table, render_table
 
     console.print(render_table(report))
     console.print(TerminalHeatmap(report))
-    for table in (render_finetune_table(report), render_curve_table(report)):
+    for table in (render_finetune_table(report), render_curve_table(report), *render_baselines(report)):
         if table is not None:
             console.print(table)
 

@@ -1,0 +1,65 @@
+"""Baselines (SPEC §3.3), run on the same images as the PPP audit: the measures PPP is compared against.
+
+* ``posenet`` — PosENet probe (:mod:`.posenet`): a padding-free 3×3 read-out trained on frozen multi-level features
+  to predict position maps; Spearman correlation and MAE on held-out images and on constant inputs.
+* ``fconv`` — F-Conv location test (:mod:`.location`): content pasted top-left vs bottom-right of a black canvas,
+  borders swept; logistic-regression accuracy on pooled features, and the largest border still decodable.
+* ``uneven`` — static uneven-padding check (:mod:`.uneven`): layers whose padding differs between opposite borders at
+  the input size; needs no weights and no images.
+
+Each module holds pure functions and a small trainer; :mod:`.runner` runs them for the audit engine.
+"""
+
+from .location import LocationConfig, LocationResult, binomial_sf, fit_logistic, location_test, paste
+from .posenet import (
+    TARGETS,
+    PosENetConfig,
+    PosENetReadout,
+    PosENetResult,
+    position_targets,
+    posenet_probe,
+    rankdata,
+    spearman,
+    stack_features,
+)
+from .runner import (
+    BASELINES,
+    BaselineInputs,
+    ImageBank,
+    baseline_config,
+    parse_baseline_options,
+    run_baselines,
+    validate_baselines,
+)
+from .uneven import LayerGeometry, UnevenResult, layer_geometry, uneven_layers, uneven_padding_check, used_padding
+
+__all__ = [
+    "BASELINES",
+    "TARGETS",
+    "BaselineInputs",
+    "ImageBank",
+    "LayerGeometry",
+    "LocationConfig",
+    "LocationResult",
+    "PosENetConfig",
+    "PosENetReadout",
+    "PosENetResult",
+    "UnevenResult",
+    "baseline_config",
+    "binomial_sf",
+    "fit_logistic",
+    "layer_geometry",
+    "location_test",
+    "parse_baseline_options",
+    "paste",
+    "position_targets",
+    "posenet_probe",
+    "rankdata",
+    "run_baselines",
+    "spearman",
+    "stack_features",
+    "uneven_layers",
+    "uneven_padding_check",
+    "used_padding",
+    "validate_baselines",
+]
