@@ -339,3 +339,24 @@ def test_report_round_trip_and_tables(zero_lr):
     assert "+2 steps" in text and "agreement" in text and "before swap" in text
     plain = Report.from_dict({**report.to_dict(), "results": [report.scheme("native").to_dict()]})
     assert render_finetune_table(plain) is None and render_curve_table(plain) is None
+
+
+def test_formation_figure_and_page_section(distilled, tmp_path):
+    from PIL import Image
+
+    from ppp_audit.render import write_outputs
+    from ppp_audit.render.figures import DPI, FORMATION_SIZE_IN, _formation_points
+
+    report, _, _ = distilled
+    result = report.scheme("reflect")
+    points = _formation_points(result)
+    assert [step for step, _ in points] == [0, 2, 4]
+    assert points[0][1] == [layer.stats.strength for layer in result.layers]  # right after the swap
+    assert points[-1][1] == [layer.stats.strength for layer in result.finetune.layers]  # after fine-tuning
+
+    write_outputs(report, tmp_path)
+    png = tmp_path / "figures" / "formation_reflect.png"
+    with Image.open(png) as image:
+        assert image.size == (round(FORMATION_SIZE_IN[0] * DPI), round(FORMATION_SIZE_IN[1] * DPI))
+    page = (tmp_path / "report.html").read_text()
+    assert "Fine-tuning after the swap" in page and 'src="figures/formation_reflect.png"' in page

@@ -450,3 +450,65 @@ def _draw_strength(report: "Report"):
     fig.suptitle(f"{model_label(report)}\nPPP strength ± 95% CI · N={n} {report.data.get('kind', '')}".rstrip(),
                  fontsize=10, x=0.02, ha="left", y=0.98, va="top")
     return fig, {"strength": ax}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+FORMATION_SIZE_IN = (6.4, 3.6)
+
+
+@register_figure("formation")
+def formation_figures(report: "Report") -> list[FigureSpec]:
+    """Fine-tune runs: PPP strength per stage against optimiser steps (the formation curve), one figure per scheme.
+
+    The curve starts right after the swap (step 0) and ends after fine-tuning; the native (pre-swap) level of each
+    stage is drawn dashed, so one sees whether training rebuilds the pattern the swap removed.
+    """
+    specs = []
+    for index, result in enumerate(report.results):
+        tune = result.finetune
+        if tune is None:
+            continue
+        specs.append(FigureSpec(
+            key=f"formation/{result.scheme}", filename=f"figures/formation_{_slug(result.scheme)}.png",
+            section="finetune", title=f"PPP formation while fine-tuning with {result.scheme} padding",
+            alt=f"PPP strength per stage against fine-tuning steps of {report.model.get('name')} with "
+                f"{result.scheme} padding, native levels dashed",
+            size_in=FORMATION_SIZE_IN, draw=lambda result=result: _draw_formation(report, result),
+        ))
+    return specs
+
+
+def _formation_points(result: "SchemeResult") -> list[tuple[int, list[float | None]]]:
+    """(step, strength per stage) from right after the swap to after fine-tuning, curve points in between."""
+    tune = result.finetune
+    points = {0: [layer.stats.strength for layer in result.layers]}
+    points.update({p.step: p.strengths for p in tune.curve})
+    points[tune.steps] = [layer.stats.strength for layer in tune.layers]
+    return sorted(points.items())
+
+
+def _draw_formation(report: "Report", result: "SchemeResult"):
+    fig = _new_figure(FORMATION_SIZE_IN)
+    ax = fig.add_axes([0.11, 0.16, 0.62, 0.68])
+    points = _formation_points(result)
+    steps = [step for step, _ in points]
+    native = report.results[0].layers
+    for j, layer in enumerate(result.layers):
+        colour = scheme_colour(j)
+        ys = [strengths[j] if strengths[j] is not None else float("nan") for _, strengths in points]
+        ax.plot(steps, ys, color=colour, marker=_SCHEME_MARKERS[j % len(_SCHEME_MARKERS)], markersize=4,
+                linewidth=1.5, label=f"{layer.name} (s={layer.stats.stride_px:g})")
+        if native[j].stats.strength is not None:
+            ax.axhline(native[j].stats.strength, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
+    ax.set_xlabel("fine-tuning step", fontsize=8)
+    ax.set_ylabel("PPP strength  RMS(P)/RMS(σ)", fontsize=8)
+    ax.set_ylim(bottom=0)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False, title="stage (dashed: native)",
+              title_fontsize=7)
+    n = report.data.get("num_images", "?")
+    fig.suptitle(f"{model_label(report)}\n{result.scheme} padding: PPP while fine-tuning · held-out N={n}",
+                 fontsize=10, x=0.02, ha="left", y=0.98, va="top")
+    return fig, {"formation": ax}

@@ -157,6 +157,16 @@ def _patches(report: "Report", page: Page) -> str:
     return "".join(parts)
 
 
+@register_section("finetune", "Fine-tuning after the swap", order=70)
+def _finetune(report: "Report", page: Page) -> str | None:
+    from ..report import render_curve_table, render_finetune_table
+
+    tables = [t for t in (render_finetune_table(report), render_curve_table(report)) if t is not None]
+    if not tables:
+        return None
+    return "".join(rich_table_html(t) for t in tables) + (page.gallery("finetune") or "")
+
+
 @register_section("other_figures", "Other figures", order=90)
 def _other_figures(report: "Report", page: Page) -> str | None:
     known = set(SECTIONS)
