@@ -203,6 +203,9 @@ def audit_command(
     layers: Annotated[Optional[str], typer.Option(help="Comma-separated module names to tap instead of stages.")] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast on CUDA.")] = "fp32",
     workers: Annotated[int, typer.Option(help="DataLoader workers for image loading.")] = 0,
+    compile_backend: Annotated[Optional[str], typer.Option(
+        "--compile", help="torch.compile the feature passes with this backend (e.g. inductor); pays off for large N.",
+    )] = None,
     include_pools: Annotated[
         bool, typer.Option("--include-pools", help="Schemes also replace pool padding (max-pool -inf, avg-pool zeros).")
     ] = False,
@@ -264,7 +267,7 @@ def audit_command(
         images=str(images) if images else None, num_images=num_images, batch_size=batch_size, device=device,
         seed=seed, input_size=input_size, margin=margin,
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
-        precision=precision, workers=workers, include_pools=include_pools,
+        precision=precision, workers=workers, include_pools=include_pools, compile=compile_backend,
         baselines=[name for name in (baselines or "").split(",") if name.strip()],
         baseline_options=parse_baseline_options(baseline_option),
     )

@@ -126,3 +126,13 @@ def test_report_rejects_a_newer_major_schema_and_reads_a_newer_minor(lite0_repor
         Report.from_dict(data)
     data.update(schema_version="1.9", field_from_the_future={"x": 1})
     assert Report.from_dict(data).results == lite0_reports[0].results
+
+
+def test_compiled_feature_passes_give_the_eager_numbers():
+    common = dict(model="resnet10t", pretrained=False, paddings=["reflect"], num_images=4, batch_size=2,
+                  input_size=64, device="cpu")
+    eager = audit(AuditConfig(**common))
+    compiled = audit(AuditConfig(**common, compile="aot_eager"))  # inductor compiles the same graphs, slower to build
+    for e, c in zip(eager.results, compiled.results):
+        for el, cl in zip(e.layers, c.layers):
+            assert cl.stats.strength == pytest.approx(el.stats.strength, rel=1e-4, abs=1e-7), (e.scheme, el.name)
