@@ -218,8 +218,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
             raise ValueError("pass the ModelInfo of a prebuilt model")
     for name in config.paddings:
         get_padding(name)  # unknown schemes fail before any work
-    native = _native_summary(model, config.include_pools)
-    if config.paddings and not native.patched:
+    if config.paddings and not _native_summary(model, config.include_pools).patched:
         raise NothingToPatchError(
             f"model '{config.model}' has no padding to replace (no padded convolutions or pad modules)",
             "its position information, if any, does not come from padding; audit it without --padding",
