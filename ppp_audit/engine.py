@@ -147,15 +147,15 @@ def _source(config: AuditConfig, info: ModelInfo, size: int) -> ImageSource:
 
 
 @contextlib.contextmanager
-def _scheme(model: nn.Module, label: str, include_pools: bool = False,
-            probe: Tensor | None = None) -> Iterator[PatchSummary]:
+def _scheme(model: nn.Module, label: str, include_pools: bool = False, probe: Tensor | None = None) -> Iterator[None]:
+    """The model with ``label``'s padding for the duration of the block (``native``: the model as it is)."""
     if label == NATIVE:
-        yield _native_summary(model, include_pools)
-    else:
-        # Schemes that change map sizes check the model's output shapes on every patch; the others need no probe.
-        example = probe if not get_padding(label).keeps_shape else None
-        with padding(model, label, include_pools=include_pools, example_input=example) as summary:
-            yield summary
+        yield
+        return
+    # Schemes that change map sizes check the model's output shapes on every patch; the others need no probe.
+    example = probe if not get_padding(label).keeps_shape else None
+    with padding(model, label, include_pools=include_pools, example_input=example):
+        yield
 
 
 def _native_summary(model: nn.Module, include_pools: bool = False, example_input: Tensor | None = None) -> PatchSummary:

@@ -188,7 +188,8 @@ class Report:
         return cls.from_json(path.read_text())
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
+def format_number(value: float | None, digits: int = 3) -> str:
+    """A metric for tables and figure titles: ``digits`` significant digits, "–" when missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
@@ -217,13 +218,13 @@ def render_table(report: Report):
         for result in report.results:
             stats = result.layers[i].stats
             half = stats.strength_ci[1] - stats.strength if stats.strength_ci else None
-            row += [f"{_fmt(stats.strength)} ± {_fmt(half, 2)}", _fmt(stats.extent_px, 4)]
+            row += [f"{format_number(stats.strength)} ± {format_number(half, 2)}", format_number(stats.extent_px, 4)]
         table.add_row(*row)
     table.add_section()
     for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
         row = [label, ""]
         for result in report.results:
-            row += [_fmt(getattr(result, attr)), ""]
+            row += [format_number(getattr(result, attr)), ""]
         table.add_row(*row, style="bold")
     notes = ["strength = RMS(P) / RMS(σ) (Δ estimator, debiased); extent = distance from the border, input px"]
     if partial_seen:
@@ -310,7 +311,7 @@ def render_finetune_table(report: Report):
 
     def strength_cell(stats: LayerStats) -> str:
         half = stats.strength_ci[1] - stats.strength if stats.strength_ci else None
-        return f"{_fmt(stats.strength)} ± {_fmt(half, 2)}"
+        return f"{format_number(stats.strength)} ± {format_number(half, 2)}"
 
     for i, layer in enumerate(native.layers):
         row = [layer.name + (" *" if layer.reference_partial else ""), f"{layer.stats.stride_px:g}",
@@ -320,18 +321,18 @@ def render_finetune_table(report: Report):
         table.add_row(*row)
     table.add_section()
     for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
-        row = [label, "", _fmt(getattr(native, attr))]
+        row = [label, "", format_number(getattr(native, attr))]
         for result in tuned:
-            row += [_fmt(getattr(result, attr)), _fmt(getattr(result.finetune, attr))]
+            row += [format_number(getattr(result, attr)), format_number(getattr(result.finetune, attr))]
         table.add_row(*row, style="bold")
     table.add_section()
     metrics = [("top-1 agreement", "agreement_top1", 1.0), ("distill loss", "distill_loss", 0.0)]
     if "label_accuracy" in tuned[0].finetune.after:
         metrics.append(("label accuracy", "label_accuracy", tuned[0].finetune.original.get("label_accuracy")))
     for label, key, original in metrics:
-        row = [f"held-out {label}", "", _fmt(original)]
+        row = [f"held-out {label}", "", format_number(original)]
         for result in tuned:
-            row += [_fmt(result.finetune.before.get(key)), _fmt(result.finetune.after.get(key))]
+            row += [format_number(result.finetune.before.get(key)), format_number(result.finetune.after.get(key))]
         table.add_row(*row)
     table.caption = ("strength = RMS(P) / RMS(σ) ± 95% CI on held-out images; agreement and loss are against the "
                      "original (unpatched) model's logits")
@@ -360,7 +361,7 @@ def render_curve_table(report: Report):
                 row += ["", "", ""]
                 continue
             values = [v for v in point.strengths if v is not None]
-            row += [_fmt(point.strengths[-1]), _fmt(max(values) if values else None), _fmt(point.agreement_top1)]
+            row += [format_number(point.strengths[-1]), format_number(max(values) if values else None), format_number(point.agreement_top1)]
         table.add_row(*row)
     return table
 
@@ -394,11 +395,11 @@ def render_baselines(report: Report) -> list:
     if uneven:
         summary.add_column("uneven layers\n(any padding)", justify="right")
     for result in report.results:
-        row = [result.scheme, f"{_fmt(result.last_strength)} / {_fmt(result.max_strength)}"]
+        row = [result.scheme, f"{format_number(result.last_strength)} / {format_number(result.max_strength)}"]
         if posenet:
             p = posenet.get(result.scheme)
-            row += [_fmt(mean_spc(p, "held_out")) if p else "–",
-                    f"{_fmt(mean_spc(p, 'black'))} / {_fmt(mean_spc(p, 'white'))}" if p else "–"]
+            row += [format_number(mean_spc(p, "held_out")) if p else "–",
+                    f"{format_number(mean_spc(p, 'black'))} / {format_number(mean_spc(p, 'white'))}" if p else "–"]
         if fconv:
             f = fconv.get(result.scheme)
             if f is None:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ..metrics import BorderProfile
+    from ..metrics import BorderProfile, LayerStats
     from ..report import LayerResult, Report
 
 DPI = 100
@@ -223,15 +223,26 @@ def map_figure_size(num_panels: int) -> tuple[float, float]:
     return width, MAP_BOTTOM_IN + MAP_PANEL_IN + MAP_TOP_IN
 
 
+Panel = tuple[int, str, "LayerResult"]
+"""(scheme index, scheme label, that scheme's result for one stage)."""
+
+
+def _stage_panels(report: "Report", has: Callable[["LayerStats"], bool]) -> list[tuple[int, "LayerResult", list[Panel]]]:
+    """Per stage: its index, the first scheme's result for it, and every scheme's result that ``has`` what is drawn."""
+    stages = []
+    for index, first in enumerate(report.results[0].layers):
+        panels = [(i, r.scheme, r.layers[index]) for i, r in enumerate(report.results)
+                  if index < len(r.layers) and has(r.layers[index].stats)]
+        if panels:
+            stages.append((index, first, panels))
+    return stages
+
+
 @register_figure("ppp_map")
 def ppp_map_figures(report: "Report") -> list[FigureSpec]:
     """Per stage: the channel-RMS PPP map of every scheme that has one, side by side on one colour scale."""
     specs = []
-    for index, first in enumerate(report.results[0].layers):
-        panels = [(i, r.scheme, r.layers[index]) for i, r in enumerate(report.results)
-                  if index < len(r.layers) and r.layers[index].stats.ppp_map is not None]
-        if not panels:
-            continue
+    for index, first, panels in _stage_panels(report, lambda stats: stats.ppp_map is not None):
         schemes = ", ".join(label for _, label, _ in panels)
         specs.append(FigureSpec(
             key=f"ppp_map/{first.name}", filename=f"figures/ppp_map_{index:02d}_{_slug(first.name)}.png",
@@ -248,6 +259,8 @@ def _draw_maps(report: "Report", first: "LayerResult", panels: list[tuple[int, s
     from matplotlib import patheffects
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
+
+    from ..report import format_number
 
     size = map_figure_size(len(panels))
     fig = _new_figure(size)
@@ -278,7 +291,7 @@ def _draw_maps(report: "Report", first: "LayerResult", panels: list[tuple[int, s
         native = f" ({layer_native(report, scheme_index)})" if label == "native" else ""
         known = np.isfinite(floor)
         share = f"{above[known].mean():.0%} of positions above the floor" if known.any() else "no noise floor"
-        ax.set_title(f"{label}{native} · strength {_fmt(stats.strength)}\n{share}", fontsize=8.5,
+        ax.set_title(f"{label}{native} · strength {format_number(stats.strength)}\n{share}", fontsize=8.5,
                      color=scheme_colour(scheme_index))
         ax.set_xlabel("x (input px)", fontsize=8)
         if k == 0:
@@ -309,12 +322,6 @@ def layer_native(report: "Report", scheme_index: int) -> str:
     return str(report.results[scheme_index].patch.get("native_padding", "?"))
 
 
-def _fmt(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.3g}"
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Extent curves: strength against distance from the border, per side
 # ---------------------------------------------------------------------------------------------------------------------
@@ -331,11 +338,7 @@ def extent_figure_size(num_panels: int) -> tuple[float, float]:
 def extent_figures(report: "Report") -> list[FigureSpec]:
     """Per stage: channel-RMS of P against distance from the border (input px), all sides and each side."""
     specs = []
-    for index, first in enumerate(report.results[0].layers):
-        panels = [(i, r.scheme, r.layers[index]) for i, r in enumerate(report.results)
-                  if index < len(r.layers) and r.layers[index].stats.profile is not None]
-        if not panels:
-            continue
+    for index, first, panels in _stage_panels(report, lambda stats: stats.profile is not None):
         specs.append(FigureSpec(
             key=f"extent/{first.name}", filename=f"figures/extent_{index:02d}_{_slug(first.name)}.png",
             section="extent", title=f"Extent · {first.name} (stride {first.stats.stride_px:g})",
