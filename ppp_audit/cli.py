@@ -55,15 +55,23 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
     from rich.console import Console
 
     from .engine import audit
+    from .errors import AuditInterrupted
     from .render import print_report
 
     show_progress = sys.stderr.isatty() if progress is None else progress
-    if finetune is None:
-        report = audit(config, progress=show_progress, **audit_kwargs)
-    else:
-        from .finetune import finetune_audit
+    try:
+        if finetune is None:
+            report = audit(config, progress=show_progress, **audit_kwargs)
+        else:
+            from .finetune import finetune_audit
 
-        report = finetune_audit(config, finetune, progress=show_progress, **audit_kwargs)
+            report = finetune_audit(config, finetune, progress=show_progress, **audit_kwargs)
+    except AuditInterrupted as stopped:
+        if stopped.report is None:
+            raise
+        saved = _save_interrupted(stopped.report, json_out, out)
+        raise _fail(f"interrupted: {stopped.report.interrupted}. Report saved to {saved} "
+                    f"(`ppp-audit show {saved}` renders it)", 130) from None
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes and prints the (all-reduced) report
         return
     if out is None and push:
@@ -86,6 +94,17 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
         _write_outputs(report, Path(out), overwrite=True, source=saved)
     if push:
         _push(out, **push)
+
+
+def _save_interrupted(report, json_out: Optional[str], out: Optional[Path]) -> Path:
+    """Where the report of an interrupted audit goes: ``--out``, else the ``--json`` file, else the default folder."""
+    if out is not None:
+        return report.save(Path(out) / "report.json")
+    if json_out and json_out != "-":
+        return report.save(json_out)
+    from .hub import default_report_dir
+
+    return report.save(default_report_dir(report) / "report.json")
 
 
 def _push(report_dir: Path, **options) -> None:
@@ -200,7 +219,9 @@ def audit_command(
     seed: SeedOpt = 0,
     input_size: Annotated[Optional[int], typer.Option(help="Crop size S (default: the model's).")] = None,
     margin: Annotated[Optional[int], typer.Option(help="Context m around the crop (default: 2x max stride).")] = None,
-    layers: Annotated[Optional[str], typer.Option(help="Comma-separated module names to tap instead of stages.")] = None,
+    layers: Annotated[
+        Optional[str], typer.Option(help="Comma-separated module names to tap instead of stages.")
+    ] = None,
     precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast on CUDA.")] = "fp32",
     workers: Annotated[int, typer.Option(help="DataLoader workers for image loading.")] = 0,
     compile_backend: Annotated[Optional[str], typer.Option(

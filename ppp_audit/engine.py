@@ -6,6 +6,9 @@ Data flows one way: model + scheme + windows -> features (crop and window) -> ac
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -15,7 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from .errors import FeatureError, NothingToPatchError, PPPAuditError
+from .errors import AuditInterrupted, FeatureError, NothingToPatchError, PPPAuditError
 from .images import DeadLeavesSource, FolderSource, ImageSource, WindowDataset
 from .metrics import PPPAccumulator
 from .models import FeatureTaps, ModelInfo, build_model
@@ -195,6 +198,42 @@ def _progress(enabled: bool):
     )
 
 
+@dataclass
+class _StopRequest:
+    requested: bool = False
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(enabled: bool = True) -> Iterator[_StopRequest]:
+    """The first Ctrl-C asks the measuring loop to stop after the current batch, so that every statistic still covers
+    whole batches and the report of what was measured can be saved; a second Ctrl-C aborts at once.
+
+    Only in the main thread of a single process: under torchrun every rank must see the same batches.
+    """
+    request = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
+        print("\nppp-audit: stopping after this batch to keep what is measured (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops them after the current batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None,
           progress: bool = False, source: ImageSource | None = None, native: bool = True) -> Report:
     """Run the audit described by ``config`` and return its :class:`Report`.
@@ -240,6 +279,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     if num_images < 2:
         raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
     rank, world = _rank_and_world()
+    graceful = world == 1 and threading.current_thread() is threading.main_thread()
     if world > 1 and config.baselines:
         raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
     if world > num_images:
@@ -247,6 +287,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     loader = DataLoader(
         WindowDataset(source, range(rank, num_images, world), window), batch_size=config.batch_size,
         num_workers=config.workers, pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_sigint if graceful and config.workers else None,
     )
     mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
@@ -260,7 +301,8 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     extract = torch.compile(taps.__call__, backend=config.compile) if config.compile else taps
     # Compiled graphs are traced under no_grad: inference tensors cannot flow through dynamo's guards.
     grad_off = torch.no_grad() if config.compile else torch.inference_mode()
-    with _progress(progress and rank == 0) as bar, grad_off:
+    measured = 0
+    with _progress(progress and rank == 0) as bar, grad_off, _stop_on_ctrl_c(graceful) as stop:
         task = bar.add_task(f"auditing {config.model}", total=len(loader.dataset) * len(labels))
         for indices, batch in loader:
             windows = ((batch.to(device, non_blocking=True) - mean) / std).contiguous(memory_format=memory_format)
@@ -275,6 +317,15 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
                     acc.update(a, b[..., off:off + a.shape[-2], off:off + a.shape[-1]], indices)
                 seconds[label] += time.perf_counter() - tick
                 bar.advance(task, windows.shape[0])
+            measured += windows.shape[0]
+            if stop.requested:
+                break
+    interrupted = None
+    if stop.requested:
+        if measured < 2:
+            raise AuditInterrupted(None)
+        interrupted = f"stopped by Ctrl-C after {measured} of {num_images} images; the statistics cover those"
+        num_images = measured
 
     results = []
     for label in labels:
@@ -294,14 +345,17 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         results.append(SchemeResult(scheme=label, patch=summaries[label].to_dict(), layers=layers))
 
     baselines: dict[str, Any] = {}
-    if config.baselines:
+    if config.baselines and not interrupted:
         tick = time.perf_counter()
-        baselines = _run_baselines(config, model, taps, source, window, margin, size, largest_stride(model), device,
-                                   mean, std, labels, progress)
+        try:
+            baselines = _run_baselines(config, model, taps, source, window, margin, size, largest_stride(model),
+                                       device, mean, std, labels, progress)
+        except KeyboardInterrupt:
+            interrupted = "stopped by Ctrl-C during the baselines; the PPP statistics are complete, baselines missing"
         seconds_baselines = time.perf_counter() - tick
 
     total = time.perf_counter() - started
-    return Report(
+    report = Report(
         environment=environment(),
         model={"name": info.name, "architecture": info.architecture, "weights": info.weights},
         data={**source.describe(), "num_images": num_images},
@@ -313,9 +367,13 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         results=results,
         timings={"total_s": total, "processes": world, **{f"{label}_s": s for label, s in seconds.items()},
                  "images_per_s": num_images * len(labels) / max(sum(seconds.values()), 1e-9),
-                 **({"baselines_s": seconds_baselines} if config.baselines else {})},
+                 **({"baselines_s": seconds_baselines} if config.baselines and baselines else {})},
         baselines=baselines,
+        interrupted=interrupted,
     )
+    if interrupted:
+        raise AuditInterrupted(report)
+    return report
 
 
 def _run_baselines(config: AuditConfig, model: nn.Module, taps: FeatureTaps, source: ImageSource, window: int,

@@ -60,3 +60,15 @@ class HubPushError(PPPAuditError):
     """A push to the Hugging Face Hub failed (offline, auth, server); the report is already saved locally."""
 
     exit_code = 1
+
+
+class AuditInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped an audit. A ``KeyboardInterrupt``, so code that does not know it still stops.
+
+    Args:
+        report: What was measured before the stop, marked ``report.interrupted``; ``None`` when nothing usable was.
+    """
+
+    def __init__(self, report=None) -> None:
+        super().__init__()
+        self.report = report

@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .engine import AuditConfig, _autocast, _progress, _source, audit, geometry, resolve_device
-from .errors import ImageSourceError, PPPAuditError
+from .errors import AuditInterrupted, ImageSourceError, PPPAuditError
 from .images import FolderSource, ImageSource
 from .models import ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
@@ -557,59 +557,69 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
     splits = _splits(config, ft, info, window, getattr(model, "num_classes", None))
 
     report = audit(config, model=model, info=info, progress=progress, source=splits.heldout)
-    num_heldout = report.data["num_images"]
-    heldout_loader = DataLoader(
-        CropDataset(splits.heldout, range(num_heldout), window, size, splits.labels_of(splits.heldout)),
-        batch_size=config.batch_size, num_workers=config.workers,
-    )
-    order = _training_order(splits.pool, ft.steps * ft.batch_size, config.seed)
-    train_loader = DataLoader(CropDataset(splits.train, order, window, size, splits.labels_of(splits.train)),
-                              batch_size=ft.batch_size, num_workers=config.workers, pin_memory=device.type == "cuda")
-    settings = {**ft.settings(), "seed": config.seed, "precision": config.precision,
-                "train_data": splits.train.describe(), "heldout_data": splits.heldout.describe(),
-                **({"classes": splits.classes} if splits.classes else {})}
-
-    kw = dict(info=info, device=device, precision=config.precision)
-    teacher_logits, heldout_labels = predict(model, heldout_loader, **kw)
-    labels = heldout_labels if splits.labels else None
-    metric_kw = dict(kind=ft.distill_loss, temperature=ft.temperature)
-    original = {}
-    if labels is not None:
-        original = {k: v for k, v in heldout_metrics(teacher_logits, teacher_logits, labels, **metric_kw).items()
-                    if k.startswith("label")}
-
-    for result in report.results[1:]:
-        scheme = result.scheme
-        scheme_config = dataclasses.replace(config, paddings=[scheme])
-        student = copy.deepcopy(model)
-
-        def measure_now() -> tuple[list[LayerResult], dict[str, float]]:
-            measured = audit(scheme_config, model=student, info=info, source=splits.heldout, native=False)
-            logits, _ = predict(student, heldout_loader, scheme=scheme, **kw)
-            return measured.scheme(scheme).layers, heldout_metrics(logits, teacher_logits, labels, **metric_kw)
-
-        before_logits, _ = predict(student, heldout_loader, scheme=scheme, **kw)
-        before = heldout_metrics(before_logits, teacher_logits, labels, **metric_kw)
-        curve = [_curve_point(0, result.layers, before)] if ft.measure_every else []
-
-        def on_measure(step: int) -> None:
-            layers, metrics = measure_now()
-            curve.append(_curve_point(step, layers, metrics))
-
-        log = finetune(student, scheme, train_loader, ft, teacher=model if ft.labels is None else None,
-                       seed=config.seed, measure=on_measure, progress=progress, **kw)
-        after_layers, after = measure_now()
-        if ft.measure_every:
-            curve.append(_curve_point(ft.steps, after_layers, after))
-        weights = None
-        if ft.save_weights:
-            record = {"base_model": info.name, "base_weights": info.weights, "steps": ft.steps, **settings}
-            weights = str(save_finetuned(student, Path(ft.save_weights) / scheme, scheme, record))
-        train_loss, every = _downsample(log.losses)
-        result.finetune = FinetuneResult(
-            steps=ft.steps, settings=settings, layers=after_layers, before=before, after=after, original=original,
-            curve=curve, train_loss=train_loss, train_loss_every=every, weights=weights, seconds=log.seconds,
+    current = "before fine-tuning"
+    try:
+        num_heldout = report.data["num_images"]
+        heldout_loader = DataLoader(
+            CropDataset(splits.heldout, range(num_heldout), window, size, splits.labels_of(splits.heldout)),
+            batch_size=config.batch_size, num_workers=config.workers,
         )
-        del student
+        order = _training_order(splits.pool, ft.steps * ft.batch_size, config.seed)
+        train_loader = DataLoader(
+            CropDataset(splits.train, order, window, size, splits.labels_of(splits.train)),
+            batch_size=ft.batch_size, num_workers=config.workers, pin_memory=device.type == "cuda",
+        )
+        settings = {**ft.settings(), "seed": config.seed, "precision": config.precision,
+                    "train_data": splits.train.describe(), "heldout_data": splits.heldout.describe(),
+                    **({"classes": splits.classes} if splits.classes else {})}
+
+        kw = dict(info=info, device=device, precision=config.precision)
+        teacher_logits, heldout_labels = predict(model, heldout_loader, **kw)
+        labels = heldout_labels if splits.labels else None
+        metric_kw = dict(kind=ft.distill_loss, temperature=ft.temperature)
+        original = {}
+        if labels is not None:
+            original = {k: v for k, v in heldout_metrics(teacher_logits, teacher_logits, labels, **metric_kw).items()
+                        if k.startswith("label")}
+
+        for result in report.results[1:]:
+            scheme = result.scheme
+            current = f"while fine-tuning with '{scheme}'"
+            scheme_config = dataclasses.replace(config, paddings=[scheme])
+            student = copy.deepcopy(model)
+
+            def measure_now() -> tuple[list[LayerResult], dict[str, float]]:
+                measured = audit(scheme_config, model=student, info=info, source=splits.heldout, native=False)
+                logits, _ = predict(student, heldout_loader, scheme=scheme, **kw)
+                return measured.scheme(scheme).layers, heldout_metrics(logits, teacher_logits, labels, **metric_kw)
+
+            before_logits, _ = predict(student, heldout_loader, scheme=scheme, **kw)
+            before = heldout_metrics(before_logits, teacher_logits, labels, **metric_kw)
+            curve = [_curve_point(0, result.layers, before)] if ft.measure_every else []
+
+            def on_measure(step: int) -> None:
+                layers, metrics = measure_now()
+                curve.append(_curve_point(step, layers, metrics))
+
+            log = finetune(student, scheme, train_loader, ft, teacher=model if ft.labels is None else None,
+                           seed=config.seed, measure=on_measure, progress=progress, **kw)
+            after_layers, after = measure_now()
+            if ft.measure_every:
+                curve.append(_curve_point(ft.steps, after_layers, after))
+            weights = None
+            if ft.save_weights:
+                record = {"base_model": info.name, "base_weights": info.weights, "steps": ft.steps, **settings}
+                weights = str(save_finetuned(student, Path(ft.save_weights) / scheme, scheme, record))
+            train_loss, every = _downsample(log.losses)
+            result.finetune = FinetuneResult(
+                steps=ft.steps, settings=settings, layers=after_layers, before=before, after=after, original=original,
+                curve=curve, train_loss=train_loss, train_loss_every=every, weights=weights, seconds=log.seconds,
+            )
+            del student
+    except KeyboardInterrupt:
+        done = [r.scheme for r in report.results if r.finetune is not None]
+        report.interrupted = (f"stopped by Ctrl-C {current}; the audit before fine-tuning is complete, fine-tuning "
+                              f"results cover {', '.join(done) if done else 'no scheme'}")
+        raise AuditInterrupted(report) from None
     report.timings["finetune_total_s"] = time.perf_counter() - started
     return report

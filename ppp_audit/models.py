@@ -48,7 +48,8 @@ def _check_known(name: str) -> None:
     if _is_path_name(name) or timm.is_model(name):
         return
     close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "list names with `python -c 'import timm; print(timm.list_models(\"*resnet*\"))'`"
+    hint = (f"did you mean {', '.join(close)}?" if close
+            else "list names with `python -c 'import timm; print(timm.list_models(\"*resnet*\"))'`")
     raise UnknownModelError(f"unknown model '{name}': not a timm architecture", hint)
 
 
@@ -202,7 +203,8 @@ class FeatureTaps:
 
 def cache_dir() -> Path:
     """Where converted weights are cached (``PPP_AUDIT_CACHE`` or ``$XDG_CACHE_HOME/ppp-audit``)."""
-    root = os.environ.get("PPP_AUDIT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ppp-audit"
+    root = (os.environ.get("PPP_AUDIT_CACHE")
+            or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ppp-audit")
     return Path(root)
 
 

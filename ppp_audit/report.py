@@ -17,8 +17,9 @@ from typing import Any
 
 from .metrics import BorderProfile, LayerStats
 
-SCHEMA_VERSION = "1.1"
-"""1.1 added ``baselines`` and per-scheme ``finetune``; readers accept any 1.x and ignore fields they do not know."""
+SCHEMA_VERSION = "1.2"
+"""1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``; readers accept any 1.x and ignore fields
+they do not know."""
 
 
 def environment() -> dict[str, str]:
@@ -117,6 +118,8 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
     estimator: str = "delta"
     baselines: dict[str, Any] = field(default_factory=dict)
+    interrupted: str | None = None
+    """Set when Ctrl-C stopped the audit: what the statistics cover (e.g. "... after 32 of 64 images")."""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: str = SCHEMA_VERSION
 
@@ -156,6 +159,7 @@ class Report:
             "timings": self.timings,
             "results": [r.to_dict() for r in self.results],
             "baselines": self.baselines,
+            "interrupted": self.interrupted,
         }
 
     @classmethod
@@ -227,6 +231,8 @@ def render_table(report: Report):
             row += [format_number(getattr(result, attr)), ""]
         table.add_row(*row, style="bold")
     notes = ["strength = RMS(P) / RMS(σ) (Δ estimator, debiased); extent = distance from the border, input px"]
+    if report.interrupted:
+        notes.append(f"interrupted: {report.interrupted}")
     if partial_seen:
         notes.append(f"* receptive field exceeds the margin m={report.margin}: the padding-free reference is partial")
     table.caption = "\n".join(notes)
@@ -361,7 +367,8 @@ def render_curve_table(report: Report):
                 row += ["", "", ""]
                 continue
             values = [v for v in point.strengths if v is not None]
-            row += [format_number(point.strengths[-1]), format_number(max(values) if values else None), format_number(point.agreement_top1)]
+            row += [format_number(point.strengths[-1]), format_number(max(values) if values else None),
+                    format_number(point.agreement_top1)]
         table.add_row(*row)
     return table
 

@@ -61,7 +61,8 @@ def test_planted_border_signal_is_recovered_within_ci():
     assert lo > 0.0
     # Two rings of 8 input px each carry the signal: extent 16 px overall and on every side.
     assert stats.extent_px == 16.0
-    assert {s: p.extent_px for s, p in stats.side_profiles.items()} == dict.fromkeys(("top", "bottom", "left", "right"), 16.0)
+    extents = {s: p.extent_px for s, p in stats.side_profiles.items()}
+    assert extents == dict.fromkeys(("top", "bottom", "left", "right"), 16.0)
 
 
 def test_one_sided_signal_shows_as_asymmetry():
@@ -125,9 +126,11 @@ def test_ring_helpers():
     rings, side_distance, side_band = border_rings(4, 5)
     assert rings.tolist() == [[0, 0, 0, 0, 0], [0, 1, 1, 1, 0], [0, 1, 1, 1, 0], [0, 0, 0, 0, 0]]
     assert side_distance[1, :, 0].tolist() == [3, 2, 1, 0]  # distance to the bottom
-    assert side_band[0].tolist() == [[False, True, True, True, False], [False, True, True, True, False]] + [[False] * 5] * 2
+    inner_row = [False, True, True, True, False]
+    assert side_band[0].tolist() == [inner_row, inner_row] + [[False] * 5] * 2
     values = torch.arange(20.0).view(4, 5)
-    assert ring_means(values, rings).tolist() == pytest.approx([float(values[rings == 0].mean()), float(values[rings == 1].mean())])
+    expected = [float(values[rings == 0].mean()), float(values[rings == 1].mean())]
+    assert ring_means(values, rings).tolist() == pytest.approx(expected)
     mean, var = torch.ones(3, 4, 5), torch.full((3, 4, 5), 2.0)
     assert channel_rms_map(mean, var, 4).allclose(torch.full((4, 5), math.sqrt(0.5)))
     assert float(debiased_energy(mean, var, 2)) == 0.0

@@ -192,7 +192,8 @@ class PPPAccumulator:
                 single-process state.
         """
         if self.with_reference and (b is None or b.shape != a.shape):
-            raise ValueError(f"reference shape {None if b is None else tuple(b.shape)} != feature shape {tuple(a.shape)}")
+            raise ValueError(
+                f"reference shape {None if b is None else tuple(b.shape)} != feature shape {tuple(a.shape)}")
         if not self.state:
             self._init(a)
         # Batch reductions run in float32 (one pass each, no float64 copies of the features); only the running sums
@@ -309,7 +310,8 @@ class PPPAccumulator:
         rings, side_distance, side_band = border_rings(height, width)
         stats.profile = _profile(pos_energy, rep_pos, rings, None, stride_px)
         stats.side_profiles = {
-            side: _profile(pos_energy, rep_pos, side_distance[i], side_band[i], stride_px) for i, side in enumerate(SIDES)
+            side: _profile(pos_energy, rep_pos, side_distance[i], side_band[i], stride_px)
+            for i, side in enumerate(SIDES)
         }
 
         if receptive_radius_px is not None:

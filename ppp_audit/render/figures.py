@@ -227,7 +227,8 @@ Panel = tuple[int, str, "LayerResult"]
 """(scheme index, scheme label, that scheme's result for one stage)."""
 
 
-def _stage_panels(report: "Report", has: Callable[["LayerStats"], bool]) -> list[tuple[int, "LayerResult", list[Panel]]]:
+def _stage_panels(report: "Report",
+                  has: Callable[["LayerStats"], bool]) -> list[tuple[int, "LayerResult", list[Panel]]]:
     """Per stage: its index, the first scheme's result for it, and every scheme's result that ``has`` what is drawn."""
     stages = []
     for index, first in enumerate(report.results[0].layers):
