@@ -28,13 +28,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bare_forward_seconds(taps, crops, windows, repeats: int, device: torch.device) -> float:
-    """Mean seconds of the passes one audit batch needs for one padding: crops + windows through the taps."""
+def bare_forward_seconds(taps, crops, windows, repeats: int, device: torch.device, precision: str = "fp32") -> float:
+    """Mean seconds of the passes one audit batch needs for one padding: crops + windows through the taps, with the
+    audit's own precision (autocast on CUDA)."""
+    from ppp_audit.engine import _autocast
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(device, precision):
         taps(crops), taps(windows)  # warm-up
         sync()
         start = time.perf_counter()
@@ -45,28 +48,32 @@ def bare_forward_seconds(taps, crops, windows, repeats: int, device: torch.devic
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ppp_audit.engine import AuditConfig, audit, resolve_device
+    from ppp_audit.engine import AuditConfig, audit, geometry, resolve_device
     from ppp_audit.images import DeadLeavesSource
     from ppp_audit.models import FeatureTaps, build_model
 
     device = resolve_device(args.device)
     model, info = build_model(args.model, pretrained=False, device=device)
     config = AuditConfig(model=args.model, pretrained=False, num_images=args.num_images, batch_size=args.batch_size,
-                         device=str(device), paddings=args.paddings, workers=args.workers, precision=args.precision)
-    size = info.input_size
-    margin = 2 * max(f["reduction"] for f in model.feature_info)
+                         device=str(device), paddings=args.paddings, workers=args.workers, precision=args.precision,
+                         input_size=args.input_size)
+    size, margin = geometry(config, model, info)
+    # The same inputs, memory format and precision as the audit's own passes.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.to(memory_format=memory_format)
     source = DeadLeavesSource()
     windows = torch.stack([source.window(i, size + 2 * margin) for i in range(args.batch_size)]).to(device)
+    windows = windows.contiguous(memory_format=memory_format)
     crops = windows[..., margin:margin + size, margin:margin + size]
     taps = FeatureTaps(model)
 
     # Bare forward measured right before and right after the audit, averaged: a machine whose speed drifts (other
     # load, clocks) then biases neither side.
-    bare_before = bare_forward_seconds(taps, crops, windows, args.repeats, device)
+    bare_before = bare_forward_seconds(taps, crops, windows, args.repeats, device, args.precision)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     report = audit(config, model=model, info=info)
-    bare_after = bare_forward_seconds(taps, crops, windows, args.repeats, device)
+    bare_after = bare_forward_seconds(taps, crops, windows, args.repeats, device, args.precision)
     bare_s = (bare_before + bare_after) / 2
     labels = ["native", *args.paddings]
     loop_s = sum(report.timings[f"{label}_s"] for label in labels)
@@ -75,6 +82,8 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "model": args.model,
         "device": str(device),
+        "precision": args.precision,
+        "input_size": size,
         "batch_size": args.batch_size,
         "num_images": args.num_images,
         "paddings": labels,
@@ -82,6 +91,7 @@ def run(args: argparse.Namespace) -> dict:
         "bare_forward_drift": bare_after / bare_before,
         "audit_images_per_s": args.num_images * len(labels) / loop_s,
         "overhead_factor_loop": loop_s / needed_s,
+        "overhead_factor_wall": report.timings["loop_s"] / needed_s,
         "overhead_factor_total": report.timings["total_s"] / needed_s,
         "one_off_s": report.timings["total_s"] - loop_s,
         "peak_rss_mib": peak_rss_mib(),
@@ -96,7 +106,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--paddings", nargs="*", default=[])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--input-size", type=int, default=None, help="crop size S (default: the model's)")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory-scaling", action="store_true", help="run at N and 4N in fresh processes")
@@ -108,7 +119,8 @@ def main() -> None:
         for n in (args.num_images, 4 * args.num_images):
             cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
                    "--num-images", str(n), "--device", args.device, "--repeats", "1", "--json",
-                   "--precision", args.precision, *(["--paddings", *args.paddings] if args.paddings else [])]
+                   "--precision", args.precision, *(["--paddings", *args.paddings] if args.paddings else []),
+                   *(["--input-size", str(args.input_size)] if args.input_size else [])]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"benchmark run failed:\n{done.stderr[-3000:]}")
@@ -123,12 +135,15 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{result['model']} on {result['device']}, batch {result['batch_size']}, N={result['num_images']}, "
-          f"paddings {', '.join(result['paddings'])}")
+    print(f"{result['model']} on {result['device']} ({result['precision']}), S={result['input_size']}, "
+          f"batch {result['batch_size']}, N={result['num_images']}, paddings {', '.join(result['paddings'])}")
     print(f"  bare forward (crop + window passes): {result['bare_forward_images_per_s']:.2f} images/s "
           f"(after/before the audit: {result['bare_forward_drift']:.2f})")
     print(f"  audit loop:                          {result['audit_images_per_s']:.2f} images x paddings / s")
-    print(f"  overhead factor (loop):  {result['overhead_factor_loop']:.3f}   (1.0 = forward passes only)")
+    print(f"  overhead factor (loop):  {result['overhead_factor_loop']:.3f}   (1.0 = forward passes only; host time of "
+          "the passes and statistics, a lower bound on CUDA where kernels run ahead)")
+    print(f"  overhead factor (wall):  {result['overhead_factor_wall']:.3f}   (the measuring loop's wall time, image "
+          "loading included, synchronised on CUDA)")
     print(f"  overhead factor (total): {result['overhead_factor_total']:.3f}   (incl. {result['one_off_s']:.1f} s "
           "one-off: receptive-field probe, loader start)")
     print(f"  peak RSS {result['peak_rss_mib']:.0f} MiB" +

@@ -188,6 +188,23 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+@contextlib.contextmanager
+def _ieee_fp32(enabled: bool) -> Iterator[None]:
+    """Full fp32 for convolutions and matmuls while measuring, TF32 off (cuDNN convs default to TF32 on Ampere and
+    later GPUs): TF32's 10-bit mantissa would round the crop and window passes (different shapes, different kernels)
+    differently, so Δ would pick up rounding noise of ~1e-3 relative size where it is exactly 0 in fp32."""
+    if not enabled:
+        yield
+        return
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    previous = conv.fp32_precision, matmul.fp32_precision
+    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision, matmul.fp32_precision = previous
+
+
 def _progress(enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -302,7 +319,9 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     # Compiled graphs are traced under no_grad: inference tensors cannot flow through dynamo's guards.
     grad_off = torch.no_grad() if config.compile else torch.inference_mode()
     measured = 0
-    with _progress(progress and rank == 0) as bar, grad_off, _stop_on_ctrl_c(graceful) as stop:
+    loop_started = time.perf_counter()
+    with (_progress(progress and rank == 0) as bar, grad_off, _stop_on_ctrl_c(graceful) as stop,
+          _ieee_fp32(config.precision == "fp32")):
         task = bar.add_task(f"auditing {config.model}", total=len(loader.dataset) * len(labels))
         for indices, batch in loader:
             windows = ((batch.to(device, non_blocking=True) - mean) / std).contiguous(memory_format=memory_format)
@@ -320,6 +339,9 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
             measured += windows.shape[0]
             if stop.requested:
                 break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels run ahead of the host: the wall time must include them
+    loop_s = time.perf_counter() - loop_started
     interrupted = None
     if stop.requested:
         if measured < 2:
@@ -365,7 +387,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         device=str(device),
         precision=config.precision,
         results=results,
-        timings={"total_s": total, "processes": world, **{f"{label}_s": s for label, s in seconds.items()},
+        timings={"total_s": total, "loop_s": loop_s, "processes": world, **{f"{label}_s": s for label, s in seconds.items()},
                  "images_per_s": num_images * len(labels) / max(sum(seconds.values()), 1e-9),
                  **({"baselines_s": seconds_baselines} if config.baselines and baselines else {})},
         baselines=baselines,

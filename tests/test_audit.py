@@ -136,3 +136,26 @@ def test_compiled_feature_passes_give_the_eager_numbers():
     for e, c in zip(eager.results, compiled.results):
         for el, cl in zip(e.layers, c.layers):
             assert cl.stats.strength == pytest.approx(el.stats.strength, rel=1e-4, abs=1e-7), (e.scheme, el.name)
+
+
+class RecordsFp32Math(nn.Module):
+    """Identity that records the fp32 conv/matmul precision flags in force while it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, str]] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision))
+        return x
+
+
+def test_fp32_audits_measure_in_ieee_fp32_and_restore_the_flags():
+    recorder = RecordsFp32Math()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), recorder).eval()
+    before = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    config = AuditConfig(model="recorder", num_images=4, batch_size=4, input_size=16, margin=32, layers=["1"],
+                         device="cpu")
+    audit(config, model=model, info=_info("recorder", 16))
+    assert ("ieee", "ieee") in recorder.seen  # the measuring passes ran with TF32 off
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before

@@ -1,0 +1,59 @@
+"""The benchmark scripts run, and the report comparison the GPU check relies on catches a disagreement."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ppp_audit.engine import AuditConfig, audit
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bench_audit_measures_overhead_on_cpu():
+    done = _run("bench_audit.py", "--model", "resnet10t", "--batch-size", "2", "--num-images", "4",
+                "--input-size", "64", "--repeats", "1", "--device", "cpu", "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["input_size"] == 64 and result["precision"] == "fp32" and result["paddings"] == ["native"]
+    assert result["overhead_factor_loop"] > 0 and result["overhead_factor_total"] >= result["overhead_factor_loop"]
+    assert result["bare_forward_images_per_s"] > 0 and result["peak_cuda_mib"] is None
+
+
+@pytest.fixture(scope="module")
+def saved_report(tmp_path_factory):
+    config = AuditConfig(model="resnet10t", pretrained=False, paddings=["reflect"], num_images=4, batch_size=4,
+                         input_size=64, device="cpu")
+    return audit(config).save(tmp_path_factory.mktemp("compare") / "cpu.json")
+
+
+def test_compare_reports_passes_equal_reports_and_fails_a_disagreement(saved_report, tmp_path):
+    data = json.loads(saved_report.read_text())
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(data))
+    last = data["results"][1]["layers"][-1]
+    last["strength"] *= 1.01  # 1 % off in one layer
+    off = tmp_path / "off.json"
+    off.write_text(json.dumps(data))
+
+    agree = _run("compare_reports.py", str(saved_report), f"{same}:1e-6")
+    assert agree.returncode == 0, agree.stdout + agree.stderr
+    assert "max relative difference 0.00e+00" in agree.stdout
+
+    assert _run("compare_reports.py", str(saved_report), f"{off}:0.02").returncode == 0
+    disagree = _run("compare_reports.py", str(saved_report), f"{off}:1e-3")
+    assert disagree.returncode == 1
+    assert "max relative difference 1.00e-02 (tolerance 0.001): FAIL" in disagree.stdout
+
+
+def test_gpu_check_script_parses():
+    assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu_check.sh")]).returncode == 0
