@@ -237,3 +237,22 @@ def test_finetune_split_keeps_the_dataset_split(parquet):
     described = SplitSource(parquet, [0, 2], "held-out").describe()
     assert described["split"] == "held-out" and described["dataset_split"] == "train"
     assert described["kind"] == "hf-dataset" and described["num_split"] == 2
+
+
+def test_hfds_config_picks_a_configuration(data, tmp_path):
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image()})
+    for config, rows in (("full", 3), ("small", 1)):
+        (tmp_path / config).mkdir()
+        images = [Image.fromarray(_pixels(k)) for k in range(rows)]
+        datasets.Dataset.from_dict({"image": images}, features=features).to_parquet(str(tmp_path / config / "a.parquet"))
+    (tmp_path / "README.md").write_text(
+        "---\nconfigs:\n- config_name: full\n  default: true\n  data_files: full/*.parquet\n"
+        "- config_name: small\n  data_files: small/*.parquet\n---\n"
+    )
+    assert image_source(f"hfds/{tmp_path}").available() == 3
+    small = image_source(f"hfds/{tmp_path}#small")
+    assert small.available() == 1 and small.describe()["config"] == "small"
+    with pytest.raises(ImageSourceError, match=r"BuilderConfig 'tiny' not found. Available: \['full', 'small'\]"):
+        image_source(f"hfds/{tmp_path}#tiny")
