@@ -246,7 +246,8 @@ def test_hfds_config_picks_a_configuration(data, tmp_path):
     for config, rows in (("full", 3), ("small", 1)):
         (tmp_path / config).mkdir()
         images = [Image.fromarray(_pixels(k)) for k in range(rows)]
-        datasets.Dataset.from_dict({"image": images}, features=features).to_parquet(str(tmp_path / config / "a.parquet"))
+        dataset = datasets.Dataset.from_dict({"image": images}, features=features)
+        dataset.to_parquet(str(tmp_path / config / "a.parquet"))
     (tmp_path / "README.md").write_text(
         "---\nconfigs:\n- config_name: full\n  default: true\n  data_files: full/*.parquet\n"
         "- config_name: small\n  data_files: small/*.parquet\n---\n"
