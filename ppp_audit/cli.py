@@ -210,9 +210,15 @@ def audit_command(
         Optional[Path], typer.Option(help="Weights file (.safetensors or torch checkpoint) instead of the Hub.")
     ] = None,
     pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Load pretrained weights.")] = True,
-    images: Annotated[
-        Optional[Path], typer.Option(help="Image folder (recursive). Default: built-in dead-leaves images.")
-    ] = None,
+    images: Annotated[Optional[str], typer.Option(
+        metavar="DIR|hfds/NAME",
+        help="Image folder (recursive), or hfds/NAME\\[#CONFIG]: a Hugging Face dataset, by Hub id or local folder "
+        "(needs pip install 'ppp-audit\\[hf]'; a local folder named hfds is ./hfds/...). Default: built-in dead-leaves "
+        "images.",
+    )] = None,
+    images_split: Annotated[str, typer.Option(
+        help="Split of an hfds/ dataset (datasets syntax: validation, train[:256]).",
+    )] = "train",
     num_images: NumImagesOpt = 64,
     batch_size: BatchOpt = 16,
     device: DeviceOpt = "auto",
@@ -285,7 +291,7 @@ def audit_command(
     push = _push_options(push_to_hub, model_pr, model_repo, private, revision, create_pr)
     config = AuditConfig(
         model=model, paddings=list(padding), pretrained=pretrained, weights=str(weights) if weights else None,
-        images=str(images) if images else None, num_images=num_images, batch_size=batch_size, device=device,
+        images=images or None, images_split=images_split, num_images=num_images, batch_size=batch_size, device=device,
         seed=seed, input_size=input_size, margin=margin,
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
         precision=precision, workers=workers, include_pools=include_pools, compile=compile_backend,

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .errors import AuditInterrupted, FeatureError, NothingToPatchError, PPPAuditError
-from .images import DeadLeavesSource, FolderSource, ImageSource, WindowDataset
+from .images import DeadLeavesSource, ImageSource, WindowDataset, image_source, parse_hfds
 from .metrics import PPPAccumulator
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
@@ -38,7 +38,8 @@ class AuditConfig:
         paddings: Schemes to compare against the model's native padding.
         pretrained: Load pretrained weights (ignored when ``weights`` is set).
         weights: A safetensors file or torch checkpoint.
-        images: An image folder; ``None`` uses the built-in dead-leaves images.
+        images: An image folder, or ``hfds/NAME[#CONFIG]`` for a Hugging Face dataset (a Hub id or a local dataset
+            folder; needs the ``hf`` extra); ``None`` uses the built-in dead-leaves images.
         num_images: Windows to average over (N).
         batch_size: Windows per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:K``.
@@ -55,6 +56,7 @@ class AuditConfig:
             with counted zeros); by default pools keep theirs and are listed as unpatched.
         baselines: Baselines to run on the same images (``posenet``, ``fconv``, ``uneven``; SPEC §3.3).
         baseline_options: Per-baseline settings, ``{"posenet": {"steps": 500}, "fconv": {"borders": (0, 64)}}``.
+        images_split: Split of an ``hfds/`` dataset (``datasets`` syntax: ``validation``, ``train[:256]``).
     """
 
     model: str
@@ -76,6 +78,7 @@ class AuditConfig:
     include_pools: bool = False
     baselines: list[str] = field(default_factory=list)
     baseline_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    images_split: str = "train"
 
     def __post_init__(self) -> None:
         def bad(what: str, fix: str) -> None:
@@ -95,6 +98,11 @@ class AuditConfig:
             bad(f"--margin must be positive (got {self.margin})", "leave it out for twice the largest stride")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")
+        if not self.images_split.strip():
+            bad("--images-split is empty", "name a split of the dataset, e.g. train or validation")
+        if parse_hfds(self.images) is None and self.images_split != "train":
+            bad("--images-split applies to Hugging Face datasets only",
+                "pass --images hfds/NAME, or drop --images-split")
         self.paddings = list(dict.fromkeys(self.paddings))
         if NATIVE in self.paddings:
             bad(f"'{NATIVE}' is always measured", "list only schemes to compare against it")
@@ -145,7 +153,7 @@ def receptive_radii(taps: FeatureTaps, window: int, device: torch.device) -> lis
 
 def _source(config: AuditConfig, info: ModelInfo, size: int) -> ImageSource:
     if config.images:
-        return FolderSource(config.images, resize_short=round(size / info.crop_pct))
+        return image_source(config.images, split=config.images_split, resize_short=round(size / info.crop_pct))
     return DeadLeavesSource(seed=config.seed)
 
 

@@ -195,7 +195,10 @@ class SplitSource:
         return None if self.unlimited else len(self.indices)
 
     def describe(self) -> dict[str, Any]:
-        out = {**self.base.describe(), "split": self.split}
+        base = self.base.describe()
+        out = {**base, "split": self.split}
+        if "split" in base:  # a dataset's own split (hfds/NAME) stays in the report next to ours
+            out["dataset_split"] = base["split"]
         if isinstance(self.indices, range):
             out["indices"] = [self.indices.start, None if self.unlimited else self.indices.stop]
         else:

@@ -1,15 +1,20 @@
 """Image sources and the windows the padding-free reference needs (SPEC §2 ``images``, §3.1).
 
 Every source hands out square *windows* of real pixels, size ``S + 2m``, as float tensors in [0, 1]; the engine
-takes the centre ``S x S`` crop itself, so the surrounding context is always real image content.
+takes the centre ``S x S`` crop itself, so the surrounding context is always real image content. Sources: the built-in
+:class:`DeadLeavesSource`, a :class:`FolderSource` (``--images DIR``) and a :class:`HFDatasetSource`
+(``--images hfds/NAME``, optional ``datasets`` extra); :func:`image_source` picks one from what ``--images`` says.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -99,6 +104,39 @@ def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     return ((field - field.mean()) / (field.std() + 1e-12)).astype(np.float32)
 
 
+def load_window(file: str | Path | IO[bytes], name: str, size: int, resize_short: int = 0) -> Tensor:
+    """The centre ``size x size`` window of an image file: what every file-backed source hands out.
+
+    The image is converted to RGB, resized (antialiased) so its short side is ``resize_short`` (the window size wins
+    if larger), and centre-cropped. Images whose short side is below the window are refused, never upscaled.
+
+    Args:
+        file: A path or an open binary file.
+        name: How errors name the image (a path, ``row 3 of hfds/beans (train)``).
+        size: Window side in pixels.
+        resize_short: Short side to resize to first; ``0`` keeps the image's own size.
+    """
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    try:
+        with Image.open(file) as img:
+            img = img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageSourceError(f"cannot read image '{name}': {exc}", "remove or fix the file") from exc
+    short = min(img.size)
+    if short < size:
+        raise ImageSourceError(
+            f"image '{name}' is {img.size[0]}x{img.size[1]}, smaller than the {size}x{size} window",
+            "use larger images, or a smaller --input-size / --margin",
+        )
+    tensor = pil_to_tensor(img).float().div_(255.0)
+    target = max(size, min(short, resize_short or short))
+    if target != short:
+        tensor = resize(tensor, [target], antialias=True)
+    return center_crop(tensor, [size, size]).clamp_(0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class FolderSource:
     """Images from a folder (recursive), each resized so its short side is at least the window, centre window.
@@ -136,26 +174,197 @@ class FolderSource:
         return {"kind": "folder", "path": str(self.root), "num_files": len(self.files)}
 
     def window(self, index: int, size: int) -> Tensor:
-        from PIL import Image, UnidentifiedImageError
-        from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-
         path = self.files[index % len(self.files)]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ImageSourceError(f"cannot read image '{path}': {exc}", "remove or fix the file") from exc
-        short = min(img.size)
-        if short < size:
+        return load_window(path, str(path), size, self.resize_short)
+
+
+HFDS_PREFIX = "hfds/"
+"""``--images hfds/NAME[#CONFIG]`` names a Hugging Face dataset, as timm's dataset factory spells it."""
+
+
+def parse_hfds(images: str | None) -> tuple[str, str | None] | None:
+    """``(NAME, CONFIG)`` of an ``hfds/NAME[#CONFIG]`` spec, ``None`` for anything else (a folder, or no images).
+
+    The prefix is case-insensitive (as in timm); everything after it is passed to ``datasets.load_dataset`` as written,
+    so ``hfds/...`` is always a dataset, never a folder: a local folder that is itself called ``hfds`` is reached as
+    ``./hfds/...`` (a plain image folder) or ``hfds/./hfds/...`` (a dataset folder).
+    """
+    if not images or images[: len(HFDS_PREFIX)].lower() != HFDS_PREFIX:
+        return None
+    name, _, config = images[len(HFDS_PREFIX):].partition("#")
+    if not name:
+        raise ImageSourceError(
+            f"--images {images} names no dataset",
+            "pass hfds/NAME with NAME a Hub dataset id (hfds/beans, hfds/owner/name) or a local dataset folder",
+        )
+    return name, config or None
+
+
+@dataclass(frozen=True)
+class HFDatasetSource:
+    """Images from one split of a Hugging Face dataset (``--images hfds/NAME``), cut as :class:`FolderSource` cuts.
+
+    ``NAME`` is anything ``datasets.load_dataset`` accepts: a Hub dataset id (``beans``, ``owner/name``) or a local
+    folder (parquet files, an ``imagefolder`` layout of class folders); a folder written by ``save_to_disk`` is read
+    with ``datasets.load_from_disk``. Window ``i`` is row ``i`` (modulo the row count) of the first column whose feature
+    is ``datasets.Image``, resized and centre-cropped by :func:`load_window`. Needs the optional ``datasets`` package
+    (``pip install 'ppp-audit[hf]'``), imported only here.
+
+    Trade-off: the split is a map-style, memory-mapped ``datasets.Dataset``, so any row can be read at random (the
+    engine, the fine-tune held-out split and each DataLoader worker pick rows by index, and the object pickles as a
+    reference to its Arrow files). The price is that the first use of a Hub dataset downloads and converts its whole
+    configuration (``load_dataset`` prepares every split) into the ``datasets`` cache, even when N is small; later
+    runs, offline ones too, read the cache. Streaming would fetch only N rows but has no random access. A sliced split
+    (``--images-split "train[:256]"``) limits the rows used, not the download.
+
+    Args:
+        name: Hub dataset id or local folder.
+        split: Split to read; ``datasets`` split syntax (``train[:256]``, ``train+validation``) works too.
+        config: Dataset configuration (``hfds/NAME#CONFIG``); ``None``: the default one.
+        resize_short: As in :class:`FolderSource`.
+        column: The image column; ``None``: the first ``datasets.Image`` column.
+        cache_dir: ``datasets`` cache folder; ``None``: ``HF_DATASETS_CACHE``.
+    """
+
+    name: str
+    split: str = "train"
+    config: str | None = None
+    resize_short: int = 0
+    column: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        datasets = _import_datasets(self.name)
+        dataset = self._load(datasets)
+        images = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+        if not images or (self.column is not None and self.column not in images):
+            found = ", ".join(f"{name} ({getattr(feature, 'dtype', type(feature).__name__)})"
+                              for name, feature in dataset.features.items())
+            what = f"column '{self.column}' is not an image column" if images else "has no image column"
             raise ImageSourceError(
-                f"image '{path}' is {img.size[0]}x{img.size[1]}, smaller than the {size}x{size} window",
-                "use larger images, or a smaller --input-size / --margin",
+                f"{self.spec} {what} (columns: {found})",
+                "cast the column holding images to datasets.Image() and save the dataset "
+                "(ds.cast_column('img', datasets.Image()).to_parquet('DIR/train.parquet')), "
+                "then pass --images hfds/DIR",
             )
-        tensor = pil_to_tensor(img).float().div_(255.0)
-        target = max(size, min(short, self.resize_short or short))
-        if target != short:
-            tensor = resize(tensor, [target], antialias=True)
-        return center_crop(tensor, [size, size]).clamp_(0.0, 1.0)
+        if len(dataset) == 0:
+            raise ImageSourceError(f"{self.spec} has no rows", "pick another --images-split or dataset")
+        column = self.column or images[0]
+        # Only the image column, left encoded: rows decode with PIL here, so errors name the row and file.
+        dataset = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        object.__setattr__(self, "column", column)
+        object.__setattr__(self, "_dataset", dataset)
+
+    @property
+    def spec(self) -> str:
+        """The source as ``--images`` and ``--images-split`` name it, for messages."""
+        return f"{self._label} ({self.split})"
+
+    @property
+    def _label(self) -> str:
+        return f"{HFDS_PREFIX}{self.name}" + (f"#{self.config}" if self.config else "")
+
+    @property
+    def dataset(self) -> Any:
+        """The ``datasets.Dataset`` (image column only, undecoded)."""
+        return self._dataset  # type: ignore[attr-defined]
+
+    def available(self) -> int | None:
+        return len(self.dataset)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "hf-dataset", "name": self.name, "config": self.config, "split": self.split,
+                "column": self.column, "num_rows": len(self.dataset)}
+
+    def window(self, index: int, size: int) -> Tensor:
+        row = index % len(self.dataset)
+        value = self.dataset[row][self.column]
+        name = f"row {row} of {self.spec}"
+        if not value or not (value.get("bytes") or value.get("path")):
+            raise ImageSourceError(f"cannot read image '{name}': the cell is empty", "drop rows without an image")
+        return load_window(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"], name, size,
+                           self.resize_short)
+
+    def _load(self, datasets: Any) -> Any:
+        local = Path(self.name)
+        try:
+            with _datasets_progress(datasets):
+                if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
+                    return self._load_from_disk(datasets, local)
+                return datasets.load_dataset(self.name, self.config, split=self.split, cache_dir=self.cache_dir)
+        except ValueError as exc:  # an unknown split or configuration, among others
+            raise self._value_error(datasets, exc) from None
+        except (OSError, datasets.exceptions.DatasetsError) as exc:  # not found, offline, unreadable files
+            raise ImageSourceError(f"cannot load {self.spec}: {_one_line(exc)}", self._where_hint(datasets, local)) \
+                from None
+
+    def _load_from_disk(self, datasets: Any, folder: Path) -> Any:
+        saved = datasets.load_from_disk(str(folder))
+        splits = list(saved) if isinstance(saved, datasets.DatasetDict) else [str(saved.split or "train")]
+        if self.split not in splits:
+            raise ImageSourceError(f"saved dataset {self._label} has no split '{self.split}' (splits: "
+                                   f"{', '.join(splits)})", "pass one of them as --images-split")
+        return saved[self.split] if isinstance(saved, datasets.DatasetDict) else saved
+
+    def _value_error(self, datasets: Any, exc: ValueError) -> ImageSourceError:
+        try:
+            splits = datasets.get_dataset_split_names(self.name, self.config, cache_dir=self.cache_dir)
+        except Exception:  # noqa: BLE001 - the original error says more than a failed second look
+            splits = None
+        asked = [part.split("[")[0].strip() for part in self.split.split("+")]
+        if splits and any(name not in splits for name in asked):
+            return ImageSourceError(f"{self._label} has no split '{self.split}' (splits: {', '.join(splits)})",
+                                    "pass one of them as --images-split")
+        return ImageSourceError(f"cannot load {self.spec}: {_one_line(exc)}",
+                                "check --images-split, and pick a configuration as hfds/NAME#CONFIG")
+
+    def _where_hint(self, datasets: Any, local: Path) -> str:
+        local_data = "--images hfds/PATH (a folder of parquet files or class folders) or --images DIR (image files)"
+        if datasets.config.HF_HUB_OFFLINE and not local.exists():
+            return (f"HF_HUB_OFFLINE is set and '{self.name}' is neither in the datasets cache nor a local folder: "
+                    f"point at local data with {local_data}, or run once online to cache it")
+        if local.exists():
+            return f"'{self.name}' is a local folder that datasets cannot read: pass {local_data}"
+        return (f"check the dataset id (or the folder path); for local data pass {local_data}; for a gated or private "
+                "dataset log in with `hf auth login`")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's text on one line (the CLI reports an error in one)."""
+    return " ".join(str(exc).split())
+
+
+@contextlib.contextmanager
+def _datasets_progress(datasets: Any) -> Iterator[None]:
+    """``datasets``' progress bars only on a terminal: elsewhere (CI logs, ``--json -`` pipes) stderr keeps one line
+    per event, so an error stays a single line."""
+    if sys.stderr.isatty() or not datasets.is_progress_bar_enabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
+
+
+def _import_datasets(name: str) -> Any:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImageSourceError(
+            f"reading {HFDS_PREFIX}{name} needs the `datasets` package", "pip install 'ppp-audit[hf]'"
+        ) from exc
+    return datasets
+
+
+def image_source(images: str, *, split: str = "train", resize_short: int = 0) -> ImageSource:
+    """The source ``--images`` names: ``hfds/NAME[#CONFIG]`` a Hugging Face dataset, anything else a folder."""
+    hf = parse_hfds(images)
+    if hf is None:
+        return FolderSource(Path(images), resize_short=resize_short)
+    name, config = hf
+    return HFDatasetSource(name, split=split, config=config, resize_short=resize_short)
 
 
 class WindowDataset(Dataset):
