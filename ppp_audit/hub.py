@@ -181,6 +181,11 @@ def _data_label(data: dict[str, Any]) -> str:
     kind = data.get("kind", "images")
     if kind == "folder" and data.get("path"):
         return f"folder {Path(data['path']).name}"
+    if kind == "hf-dataset" and data.get("name"):
+        # A local dataset folder is named by its base name only: its full path means nothing on the Hub.
+        name = f"dataset {Path(data['name']).name}" if data.get("local") else data["name"]
+        config = f"#{data['config']}" if data.get("config") else ""
+        return f"{name}{config} ({data.get('split', 'train')})"
     return str(data.get("name") or data.get("dataset") or kind)
 
 
@@ -306,6 +311,8 @@ def eval_results(report: dict[str, Any] | Report, source_url: str | None = None)
     data = _as_dict(report)
     kind = data["data"].get("kind", "images")
     dataset_type = {"dead-leaves": "ppp-audit/dead-leaves", "folder": "imagefolder"}.get(kind, str(kind))
+    if kind == "hf-dataset" and not data["data"].get("local"):
+        dataset_type = data["data"]["name"]  # a Hub dataset id: the model-index convention
     dataset_name = {"dead-leaves": "dead-leaves (ppp-audit built-in images)"}.get(kind, _data_label(data["data"]))
     results = []
     for row in headline(data):

@@ -274,7 +274,7 @@ class HFDatasetSource:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "hf-dataset", "name": self.name, "config": self.config, "split": self.split,
-                "column": self.column, "num_rows": len(self.dataset)}
+                "column": self.column, "num_rows": len(self.dataset), "local": Path(self.name).is_dir()}
 
     def window(self, index: int, size: int) -> Tensor:
         row = index % len(self.dataset)

@@ -19,6 +19,7 @@ from ppp_audit.hub import (
     INDEX_FILE,
     eval_results,
     headline,
+    index_entry,
     model_repo_for,
     push_report,
     report_subdir,
@@ -327,3 +328,18 @@ def test_audit_push_to_hub_end_to_end(hub, tmp_path):
             assert TOKEN.encode() not in file.read_bytes(), file
     for data in remote.values():
         assert TOKEN.encode() not in data
+
+
+@pytest.mark.parametrize("local, label, dataset_type", [
+    (False, "owner/beans#full (validation)", "owner/beans"),
+    (True, "dataset my_parquet#full (validation)", "hf-dataset"),
+])
+def test_hf_dataset_audits_name_their_dataset_on_the_hub(audited, local, label, dataset_type):
+    report = audited[0].to_dict()
+    name = "/home/me/data/my_parquet" if local else "owner/beans"
+    report["data"] = {"kind": "hf-dataset", "name": name, "config": "full", "split": "validation", "column": "image",
+                      "num_rows": 500, "local": local, "num_images": 4}
+    assert index_entry(report, "x", [])["data"]["label"] == label
+    results = eval_results(report)
+    assert {(r.dataset_type, r.dataset_name) for r in results} == {(dataset_type, label)}
+    assert "/home/me" not in json.dumps([r.__dict__ for r in results], default=str)

@@ -74,7 +74,7 @@ def parquet(data):
 def test_windows_are_the_known_pixels_and_match_the_folder_source(data, parquet):
     assert parquet.available() == ROWS and parquet.column == "photo"
     assert parquet.describe() == {"kind": "hf-dataset", "name": str(data / "parquet"), "config": None,
-                                  "split": "train", "column": "photo", "num_rows": ROWS}
+                                  "split": "train", "column": "photo", "num_rows": ROWS, "local": True}
     folder = FolderSource(data / "png")
     top, left = (HEIGHT - 64) // 2, (WIDTH - 64) // 2
     for k in range(ROWS):
@@ -198,7 +198,7 @@ def test_cli_audit_on_a_local_dataset_with_a_worker_process(data):
     assert result.exit_code == 0, result.output
     report = Report.from_json(result.stdout)
     assert report.data == {"kind": "hf-dataset", "name": str(data / "parquet"), "config": None, "split": "train",
-                           "column": "photo", "num_rows": ROWS, "num_images": ROWS}
+                           "column": "photo", "num_rows": ROWS, "local": True, "num_images": ROWS}
     assert [r.scheme for r in report.results] == ["native", "reflect"]
 
 
