@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from .errors import AuditInterrupted, FeatureError, NothingToPatchError, PPPAuditError
-from .images import DeadLeavesSource, ImageSource, WindowDataset, image_source, parse_hfds
+from .images import DeadLeavesSource, ImageSource, WindowDataset, image_source, parse_hfds, random_sample
 from .metrics import PPPAccumulator
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
@@ -43,7 +43,8 @@ class AuditConfig:
         num_images: Windows to average over (N).
         batch_size: Windows per forward pass.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:K``.
-        seed: Seed of the built-in images (and of anything random).
+        seed: Seed of the built-in images and of the random sample of N from a larger folder or dataset (and of
+            anything else random).
         input_size: Crop size S; default the model's pretrained input size.
         margin: Context m around the crop, a multiple of the largest stride; default twice the largest stride.
         layers: Module names to tap instead of the stages.
@@ -299,6 +300,7 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     radii = receptive_radii(taps, window, device)
 
     source = _source(config, info, window) if source is None else source
+    source = random_sample(source, config.num_images, config.seed, window)
     available = source.available()
     num_images = min(config.num_images, available) if available else config.num_images
     if num_images < 2:

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .engine import AuditConfig, _autocast, _progress, _source, audit, geometry, resolve_device
 from .errors import AuditInterrupted, ImageSourceError, PPPAuditError
-from .images import FolderSource, ImageSource
+from .images import FolderSource, ImageSource, IndexedSource, usable_order
 from .models import ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .report import CurvePoint, FinetuneResult, LayerResult, Report
@@ -173,26 +173,10 @@ def heldout_metrics(student: Tensor, teacher: Tensor, labels: Tensor | None = No
 
 
 @dataclass(frozen=True)
-class SplitSource:
-    """A view of an image source restricted to some of its indices (a held-out or training split).
+class SplitSource(IndexedSource):
+    """A held-out or training split of an image source: the indices it owns, and its name for the report."""
 
-    Args:
-        base: The source.
-        indices: Indices of ``base`` in this split, in order (a ``range`` for the built-in images).
-        split: ``held-out`` or ``train``, for the report.
-        unlimited: The split has no end (fresh built-in images); ``available()`` is then ``None``.
-    """
-
-    base: ImageSource
-    indices: Sequence[int]
-    split: str
-    unlimited: bool = False
-
-    def window(self, index: int, size: int) -> Tensor:
-        return self.base.window(self.indices[index], size)
-
-    def available(self) -> int | None:
-        return None if self.unlimited else len(self.indices)
+    split: str = "held-out"
 
     def describe(self) -> dict[str, Any]:
         base = self.base.describe()
@@ -286,17 +270,20 @@ def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: in
     available = base.available()
     if available is None:  # unlimited built-in images: 0..N-1 held out, training from N on
         n = config.num_images
-        heldout = SplitSource(base, range(0, n), "held-out")
+        heldout = SplitSource(base, range(0, n), split="held-out")
         if ft.train_images is None:
-            return _Splits(heldout, SplitSource(base, range(n, 2**62), "train", unlimited=True), None)
-        return _Splits(heldout, SplitSource(base, range(n, n + ft.train_images), "train"), range(ft.train_images))
-    if available < 4:
-        raise ImageSourceError(f"the image folder holds {available} images", "fine-tuning needs at least 4")
-    order = torch.randperm(available, generator=torch.Generator().manual_seed(config.seed)).tolist()
-    n = min(config.num_images, available // 2)
-    train = sorted(order[n:][: ft.train_images])  # a random subset of the rest, not the first classes
-    heldout = SplitSource(base, sorted(order[:n]), "held-out")
-    splits = _Splits(heldout, SplitSource(base, train, "train"), range(len(train)))
+            return _Splits(heldout, SplitSource(base, range(n, 2**62), split="train", unlimited=True), None)
+        return _Splits(heldout, SplitSource(base, range(n, n + ft.train_images), split="train"),
+                       range(ft.train_images))
+    # Seeded random order (not the first classes), without images too small for the window.
+    order = [index for index in usable_order(base, window, config.seed) if index is not None]
+    if len(order) < 4:
+        raise ImageSourceError(f"the image folder holds {len(order)} images of at least {window}x{window} pixels",
+                               "fine-tuning needs at least 4; use larger images or a smaller --input-size")
+    n = min(config.num_images, len(order) // 2)
+    train = sorted(order[n:][: ft.train_images])
+    heldout = SplitSource(base, sorted(order[:n]), split="held-out")
+    splits = _Splits(heldout, SplitSource(base, train, split="train"), range(len(train)))
     if ft.labels == "folder":
         file_classes, splits.classes = folder_classes(base)
         if num_classes is not None and max(file_classes) >= num_classes:

@@ -14,7 +14,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Protocol
+from typing import IO, Any, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,10 @@ class ImageSource(Protocol):
         """JSON-able description for the report."""
         ...
 
+    def fits(self, index: int, size: int) -> bool:
+        """Whether the ``index``-th image can give a ``size`` window (file sources: its short side, from the header)."""
+        ...
+
 
 @dataclass(frozen=True)
 class DeadLeavesSource:
@@ -62,6 +66,9 @@ class DeadLeavesSource:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "dead-leaves", "seed": self.seed, "num_discs": self.num_discs}
+
+    def fits(self, index: int, size: int) -> bool:
+        return True
 
     def window(self, index: int, size: int) -> Tensor:
         rng = np.random.default_rng([self.seed, index])
@@ -102,6 +109,18 @@ def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     spectrum[0, 0] = 0.0
     field = np.fft.irfft2(spectrum, s=(big, big))[:size, :size]
     return ((field - field.mean()) / (field.std() + 1e-12)).astype(np.float32)
+
+
+def image_fits(file: str | Path | IO[bytes], size: int) -> bool:
+    """Whether an image file's short side is at least ``size``, from its header. Unreadable files count as fitting, so
+    that :func:`load_window` reports them."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as img:
+            return min(img.size) >= size
+    except (UnidentifiedImageError, OSError):
+        return True
 
 
 def load_window(file: str | Path | IO[bytes], name: str, size: int, resize_short: int = 0) -> Tensor:
@@ -176,6 +195,9 @@ class FolderSource:
     def window(self, index: int, size: int) -> Tensor:
         path = self.files[index % len(self.files)]
         return load_window(path, str(path), size, self.resize_short)
+
+    def fits(self, index: int, size: int) -> bool:
+        return image_fits(self.files[index % len(self.files)], size)
 
 
 HFDS_PREFIX = "hfds/"
@@ -277,13 +299,23 @@ class HFDatasetSource:
                 "column": self.column, "num_rows": len(self.dataset), "local": Path(self.name).is_dir()}
 
     def window(self, index: int, size: int) -> Tensor:
+        file, name = self._file(index)
+        if file is None:
+            raise ImageSourceError(f"cannot read image '{name}': the cell is empty", "drop rows without an image")
+        return load_window(file, name, size, self.resize_short)
+
+    def fits(self, index: int, size: int) -> bool:
+        file, _ = self._file(index)
+        return file is None or image_fits(file, size)  # an empty cell fits: window() reports it
+
+    def _file(self, index: int) -> tuple[str | IO[bytes] | None, str]:
+        """The image of row ``index`` (an open byte stream or a path; ``None`` for an empty cell) and its name."""
         row = index % len(self.dataset)
         value = self.dataset[row][self.column]
         name = f"row {row} of {self.spec}"
         if not value or not (value.get("bytes") or value.get("path")):
-            raise ImageSourceError(f"cannot read image '{name}': the cell is empty", "drop rows without an image")
-        return load_window(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"], name, size,
-                           self.resize_short)
+            return None, name
+        return (io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]), name
 
     def _load(self, datasets: Any) -> Any:
         local = Path(self.name)
@@ -365,6 +397,85 @@ def image_source(images: str, *, split: str = "train", resize_short: int = 0) ->
         return FolderSource(Path(images), resize_short=resize_short)
     name, config = hf
     return HFDatasetSource(name, split=split, config=config, resize_short=resize_short)
+
+
+@dataclass(frozen=True)
+class IndexedSource:
+    """Some of a source's windows: window ``i`` is ``base``'s window ``indices[i]``.
+
+    Args:
+        base: The source.
+        indices: Indices of ``base``, in order.
+        unlimited: ``indices`` has no end (fresh built-in images); ``available()`` is then ``None``.
+    """
+
+    base: ImageSource
+    indices: Sequence[int]
+    unlimited: bool = False
+
+    def window(self, index: int, size: int) -> Tensor:
+        return self.base.window(self.indices[index], size)
+
+    def available(self) -> int | None:
+        return None if self.unlimited else len(self.indices)
+
+    def describe(self) -> dict[str, Any]:
+        return self.base.describe()
+
+    def fits(self, index: int, size: int) -> bool:
+        return self.base.fits(self.indices[index], size)
+
+
+@dataclass(frozen=True)
+class SampledSource(IndexedSource):
+    """A seeded random sample of a finite source, in index order; the report records how it was drawn."""
+
+    seed: int = 0
+    skipped_small: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        sample = {"of": self.base.available(), "seed": self.seed, "skipped_small": self.skipped_small}
+        return {**self.base.describe(), "sample": sample}
+
+
+def usable_order(source: ImageSource, size: int, seed: int) -> Iterator[int | None]:
+    """A finite source's indices in seeded random order, ``None`` in place of each image too small for a ``size``
+    window (so that callers can count them). Folders list files in sorted order and datasets are often sorted by class,
+    so the first N would be a few classes; reading only the images' headers, skipping costs milliseconds."""
+    available = source.available()
+    if available is None:
+        raise ValueError("an unlimited source has no order to draw from")
+    for index in torch.randperm(available, generator=torch.Generator().manual_seed(seed)).tolist():
+        yield index if source.fits(index, size) else None
+
+
+def random_sample(source: ImageSource, count: int, seed: int, size: int) -> ImageSource:
+    """``count`` windows of ``size`` drawn at random (seeded) from a finite source, skipping images smaller than the
+    window; the source itself when it is unlimited, or when every image is used and fits.
+
+    Raises:
+        ImageSourceError: Fewer than 2 images are large enough.
+    """
+    available = source.available()
+    if available is None:
+        return source
+    chosen: list[int] = []
+    skipped = 0
+    for index in usable_order(source, size, seed):
+        if len(chosen) == count:
+            break
+        if index is None:
+            skipped += 1
+        else:
+            chosen.append(index)
+    if len(chosen) < 2:
+        raise ImageSourceError(
+            f"only {len(chosen)} of the {available} images are at least {size}x{size} pixels (the window S + 2m)",
+            "use larger images, or a smaller --input-size / --margin",
+        )
+    if len(chosen) == available:
+        return source
+    return SampledSource(source, sorted(chosen), seed=seed, skipped_small=skipped)
 
 
 class WindowDataset(Dataset):

@@ -234,7 +234,7 @@ def test_a_row_without_an_image_is_named(data, tmp_path):
 def test_finetune_split_keeps_the_dataset_split(parquet):
     from ppp_audit.finetune import SplitSource
 
-    described = SplitSource(parquet, [0, 2], "held-out").describe()
+    described = SplitSource(parquet, [0, 2], split="held-out").describe()
     assert described["split"] == "held-out" and described["dataset_split"] == "train"
     assert described["kind"] == "hf-dataset" and described["num_split"] == 2
 

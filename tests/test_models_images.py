@@ -108,3 +108,59 @@ def test_folder_source(tmp_path):
         FolderSource(tmp_path / "empty")
     with pytest.raises(ImageSourceError, match="does not exist"):
         FolderSource(tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def class_folders(tmp_path_factory):
+    """Three class folders of four images each; each image one flat grey level, 10 * its position in sorted order."""
+    root = tmp_path_factory.mktemp("classes")
+    for k in range(12):
+        folder = root / "abc"[k // 4]
+        folder.mkdir(exist_ok=True)
+        Image.new("RGB", (128, 128), (10 * k,) * 3).save(folder / f"{k:02d}.png")
+    return root
+
+
+def test_random_sample_draws_across_the_folder_not_its_first_class(class_folders):
+    from ppp_audit.images import random_sample
+
+    folder = FolderSource(class_folders)
+    sample = random_sample(folder, 4, seed=0, size=32)
+    indices = list(sample.indices)
+    assert indices == sorted(set(indices)) and len(indices) == 4 and all(0 <= i < 12 for i in indices)
+    assert len({i // 4 for i in indices}) > 1  # not all from class a, as the first four files would be
+    grey = [round(float(sample.window(i, 32)[0].mean()) * 255) for i in range(4)]
+    assert grey == [10 * i for i in indices]  # window i of the sample is file indices[i]
+    assert random_sample(folder, 4, seed=0, size=32).indices == sample.indices
+    assert random_sample(folder, 4, seed=1, size=32).indices != sample.indices
+    assert random_sample(folder, 12, seed=0, size=32) is folder
+    assert random_sample(DeadLeavesSource(), 4, seed=0, size=32) == DeadLeavesSource()
+
+
+def test_audit_of_part_of_a_folder_records_its_sample(class_folders):
+    from ppp_audit.engine import AuditConfig, audit
+
+    common = dict(model="resnet10t", pretrained=False, images=str(class_folders), input_size=32, margin=32,
+                  batch_size=4, device="cpu")
+    part = audit(AuditConfig(num_images=4, **common))
+    assert part.data["sample"] == {"of": 12, "seed": 0, "skipped_small": 0} and part.data["num_images"] == 4
+    whole = audit(AuditConfig(num_images=12, **common))
+    assert "sample" not in whole.data and whole.data["num_images"] == 12
+
+
+def test_images_too_small_for_the_window_are_skipped_and_counted(tmp_path):
+    from ppp_audit.engine import AuditConfig, audit
+    from ppp_audit.images import random_sample
+
+    for k in range(9):
+        side = 40 if k % 3 == 0 else 128  # files 0, 3, 6 cannot give a 96 px window
+        Image.new("RGB", (side, side), (20 * k,) * 3).save(tmp_path / f"{k}.png")
+    folder = FolderSource(tmp_path)
+    every = random_sample(folder, 100, seed=0, size=96)
+    assert sorted(every.indices) == [1, 2, 4, 5, 7, 8] and every.describe()["sample"]["skipped_small"] == 3
+    common = dict(model="resnet10t", pretrained=False, images=str(tmp_path), input_size=32, margin=32, batch_size=4,
+                  device="cpu")
+    report = audit(AuditConfig(num_images=64, **common))
+    assert report.data["num_images"] == 6 and report.data["sample"]["skipped_small"] == 3
+    with pytest.raises(ImageSourceError, match="only 0 of the 9 images are at least 200x200"):
+        random_sample(folder, 4, seed=0, size=200)
