@@ -472,6 +472,19 @@ def _explain(exc: Exception) -> tuple[str, str]:
 
     if isinstance(exc, OfflineModeIsEnabled):
         return "offline mode is on (HF_HUB_OFFLINE)", "unset HF_HUB_OFFLINE when you are online"
+    cause = exc.__cause__
+    if isinstance(exc, RuntimeError) and "while uploading" in str(exc) and isinstance(cause, Exception):
+        # huggingface_hub wraps a failed LFS upload (object-store PUT, multipart completion, verify) in a
+        # RuntimeError that names the file. Those URLs are signed and expire: a 401/403 there is no login problem.
+        what, fix = _explain(cause)
+        response = cause.response if isinstance(cause, HfHubHTTPError) else None
+        if response is not None and response.status_code in (401, 403):
+            fix = "try again (the upload link may have expired)"
+        return f"{str(exc).strip().rstrip('.')}: {what}", fix
+    if isinstance(exc, ValueError) and str(exc).startswith("LFS batch API returned errors"):
+        # Per-file refusals in the LFS batch answer, one line each: "Encountered error for file with OID X: `MSG".
+        refusals = [line.split(": `", 1)[-1].strip("` ") for line in str(exc).splitlines()[1:] if line.strip()]
+        return f"the Hub refused to store the files ({'; '.join(refusals)})", "try again later"
     if isinstance(exc, RevisionNotFoundError):
         return ("the branch given to --revision does not exist",
                 "create it first (HfApi().create_branch) or drop --revision")

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
-from hubserver import FakeHub
+from hubserver import PRESIGNED_KINDS, FakeHub
 from typer.testing import CliRunner
 
 from ppp_audit.cli import app
@@ -73,6 +78,10 @@ def hub(monkeypatch):
     # The suite's conftest sets HF_HUB_OFFLINE=1 so nothing reaches the real Hub; these tests talk to loopback only.
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # With hf_xet installed, huggingface_hub 2.4 sends LFS files (our PNGs) to Xet storage, which the fake Hub does
+    # not have; with Xet off it uses the Git LFS batch API, which it does. (Env too, for the subprocess test.)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     with FakeHub(tokens={TOKEN}) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
         monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -89,12 +98,32 @@ def _repo_requests(hub: FakeHub) -> list[dict]:
 
 
 def _tokens_sent(hub: FakeHub) -> set[str | None]:
-    return {r["authorization"] for r in _repo_requests(hub)}
+    """Authorization sent to the Hub's API (the object store's signed URLs are checked by _storage_auth)."""
+    return {r["authorization"] for r in _repo_requests(hub) if r["kind"] not in PRESIGNED_KINDS}
+
+
+def _storage_auth(hub: FakeHub) -> set[str | None]:
+    """Authorization sent with the signed object-store URLs: must be none (it would leak the token to S3/CDN)."""
+    return {r["authorization"] for r in _repo_requests(hub) if r["kind"] in PRESIGNED_KINDS}
 
 
 def _cli(*args: str):
     result = CliRunner().invoke(app, list(args))
     return result, result.stdout + result.stderr
+
+
+def _error_line(output: str) -> str:
+    """The one error line (huggingface_hub's progress bars may share stderr, and end without a newline)."""
+    (line,) = [line for line in output.splitlines() if "ppp-audit: error:" in line]
+    return line[line.index("ppp-audit: error:"):]
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _since(hub: FakeHub, mark: int) -> list[dict]:
+    return [r for r in hub.requests[mark:] if "kind" in r]
 
 
 def test_push_writes_report_figures_index_and_card(hub, audited):
@@ -124,6 +153,7 @@ def test_push_writes_report_figures_index_and_card(hub, audited):
     assert f"| `resnet10t` | random-init | native (zeros) | {report.scheme('native').last_strength:.3g} |" in card.text
     assert f"| reflect | {report.scheme('reflect').last_strength:.3g} |" in card.text
     assert _tokens_sent(hub) == {f"Bearer {TOKEN}"}  # the usual token resolution (HF_TOKEN), on every repo request
+    assert _storage_auth(hub) == {None}  # the PNG went to the object store, without the token
 
 
 def test_second_push_updates_card_and_index(hub, audited, tmp_path):
@@ -318,10 +348,12 @@ def test_audit_push_to_hub_end_to_end(hub, tmp_path):
     assert {"report.json", "report.html"} <= set(written) and any(name.endswith(".png") for name in written)
     for name, data in written.items():
         assert remote[f"resnet10t@random-init/native+reflect/{name}"] == data
+    figures = {f"resnet10t@random-init/native+reflect/{name}" for name in written if name.endswith(".png")}
+    assert hub.repo("me/ppp-audits").lfs_files() == figures  # every figure through LFS, report and page inline
     assert "([html](resnet10t@random-init/native+reflect/report.html))" in remote[CARD_FILE].decode()
     assert "pushed resnet10t@random-init/native+reflect" in proc.stderr
     assert json.loads(proc.stdout) == json.loads(local.read_text())  # stdout stays JSON only
-    assert _tokens_sent(hub) == {f"Bearer {TOKEN}"}
+    assert _tokens_sent(hub) == {f"Bearer {TOKEN}"} and _storage_auth(hub) == {None}
     assert TOKEN not in proc.stdout + proc.stderr
     for file in tmp_path.rglob("*"):
         if file.is_file():
@@ -343,3 +375,166 @@ def test_hf_dataset_audits_name_their_dataset_on_the_hub(audited, local, label, 
     results = eval_results(report)
     assert {(r.dataset_type, r.dataset_name) for r in results} == {(dataset_type, label)}
     assert "/home/me" not in json.dumps([r.__dict__ for r in results], default=str)
+
+
+# ---- LFS: binary files (the figures) go through the Git LFS batch API, as on the Hub -------------------------------
+
+
+def test_png_figures_go_through_lfs(hub, audited, tmp_path):
+    """preupload says lfs for the PNG -> LFS batch -> PUT to the object store -> verify -> commit with lfsFile."""
+    from huggingface_hub import HfApi
+
+    report, folder = audited
+    subdir = report_subdir(report)
+    png = (folder / "ppp_native.png").read_bytes()
+    push_report(folder, "me/ppp-audits")
+
+    log = _repo_requests(hub)
+    kinds = [r["kind"] for r in log]
+    steps = [kinds.index(kind) for kind in ("preupload", "lfs-batch", "lfs-upload", "lfs-verify", "commit")]
+    assert steps == sorted(steps)
+    assert all("status" not in r for r in log if r["kind"] != "resolve")  # resolve: 404s for the absent index/card
+    (batch,) = [r for r in log if r["kind"] == "lfs-batch"]
+    assert batch["objects"] == {_sha256(png): "upload"} and batch["transfer"] == "basic"
+    (put,) = [r for r in log if r["kind"] == "lfs-upload"]
+    assert put["origin"] == "storage" and put["path"].endswith(_sha256(png))
+    (commit,) = [r for r in log if r["kind"] == "commit"]
+    assert commit["ops"]["lfsFile"] == [f"{subdir}/ppp_native.png"]
+    assert set(commit["ops"]["file"]) == {f"{subdir}/report.json", INDEX_FILE, CARD_FILE}  # text stays regular
+    repo = hub.repo("me/ppp-audits")
+    assert repo.lfs_files() == {f"{subdir}/ppp_native.png"}
+    assert repo.files()[f"{subdir}/ppp_native.png"] == png
+    assert _tokens_sent(hub) == {f"Bearer {TOKEN}"} and _storage_auth(hub) == {None}
+
+    # Back through the client's own download: /resolve redirects to the object store, which serves the bytes.
+    path = HfApi(endpoint=hub.url).hf_hub_download("me/ppp-audits", f"{subdir}/ppp_native.png", repo_type="dataset",
+                                                   cache_dir=tmp_path)
+    assert Path(path).read_bytes() == png
+    assert [r["kind"] for r in _repo_requests(hub)][-2:] == ["resolve", "lfs-download"]
+    assert _storage_auth(hub) == {None}
+
+
+def test_lfs_objects_are_uploaded_once(hub, audited, tmp_path):
+    """The same report again, or another report with the same figure: the store has the object, nothing is PUT."""
+    from ppp_audit.report import Report
+
+    report, folder = audited
+    png = (folder / "ppp_native.png").read_bytes()
+    push_report(folder, "me/ppp-audits")
+
+    mark = len(hub.requests)
+    again = push_report(folder, "me/ppp-audits")
+    requests = _since(hub, mark)
+    assert not again.changed
+    assert [r["objects"] for r in requests if r["kind"] == "lfs-batch"] == [{_sha256(png): "present"}]
+    assert not [r for r in requests if r["kind"] in PRESIGNED_KINDS or r["kind"] == "commit"]
+
+    other = tmp_path / "native-only"
+    Report.from_dict({**report.to_dict(), "results": [report.results[0].to_dict()]}).save(other / "report.json")
+    shutil.copy(folder / "ppp_native.png", other / "ppp_native.png")
+    mark = len(hub.requests)
+    result = push_report(other, "me/ppp-audits")
+    requests = _since(hub, mark)
+    assert [r["objects"] for r in requests if r["kind"] == "lfs-batch"] == [{_sha256(png): "present"}]
+    assert not [r for r in requests if r["kind"] in PRESIGNED_KINDS]
+    (commit,) = [r for r in requests if r["kind"] == "commit"]
+    assert commit["ops"]["lfsFile"] == [f"{result.path_in_repo}/ppp_native.png"]  # committed by reference
+    repo = hub.repo("me/ppp-audits")
+    assert repo.files()[f"{result.path_in_repo}/ppp_native.png"] == png
+    assert list(repo.lfs_objects) == [_sha256(png)]
+
+
+def test_large_figure_goes_multipart(hub, audited):
+    """When the Hub asks for a multipart upload (large files), parts are PUT and the upload completed."""
+    report, folder = audited
+    png = (folder / "ppp_native.png").read_bytes()
+    hub.multipart_chunk_size = 100  # the Hub asks for parts above its own threshold; a tiny one makes our PNG large
+    push_report(folder, "me/ppp-audits")
+
+    log = _repo_requests(hub)
+    assert [r["transfer"] for r in log if r["kind"] == "lfs-batch"] == ["multipart"]
+    assert len([r for r in log if r["kind"] == "lfs-part"]) == math.ceil(len(png) / 100) >= 2
+    assert [r["kind"] for r in log].count("lfs-complete") == 1
+    assert all("status" not in r for r in log if r["kind"] != "resolve")
+    assert hub.repo("me/ppp-audits").files()[f"{report_subdir(report)}/ppp_native.png"] == png
+    assert _storage_auth(hub) == {None}
+
+
+@pytest.mark.parametrize("kind, status, message, said", [
+    ("lfs-batch", 403, "no write access", "permission denied (HTTP 403: no write access)"),
+    ("lfs-upload", 403, "Request has expired",
+     ("Error while uploading 'resnet10t@random-init/native+reflect/ppp_native.png' to the Hub: permission denied "
+      "(HTTP 403: Request has expired)")),
+    ("lfs-object", 422, "Object too large", "the Hub refused to store the files (Object too large)"),
+])
+def test_lfs_failure_keeps_report_and_hides_token(hub, audited, kind, status, message, said):
+    _, folder = audited
+    before = _snapshot(folder)
+    hub.fail_next(kind, status, message)
+    result, output = _cli("push", str(folder), "me/ppp-audits")
+    assert result.exit_code == 1
+    line = _error_line(output)
+    assert line.startswith(f"ppp-audit: error: push to me/ppp-audits failed: {said} (report saved at {folder})")
+    assert line.endswith(f"then run `ppp-audit push {folder} me/ppp-audits`")
+    assert "report this" not in line  # a known failure, not a bug
+    assert TOKEN not in output
+    assert _snapshot(folder) == before
+    assert set(hub.repo("me/ppp-audits").files()) == {".gitattributes"}
+    assert "commit" not in [r["kind"] for r in _repo_requests(hub)]
+
+
+def test_xet_failure_is_reported_too(hub, audited, monkeypatch):
+    """With Xet on (huggingface_hub's default when hf_xet is installed) LFS files skip the batch API for Xet storage,
+    which the fake Hub lacks: that failure too is one line, exit 1, token unseen."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", False)
+    _, folder = audited
+    result, output = _cli("push", str(folder), "me/ppp-audits")
+    assert result.exit_code == 1
+    line = _error_line(output)
+    assert "501 Not Implemented" in line and f"then run `ppp-audit push {folder} me/ppp-audits`" in line
+    assert TOKEN not in output
+    kinds = [r["kind"] for r in _repo_requests(hub)]
+    assert kinds[-1] == "xet-token" and "lfs-batch" not in kinds
+
+
+def test_fake_hub_lfs_protocol_checks(hub):
+    """The fake Hub refuses what the Hub refuses: bad signatures, content that does not match its oid, LFS pointers
+    to objects never uploaded, binary content sent inline."""
+    from huggingface_hub import HfApi
+
+    HfApi(endpoint=hub.url).create_repo("me/x", repo_type="dataset")
+    data = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"
+
+    def call(method: str, url: str, body: bytes, content_type: str, auth: bool = True) -> tuple[int, bytes]:
+        headers = {"Content-Type": content_type} | ({"Authorization": f"Bearer {TOKEN}"} if auth else {})
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, body, headers, method=method)) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def commit(line: dict) -> tuple[int, bytes]:
+        body = "\n".join(json.dumps(item) for item in [{"key": "header", "value": {"summary": "s"}}, line])
+        return call("POST", f"{hub.url}/api/datasets/me/x/commit/main", body.encode(), "application/x-ndjson")
+
+    pointer = {"key": "lfsFile", "value": {"path": "a.png", "algo": "sha256", "oid": _sha256(data), "size": len(data)}}
+    status, body = commit(pointer)
+    assert status == 400 and b"LFS pointer pointed to a file that does not exist" in body
+    status, body = commit({"key": "file", "value": {"path": "a.png", "encoding": "base64",
+                                                    "content": __import__("base64").b64encode(data).decode()}})
+    assert status == 400 and b"binary files" in body
+
+    batch = {"operation": "upload", "transfers": ["basic"], "hash_algo": "sha256",
+             "objects": [{"oid": _sha256(data), "size": len(data)}]}
+    status, body = call("POST", f"{hub.url}/datasets/me/x.git/info/lfs/objects/batch", json.dumps(batch).encode(),
+                        "application/vnd.git-lfs+json")
+    assert status == 200
+    href = json.loads(body)["objects"][0]["actions"]["upload"]["href"]
+    assert href.startswith(hub.storage_url)
+    assert call("PUT", href.replace("sig=", "sig=0"), data, "application/octet-stream", auth=False)[0] == 403
+    assert call("PUT", href, data[::-1], "application/octet-stream", auth=False)[0] == 400  # sha256 mismatch
+    assert call("PUT", href, data, "application/octet-stream", auth=False)[0] == 200
+    assert commit(pointer)[0] == 200
+    assert hub.repo("me/x").files()["a.png"] == data
