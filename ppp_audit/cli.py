@@ -111,6 +111,10 @@ def _push(report_dir: Path, **options) -> None:
     """Push a saved report folder; progress and links go to stderr so stdout keeps only the table or JSON."""
     from .hub import push_report
 
+    if not sys.stderr.isatty():  # logs and CI: upload bars would leave half lines next to our messages
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
     result = push_report(report_dir, **options)
     if result.repo_id:
         done = "pushed" if result.changed else "unchanged, already on the Hub:"
