@@ -592,6 +592,10 @@ def push_report(
         data = report.to_dict()
     if repo_id is None and not model_pr:
         raise PPPAuditError("nothing to push to", "pass a dataset REPO_ID and/or --model-pr")
+    if data.get("interrupted"):
+        # Partial statistics would stand on the Hub (and in a model card) as the model's score.
+        raise PPPAuditError(f"the report at {folder} is partial ({data['interrupted']}), so it is not pushed",
+                            "re-run the audit to the end, then push its report")
     check_repo_ids(repo_id, model_repo)
     if model_pr and model_repo is None:
         model_repo = model_repo_for(data)

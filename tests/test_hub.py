@@ -538,3 +538,14 @@ def test_fake_hub_lfs_protocol_checks(hub):
     assert call("PUT", href, data, "application/octet-stream", auth=False)[0] == 200
     assert commit(pointer)[0] == 200
     assert hub.repo("me/x").files()["a.png"] == data
+
+
+def test_a_partial_report_is_not_pushed(hub, audited, tmp_path):
+    report, _ = audited
+    data = report.to_dict()
+    data["interrupted"] = "stopped by Ctrl-C after 2 of 4 images; the statistics cover those"
+    (tmp_path / "report.json").write_text(json.dumps(data))
+    result, output = _cli("push", str(tmp_path), "me/ppp-audits", "--model-pr", "--model-repo", MODEL_REPO)
+    assert result.exit_code == 2
+    assert "is partial (stopped by Ctrl-C after 2 of 4 images" in " ".join(_error_line(output).split())
+    assert _repo_requests(hub) == []  # refused before any request
