@@ -9,6 +9,7 @@ takes the centre ``S x S`` crop itself, so the surrounding context is always rea
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import sys
@@ -82,6 +83,7 @@ class DeadLeavesSource:
         luminance = rng.beta(2.0, 2.0, size=self.num_discs)
         tint = rng.normal(0.0, 0.15, size=(self.num_discs, 3))
         colours = np.clip(luminance[:, None] * (1.0 + tint), 0.0, 1.0).astype(np.float32)
+        pixel_centres = np.arange(size) + 0.5
         # Large discs first, small on top: the same picture as a random order, with far fewer hidden discs drawn.
         for k in np.argsort(-radii):
             cy, cx, r = centres[k, 0], centres[k, 1], radii[k]
@@ -89,22 +91,31 @@ class DeadLeavesSource:
             x0, x1 = max(int(cx - r), 0), min(int(math.ceil(cx + r)) + 1, size)
             if y0 >= y1 or x0 >= x1:
                 continue
-            yy, xx = np.ogrid[y0:y1, x0:x1]
+            dy2 = (pixel_centres[y0:y1, None] - cy) ** 2
+            dx2 = (pixel_centres[None, x0:x1] - cx) ** 2
             # Anti-aliased edge: coverage ramps over one pixel, like a lens would blur it.
-            alpha = np.clip(r + 0.5 - np.sqrt((yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2), 0.0, 1.0)[..., None]
+            alpha = np.clip(r + 0.5 - np.sqrt(dy2 + dx2), 0.0, 1.0)[..., None]
             patch = image[y0:y1, x0:x1]
             patch += alpha.astype(np.float32) * (colours[k] - patch)
         image += _pink_noise(rng, size)[..., None] * 0.06
         return torch.from_numpy(np.clip(image, 0.0, 1.0)).permute(2, 0, 1).contiguous()
 
 
-def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Unit-variance 1/f noise, cut from a field twice as large so it does not wrap around."""
-    big = 2 * size
+@functools.lru_cache(maxsize=8)
+def _frequency_radius(big: int) -> np.ndarray:
+    """|f| on the rfft grid of a ``big x big`` field (1 at DC, which is zeroed anyway); read-only, shared."""
     fy = np.fft.fftfreq(big)[:, None]
     fx = np.fft.rfftfreq(big)[None, :]
     radius = np.sqrt(fy**2 + fx**2)
     radius[0, 0] = 1.0
+    radius.flags.writeable = False
+    return radius
+
+
+def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Unit-variance 1/f noise, cut from a field twice as large so it does not wrap around."""
+    big = 2 * size
+    radius = _frequency_radius(big)
     spectrum = (rng.normal(size=radius.shape) + 1j * rng.normal(size=radius.shape)) / radius
     spectrum[0, 0] = 0.0
     field = np.fft.irfft2(spectrum, s=(big, big))[:size, :size]
