@@ -143,6 +143,7 @@ def main() -> None:
         for n in (args.num_images, 4 * args.num_images):
             cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
                    "--num-images", str(n), "--device", args.device, "--repeats", "1", "--json",
+                   "--workers", str(args.workers),
                    "--precision", args.precision, *(["--paddings", *args.paddings] if args.paddings else []),
                    *(["--input-size", str(args.input_size)] if args.input_size else [])]
             done = subprocess.run(cmd, capture_output=True, text=True)
