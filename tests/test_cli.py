@@ -42,7 +42,8 @@ def test_paddings_lists_builtins_with_distribution():
     ("args", "reason"),
     [
         (["resnet5O", *FAST], "unknown model 'resnet5O'"),
-        (["resnet10t", "-p", "bogus", *FAST], "unknown padding scheme 'bogus'"),
+        (["resnet10t", "-p", "bogus", *FAST], "unknown padding scheme 'bogus' —"),
+        (["resnet10t", "-p", "reflct", *FAST], "unknown padding scheme 'reflct' (did you mean 'reflect'?)"),
         (["resnet10t", "--images", "{empty}", *FAST], "holds no images"),
         (["resnet10t", "-n", "4"], "cannot load pretrained weights for 'resnet10t': HF_HUB_OFFLINE is set"),
         (["resnet10t", "--weights", "{empty}/missing.safetensors"], "does not exist"),

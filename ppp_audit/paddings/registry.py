@@ -157,9 +157,12 @@ def get_padding(scheme: str | PaddingScheme) -> PaddingScheme:
         return scheme
     registry = _all()
     if scheme not in registry:
+        import difflib
+
         available = ", ".join(sorted(registry)) or "none (is ppp-audit installed? run `pip install -e .`)"
+        close = difflib.get_close_matches(scheme, list(registry), n=1)
         raise UnknownPaddingError(
-            f"unknown padding scheme '{scheme}'",
+            f"unknown padding scheme '{scheme}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
             f"available: {available}; `ppp-audit paddings` lists them with descriptions",
         )
     factory, dist = registry[scheme]
