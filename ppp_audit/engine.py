@@ -49,7 +49,7 @@ class AuditConfig:
         margin: Context m around the crop, a multiple of the largest stride; default twice the largest stride.
         layers: Module names to tap instead of the stages.
         groups: Jackknife groups for confidence intervals.
-        precision: ``fp32``, or ``bf16``/``fp16`` autocast on CUDA.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast (meant for GPUs; CPUs run it too, fp16 slowly).
         workers: DataLoader worker processes for image loading.
         compile: A ``torch.compile`` backend (e.g. ``inductor``) for the feature passes; ``None``: eager. Each padding
             and input size compiles once (recompiles are cached), so it pays off for large N.
@@ -192,9 +192,10 @@ def _checked_summary(model: nn.Module, label: str, include_pools: bool, example_
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32" or device.type != "cuda":
+    """Autocast to ``bf16``/``fp16`` on any device (CPUs run it too, slowly without bf16 units); nothing for fp32."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @contextlib.contextmanager

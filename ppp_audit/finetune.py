@@ -352,7 +352,7 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
         info: The model's :class:`ModelInfo` (normalisation).
         teacher: The original model, whose logits are distilled (needed unless ``config.labels``).
         device: Where to train.
-        precision: ``fp32``, or ``bf16``/``fp16`` autocast on CUDA.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast (meant for GPUs; fp16 with a gradient scaler).
         seed: Seeds torch's global generator (dropout and anything else random in a step).
         measure: Called as ``measure(step)`` every ``config.measure_every`` steps (not at the last), with the student
             unpatched, for the formation curve.
@@ -367,7 +367,7 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
     torch.manual_seed(seed)
     optimizer = create_optimizer_v2(student, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                     momentum=config.momentum)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     normalise = _Normalise(info, device)
     if teacher is not None:
         teacher.eval()

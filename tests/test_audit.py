@@ -159,3 +159,35 @@ def test_fp32_audits_measure_in_ieee_fp32_and_restore_the_flags():
     audit(config, model=model, info=_info("recorder", 16))
     assert ("ieee", "ieee") in recorder.seen  # the measuring passes ran with TF32 off
     assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
+
+
+class RecordsDtype(nn.Module):
+    """Identity that records the dtype of the features it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[torch.dtype] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add(x.dtype)
+        return x
+
+
+def test_bf16_autocast_measures_in_bf16_and_agrees_with_fp32():
+    """The GPU's bf16 path, run on CPU: features really are bf16, statistics still float64, strengths close to fp32."""
+    torch.manual_seed(0)
+    recorder = RecordsDtype()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
+                          recorder).eval()
+    common = dict(model="two-convs", paddings=["reflect"], num_images=16, batch_size=8, input_size=32, margin=32,
+                  layers=["1", "3"], device="cpu")
+    fp32 = audit(AuditConfig(**common), model=model, info=_info("two-convs", 32))
+    assert recorder.seen == {torch.float32}
+    recorder.seen.clear()
+    bf16 = audit(AuditConfig(**common, precision="bf16"), model=model, info=_info("two-convs", 32))
+    # The receptive-field probe (one-off, backward pass) stays fp32; the measuring passes are bf16.
+    assert torch.bfloat16 in recorder.seen and bf16.precision == "bf16"
+    for f, b in zip(fp32.results, bf16.results):
+        for fl, bl in zip(f.layers, b.layers):
+            assert bl.stats.strength == pytest.approx(fl.stats.strength, rel=0.05, abs=1e-3), (f.scheme, fl.name)
+            assert bl.stats.strength != fl.stats.strength or fl.stats.strength == 0.0  # really computed in bf16

@@ -255,6 +255,26 @@ def test_training_is_deterministic_and_bn_mode_is_honoured(tiny):
     assert model.conv1[0].padding == (1, 1) and not model.conv1[0]._forward_pre_hooks  # patch undone on the copy only
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_training_steps(tiny, precision):
+    """The autocast path GPUs take (fp16 with its gradient scaler) runs on CPU too: finite losses, weights move."""
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    from ppp_audit.finetune import CropDataset, FinetuneConfig, finetune
+    from ppp_audit.images import DeadLeavesSource
+
+    model, info = tiny
+    student = copy.deepcopy(model)
+    loader = DataLoader(CropDataset(DeadLeavesSource(seed=1), range(4), 64, 64), batch_size=2)
+    log = finetune(student, "reflect", loader, FinetuneConfig(steps=2, lr=1e-3), info=info, teacher=model,
+                   precision=precision, seed=3)
+    assert len(log.losses) == 2 and all(math.isfinite(loss) for loss in log.losses)
+    assert not torch.equal(student.fc.weight, model.fc.weight)
+    assert student.fc.weight.dtype == torch.float32  # autocast computes in low precision, the weights stay fp32
+
+
 def test_save_finetuned_round_trip_needs_the_scheme(tiny, tmp_path):
     """Outputs of a saved model match only with its recorded padding applied."""
     import copy
