@@ -21,8 +21,11 @@ _SETTINGS = pytest.StashKey[dict]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ppp_audit", "PPP bounds on models (ppp-audit)")
-    group.addoption("--ppp-images", metavar="DIR", default=None,
-                    help="image folder for PPP checks (default: the built-in dead-leaves images). ini: ppp_images")
+    group.addoption("--ppp-images", metavar="DIR|hfds/NAME", default=None,
+                    help="image folder or Hugging Face dataset for PPP checks (default: the built-in dead-leaves "
+                    "images). ini: ppp_images")
+    group.addoption("--ppp-images-split", metavar="SPLIT", default=None,
+                    help="split of an hfds/ dataset (default: train). ini: ppp_images_split")
     group.addoption("--ppp-num-images", metavar="N", type=int, default=None,
                     help="images to average over in PPP checks (default: the CLI's, 64). ini: ppp_num_images")
     group.addoption("--ppp-device", metavar="DEVICE", default=None,
@@ -32,7 +35,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "ini: ppp_report_dir")
     group.addoption("--ppp-regen", action="store_true", default=False,
                     help="regenerate the baselines of ppp.check_regression (those tests fail once, like a first run)")
-    parser.addini("ppp_images", "image folder for PPP checks, relative to the ini file", default="")
+    parser.addini("ppp_images", "image folder (relative to the ini file) or hfds/NAME for PPP checks", default="")
+    parser.addini("ppp_images_split", "split of an hfds/ dataset for PPP checks", default="")
     parser.addini("ppp_num_images", "images to average over in PPP checks", default="")
     parser.addini("ppp_device", "device for PPP checks: auto, cpu, cuda or cuda:K", default="")
     parser.addini("ppp_report_dir", "folder for the JSON reports of PPP checks, relative to the ini file", default="")
@@ -48,10 +52,15 @@ def _settings(config: pytest.Config) -> dict[str, Any]:
     invoked = config.invocation_params.dir
     option, ini = config.getoption, config.getini
     settings: dict[str, Any] = {}
-    if option("ppp_images"):
+    images = option("ppp_images") or ini("ppp_images")
+    if images and images.lower().startswith("hfds/"):  # a dataset name, not a path (same test as the CLI's)
+        settings["images"] = images
+    elif option("ppp_images"):
         settings["images"] = invoked / option("ppp_images")
     elif ini("ppp_images"):
         settings["images"] = _ini_path(config, ini("ppp_images"))
+    if option("ppp_images_split") or ini("ppp_images_split"):
+        settings["images_split"] = option("ppp_images_split") or ini("ppp_images_split")
     if option("ppp_num_images") is not None:
         settings["num_images"] = option("ppp_num_images")
     elif ini("ppp_num_images"):

@@ -108,6 +108,7 @@ def measure(
     layers: Layers = "all",
     padding: str | None = None,
     images: str | Path | None = None,
+    images_split: str = "train",
     num_images: int | None = None,
     device: str | None = None,
     input_size: int | None = None,
@@ -125,7 +126,9 @@ def measure(
         layers: Which layers to tap: the model's stages for ``"last"``/``"all"``, else the named modules (read from the
             stages when they are stage names, with forward hooks otherwise).
         padding: Measure with this registered scheme swapped in instead of the model's native padding.
-        images: An image folder; ``None`` uses the built-in dead-leaves images.
+        images: An image folder, or ``hfds/NAME[#CONFIG]`` (a Hugging Face dataset); ``None`` uses the built-in
+            dead-leaves images.
+        images_split: Split of an ``hfds/`` dataset.
         num_images: Images to average over (default: the CLI's).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:K`` (default ``auto``).
         input_size: Crop size S (default: the model's ``pretrained_cfg``, else 224).
@@ -154,7 +157,8 @@ def measure(
     optional = {"num_images": num_images, "device": device, "batch_size": batch_size}
     config = AuditConfig(
         model=info.name, paddings=[padding] if padding else [], pretrained=pretrained,
-        weights=str(weights) if weights else None, images=str(images) if images else None, seed=seed,
+        weights=str(weights) if weights else None, images=str(images) if images else None,
+        images_split=images_split, seed=seed,
         input_size=input_size, margin=margin, layers=taps, **{k: v for k, v in optional.items() if v is not None},
     )
     if isinstance(model, str):

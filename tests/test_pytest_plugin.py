@@ -189,6 +189,28 @@ def test_ini_keys_and_options_reach_the_measurement(project: pytest.Pytester) ->
     assert Report.load(saved).data["num_images"] == 2
 
 
+def test_a_hugging_face_dataset_from_the_ini(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+    import numpy as np
+    import PIL.Image
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", project.path / "hf-cache")
+    rng = np.random.default_rng(0)
+    images = [PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(3)]
+    (project.path / "ds").mkdir()
+    datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()})).to_parquet(
+        str(project.path / "ds" / "validation.parquet"))
+    project.makeini(f"[pytest]\nppp_images = hfds/{project.path / 'ds'}\nppp_images_split = validation\n"
+                    "ppp_device = cpu\n")
+    project.makepyfile(test_settings='''
+        def test_measure(ppp, tiny):
+            ppp.measure(tiny(), input_size=32)
+    ''')
+    project.runpytest().assert_outcomes(passed=1)
+    report = Report.load(project.path / ".pytest_cache" / "d" / "ppp_audit" / "test_settings.py_test_measure.json")
+    assert (report.data["kind"], report.data["split"], report.data["num_images"]) == ("hf-dataset", "validation", 3)
+
+
 def test_bad_ini_value_is_a_usage_error(project: pytest.Pytester) -> None:
     project.makeini("[pytest]\nppp_num_images = many\n")
     result = project.runpytest()
