@@ -235,10 +235,11 @@ def _stop_on_ctrl_c(enabled: bool = True) -> Iterator[_StopRequest]:
     """The first Ctrl-C asks the measuring loop to stop after the current batch, so that every statistic still covers
     whole batches and the report of what was measured can be saved; a second Ctrl-C aborts at once.
 
-    Only in the main thread of a single process: under torchrun every rank must see the same batches.
+    Enable it only in the main thread (signals reach no other) of a single process (under torchrun every rank must
+    see the same batches).
     """
     request = _StopRequest()
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    if not enabled:
         yield request
         return
 
@@ -398,7 +399,8 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         device=str(device),
         precision=config.precision,
         results=results,
-        timings={"total_s": total, "loop_s": loop_s, "processes": world, **{f"{label}_s": s for label, s in seconds.items()},
+        timings={"total_s": total, "loop_s": loop_s, "processes": world,
+                 **{f"{label}_s": s for label, s in seconds.items()},
                  "images_per_s": num_images * len(labels) / max(sum(seconds.values()), 1e-9),
                  **({"baselines_s": seconds_baselines} if config.baselines and baselines else {})},
         baselines=baselines,
