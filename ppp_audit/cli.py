@@ -232,7 +232,9 @@ def audit_command(
     layers: Annotated[
         Optional[str], typer.Option(help="Comma-separated module names to tap instead of stages.")
     ] = None,
-    precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).")] = "fp32",
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).")
+    ] = "fp32",
     workers: Annotated[int, typer.Option(help="DataLoader workers for image loading.")] = 0,
     compile_backend: Annotated[Optional[str], typer.Option(
         "--compile", help="torch.compile the feature passes with this backend (e.g. inductor); pays off for large N.",

@@ -169,8 +169,8 @@ def test_cli_saves_the_partial_report_and_exits_130(ctrl_c_at_window_5, tmp_path
     extra = {"--out": ["--out", "run"], "--json": ["--json", "run.json"], "default": []}[where]
     result = CliRunner().invoke(app, [*CLI_ARGS, *extra])
     assert result.exit_code == 130, result.output
-    saved = {"--out": tmp_path / "run" / "report.json", "--json": tmp_path / "run.json",
-             "default": tmp_path / "ppp-audit-reports" / "resnet10t@random-init" / "native+reflect" / "report.json"}[where]
+    default = tmp_path / "ppp-audit-reports" / "resnet10t@random-init" / "native+reflect" / "report.json"
+    saved = {"--out": tmp_path / "run" / "report.json", "--json": tmp_path / "run.json", "default": default}[where]
     assert saved.is_file(), sorted(str(p) for p in tmp_path.rglob("*"))
     data = json.loads(saved.read_text())
     assert data["data"]["num_images"] == 8 and "after 8 of 12 images" in data["interrupted"]
