@@ -264,7 +264,8 @@ def audit_command(
         help="Fine-tune this many steps after each --padding swap, then measure again (0: no fine-tuning).",
         rich_help_panel=_FT)] = 0,
     labels: Annotated[Optional[str], typer.Option(
-        help="'folder': cross-entropy on the class folders of --images. Default: distil the original model.",
+        help="'folder': cross-entropy on the class folders of --images DIR; 'dataset': on the class-label column of "
+        "--images hfds/NAME. Default: distil the original model.",
         rich_help_panel=_FT)] = None,
     distill_loss: Annotated[str, typer.Option(
         help="kl (softened logits, x T^2) or mse (logits).", rich_help_panel=_FT)] = "kl",

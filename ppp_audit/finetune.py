@@ -40,14 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from .engine import AuditConfig, _autocast, _progress, _source, audit, geometry, resolve_device
 from .errors import AuditInterrupted, ImageSourceError, PPPAuditError
-from .images import FolderSource, ImageSource, IndexedSource, usable_order
+from .images import FolderSource, HFDatasetSource, ImageSource, IndexedSource, usable_order
 from .models import ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .report import CurvePoint, FinetuneResult, LayerResult, Report
 
 BN_MODES = ("frozen", "train")
 DISTILL_LOSSES = ("kl", "mse")
-LABEL_SOURCES = ("folder",)
+LABEL_SOURCES = ("folder", "dataset")
 SAVED_RECORD_KEY = "ppp_audit"
 """Key of the fine-tune record in a saved model's ``config.json`` (and prefix of its safetensors metadata)."""
 _MAX_LOSS_POINTS = 200
@@ -67,7 +67,7 @@ class FinetuneConfig:
         bn: ``frozen``: BatchNorm layers stay in eval mode (running statistics fixed, affine weights still train);
             ``train``: they update their statistics from the training batches (``--bn``).
         labels: ``None``: distil the original model (label-free); ``folder``: cross-entropy with the class-per-folder
-            labels of ``--images`` (``--labels``).
+            labels of an image folder; ``dataset``: with the class-label column of an ``hfds/`` dataset (``--labels``).
         distill_loss: ``kl``: KL divergence between temperature-softened distributions, times ``T²``; ``mse``: mean
             squared error between logits (``--distill-loss``).
         temperature: Softening temperature ``T`` of the ``kl`` loss (``--temperature``).
@@ -107,7 +107,8 @@ class FinetuneConfig:
         if self.bn not in BN_MODES:
             bad(f"unknown --bn mode '{self.bn}'", f"use one of {', '.join(BN_MODES)}")
         if self.labels is not None and self.labels not in LABEL_SOURCES:
-            bad(f"unknown --labels source '{self.labels}'", "use --labels folder, or leave it out to distil")
+            bad(f"unknown --labels source '{self.labels}'",
+                "use --labels folder or --labels dataset, or leave it out to distil")
         if self.distill_loss not in DISTILL_LOSSES:
             bad(f"unknown --distill-loss '{self.distill_loss}'", f"use one of {', '.join(DISTILL_LOSSES)}")
         if not self.temperature > 0:
@@ -267,6 +268,19 @@ def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: in
     base = _source(config, info, window)
     if ft.labels == "folder" and not isinstance(base, FolderSource):
         raise PPPAuditError("--labels folder needs an image folder", "pass --images ROOT with one folder per class")
+    if ft.labels == "dataset" and not isinstance(base, HFDatasetSource):
+        raise PPPAuditError("--labels dataset needs a Hugging Face dataset",
+                            "pass --images hfds/NAME (with a class-label column), or --labels folder for a folder")
+    classes = None
+    if ft.labels:  # checked before any image is read
+        classes = folder_classes(base) if ft.labels == "folder" else base.classes()
+        if num_classes is not None and max(classes[0]) >= num_classes:
+            fix = ("name class folders by the model's class index (0..num_classes-1), or use fewer classes"
+                   if ft.labels == "folder" else "use a dataset labelled in the model's classes, or leave --labels out")
+            raise PPPAuditError(
+                f"--labels {ft.labels}: class index {max(classes[0])} does not fit the model's {num_classes} classes",
+                fix,
+            )
     available = base.available()
     if available is None:  # unlimited built-in images: 0..N-1 held out, training from N on
         n = config.num_images
@@ -278,20 +292,15 @@ def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: in
     # Seeded random order (not the first classes), without images too small for the window.
     order = [index for index in usable_order(base, window, config.seed) if index is not None]
     if len(order) < 4:
-        raise ImageSourceError(f"the image folder holds {len(order)} images of at least {window}x{window} pixels",
+        raise ImageSourceError(f"{base.describe()['kind']} source holds {len(order)} images of at least "
+                               f"{window}x{window} pixels",
                                "fine-tuning needs at least 4; use larger images or a smaller --input-size")
     n = min(config.num_images, len(order) // 2)
     train = sorted(order[n:][: ft.train_images])
     heldout = SplitSource(base, sorted(order[:n]), split="held-out")
     splits = _Splits(heldout, SplitSource(base, train, split="train"), range(len(train)))
-    if ft.labels == "folder":
-        file_classes, splits.classes = folder_classes(base)
-        if num_classes is not None and max(file_classes) >= num_classes:
-            raise PPPAuditError(
-                f"--labels folder: class index {max(file_classes)} does not fit the model's {num_classes} classes",
-                "name class folders by the model's class index (0..num_classes-1), or use fewer classes",
-            )
-        splits.labels = file_classes
+    if classes is not None:
+        splits.labels, splits.classes = classes
     return splits
 
 

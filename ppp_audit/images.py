@@ -283,10 +283,14 @@ class HFDatasetSource:
         if len(dataset) == 0:
             raise ImageSourceError(f"{self.spec} has no rows", "pick another --images-split or dataset")
         column = self.column or images[0]
-        # Only the image column, left encoded: rows decode with PIL here, so errors name the row and file.
-        dataset = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+        class_labels = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.ClassLabel)]
+        label_column = class_labels[0] if class_labels else None
+        # The image column, left encoded (rows decode with PIL here, so errors name the row and file), and the first
+        # class-label column for --labels dataset.
+        dataset = dataset.select_columns([column, *class_labels[:1]]).cast_column(column, datasets.Image(decode=False))
         object.__setattr__(self, "column", column)
         object.__setattr__(self, "_dataset", dataset)
+        object.__setattr__(self, "_label_column", label_column)
 
     @property
     def spec(self) -> str:
@@ -307,13 +311,30 @@ class HFDatasetSource:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "hf-dataset", "name": self.name, "config": self.config, "split": self.split,
-                "column": self.column, "num_rows": len(self.dataset), "local": Path(self.name).is_dir()}
+                "column": self.column, "num_rows": len(self.dataset), "local": Path(self.name).is_dir(),
+                "label_column": self._label_column}  # type: ignore[attr-defined]
 
     def window(self, index: int, size: int) -> Tensor:
         file, name = self._file(index)
         if file is None:
             raise ImageSourceError(f"cannot read image '{name}': the cell is empty", "drop rows without an image")
         return load_window(file, name, size, self.resize_short)
+
+    def classes(self) -> tuple[list[int], list[str]]:
+        """Class index of every row and the class names, from the dataset's first ``datasets.ClassLabel`` column.
+
+        Raises:
+            ImageSourceError: The split has no class-label column, or rows without a label (``-1``).
+        """
+        column = self._label_column  # type: ignore[attr-defined]
+        if column is None:
+            raise ImageSourceError(f"--labels dataset: {self.spec} has no class-label column",
+                                   "cast the label column to datasets.ClassLabel, or leave --labels out to distil")
+        labels = [int(label) for label in self.dataset[column]]
+        if min(labels) < 0:
+            raise ImageSourceError(f"--labels dataset: {labels.count(-1)} rows of {self.spec} have no label (-1)",
+                                   "use a labelled split (--images-split), or leave --labels out to distil")
+        return labels, list(self.dataset.features[column].names)
 
     def fits(self, index: int, size: int) -> bool:
         file, _ = self._file(index)

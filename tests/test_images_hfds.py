@@ -74,7 +74,8 @@ def parquet(data):
 def test_windows_are_the_known_pixels_and_match_the_folder_source(data, parquet):
     assert parquet.available() == ROWS and parquet.column == "photo"
     assert parquet.describe() == {"kind": "hf-dataset", "name": str(data / "parquet"), "config": None,
-                                  "split": "train", "column": "photo", "num_rows": ROWS, "local": True}
+                                  "split": "train", "column": "photo", "num_rows": ROWS, "local": True,
+                                  "label_column": None}
     folder = FolderSource(data / "png")
     top, left = (HEIGHT - 64) // 2, (WIDTH - 64) // 2
     for k in range(ROWS):
@@ -198,7 +199,8 @@ def test_cli_audit_on_a_local_dataset_with_a_worker_process(data):
     assert result.exit_code == 0, result.output
     report = Report.from_json(result.stdout)
     assert report.data == {"kind": "hf-dataset", "name": str(data / "parquet"), "config": None, "split": "train",
-                           "column": "photo", "num_rows": ROWS, "local": True, "num_images": ROWS}
+                           "column": "photo", "num_rows": ROWS, "local": True, "label_column": None,
+                           "num_images": ROWS}
     assert [r.scheme for r in report.results] == ["native", "reflect"]
 
 
@@ -257,3 +259,52 @@ def test_hfds_config_picks_a_configuration(data, tmp_path):
     assert small.available() == 1 and small.describe()["config"] == "small"
     with pytest.raises(ImageSourceError, match=r"BuilderConfig 'tiny' not found. Available: \['full', 'small'\]"):
         image_source(f"hfds/{tmp_path}#tiny")
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Ten 128 px images with a ClassLabel column (red cats, blue dogs) as a local parquet dataset."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("labelled")
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for k in range(10):
+        pixels = rng.integers(0, 96, (128, 128, 3), dtype=np.uint8)
+        pixels[..., 0 if k % 2 == 0 else 2] += 150
+        images.append(Image.fromarray(pixels))
+        labels.append(k % 2)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["cat", "dog"])})
+    datasets.Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
+        str(root / "train.parquet"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(datasets.config, "HF_DATASETS_CACHE", root / "cache")
+        yield root
+
+
+def test_fine_tuning_with_the_class_label_column(labelled, tmp_path):
+    source = HFDatasetSource(str(labelled))
+    assert source.classes() == ([k % 2 for k in range(10)], ["cat", "dog"])
+    assert source.describe()["label_column"] == "label"
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["resnet10t", "--no-pretrained", "-p", "replicate", "--images", f"hfds/{labelled}",
+                                 "--labels", "dataset", "--finetune-steps", "2", "--finetune-batch-size", "4", "-n",
+                                 "4", "-b", "4", "--input-size", "64", "--margin", "32", "--lr", "1e-3", "--json",
+                                 str(out), "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    ft = Report.load(out).results[1].finetune
+    assert ft.settings["objective"] == "cross-entropy" and ft.settings["classes"] == ["cat", "dog"]
+    for metrics in (ft.before, ft.after, ft.original):
+        assert 0.0 <= metrics["label_accuracy"] <= 1.0 and metrics["label_loss"] > 0
+
+
+@pytest.mark.parametrize(("images", "reason"), [
+    ("parquet", "has no class-label column"),
+    ("png", "--labels dataset needs a Hugging Face dataset"),
+])
+def test_labels_dataset_needs_a_class_label_column(data, images, reason):
+    spec = f"hfds/{data / images}" if images == "parquet" else str(data / images)
+    result = runner.invoke(app, ["resnet10t", "--no-pretrained", "-p", "replicate", "--images", spec, "--labels",
+                                 "dataset", "--finetune-steps", "1", "-n", "2", "--input-size", "64", "--margin", "32",
+                                 "--device", "cpu"])
+    assert result.exit_code == 2 and reason in result.output, result.output
