@@ -206,13 +206,20 @@ def _ieee_fp32(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-    previous = conv.fp32_precision, matmul.fp32_precision
-    conv.fp32_precision = matmul.fp32_precision = "ieee"
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    # torch >= 2.9 sets precision per backend; there, mixing in the older allow_tf32 flags is an error.
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        flags = [(cudnn.conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    else:
+        flags = [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    previous = [getattr(owner, name) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        conv.fp32_precision, matmul.fp32_precision = previous
+        for (owner, name, _), value in zip(flags, previous):
+            setattr(owner, name, value)
 
 
 def _progress(enabled: bool):
