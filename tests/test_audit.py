@@ -191,3 +191,17 @@ def test_bf16_autocast_measures_in_bf16_and_agrees_with_fp32():
         for fl, bl in zip(f.layers, b.layers):
             assert bl.stats.strength == pytest.approx(fl.stats.strength, rel=0.05, abs=1e-3), (f.scheme, fl.name)
             assert bl.stats.strength != fl.stats.strength or fl.stats.strength == 0.0  # really computed in bf16
+
+
+def test_tf32_is_switched_off_with_the_flags_of_older_torch_too(monkeypatch):
+    """torch < 2.9 has no per-backend fp32_precision: the legacy allow_tf32 flags are set, then restored."""
+    from types import SimpleNamespace
+
+    from ppp_audit.engine import _ieee_fp32
+
+    cudnn, matmul = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=True)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    with _ieee_fp32(True):
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+    assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
