@@ -87,18 +87,24 @@ def run(args: argparse.Namespace) -> dict:
     crops = windows[..., margin:margin + size, margin:margin + size]
     taps = FeatureTaps(model)
 
-    # Bare forward measured right before and right after the audit, averaged: a machine whose speed drifts (other
-    # load, clocks) then biases neither side.
-    bare_before = bare_forward_seconds(taps, crops, windows, args.repeats, device, args.precision)
+    images = PreloadedSource(source, args.num_images, size + 2 * margin) if args.preload else None
+    labels = ["native", *args.paddings]
+    batches = -(-args.num_images // args.batch_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    images = PreloadedSource(source, args.num_images, size + 2 * margin) if args.preload else None
-    report = audit(config, model=model, info=info, source=images)
-    bare_after = bare_forward_seconds(taps, crops, windows, args.repeats, device, args.precision)
+    rounds = []
+    for _ in range(args.rounds):
+        # Bare forward measured right before and right after each audit, averaged: a machine whose speed drifts
+        # (other load, clocks) then biases neither side; over several rounds the median round is reported.
+        bare_before = bare_forward_seconds(taps, crops, windows, args.repeats, device, args.precision)
+        report = audit(config, model=model, info=info, source=images)
+        bare_after = bare_forward_seconds(taps, crops, windows, args.repeats, device, args.precision)
+        bare_s = (bare_before + bare_after) / 2
+        loop_s = sum(report.timings[f"{label}_s"] for label in labels)
+        rounds.append((loop_s / (batches * len(labels) * bare_s), bare_before, bare_after, report, loop_s))
+    factors = sorted(r[0] for r in rounds)
+    _, bare_before, bare_after, report, loop_s = sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
     bare_s = (bare_before + bare_after) / 2
-    labels = ["native", *args.paddings]
-    loop_s = sum(report.timings[f"{label}_s"] for label in labels)
-    batches = -(-args.num_images // args.batch_size)
     needed_s = batches * len(labels) * bare_s
     return {
         "model": args.model,
@@ -112,7 +118,9 @@ def run(args: argparse.Namespace) -> dict:
         "bare_forward_images_per_s": args.batch_size / bare_s,
         "bare_forward_drift": bare_after / bare_before,
         "audit_images_per_s": args.num_images * len(labels) / loop_s,
+        "rounds": args.rounds,
         "overhead_factor_loop": loop_s / needed_s,
+        "overhead_factor_loop_range": [factors[0], factors[-1]],
         "overhead_factor_wall": report.timings["loop_s"] / needed_s,
         "overhead_factor_total": report.timings["total_s"] / needed_s,
         "one_off_s": report.timings["total_s"] - loop_s,
@@ -131,7 +139,9 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--input-size", type=int, default=None, help="crop size S (default: the model's)")
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="bare forward passes timed before and after an audit")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="audits (each between two bare-forward timings); the median round is reported")
     parser.add_argument("--preload", action="store_true",
                         help="render the images before timing (the wall factor then excludes image production)")
     parser.add_argument("--memory-scaling", action="store_true", help="run at N and 4N in fresh processes")
@@ -166,8 +176,10 @@ def main() -> None:
     print(f"  bare forward (crop + window passes): {result['bare_forward_images_per_s']:.2f} images/s "
           f"(after/before the audit: {result['bare_forward_drift']:.2f})")
     print(f"  audit loop:                          {result['audit_images_per_s']:.2f} images x paddings / s")
+    spread = (f"; rounds {result['overhead_factor_loop_range'][0]:.3f} to {result['overhead_factor_loop_range'][1]:.3f}"
+              if result["rounds"] > 1 else "")
     print(f"  overhead factor (loop):  {result['overhead_factor_loop']:.3f}   (1.0 = forward passes only; host time of "
-          "the passes and statistics, a lower bound on CUDA where kernels run ahead)")
+          f"the passes and statistics, a lower bound on CUDA where kernels run ahead{spread})")
     print(f"  overhead factor (wall):  {result['overhead_factor_wall']:.3f}   (the measuring loop's wall time, image "
           "loading included, synchronised on CUDA)")
     print(f"  overhead factor (total): {result['overhead_factor_total']:.3f}   (incl. {result['one_off_s']:.1f} s "

@@ -21,11 +21,13 @@ def _run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_bench_audit_measures_overhead_on_cpu():
     done = _run("bench_audit.py", "--model", "resnet10t", "--batch-size", "2", "--num-images", "4",
-                "--input-size", "64", "--repeats", "1", "--device", "cpu", "--json")
+                "--input-size", "64", "--repeats", "1", "--rounds", "2", "--device", "cpu", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["input_size"] == 64 and result["precision"] == "fp32" and result["paddings"] == ["native"]
     assert result["overhead_factor_loop"] > 0 and result["overhead_factor_total"] >= result["overhead_factor_loop"]
+    low, high = result["overhead_factor_loop_range"]
+    assert result["rounds"] == 2 and low <= result["overhead_factor_loop"] <= high
     assert result["bare_forward_images_per_s"] > 0 and result["peak_cuda_mib"] is None
 
 
