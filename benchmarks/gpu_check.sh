@@ -14,7 +14,7 @@ if [ -n "${GPU_CHECK_SMOKE:-}" ]; then
 else
   check=(resnet18 --input-size 128 -n 32 -b 16)
   models=(resnet50 tf_efficientnet_lite0)
-  bench=(--batch-size 64 --num-images 512)
+  bench=(--batch-size 64 --num-images 512 --rounds 3)
   memory=(--batch-size 64 --num-images 256)
 fi
 if [ "$device" != cpu ]; then
