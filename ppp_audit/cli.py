@@ -56,7 +56,7 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
 
     from .engine import audit
     from .errors import AuditInterrupted
-    from .render import print_report
+    from .render import REPORT_JSON, print_report
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     try:
@@ -81,7 +81,7 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
     # The report reaches the disk before anything else can fail.
     saved = None
     if out is not None:
-        saved = report.save(Path(out) / "report.json")
+        saved = report.save(Path(out) / REPORT_JSON)
         _stderr().print(f"report saved to {saved}", highlight=False, soft_wrap=True)
     if json_out == "-":
         sys.stdout.write(report.to_json() + "\n")
@@ -98,13 +98,15 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
 
 def _save_interrupted(report, json_out: Optional[str], out: Optional[Path]) -> Path:
     """Where the report of an interrupted audit goes: ``--out``, else the ``--json`` file, else the default folder."""
+    from .render import REPORT_JSON
+
     if out is not None:
-        return report.save(Path(out) / "report.json")
+        return report.save(Path(out) / REPORT_JSON)
     if json_out and json_out != "-":
         return report.save(json_out)
     from .hub import default_report_dir
 
-    return report.save(default_report_dir(report) / "report.json")
+    return report.save(default_report_dir(report) / REPORT_JSON)
 
 
 def _push(report_dir: Path, **options) -> None:
@@ -366,13 +368,13 @@ def show_command(
     """
     from rich.console import Console
 
-    from .render import load_saved_report, print_report
+    from .render import REPORT_JSON, load_saved_report, print_report
 
     report, json_path = load_saved_report(report_path)
     print_report(Console(), report)
     if figures:
         # A folder's report.json renders into that folder; any other JSON file into a sibling folder of its name.
-        default = json_path.parent if json_path.name == "report.json" else json_path.with_suffix("")
+        default = json_path.parent if json_path.name == REPORT_JSON else json_path.with_suffix("")
         _write_outputs(report, out if out is not None else default, overwrite=overwrite, embed=embed, source=json_path)
 
 

@@ -26,16 +26,15 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .errors import HubPushError, PPPAuditError, ReportFileError
+from .render import REPORT_HTML, REPORT_JSON
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, HfApi
 
     from .report import Report
 
-REPORT_FILE = "report.json"
 INDEX_FILE = "index.json"
 CARD_FILE = "README.md"
-HTML_FILE = "report.html"  # written next to report.json by `ppp-audit show` / --out
 DEFAULT_LOCAL_ROOT = Path("ppp-audit-reports")
 INDEX_FORMAT = "ppp-audit-index"
 INDEX_VERSION = 1
@@ -248,9 +247,9 @@ def render_index_markdown(index: dict[str, Any]) -> str:
     ]
     for item in index["reports"]:
         folder = item["path"]
-        link = f"[{folder}]({folder}/{REPORT_FILE})"
-        if HTML_FILE in item.get("files", []):
-            link += f" ([html]({folder}/{HTML_FILE}))"
+        link = f"[{folder}]({folder}/{REPORT_JSON})"
+        if REPORT_HTML in item.get("files", []):
+            link += f" ([html]({folder}/{REPORT_HTML}))"
         images = f"{item['data'].get('num_images')} × {item['data'].get('label')}"
         size = f"{item.get('input_size')} / {item.get('margin')}"
         for row in item["headline"]:
@@ -349,9 +348,9 @@ def _as_dict(report: dict[str, Any] | Report) -> dict[str, Any]:
 def load_report_dir(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """A saved report folder (or its ``report.json``) -> (folder, report as a dict). Reads JSON only: no torch."""
     path = Path(path)
-    file = path / REPORT_FILE if path.is_dir() else path
+    file = path / REPORT_JSON if path.is_dir() else path
     if not file.is_file():
-        raise ReportFileError(f"no report at '{path}'", f"pass a folder holding {REPORT_FILE} (see --out)")
+        raise ReportFileError(f"no report at '{path}'", f"pass a folder holding {REPORT_JSON} (see --out)")
     try:
         data = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -588,7 +587,7 @@ def push_report(
         folder, data = load_report_dir(report)
     else:
         target = Path(local_dir) if local_dir is not None else default_report_dir(report)
-        folder = report.save(target / REPORT_FILE).parent
+        folder = report.save(target / REPORT_JSON).parent
         data = report.to_dict()
     if repo_id is None and not model_pr:
         raise PPPAuditError("nothing to push to", "pass a dataset REPO_ID and/or --model-pr")

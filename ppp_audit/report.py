@@ -186,9 +186,12 @@ class Report:
 
     @classmethod
     def load(cls, path: str | Path) -> "Report":
+        """Read a report from its JSON file, or from a folder holding ``report.json``."""
+        from .render import REPORT_JSON
+
         path = Path(path)
         if path.is_dir():
-            path = path / "report.json"
+            path = path / REPORT_JSON
         return cls.from_json(path.read_text())
 
 

@@ -138,45 +138,38 @@ def test_compiled_feature_passes_give_the_eager_numbers():
             assert cl.stats.strength == pytest.approx(el.stats.strength, rel=1e-4, abs=1e-7), (e.scheme, el.name)
 
 
-class RecordsFp32Math(nn.Module):
-    """Identity that records the fp32 conv/matmul precision flags in force while it runs."""
+class Records(nn.Module):
+    """Identity that records ``what(x)`` for every input it sees (its dtype, the precision flags in force, ...)."""
 
-    def __init__(self) -> None:
+    def __init__(self, what) -> None:
         super().__init__()
-        self.seen: set[tuple[str, str]] = set()
+        self.what = what
+        self.seen: set = set()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.add((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision))
+        self.seen.add(self.what(x))
         return x
 
 
+def _fp32_math_flags(x: torch.Tensor | None = None) -> tuple[str, str]:
+    return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+
+
 def test_fp32_audits_measure_in_ieee_fp32_and_restore_the_flags():
-    recorder = RecordsFp32Math()
+    recorder = Records(_fp32_math_flags)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), recorder).eval()
-    before = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    before = _fp32_math_flags()
     config = AuditConfig(model="recorder", num_images=4, batch_size=4, input_size=16, margin=32, layers=["1"],
                          device="cpu")
     audit(config, model=model, info=_info("recorder", 16))
     assert ("ieee", "ieee") in recorder.seen  # the measuring passes ran with TF32 off
-    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
-
-
-class RecordsDtype(nn.Module):
-    """Identity that records the dtype of the features it sees."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[torch.dtype] = set()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.add(x.dtype)
-        return x
+    assert _fp32_math_flags() == before
 
 
 def test_bf16_autocast_measures_in_bf16_and_agrees_with_fp32():
     """The GPU's bf16 path, run on CPU: features really are bf16, statistics still float64, strengths close to fp32."""
     torch.manual_seed(0)
-    recorder = RecordsDtype()
+    recorder = Records(lambda x: x.dtype)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
                           recorder).eval()
     common = dict(model="two-convs", paddings=["reflect"], num_images=16, batch_size=8, input_size=32, margin=32,

@@ -14,16 +14,13 @@ from typing import TYPE_CHECKING
 
 from ..errors import ReportFileError
 from .figures import FIGURES, FigureFile, FigureSpec, figure_specs, register_figure, write_figures
-from .html import SECTIONS, page_resources, register_section, render_html, write_html
+from .html import REPORT_HTML, REPORT_JSON, SECTIONS, page_resources, register_section, render_html, write_html
 from .terminal import TerminalHeatmap
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from ..report import Report
-
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
 
 
 @dataclass

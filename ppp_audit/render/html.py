@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from ..report import Report
     from .figures import FigureFile
 
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+"""The names of a report folder's JSON and page (``--out``, ``ppp-audit show``, Hub pushes)."""
+
 
 @dataclass
 class Page:
@@ -39,7 +43,7 @@ class Page:
 
     figures: list["FigureFile"]
     out_dir: Path
-    json_name: str = "report.json"
+    json_name: str = REPORT_JSON
     embed: bool = False
     shown: set[str] = field(default_factory=set)
 
@@ -58,11 +62,12 @@ class Page:
         return (f'<figure><img src="{src}" width="{width}" height="{height}" alt="{html.escape(figure.alt)}">'
                 f"<figcaption>{html.escape(figure.title)}</figcaption></figure>")
 
-    def gallery(self, section: str) -> str | None:
+    def gallery(self, section: str, intro: str = "") -> str | None:
+        """The section's figures (after an ``intro`` paragraph's HTML), or ``None`` when it has none."""
         figures = self.figures_for(section)
         if not figures:
             return None
-        return '<div class="gallery">' + "".join(self.image(f) for f in figures) + "</div>"
+        return intro + '<div class="gallery">' + "".join(self.image(f) for f in figures) + "</div>"
 
 
 SectionRenderer = Callable[["Report", Page], "str | None"]
@@ -129,20 +134,15 @@ def _strength(report: "Report", page: Page) -> str | None:
 
 @register_section("maps", "PPP maps", order=40)
 def _maps(report: "Report", page: Page) -> str | None:
-    gallery = page.gallery("maps")
-    if gallery is None:
-        return None
-    return ("<p>Channel-RMS of the mean padded-minus-reference features P at each position (debiased), one colour "
-            "scale per stage. Dashed contour: above the noise floor of its ring.</p>" + gallery)
+    return page.gallery("maps", "<p>Channel-RMS of the mean padded-minus-reference features P at each position "
+                        "(debiased), one colour scale per stage. Dashed contour: above the noise floor of its "
+                        "ring.</p>")
 
 
 @register_section("extent", "Extent from the border", order=50)
 def _extent(report: "Report", page: Page) -> str | None:
-    gallery = page.gallery("extent")
-    if gallery is None:
-        return None
-    return ("<p>Channel-RMS of P against distance to the nearest border (input pixels), for all positions and per "
-            "side; grey: noise floor; dotted line: extent.</p>" + gallery)
+    return page.gallery("extent", "<p>Channel-RMS of P against distance to the nearest border (input pixels), for "
+                        "all positions and per side; grey: noise floor; dotted line: extent.</p>")
 
 
 @register_section("patches", "What each scheme patched", order=60)
@@ -309,8 +309,8 @@ def render_html(report: "Report", page: Page) -> str:
     )
 
 
-def write_html(report: "Report", out_dir: str | Path, figures: list["FigureFile"], json_name: str = "report.json",
-               embed: bool = False, filename: str = "report.html") -> Path:
+def write_html(report: "Report", out_dir: str | Path, figures: list["FigureFile"], json_name: str = REPORT_JSON,
+               embed: bool = False, filename: str = REPORT_HTML) -> Path:
     """Write ``report.html`` into ``out_dir`` (atomically) and return its path."""
     out_dir = Path(out_dir)
     page = Page(figures=figures, out_dir=out_dir, json_name=json_name, embed=embed)
