@@ -217,29 +217,6 @@ class CropDataset(Dataset):
         return crop.contiguous(), (self.labels(index) if self.labels else -1)
 
 
-def folder_classes(source: FolderSource) -> tuple[list[int], list[str]]:
-    """Class index of every file of a class-per-folder tree, and the class names.
-
-    The class of ``ROOT/NAME/.../file.png`` is ``NAME``. Indices follow torchvision's ``ImageFolder`` (class names in
-    sorted order, so an ImageNet tree of WordNet-id folders gets the ImageNet indices), except that when every name is
-    a decimal number the number itself is the index (``ROOT/281/cat.png`` is class 281).
-    """
-    names = []
-    for path in source.files:
-        parts = path.relative_to(source.root).parts
-        if len(parts) < 2:
-            raise ImageSourceError(
-                f"--labels folder: '{path}' is not inside a class folder",
-                "arrange images as ROOT/CLASS/image.png (one folder per class)",
-            )
-        names.append(parts[0])
-    classes = sorted(set(names))
-    if all(name.isdigit() for name in classes):
-        return [int(name) for name in names], classes
-    rank = {name: i for i, name in enumerate(classes)}
-    return [rank[name] for name in names], classes
-
-
 @dataclass
 class _Splits:
     heldout: SplitSource
@@ -273,7 +250,7 @@ def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: in
                             "pass --images hfds/NAME (with a class-label column), or --labels folder for a folder")
     classes = None
     if ft.labels:  # checked before any image is read
-        classes = folder_classes(base) if ft.labels == "folder" else base.classes()
+        classes = base.classes()
         if num_classes is not None and max(classes[0]) >= num_classes:
             fix = ("name class folders by the model's class index (0..num_classes-1), or use fewer classes"
                    if ft.labels == "folder" else "use a dataset labelled in the model's classes, or leave --labels out")

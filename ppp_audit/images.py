@@ -210,6 +210,31 @@ class FolderSource:
     def fits(self, index: int, size: int) -> bool:
         return image_fits(self.files[index % len(self.files)], size)
 
+    def classes(self) -> tuple[list[int], list[str]]:
+        """Class index of every file of a class-per-folder tree, and the class names (``--labels folder``).
+
+        The class of ``ROOT/NAME/.../file.png`` is ``NAME``. Indices follow torchvision's ``ImageFolder`` (class names
+        in sorted order, so an ImageNet tree of WordNet-id folders gets the ImageNet indices), except that when every
+        name is a decimal number the number itself is the index (``ROOT/281/cat.png`` is class 281).
+
+        Raises:
+            ImageSourceError: A file is not inside a class folder.
+        """
+        names = []
+        for path in self.files:
+            parts = path.relative_to(self.root).parts
+            if len(parts) < 2:
+                raise ImageSourceError(
+                    f"--labels folder: '{path}' is not inside a class folder",
+                    "arrange images as ROOT/CLASS/image.png (one folder per class)",
+                )
+            names.append(parts[0])
+        classes = sorted(set(names))
+        if all(name.isdigit() for name in classes):
+            return [int(name) for name in names], classes
+        rank = {name: i for i, name in enumerate(classes)}
+        return [rank[name] for name in names], classes
+
 
 HFDS_PREFIX = "hfds/"
 """``--images hfds/NAME[#CONFIG]`` names a Hugging Face dataset, as timm's dataset factory spells it."""

@@ -186,7 +186,7 @@ def test_labelled_folder_end_to_end(tmp_path):
 def test_folder_labels_and_disjoint_splits(tmp_path):
     from PIL import Image
 
-    from ppp_audit.finetune import CropDataset, FinetuneConfig, _splits, folder_classes
+    from ppp_audit.finetune import CropDataset, FinetuneConfig, _splits
     from ppp_audit.images import FolderSource
     from ppp_audit.models import ModelInfo
 
@@ -195,7 +195,7 @@ def test_folder_labels_and_disjoint_splits(tmp_path):
         (tmp_path / name).mkdir()
         for i in range(4):
             Image.new("RGB", (40, 40), colour).save(tmp_path / name / f"{i}.png")
-    labels, classes = folder_classes(FolderSource(tmp_path))
+    labels, classes = FolderSource(tmp_path).classes()
     assert classes == ["a_blue", "b_red"] and labels == [0] * 4 + [1] * 4  # ImageFolder order
 
     info = ModelInfo("m", "m", "random-init", 32, (0.0,) * 3, (1.0,) * 3, 1.0)
@@ -215,13 +215,13 @@ def test_folder_labels_and_disjoint_splits(tmp_path):
     Image.new("RGB", (40, 40)).save(tmp_path / "281" / "x.png")
     (tmp_path / "stray.png").write_bytes((tmp_path / "281" / "x.png").read_bytes())
     with pytest.raises(ImageSourceError, match="not inside a class folder"):
-        folder_classes(FolderSource(tmp_path))
+        FolderSource(tmp_path).classes()
     (tmp_path / "stray.png").unlink()
     for name in colours:
         for path in (tmp_path / name).iterdir():
             path.unlink()
         (tmp_path / name).rmdir()
-    assert folder_classes(FolderSource(tmp_path)) == ([281], ["281"])  # numeric folder names are class indices
+    assert FolderSource(tmp_path).classes() == ([281], ["281"])  # numeric folder names are class indices
 
     built_in = _splits(AuditConfig("m", paddings=["reflect"], num_images=8), FinetuneConfig(steps=1), info, 40, None)
     assert list(built_in.heldout.indices) == list(range(8)) and built_in.train.indices[0] == 8
