@@ -31,13 +31,13 @@ def peak_rss_mib() -> float:
 def bare_forward_seconds(taps, crops, windows, repeats: int, device: torch.device, precision: str = "fp32") -> float:
     """Mean seconds of the passes one audit batch needs for one padding: crops + windows through the taps, with the
     audit's own precision (autocast on CUDA)."""
-    from ppp_audit.engine import _autocast
+    from ppp_audit.auditor import autocast
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         taps(crops), taps(windows)  # warm-up
         sync()
         start = time.perf_counter()
@@ -68,7 +68,8 @@ class PreloadedSource:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ppp_audit.engine import AuditConfig, audit, geometry, resolve_device
+    from ppp_audit.auditor import geometry, resolve_device
+    from ppp_audit.engine import AuditConfig, audit
     from ppp_audit.images import DeadLeavesSource
     from ppp_audit.models import FeatureTaps, build_model
 

@@ -7,15 +7,20 @@ reflect`` works as written); ``ppp-audit demo`` runs the offline default; ``ppp-
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import click
 import typer
 from typer.core import TyperGroup
 
+from .config import AuditConfig, FinetuneConfig, cli_fields
 from .errors import PPPAuditError
 
 
@@ -180,168 +185,111 @@ def _guarded(func):
     return wrapper
 
 
-JsonOpt = Annotated[
-    Optional[str], typer.Option("--json", help="Write the report as JSON to PATH, or '-' for stdout (JSON only).")
-]
-OutOpt = Annotated[
-    Optional[Path], typer.Option("--out", help="Folder to write report.json, PNG figures and report.html into.")
-]
-NumImagesOpt = Annotated[int, typer.Option("--num-images", "-n", help="Windows to average over (N).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Windows per forward pass.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:K.")]
-SeedOpt = Annotated[int, typer.Option(help="Seed of the built-in images.")]
-_FT = "Fine-tuning (after the padding swap)"
-ProgressOpt = Annotated[
-    Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar on stderr (default: if a terminal).")
-]
-ModelPrOpt = Annotated[
-    bool, typer.Option("--model-pr", help="Open a pull request on the model's repo adding the scores to its card.")
-]
-ModelRepoOpt = Annotated[
-    Optional[str], typer.Option(help="Model repo for --model-pr (default: where the audited weights came from).")
-]
-PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the dataset repo private.")]
-RevisionOpt = Annotated[Optional[str], typer.Option(help="Branch of the dataset repo to push to (default: main).")]
-CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull request on the dataset repo instead.")]
+def config_parameters(config_class: type, *names: str) -> list[inspect.Parameter]:
+    """typer parameters for the CLI fields of a config (:func:`ppp_audit.config.cli_fields`): the command line is
+    derived from the one table of options, so a setting's flag, help and default cannot drift from the config."""
+    hints = typing.get_type_hints(config_class)
+    params = []
+    for f in cli_fields(config_class, *names):
+        meta = f.metadata
+        annotation = meta["cli_type"] or hints[f.name]
+        if typing.get_origin(annotation) in (types.UnionType, typing.Union):  # typer reads Optional[X]
+            annotation = Optional[next(a for a in typing.get_args(annotation) if a is not type(None))]
+        if meta["cli_default"] is not dataclasses.MISSING:
+            default = meta["cli_default"]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = inspect.Parameter.empty
+        if default is inspect.Parameter.empty:
+            info = typer.Argument(help=meta["help"], metavar=meta["metavar"])
+        else:
+            info = typer.Option(*meta["flags"], help=meta["help"], metavar=meta["metavar"],
+                                rich_help_panel=meta["panel"])
+        params.append(inspect.Parameter(meta["cli_name"] or f.name, inspect.Parameter.KEYWORD_ONLY,
+                                        annotation=Annotated[annotation, info], default=default))
+    return params
 
 
-@app.command("audit")
-@_guarded
-def audit_command(
-    model: Annotated[str, typer.Argument(help="timm model name (name.tag), local-dir:DIR or hf-hub:ID.")],
-    padding: Annotated[
-        list[str], typer.Option("--padding", "-p", help="Scheme to compare with the native padding (repeatable).")
-    ] = [],  # noqa: B006 - typer needs a literal default
-    weights: Annotated[
-        Optional[Path], typer.Option(help="Weights file (.safetensors or torch checkpoint) instead of the Hub.")
-    ] = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="Load pretrained weights.")] = True,
-    images: Annotated[Optional[str], typer.Option(
-        metavar="DIR|hfds/NAME",
-        help="Image folder (recursive), or hfds/NAME\\[#CONFIG]: a Hugging Face dataset, by Hub id or local folder "
-        "(needs pip install 'ppp-audit\\[hf]'; a local folder named hfds is ./hfds/...). Default: built-in dead-leaves "
-        "images.",
-    )] = None,
-    images_split: Annotated[str, typer.Option(
-        help="Split of an hfds/ dataset (datasets syntax: validation, train[:256]).",
-    )] = "train",
-    num_images: NumImagesOpt = 64,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    input_size: Annotated[Optional[int], typer.Option(help="Crop size S (default: the model's).")] = None,
-    margin: Annotated[Optional[int], typer.Option(help="Context m around the crop (default: 2x max stride).")] = None,
-    layers: Annotated[
-        Optional[str], typer.Option(help="Comma-separated module names to tap instead of stages.")
-    ] = None,
-    precision: Annotated[
-        str, typer.Option(help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).")
-    ] = "fp32",
-    workers: Annotated[int, typer.Option(help="DataLoader workers for image loading.")] = 0,
-    compile_backend: Annotated[Optional[str], typer.Option(
-        "--compile", help="torch.compile the feature passes with this backend (e.g. inductor); pays off for large N.",
-    )] = None,
-    include_pools: Annotated[
-        bool, typer.Option("--include-pools", help="Schemes also replace pool padding (max-pool -inf, avg-pool zeros).")
-    ] = False,
-    baselines: Annotated[
-        Optional[str], typer.Option(help="Comma-separated baselines on the same images: posenet,fconv,uneven.")
-    ] = None,
-    baseline_option: Annotated[
-        list[str], typer.Option("--baseline-option", help="Baseline setting NAME.FIELD=VALUE, e.g. posenet.steps=500, "
-                                "fconv.borders=0,32,128 (repeatable).")
-    ] = [],  # noqa: B006 - typer needs a literal default
-    json_out: JsonOpt = None,
-    out: OutOpt = None,
-    progress: ProgressOpt = None,
-    push_to_hub: Annotated[
-        Optional[str], typer.Option(help="Dataset repo to push the report to (saved locally first).")
-    ] = None,
-    model_pr: ModelPrOpt = False,
-    model_repo: ModelRepoOpt = None,
-    private: PrivateOpt = False,
-    revision: RevisionOpt = None,
-    create_pr: CreatePrOpt = False,
-    finetune_steps: Annotated[int, typer.Option(
-        help="Fine-tune this many steps after each --padding swap, then measure again (0: no fine-tuning).",
-        rich_help_panel=_FT)] = 0,
-    labels: Annotated[Optional[str], typer.Option(
-        help="'folder': cross-entropy on the class folders of --images DIR; 'dataset': on the class-label column of "
-        "--images hfds/NAME. Default: distil the original model.",
-        rich_help_panel=_FT)] = None,
-    distill_loss: Annotated[str, typer.Option(
-        help="kl (softened logits, x T^2) or mse (logits).", rich_help_panel=_FT)] = "kl",
-    temperature: Annotated[float, typer.Option(help="Temperature T of the kl loss.", rich_help_panel=_FT)] = 1.0,
-    optimizer: Annotated[
-        str, typer.Option(help="adamw, sgd, or another timm optimiser.", rich_help_panel=_FT)
-    ] = "adamw",
-    lr: Annotated[float, typer.Option(help="Learning rate (constant).", rich_help_panel=_FT)] = 1e-4,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.", rich_help_panel=_FT)] = 0.0,
-    finetune_batch_size: Annotated[int, typer.Option(help="Training crops per step.", rich_help_panel=_FT)] = 16,
-    bn: Annotated[str, typer.Option(
-        help="frozen (BatchNorm statistics fixed) or train (updated from the batches).", rich_help_panel=_FT,
-    )] = "frozen",
-    measure_every: Annotated[int, typer.Option(
-        help="Also measure PPP every N steps (a formation curve); 0: before and after only.", rich_help_panel=_FT,
-    )] = 0,
-    train_images: Annotated[Optional[int], typer.Option(
-        help="Training pool size (default: fresh built-in images each step / all non-held-out folder images).",
-        rich_help_panel=_FT)] = None,
-    save_weights: Annotated[Optional[Path], typer.Option(
-        help="Save each fine-tuned model as timm safetensors in DIR/SCHEME.", rich_help_panel=_FT)] = None,
-) -> None:
+def config_from_cli(config_class: type, values: dict[str, Any], *names: str, **fixed: Any) -> Any:
+    """Pop the CLI values of a config's fields out of ``values`` and build the (validated) config."""
+    settings = {}
+    for f in cli_fields(config_class, *names):
+        value = values.pop(f.metadata["cli_name"] or f.name)
+        parse = f.metadata["parse"]
+        settings[f.name] = parse(value) if parse is not None else value
+    return config_class(**settings, **fixed)
+
+
+def _option(name: str, annotation: Any, default: Any, *flags: str, help: str, panel: str | None = None
+            ) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=Annotated[annotation, typer.Option(*flags, help=help, rich_help_panel=panel)])
+
+
+_OUTPUT = [
+    _option("json_out", Optional[str], None, "--json",
+            help="Write the report as JSON to PATH, or '-' for stdout (JSON only)."),
+    _option("out", Optional[Path], None, "--out", help="Folder to write report.json, PNG figures and report.html into."),
+    _option("progress", Optional[bool], None, "--progress/--no-progress",
+            help="Progress bar on stderr (default: if a terminal)."),
+]
+_MODEL_PR = _option("model_pr", bool, False, "--model-pr",
+                    help="Open a pull request on the model's repo adding the scores to its card.")
+_MODEL_REPO = _option("model_repo", Optional[str], None,
+                      help="Model repo for --model-pr (default: where the audited weights came from).")
+_PUSH_SETTINGS = [
+    _option("private", bool, False, "--private", help="Create the dataset repo private."),
+    _option("revision", Optional[str], None, help="Branch of the dataset repo to push to (default: main)."),
+    _option("create_pr", bool, False, "--create-pr", help="Open a pull request on the dataset repo instead."),
+]
+_PUSH = [_option("push_to_hub", Optional[str], None,
+                 help="Dataset repo to push the report to (saved locally first)."),
+         _MODEL_PR, _MODEL_REPO, *_PUSH_SETTINGS]
+
+
+def _command(name: str, parameters: list[inspect.Parameter]):
+    """Register ``func`` as command ``name`` with a signature built from ``parameters`` (guarded: one-line errors)."""
+
+    def decorator(func):
+        guarded = _guarded(func)
+        guarded.__signature__ = inspect.Signature(parameters)
+        guarded.__annotations__ = {}
+        return app.command(name)(guarded)
+
+    return decorator
+
+
+@_command("audit", [*config_parameters(AuditConfig), *_OUTPUT, *_PUSH, *config_parameters(FinetuneConfig)])
+def audit_command(**values: Any) -> None:
     """Measure PPP of MODEL with its native padding and each --padding scheme, side by side.
 
     With --finetune-steps K: after each swap, fine-tune K steps and measure again (does training rebuild PPP?).
     """
-    from .engine import AuditConfig
-    from .metrics.baselines import parse_baseline_options
-
-    push = _push_options(push_to_hub, model_pr, model_repo, private, revision, create_pr)
-    config = AuditConfig(
-        model=model, paddings=list(padding), pretrained=pretrained, weights=str(weights) if weights else None,
-        images=images or None, images_split=images_split, num_images=num_images, batch_size=batch_size, device=device,
-        seed=seed, input_size=input_size, margin=margin,
-        layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
-        precision=precision, workers=workers, include_pools=include_pools, compile=compile_backend,
-        baselines=[name for name in (baselines or "").split(",") if name.strip()],
-        baseline_options=parse_baseline_options(baseline_option),
-    )
+    push = _push_options(values.pop("push_to_hub"), values.pop("model_pr"), values.pop("model_repo"),
+                         values.pop("private"), values.pop("revision"), values.pop("create_pr"))
+    config = config_from_cli(AuditConfig, values)
     finetune = None
-    if finetune_steps:
-        from .finetune import FinetuneConfig
-
-        finetune = FinetuneConfig(
-            steps=finetune_steps, lr=lr, optimizer=optimizer, batch_size=finetune_batch_size,
-            weight_decay=weight_decay, bn=bn, labels=labels, distill_loss=distill_loss, temperature=temperature,
-            measure_every=measure_every, train_images=train_images,
-            save_weights=str(save_weights) if save_weights else None,
-        )
-    elif labels or save_weights or measure_every:
+    if values["finetune_steps"]:
+        finetune = config_from_cli(FinetuneConfig, values)
+    elif values["labels"] or values["save_weights"] or values["measure_every"]:
         raise PPPAuditError("--labels, --measure-every and --save-weights need fine-tuning", "add --finetune-steps K")
-    _run_audit(config, json_out, out, progress, push, finetune=finetune)
+    _run_audit(config, values["json_out"], values["out"], values["progress"], push, finetune=finetune)
 
 
-@app.command("demo")
-@_guarded
-def demo_command(
-    num_images: NumImagesOpt = 64,
-    batch_size: BatchOpt = 16,
-    device: DeviceOpt = "auto",
-    seed: SeedOpt = 0,
-    json_out: JsonOpt = None,
-    out: OutOpt = None,
-    progress: ProgressOpt = None,
-) -> None:
+_DEMO_SETTINGS = ("num_images", "batch_size", "device", "seed")
+
+
+@_command("demo", [*config_parameters(AuditConfig, *_DEMO_SETTINGS), *_OUTPUT])
+def demo_command(**values: Any) -> None:
     """Offline default: ImageNet EfficientNet-Lite0 (weights from PyPI), native zeros vs reflect, built-in images."""
-    from .engine import AuditConfig
     from .models import LITE0_ARCH, lite0_weights_from_pypi
 
-    config = AuditConfig(
-        model=LITE0_ARCH, paddings=["reflect"], weights=str(lite0_weights_from_pypi()), num_images=num_images,
-        batch_size=batch_size, device=device, seed=seed,
-    )
-    _run_audit(config, json_out, out, progress)
+    config = config_from_cli(AuditConfig, values, *_DEMO_SETTINGS, model=LITE0_ARCH, paddings=["reflect"],
+                             weights=str(lite0_weights_from_pypi()))
+    _run_audit(config, values["json_out"], values["out"], values["progress"])
 
 
 @app.command("show")
@@ -378,19 +326,15 @@ def show_command(
         _write_outputs(report, out if out is not None else default, overwrite=overwrite, embed=embed, source=json_path)
 
 
-@app.command("push")
-@_guarded
-def push_command(
-    report_dir: Annotated[Path, typer.Argument(help="A saved report folder (holding report.json) or the file.")],
-    repo_id: Annotated[
-        Optional[str], typer.Argument(help="Dataset repo collecting reports (created if missing).")
-    ] = None,
-    model_pr: ModelPrOpt = False,
-    model_repo: ModelRepoOpt = None,
-    private: PrivateOpt = False,
-    revision: RevisionOpt = None,
-    create_pr: CreatePrOpt = False,
-) -> None:
+@_command("push", [
+    inspect.Parameter("report_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        Path, typer.Argument(help="A saved report folder (holding report.json) or the file.")]),
+    inspect.Parameter("repo_id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[str], typer.Argument(help="Dataset repo collecting reports (created if missing).")]),
+    _MODEL_PR, _MODEL_REPO, *_PUSH_SETTINGS,
+])
+def push_command(*, report_dir: Path, repo_id: Optional[str], model_pr: bool, model_repo: Optional[str],
+                 private: bool, revision: Optional[str], create_pr: bool) -> None:
     """Push a saved report (JSON, figures, an updated index card) to the Hub; optionally open a model-repo PR."""
     push = _push_options(repo_id, model_pr, model_repo, private, revision, create_pr)
     if push is None:

@@ -72,3 +72,7 @@ class AuditInterrupted(KeyboardInterrupt):
     def __init__(self, report=None) -> None:
         super().__init__()
         self.report = report
+
+
+class ConfigError(PPPAuditError, ValueError):
+    """A setting has a wrong type or value (an :class:`~ppp_audit.config.AuditConfig` or ``FinetuneConfig`` field)."""

@@ -38,99 +38,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .engine import AuditConfig, _autocast, _progress, _source, audit, geometry, resolve_device
+from .auditor import Auditor, Measurement, Normalise, autocast, config_source, progress_bar
+from .config import BN_MODES, DISTILL_LOSSES, LABEL_SOURCES, AuditConfig, FinetuneConfig
 from .errors import AuditInterrupted, ImageSourceError, PPPAuditError
 from .images import FolderSource, HFDatasetSource, ImageSource, IndexedSource, usable_order
 from .models import ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .report import CurvePoint, FinetuneResult, LayerResult, Report
 
-BN_MODES = ("frozen", "train")
-DISTILL_LOSSES = ("kl", "mse")
-LABEL_SOURCES = ("folder", "dataset")
 SAVED_RECORD_KEY = "ppp_audit"
 """Key of the fine-tune record in a saved model's ``config.json`` (and prefix of its safetensors metadata)."""
 _MAX_LOSS_POINTS = 200
-
-
-@dataclass
-class FinetuneConfig:
-    """How to fine-tune after the swap. Validated on creation; CLI flags in brackets.
-
-    Args:
-        steps: Optimiser steps per scheme (``--finetune-steps``).
-        lr: Learning rate, constant (``--lr``).
-        optimizer: A timm optimiser name, e.g. ``adamw`` or ``sgd`` (Nesterov momentum) (``--optimizer``).
-        batch_size: Training crops per step (``--finetune-batch-size``).
-        weight_decay: Weight decay; timm exempts biases and norm weights (``--weight-decay``).
-        momentum: Momentum of SGD-type optimisers.
-        bn: ``frozen``: BatchNorm layers stay in eval mode (running statistics fixed, affine weights still train);
-            ``train``: they update their statistics from the training batches (``--bn``).
-        labels: ``None``: distil the original model (label-free); ``folder``: cross-entropy with the class-per-folder
-            labels of an image folder; ``dataset``: with the class-label column of an ``hfds/`` dataset (``--labels``).
-        distill_loss: ``kl``: KL divergence between temperature-softened distributions, times ``T²``; ``mse``: mean
-            squared error between logits (``--distill-loss``).
-        temperature: Softening temperature ``T`` of the ``kl`` loss (``--temperature``).
-        measure_every: Measure PPP every this many steps for a formation curve; 0: only before and after
-            (``--measure-every``).
-        train_images: Size of the training pool, cycled in seeded shuffles; ``None``: fresh built-in images every step,
-            or every non-held-out image of a folder (``--train-images``).
-        save_weights: Folder to save each fine-tuned model in, as ``DIR/SCHEME`` (``--save-weights``).
-    """
-
-    steps: int = 100
-    lr: float = 1e-4
-    optimizer: str = "adamw"
-    batch_size: int = 16
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    bn: str = "frozen"
-    labels: str | None = None
-    distill_loss: str = "kl"
-    temperature: float = 1.0
-    measure_every: int = 0
-    train_images: int | None = None
-    save_weights: str | None = None
-
-    def __post_init__(self) -> None:
-        def bad(what: str, fix: str) -> None:
-            raise PPPAuditError(what, fix)
-
-        if self.steps < 1:
-            bad(f"--finetune-steps must be at least 1 (got {self.steps})", "pass e.g. --finetune-steps 100")
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            bad(f"--lr must be a finite number >= 0 (got {self.lr})", "pass e.g. --lr 1e-4")
-        if self.batch_size < 1:
-            bad(f"--finetune-batch-size must be positive (got {self.batch_size})", "pass e.g. 16")
-        if self.weight_decay < 0:
-            bad(f"--weight-decay must be >= 0 (got {self.weight_decay})", "leave it out for 0")
-        if self.bn not in BN_MODES:
-            bad(f"unknown --bn mode '{self.bn}'", f"use one of {', '.join(BN_MODES)}")
-        if self.labels is not None and self.labels not in LABEL_SOURCES:
-            bad(f"unknown --labels source '{self.labels}'",
-                "use --labels folder or --labels dataset, or leave it out to distil")
-        if self.distill_loss not in DISTILL_LOSSES:
-            bad(f"unknown --distill-loss '{self.distill_loss}'", f"use one of {', '.join(DISTILL_LOSSES)}")
-        if not self.temperature > 0:
-            bad(f"--temperature must be positive (got {self.temperature})", "use 1 for plain KL")
-        if self.measure_every < 0:
-            bad(f"--measure-every must be >= 0 (got {self.measure_every})", "0 measures only before and after")
-        if self.train_images is not None and self.train_images < 1:
-            bad(f"--train-images must be positive (got {self.train_images})", "leave it out for fresh images")
-        from timm.optim import list_optimizers
-
-        if self.optimizer.lower() not in list_optimizers():
-            bad(f"unknown optimizer '{self.optimizer}'", "use adamw or sgd (any name in timm.optim.list_optimizers())")
-        self.optimizer = self.optimizer.lower()
-
-    @property
-    def objective(self) -> str:
-        """``distill-kl``, ``distill-mse`` or ``cross-entropy``."""
-        return "cross-entropy" if self.labels else f"distill-{self.distill_loss}"
-
-    def settings(self) -> dict[str, Any]:
-        """JSON-able settings for the report."""
-        return {"objective": self.objective, **{k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -218,7 +136,9 @@ class CropDataset(Dataset):
 
 
 @dataclass
-class _Splits:
+class Splits:
+    """The held-out and training splits of an image source, the training pool and the class labels."""
+
     heldout: SplitSource
     train: SplitSource
     pool: Sequence[int] | None  # None: fresh images for every crop
@@ -241,8 +161,15 @@ class _SplitLabels:
         return self.labels[self.indices[index]]
 
 
-def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: int, num_classes: int | None) -> _Splits:
-    base = _source(config, info, window)
+def make_splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: int,
+                num_classes: int | None) -> Splits:
+    """The held-out split (measured) and the training split (never measured) of the images ``config`` names.
+
+    Built-in dead-leaves images ``0..N-1`` are held out and training uses fresh indices from ``N`` on; a folder or
+    dataset is split by a seeded shuffle (images too small for the window left out). Labels are checked before any
+    image is read.
+    """
+    base = config_source(config, info, window)
     if ft.labels == "folder" and not isinstance(base, FolderSource):
         raise PPPAuditError("--labels folder needs an image folder", "pass --images ROOT with one folder per class")
     if ft.labels == "dataset" and not isinstance(base, HFDatasetSource):
@@ -263,8 +190,8 @@ def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: in
         n = config.num_images
         heldout = SplitSource(base, range(0, n), split="held-out")
         if ft.train_images is None:
-            return _Splits(heldout, SplitSource(base, range(n, 2**62), split="train", unlimited=True), None)
-        return _Splits(heldout, SplitSource(base, range(n, n + ft.train_images), split="train"),
+            return Splits(heldout, SplitSource(base, range(n, 2**62), split="train", unlimited=True), None)
+        return Splits(heldout, SplitSource(base, range(n, n + ft.train_images), split="train"),
                        range(ft.train_images))
     # Seeded random order (not the first classes), without images too small for the window.
     order = [index for index in usable_order(base, window, config.seed) if index is not None]
@@ -275,7 +202,7 @@ def _splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: in
     n = min(config.num_images, len(order) // 2)
     train = sorted(order[n:][: ft.train_images])
     heldout = SplitSource(base, sorted(order[:n]), split="held-out")
-    splits = _Splits(heldout, SplitSource(base, train, split="train"), range(len(train)))
+    splits = Splits(heldout, SplitSource(base, train, split="train"), range(len(train)))
     if classes is not None:
         splits.labels, splits.classes = classes
     return splits
@@ -315,19 +242,10 @@ class TrainLog:
     seconds: float
 
 
-class _Normalise:
-    def __init__(self, info: ModelInfo, device: torch.device) -> None:
-        self.mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
-        self.device = device
-
-    def __call__(self, crops: Tensor) -> Tensor:
-        return (crops.to(self.device, non_blocking=True) - self.mean) / self.std
-
-
 def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: FinetuneConfig, *, info: ModelInfo,
              teacher: nn.Module | None = None, device: str | torch.device = "cpu", precision: str = "fp32",
-             seed: int = 0, measure: Callable[[int], None] | None = None, progress: bool = False) -> TrainLog:
+             seed: int = 0, measure: Callable[[int], None] | None = None, progress: bool = False,
+             include_pools: bool = False) -> TrainLog:
     """Train ``student`` in place with its padding swapped to ``scheme``; the patch is undone on return.
 
     Args:
@@ -343,6 +261,8 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
         measure: Called as ``measure(step)`` every ``config.measure_every`` steps (not at the last), with the student
             unpatched, for the formation curve.
         progress: Show a progress bar on stderr.
+        include_pools: Patch pools too (as the audit does with ``include_pools``), so the model trained is the model
+            measured.
     """
     from timm.optim import create_optimizer_v2
 
@@ -354,16 +274,16 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
     optimizer = create_optimizer_v2(student, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                     momentum=config.momentum)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    normalise = _Normalise(info, device)
+    normalise = Normalise(info, device)
     if teacher is not None:
         teacher.eval()
     losses: list[float] = []
     started = time.perf_counter()
-    summary: PatchSummary | None = patch_padding(student, scheme)
+    summary: PatchSummary | None = patch_padding(student, scheme, include_pools=include_pools)
     try:
         set_train_mode(student, config.bn)
         batches = iter(loader)
-        with _progress(progress) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task(f"fine-tuning with {scheme}", total=config.steps)
             for step in range(1, config.steps + 1):
                 try:
@@ -371,7 +291,7 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
                 except StopIteration:
                     raise ValueError(f"the loader ran out after {step - 1} of {config.steps} steps") from None
                 x = normalise(crops)
-                with _autocast(device, precision):
+                with autocast(device, precision):
                     logits = student(x)
                     if config.labels is None:
                         with torch.no_grad():
@@ -393,7 +313,7 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
                     summary.restore()
                     summary = None
                     measure(step)
-                    summary = patch_padding(student, scheme)
+                    summary = patch_padding(student, scheme, include_pools=include_pools)
                     set_train_mode(student, config.bn)
     finally:
         if summary is not None:
@@ -404,15 +324,16 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, *, info: ModelInfo, device: str | torch.device = "cpu",
-            precision: str = "fp32", scheme: str | None = None) -> tuple[Tensor, Tensor]:
-    """Logits (float32, CPU) and labels of every crop of ``loader``, in eval mode, optionally under ``scheme``."""
+            precision: str = "fp32", scheme: str | None = None, include_pools: bool = False) -> tuple[Tensor, Tensor]:
+    """Logits (float32, CPU) and labels of every crop of ``loader``, in eval mode, optionally under ``scheme`` (with
+    pools patched too when ``include_pools``)."""
     device = torch.device(device)
-    normalise = _Normalise(info, device)
+    normalise = Normalise(info, device)
     model.eval()
     logits, labels = [], []
-    with padding(model, scheme) if scheme else contextlib.nullcontext():
+    with padding(model, scheme, include_pools=include_pools) if scheme else contextlib.nullcontext():
         for crops, y in loader:
-            with _autocast(device, precision):
+            with autocast(device, precision):
                 logits.append(model(normalise(crops)).float().cpu())
             labels.append(y)
     return torch.cat(logits), torch.cat(labels)
@@ -447,21 +368,35 @@ def save_finetuned(model: nn.Module, directory: str | Path, scheme: str, record:
     return directory
 
 
-def saved_padding(path: str | Path) -> str | None:
-    """The padding scheme a model saved by :func:`save_finetuned` was trained with (folder or .safetensors file)."""
+def saved_record(path: str | Path) -> dict[str, Any]:
+    """The fine-tune record of a model saved by :func:`save_finetuned` (folder or .safetensors file); ``{}`` if none.
+
+    It holds ``padding`` (the scheme the weights were trained with), ``include_pools`` (whether pools were patched
+    too), the base model and the training settings.
+    """
     path = Path(path)
     if path.is_dir():
         config = json.loads((path / "config.json").read_text())
-        return (config.get(SAVED_RECORD_KEY) or {}).get("padding")
+        return dict(config.get(SAVED_RECORD_KEY) or {})
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get(f"{SAVED_RECORD_KEY}.padding")
+        metadata = f.metadata() or {}
+    record = json.loads(metadata.get(f"{SAVED_RECORD_KEY}.record") or "{}")
+    if f"{SAVED_RECORD_KEY}.padding" in metadata:
+        record["padding"] = metadata[f"{SAVED_RECORD_KEY}.padding"]
+    return record
+
+
+def saved_padding(path: str | Path) -> str | None:
+    """The padding scheme a model saved by :func:`save_finetuned` was trained with (folder or .safetensors file)."""
+    return saved_record(path).get("padding")
 
 
 def load_finetuned(path: str | Path, *, model: str | None = None,
                    device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo, PatchSummary]:
-    """Load a model saved by :func:`save_finetuned` **with the padding it was trained with** applied.
+    """Load a model saved by :func:`save_finetuned` **with the padding it was trained with** applied (pools included
+    when it was trained with them patched).
 
     Args:
         path: The saved folder, or its ``model.safetensors`` (then ``model`` names the architecture).
@@ -473,7 +408,8 @@ def load_finetuned(path: str | Path, *, model: str | None = None,
         padding back).
     """
     path = Path(path)
-    scheme = saved_padding(path)
+    record = saved_record(path)
+    scheme = record.get("padding")
     if scheme is None:
         raise PPPAuditError(f"'{path}' records no padding scheme", "load it with ppp_audit.models.build_model")
     if path.is_dir():
@@ -482,7 +418,7 @@ def load_finetuned(path: str | Path, *, model: str | None = None,
         if model is None:
             raise PPPAuditError(f"loading the bare file '{path}' needs its architecture", "pass model='NAME'")
         net, info = build_model(model, weights=path, device=device)
-    return net, info, patch_padding(net, scheme)
+    return net, info, patch_padding(net, scheme, include_pools=bool(record.get("include_pools", False)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -506,7 +442,10 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
     """Audit, then per scheme swap the padding, fine-tune, and audit again; return one :class:`Report`.
 
     The report is the ordinary audit on the held-out images (``native`` = before the swap, each scheme = right after
-    it) with each scheme's ``finetune`` field filled in (:class:`~ppp_audit.report.FinetuneResult`).
+    it) with each scheme's ``finetune`` field filled in (:class:`~ppp_audit.report.FinetuneResult`). One
+    :class:`~ppp_audit.auditor.Auditor` measures all of it, so the trained, measured and predicting models are patched
+    alike (``include_pools`` included) and a random-init model gets the weights ``config.seed`` gives it in a plain
+    audit.
 
     Args:
         config: What to audit; needs at least one scheme in ``paddings``. ``seed`` also seeds training.
@@ -514,6 +453,9 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
         model: An already built model (and its ``info``); otherwise built from ``config``. It is not modified.
         info: The :class:`ModelInfo` of ``model``.
         progress: Progress bars on stderr.
+
+    Raises:
+        AuditInterrupted: Ctrl-C; its report keeps the audit before fine-tuning and every scheme already fine-tuned.
     """
     ft = finetune_config
     if not config.paddings:
@@ -521,33 +463,37 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
     for name in config.paddings:
         get_padding(name)
     started = time.perf_counter()
-    device = resolve_device(config.device)
-    if model is None:
-        model, info = build_model(config.model, pretrained=config.pretrained, weights=config.weights, device=device)
-    else:
-        model = model.eval().to(device)
-        if info is None:
-            raise ValueError("pass the ModelInfo of a prebuilt model")
-    size, margin = geometry(config, model, info)
-    window = size + 2 * margin
-    splits = _splits(config, ft, info, window, getattr(model, "num_classes", None))
+    auditor = Auditor(config, model=model, info=info)
+    model, info, device = auditor.model, auditor.info, auditor.device
+    size, window = auditor.size, auditor.window
+    splits = make_splits(config, ft, info, window, getattr(model, "num_classes", None))
 
-    report = audit(config, model=model, info=info, progress=progress, source=splits.heldout)
+    measured = auditor.measure(splits.heldout, progress=progress)
+    baselines = auditor.baselines(measured, progress=progress)
+    audited_s = time.perf_counter() - started
+    tuned: dict[str, FinetuneResult] = {}
+
+    def report(interrupted: str | None = None) -> Report:
+        results = [dataclasses.replace(result, finetune=tuned.get(result.scheme)) for result in measured.results]
+        timings = {"total_s": audited_s, **({} if interrupted else
+                                           {"finetune_total_s": time.perf_counter() - started})}
+        return auditor.report(dataclasses.replace(measured, results=results), started=started,
+                              baselines=baselines.results, baselines_s=baselines.seconds,
+                              interrupted=interrupted or baselines.interrupted, timings=timings)
+
+    if measured.interrupted or baselines.interrupted:
+        raise AuditInterrupted(report())
     current = "before fine-tuning"
     try:
-        num_heldout = report.data["num_images"]
-        heldout_loader = DataLoader(
-            CropDataset(splits.heldout, range(num_heldout), window, size, splits.labels_of(splits.heldout)),
-            batch_size=config.batch_size, num_workers=config.workers,
-        )
+        heldout_loader = auditor.loader(
+            CropDataset(splits.heldout, range(measured.num_images), window, size, splits.labels_of(splits.heldout)),
+            config.batch_size)
         order = _training_order(splits.pool, ft.steps * ft.batch_size, config.seed)
-        train_loader = DataLoader(
-            CropDataset(splits.train, order, window, size, splits.labels_of(splits.train)),
-            batch_size=ft.batch_size, num_workers=config.workers, pin_memory=device.type == "cuda",
-        )
+        train_loader = auditor.loader(
+            CropDataset(splits.train, order, window, size, splits.labels_of(splits.train)), ft.batch_size)
         settings = {**ft.settings(), "seed": config.seed, "precision": config.precision,
-                    "train_data": splits.train.describe(), "heldout_data": splits.heldout.describe(),
-                    **({"classes": splits.classes} if splits.classes else {})}
+                    "include_pools": config.include_pools, "train_data": splits.train.describe(),
+                    "heldout_data": splits.heldout.describe(), **({"classes": splits.classes} if splits.classes else {})}
 
         kw = dict(info=info, device=device, precision=config.precision)
         teacher_logits, heldout_labels = predict(model, heldout_loader, **kw)
@@ -558,19 +504,23 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
             original = {k: v for k, v in heldout_metrics(teacher_logits, teacher_logits, labels, **metric_kw).items()
                         if k.startswith("label")}
 
-        for result in report.results[1:]:
+        for result in measured.results[1:]:
             scheme = result.scheme
             current = f"while fine-tuning with '{scheme}'"
-            scheme_config = dataclasses.replace(config, paddings=[scheme])
             student = copy.deepcopy(model)
 
-            def measure_now() -> tuple[list[LayerResult], dict[str, float]]:
-                measured = audit(scheme_config, model=student, info=info, source=splits.heldout, native=False)
-                logits, _ = predict(student, heldout_loader, scheme=scheme, **kw)
-                return measured.scheme(scheme).layers, heldout_metrics(logits, teacher_logits, labels, **metric_kw)
+            def heldout_now() -> dict[str, float]:
+                with auditor.patched(scheme, student):
+                    logits, _ = predict(student, heldout_loader, **kw)
+                return heldout_metrics(logits, teacher_logits, labels, **metric_kw)
 
-            before_logits, _ = predict(student, heldout_loader, scheme=scheme, **kw)
-            before = heldout_metrics(before_logits, teacher_logits, labels, **metric_kw)
+            def measure_now() -> tuple[list[LayerResult], dict[str, float]]:
+                now = auditor.measure(splits.heldout, schemes=[scheme], model=student)
+                if now.interrupted:
+                    raise KeyboardInterrupt
+                return now.results[0].layers, heldout_now()
+
+            before = heldout_now()
             curve = [_curve_point(0, result.layers, before)] if ft.measure_every else []
 
             def on_measure(step: int) -> None:
@@ -578,7 +528,8 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
                 curve.append(_curve_point(step, layers, metrics))
 
             log = finetune(student, scheme, train_loader, ft, teacher=model if ft.labels is None else None,
-                           seed=config.seed, measure=on_measure, progress=progress, **kw)
+                           seed=config.seed, measure=on_measure, progress=progress,
+                           include_pools=config.include_pools, **kw)
             after_layers, after = measure_now()
             if ft.measure_every:
                 curve.append(_curve_point(ft.steps, after_layers, after))
@@ -587,15 +538,13 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
                 record = {"base_model": info.name, "base_weights": info.weights, "steps": ft.steps, **settings}
                 weights = str(save_finetuned(student, Path(ft.save_weights) / scheme, scheme, record))
             train_loss, every = _downsample(log.losses)
-            result.finetune = FinetuneResult(
+            tuned[scheme] = FinetuneResult(
                 steps=ft.steps, settings=settings, layers=after_layers, before=before, after=after, original=original,
                 curve=curve, train_loss=train_loss, train_loss_every=every, weights=weights, seconds=log.seconds,
             )
             del student
     except KeyboardInterrupt:
-        done = [r.scheme for r in report.results if r.finetune is not None]
-        report.interrupted = (f"stopped by Ctrl-C {current}; the audit before fine-tuning is complete, fine-tuning "
-                              f"results cover {', '.join(done) if done else 'no scheme'}")
-        raise AuditInterrupted(report) from None
-    report.timings["finetune_total_s"] = time.perf_counter() - started
-    return report
+        raise AuditInterrupted(report(
+            f"stopped by Ctrl-C {current}; the audit before fine-tuning is complete, fine-tuning results cover "
+            f"{', '.join(tuned) if tuned else 'no scheme'}")) from None
+    return report()

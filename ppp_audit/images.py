@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .config import HFDS_PREFIX, parse_hfds
 from .errors import ImageSourceError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
@@ -234,28 +235,6 @@ class FolderSource:
             return [int(name) for name in names], classes
         rank = {name: i for i, name in enumerate(classes)}
         return [rank[name] for name in names], classes
-
-
-HFDS_PREFIX = "hfds/"
-"""``--images hfds/NAME[#CONFIG]`` names a Hugging Face dataset, as timm's dataset factory spells it."""
-
-
-def parse_hfds(images: str | None) -> tuple[str, str | None] | None:
-    """``(NAME, CONFIG)`` of an ``hfds/NAME[#CONFIG]`` spec, ``None`` for anything else (a folder, or no images).
-
-    The prefix is case-insensitive (as in timm); everything after it is passed to ``datasets.load_dataset`` as written,
-    so ``hfds/...`` is always a dataset, never a folder: a local folder that is itself called ``hfds`` is reached as
-    ``./hfds/...`` (a plain image folder) or ``hfds/./hfds/...`` (a dataset folder).
-    """
-    if not images or images[: len(HFDS_PREFIX)].lower() != HFDS_PREFIX:
-        return None
-    name, _, config = images[len(HFDS_PREFIX):].partition("#")
-    if not name:
-        raise ImageSourceError(
-            f"--images {images} names no dataset",
-            "pass hfds/NAME with NAME a Hub dataset id (hfds/beans, hfds/owner/name) or a local dataset folder",
-        )
-    return name, config or None
 
 
 @dataclass(frozen=True)

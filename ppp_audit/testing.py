@@ -14,6 +14,7 @@ Nothing heavy is imported here at module level: torch and timm load when a measu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -102,51 +103,32 @@ def _stage_names(model: nn.Module) -> list[str]:
     return [f["module"] for f in (getattr(model, "feature_info", None) or [])]
 
 
-def measure(
-    model: nn.Module | str,
-    *,
-    layers: Layers = "all",
-    padding: str | None = None,
-    images: str | Path | None = None,
-    images_split: str = "train",
-    num_images: int | None = None,
-    device: str | None = None,
-    input_size: int | None = None,
-    margin: int | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    pretrained: bool = True,
-    weights: str | Path | None = None,
-) -> Report:
+def measure(model: nn.Module | str, *, layers: Layers = "all", padding: str | None = None, **options: Any) -> Report:
     """Measure a model's PPP exactly as ``ppp-audit`` does and return the :class:`~ppp_audit.report.Report`.
 
     Args:
         model: An ``nn.Module`` (a timm model or any CNN; its mode and device are restored afterwards) or a timm
-            model name, built like the CLI builds it.
+            model name, built like the CLI builds it (with ``seed`` for a random init).
         layers: Which layers to tap: the model's stages for ``"last"``/``"all"``, else the named modules (read from the
             stages when they are stage names, with forward hooks otherwise).
-        padding: Measure with this registered scheme swapped in instead of the model's native padding.
-        images: An image folder, or ``hfds/NAME[#CONFIG]`` (a Hugging Face dataset); ``None`` uses the built-in
-            dead-leaves images.
-        images_split: Split of an ``hfds/`` dataset.
-        num_images: Images to average over (default: the CLI's).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:K`` (default ``auto``).
-        input_size: Crop size S (default: the model's ``pretrained_cfg``, else 224).
-        margin: Context m around the crop, a multiple of the largest stride (default: twice the largest stride, 32
-            when the model has no ``feature_info``).
-        seed: Seed of the built-in images.
-        batch_size: Images per forward pass (default: the CLI's).
-        pretrained: For a model name: load its pretrained weights (as the CLI does by default).
-        weights: For a model name: a safetensors file or torch checkpoint to load instead.
+        padding: Measure with this registered scheme swapped in beside the model's native padding.
+        **options: Any other :class:`~ppp_audit.config.AuditConfig` setting, spelled as its field (``images``,
+            ``images_split``, ``num_images``, ``device``, ``input_size``, ``margin``, ``seed``, ``batch_size``,
+            ``pretrained``, ``weights``, ``include_pools``, ...); defaults are the CLI's. ``None`` values mean "the
+            default".
     """
-    from .engine import AuditConfig, audit
+    from .config import AuditConfig, config_from_options
+    from .engine import audit
     from .models import build_model, module_info
 
     named = _named(layers)
+    options = {k: (str(v) if k in ("images", "weights") else v) for k, v in options.items() if v is not None}
     if isinstance(model, str):
-        built, info = build_model(model, pretrained=pretrained, weights=weights)
+        config = config_from_options(AuditConfig, options, model=model, paddings=[padding] if padding else [])
+        built, info = build_model(model, pretrained=config.pretrained, weights=config.weights, seed=config.seed)
     else:
-        built, info = model, module_info(model, input_size=input_size)
+        built, info = model, module_info(model, input_size=options.get("input_size"))
+        config = config_from_options(AuditConfig, options, model=info.name, paddings=[padding] if padding else [])
     stages = _stage_names(built)
     if named is None and not stages:
         raise PPPAuditError(
@@ -154,13 +136,7 @@ def measure(
             "name the layers to check: layers=['block.name', ...] or layers={'block.name': bound}",
         )
     taps = None if named is None or set(named) <= set(stages) else named
-    optional = {"num_images": num_images, "device": device, "batch_size": batch_size}
-    config = AuditConfig(
-        model=info.name, paddings=[padding] if padding else [], pretrained=pretrained,
-        weights=str(weights) if weights else None, images=str(images) if images else None,
-        images_split=images_split, seed=seed,
-        input_size=input_size, margin=margin, layers=taps, **{k: v for k, v in optional.items() if v is not None},
-    )
+    config = dataclasses.replace(config, layers=taps)
     if isinstance(model, str):
         return audit(config, model=built, info=info)
     state = _module_state(model)

@@ -190,11 +190,11 @@ def test_tf32_is_switched_off_with_the_flags_of_older_torch_too(monkeypatch):
     """torch < 2.9 has no per-backend fp32_precision: the legacy allow_tf32 flags are set, then restored."""
     from types import SimpleNamespace
 
-    from ppp_audit.engine import _ieee_fp32
+    from ppp_audit.auditor import ieee_fp32
 
     cudnn, matmul = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=True)
     monkeypatch.setattr(torch.backends, "cudnn", cudnn)
     monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
-    with _ieee_fp32(True):
+    with ieee_fp32(True):
         assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
     assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)

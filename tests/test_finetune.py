@@ -139,7 +139,7 @@ def test_saved_weights_reload_into_timm_with_same_outputs(distilled, lite0):
     # `ppp-audit local-dir:DIR -p reflect` measures exactly the PPP the run reported after fine-tuning.
     model, local_info = build_model(f"local-dir:{folder}")
     again = audit(AuditConfig(f"local-dir:{folder}", paddings=["reflect"], num_images=8, batch_size=8, input_size=96),
-                  model=model, info=local_info, native=False)
+                  model=model, info=local_info)
     assert [layer.stats.strength for layer in again.scheme("reflect").layers] == \
         [layer.stats.strength for layer in ft.layers]
 
@@ -186,7 +186,7 @@ def test_labelled_folder_end_to_end(tmp_path):
 def test_folder_labels_and_disjoint_splits(tmp_path):
     from PIL import Image
 
-    from ppp_audit.finetune import CropDataset, FinetuneConfig, _splits
+    from ppp_audit.finetune import CropDataset, FinetuneConfig, make_splits
     from ppp_audit.images import FolderSource
     from ppp_audit.models import ModelInfo
 
@@ -200,7 +200,7 @@ def test_folder_labels_and_disjoint_splits(tmp_path):
 
     info = ModelInfo("m", "m", "random-init", 32, (0.0,) * 3, (1.0,) * 3, 1.0)
     config = AuditConfig("resnet10t", paddings=["reflect"], images=str(tmp_path), num_images=3)
-    splits = _splits(config, FinetuneConfig(steps=1, labels="folder"), info, 40, num_classes=10)
+    splits = make_splits(config, FinetuneConfig(steps=1, labels="folder"), info, 40, num_classes=10)
     assert len(splits.heldout.indices) == 3 and len(splits.train.indices) == 5
     assert set(splits.heldout.indices).isdisjoint(splits.train.indices)
     for split in (splits.heldout, splits.train):
@@ -209,7 +209,7 @@ def test_folder_labels_and_disjoint_splits(tmp_path):
             assert crop.shape == (3, 32, 32)
             assert label == (0 if crop[2].mean() > 0.5 else 1)
     with pytest.raises(PPPAuditError, match="does not fit the model's 1 classes"):
-        _splits(config, FinetuneConfig(steps=1, labels="folder"), info, 40, num_classes=1)
+        make_splits(config, FinetuneConfig(steps=1, labels="folder"), info, 40, num_classes=1)
 
     (tmp_path / "281").mkdir()
     Image.new("RGB", (40, 40)).save(tmp_path / "281" / "x.png")
@@ -223,7 +223,7 @@ def test_folder_labels_and_disjoint_splits(tmp_path):
         (tmp_path / name).rmdir()
     assert FolderSource(tmp_path).classes() == ([281], ["281"])  # numeric folder names are class indices
 
-    built_in = _splits(AuditConfig("m", paddings=["reflect"], num_images=8), FinetuneConfig(steps=1), info, 40, None)
+    built_in = make_splits(AuditConfig("m", paddings=["reflect"], num_images=8), FinetuneConfig(steps=1), info, 40, None)
     assert list(built_in.heldout.indices) == list(range(8)) and built_in.train.indices[0] == 8
     assert built_in.train.available() is None
 

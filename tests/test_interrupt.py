@@ -111,7 +111,7 @@ def test_ctrl_c_during_baselines_keeps_the_ppp_statistics(padded, monkeypatch):
     def interrupted_baselines(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("ppp_audit.engine._run_baselines", interrupted_baselines)
+    monkeypatch.setattr("ppp_audit.metrics.baselines.run_baselines", interrupted_baselines)
     with pytest.raises(AuditInterrupted) as stopped:
         audit(_config(num_images=8, baselines=["uneven"]), model=padded, info=INFO)
     report = stopped.value.report

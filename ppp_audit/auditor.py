@@ -1,0 +1,549 @@
+"""The :class:`Auditor`: everything one audit needs, and the measuring loop. Every caller drives it.
+
+An auditor is built from an :class:`~ppp_audit.config.AuditConfig` (and optionally a model built elsewhere). It owns the
+device, the model (built with the config's seed), the feature taps, the geometry (crop ``S``, margin ``m``, window
+``S + 2m``), the probe input, the patch summary of each scheme, the receptive radii, ``include_pools``, the
+normalisation, and the loop that streams windows through the crop and window passes into the accumulators (with
+Ctrl-C handling and the all-reduce under ``torchrun``). The audit (:mod:`ppp_audit.engine`), fine-tuning
+(:mod:`ppp_audit.finetune`), the pytest helpers (:mod:`ppp_audit.testing`) and the baselines all use it, so a setting
+applies to all of them the same way (the padding of pools, the seed of a random-init model, ...).
+
+Data flows one way: model + scheme + windows -> features (crop and window) -> accumulators -> results -> report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from .config import NATIVE, AuditConfig
+from .errors import FeatureError, NothingToPatchError, PPPAuditError
+from .images import DeadLeavesSource, ImageSource, WindowDataset, image_source, random_sample
+from .metrics import PPPAccumulator
+from .models import FeatureTaps, ModelInfo, build_model
+from .paddings import PatchSummary, get_padding, padding, patch_padding
+from .report import LayerResult, Report, SchemeResult, environment
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run-time helpers shared by everything that runs a model (audit, fine-tuning, baselines, benchmarks)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA if available (this process's local rank's GPU under torchrun), else CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PPPAuditError(f"device '{device}' requested but CUDA is not available", "use --device cpu or auto")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to ``bf16``/``fp16`` on any device (CPUs run it too, slowly without bf16 units); nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@contextlib.contextmanager
+def ieee_fp32(enabled: bool) -> Iterator[None]:
+    """Full fp32 for convolutions and matmuls while measuring, TF32 off (cuDNN convs default to TF32 on Ampere and
+    later GPUs): TF32's 10-bit mantissa would round the crop and window passes (different shapes, different kernels)
+    differently, so Δ would pick up rounding noise of ~1e-3 relative size where it is exactly 0 in fp32."""
+    if not enabled:
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    # torch >= 2.9 sets precision per backend; there, mixing in the older allow_tf32 flags is an error.
+    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        flags = [(cudnn.conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    else:
+        flags = [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
+    previous = [getattr(owner, name) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, previous):
+            setattr(owner, name, value)
+
+
+def progress_bar(enabled: bool):
+    """A rich progress bar on stderr (a no-op when not ``enabled``)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled, transient=True,
+    )
+
+
+@dataclass
+class StopRequest:
+    """Set by the first Ctrl-C inside :func:`stop_on_ctrl_c`."""
+
+    requested: bool = False
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c(enabled: bool = True) -> Iterator[StopRequest]:
+    """The first Ctrl-C asks the measuring loop to stop after the current batch, so that every statistic still covers
+    whole batches and the report of what was measured can be saved; a second Ctrl-C aborts at once.
+
+    Enable it only in the main thread (signals reach no other) of a single process (under torchrun every rank must
+    see the same batches).
+    """
+    request = StopRequest()
+    if not enabled:
+        yield request
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
+        print("\nppp-audit: stopping after this batch to keep what is measured (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield request
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops them after the current batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size when launched by ``torchrun`` (initialising the process group)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+class Normalise:
+    """Pixels in [0, 1] (any device) -> the model's normalised input on ``device``.
+
+    Args:
+        info: The model's :class:`ModelInfo` (mean and std).
+        device: Where the model runs.
+    """
+
+    def __init__(self, info: ModelInfo, device: torch.device) -> None:
+        self.mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
+        self.device = device
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        return (pixels.to(self.device, non_blocking=True) - self.mean) / self.std
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Geometry and receptive fields
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def largest_stride(model: nn.Module) -> int:
+    """The model's largest stride from ``feature_info`` (32, timm's usual, for models without one)."""
+    return int(max([f["reduction"] for f in getattr(model, "feature_info", [])] or [32]))
+
+
+def geometry(config: AuditConfig, model: nn.Module, info: ModelInfo) -> tuple[int, int]:
+    """Crop size ``S`` and margin ``m`` of an audit (windows are ``S + 2m``), validated."""
+    max_stride = largest_stride(model)
+    size = config.input_size or info.input_size
+    margin = config.margin or 2 * max_stride
+    if margin % max_stride:
+        raise PPPAuditError(
+            f"--margin {margin} is not a multiple of the model's largest stride {max_stride}",
+            f"use --margin {max_stride * max(1, round(margin / max_stride))}",
+        )
+    return size, margin
+
+
+def receptive_radii(taps: FeatureTaps, window: int, device: torch.device) -> list[float]:
+    """Empirical receptive-field radius (input px) of the centre position of each tapped layer.
+
+    One forward/backward of a random window per layer: the gradient of the centre output is exactly zero outside the
+    receptive field. A radius of at least ``window / 2`` means "reaches past the window".
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, window, window, generator=generator).to(device).requires_grad_(True)
+    radii = []
+    with torch.enable_grad():
+        outputs = taps(x)
+        for i, out in enumerate(outputs):
+            h, w = out.shape[-2:]
+            (grad,) = torch.autograd.grad(out[0, :, h // 2, w // 2].sum(), x, retain_graph=i < len(outputs) - 1)
+            nonzero = grad[0].abs().sum(0) > 0
+            ys, xs = torch.nonzero(nonzero, as_tuple=True)
+            if ys.numel() == 0:
+                radii.append(0.0)
+                continue
+            stride = window / h
+            cy, cx = (h // 2 + 0.5) * stride, (w // 2 + 0.5) * stride
+            reach = torch.stack([cy - ys.min(), ys.max() + 1 - cy, cx - xs.min(), xs.max() + 1 - cx]).max()
+            radii.append(float(reach))
+    return radii
+
+
+def feature_offset(name: str, crop: Tensor, window: Tensor) -> int:
+    """Offset (feature px) of the crop's block inside the window's feature map, checked."""
+    diff_h, diff_w = window.shape[-2] - crop.shape[-2], window.shape[-1] - crop.shape[-1]
+    if diff_h != diff_w or diff_h <= 0 or diff_h % 2:
+        raise FeatureError(
+            f"layer '{name}': window features {tuple(window.shape[-2:])} and crop features {tuple(crop.shape[-2:])} "
+            "do not align",
+            "tap a spatial layer, and keep --input-size and --margin multiples of the model's largest stride",
+        )
+    return diff_h // 2
+
+
+def config_source(config: AuditConfig, info: ModelInfo, window: int) -> ImageSource:
+    """The images ``config`` names, resized so a ``window`` crop matches the model's data config (``crop_pct``), or
+    the built-in dead-leaves images seeded with ``config.seed``."""
+    if config.images:
+        return image_source(config.images, split=config.images_split, resize_short=round(window / info.crop_pct))
+    return DeadLeavesSource(seed=config.seed)
+
+
+def native_summary(model: nn.Module, include_pools: bool = False, example_input: Tensor | None = None) -> PatchSummary:
+    """Where the model pads natively: the summary a no-op (zeros) patch records, undone at once."""
+    summary = patch_padding(model, "zeros", include_pools=include_pools, example_input=example_input)
+    summary.restore()
+    summary.scheme = NATIVE
+    return summary
+
+
+def checked_summary(model: nn.Module, scheme: str, include_pools: bool, example_input: Tensor) -> PatchSummary:
+    """The patch summary of ``scheme`` checked by one traced forward pass on ``example_input``.
+
+    Fails now if the scheme cannot keep the model's shapes, and lists padding done inside ``forward`` calls (which no
+    patch reaches) as unpatched.
+    """
+    if scheme == NATIVE:
+        return native_summary(model, include_pools, example_input)
+    summary = patch_padding(model, scheme, include_pools=include_pools, example_input=example_input)
+    summary.restore()
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The auditor
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """What one pass of the measuring loop produced.
+
+    Attributes:
+        results: One :class:`SchemeResult` per measured scheme, in the order asked.
+        data: The measured source's description, with ``num_images``.
+        seconds: Host seconds spent per scheme (feature passes and accumulation).
+        loop_s: Wall seconds of the whole loop.
+        interrupted: Set when Ctrl-C stopped the loop: what the statistics cover.
+        source: The (sampled) source that was measured, for baselines on the same images.
+    """
+
+    results: list[SchemeResult]
+    data: dict[str, Any]
+    seconds: dict[str, float]
+    loop_s: float
+    interrupted: str | None = None
+    source: ImageSource | None = field(default=None, repr=False)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.data["num_images"])
+
+
+@dataclass
+class BaselinesRun:
+    """The baselines of an audit: results by baseline name, seconds they took, or why they are missing."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None
+    interrupted: str | None = None
+
+
+class Auditor:
+    """Everything one audit needs, set up once: model, taps, geometry, probe, patch summaries, receptive radii.
+
+    Args:
+        config: The audit settings.
+        model: An already built model (then ``info`` too); otherwise built from ``config`` with ``config.seed``.
+        info: The :class:`ModelInfo` of ``model``.
+
+    Raises:
+        PPPAuditError: An unknown scheme, a model with nothing to patch, a margin that does not fit the model, ...
+            (before any image is read).
+    """
+
+    def __init__(self, config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        if model is None:
+            model, info = build_model(config.model, pretrained=config.pretrained, weights=config.weights,
+                                      device=self.device, seed=config.seed)
+        else:
+            model = model.eval().to(self.device)
+            if info is None:
+                raise ValueError("pass the ModelInfo of a prebuilt model")
+        self.model, self.info = model, info
+        for name in config.paddings:
+            get_padding(name)  # unknown schemes fail before any work
+        if config.paddings and not native_summary(model, config.include_pools).patched:
+            raise NothingToPatchError(
+                f"model '{config.model}' has no padding to replace (no padded convolutions or pad modules)",
+                "its position information, if any, does not come from padding; audit it without --padding",
+            )
+        self.taps = FeatureTaps(model, config.layers)
+        self.size, self.margin = geometry(config, model, info)
+        in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
+        self.probe = torch.zeros(1, in_chans, self.size, self.size, device=self.device)
+        self.summaries: dict[str, PatchSummary] = {
+            scheme: checked_summary(model, scheme, config.include_pools, self.probe) for scheme in config.schemes
+        }
+        self._radii: dict[int, list[float]] = {id(model): receptive_radii(self.taps, self.window, self.device)}
+        self.normalise = Normalise(info, self.device)
+
+    # -- geometry and images ------------------------------------------------------------------------------------------
+
+    @property
+    def window(self) -> int:
+        """Window side ``S + 2m``."""
+        return self.size + 2 * self.margin
+
+    @property
+    def schemes(self) -> list[str]:
+        """``native`` and every scheme of the config, in order."""
+        return self.config.schemes
+
+    def crop(self, windows: Tensor) -> Tensor:
+        """The centre ``S x S`` crops of a batch of windows (the pixels the padded pass sees)."""
+        m, s = self.margin, self.size
+        return windows[..., m:m + s, m:m + s]
+
+    def image_source(self) -> ImageSource:
+        """The images the config names (resized as the model's data config asks), or the built-in dead leaves."""
+        return config_source(self.config, self.info, self.window)
+
+    def loader(self, dataset: Any, batch_size: int, *, graceful: bool = False) -> DataLoader:
+        """A DataLoader with the config's workers (which leave Ctrl-C to this process when ``graceful``)."""
+        workers = self.config.workers
+        return DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                          pin_memory=self.device.type == "cuda",
+                          worker_init_fn=ignore_sigint if graceful and workers else None)
+
+    # -- padding ------------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def patched(self, scheme: str, model: nn.Module | None = None) -> Iterator[nn.Module]:
+        """``model`` (default the auditor's) with ``scheme``'s padding for the duration of the block (``native``: as
+        it is), patched exactly as the audit measures it (pools included when the config says so)."""
+        model = self.model if model is None else model
+        if scheme == NATIVE:
+            yield model
+            return
+        # Schemes that change map sizes check the model's output shapes on every patch; the others need no probe.
+        example = self.probe if not get_padding(scheme).keeps_shape else None
+        with padding(model, scheme, include_pools=self.config.include_pools, example_input=example):
+            yield model
+
+    def patch(self, model: nn.Module, scheme: str) -> PatchSummary:
+        """Patch ``model`` with ``scheme`` until ``summary.restore()`` (for training loops that unpatch to measure)."""
+        return patch_padding(model, scheme, include_pools=self.config.include_pools)
+
+    def radii(self, model: nn.Module, taps: FeatureTaps) -> list[float]:
+        """Receptive radii of ``model``'s taps (computed once per model)."""
+        if id(model) not in self._radii:
+            self._radii[id(model)] = receptive_radii(taps, self.window, self.device)
+        return self._radii[id(model)]
+
+    # -- measuring ----------------------------------------------------------------------------------------------------
+
+    def measure(self, source: ImageSource | None = None, *, schemes: Sequence[str] | None = None,
+                model: nn.Module | None = None, progress: bool = False) -> Measurement:
+        """Stream ``num_images`` windows of ``source`` through the crop and window passes of every scheme.
+
+        Args:
+            source: Images (default: :meth:`image_source`); a seeded random sample of N is drawn from a larger one.
+            schemes: Which paddings to measure (default: :attr:`schemes`).
+            model: Another model of the same architecture to measure (a fine-tuned copy); default the auditor's.
+            progress: Show a progress bar on stderr.
+
+        Returns:
+            The :class:`Measurement`; when Ctrl-C stopped the loop, ``interrupted`` says what it covers.
+
+        Raises:
+            AuditInterrupted: Ctrl-C before two images were measured (nothing usable).
+            FeatureError: A layer produced NaN/inf features.
+        """
+        from .errors import AuditInterrupted
+
+        config, device = self.config, self.device
+        schemes = list(self.schemes if schemes is None else schemes)
+        model = self.model if model is None else model.eval().to(device)
+        taps = self.taps if model is self.model else FeatureTaps(model, config.layers)
+        radii = self.radii(model, taps)
+        size, margin, window = self.size, self.margin, self.window
+
+        source = random_sample(self.image_source() if source is None else source, config.num_images, config.seed,
+                               window)
+        available = source.available()
+        num_images = min(config.num_images, available) if available else config.num_images
+        if num_images < 2:
+            raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
+        rank, world = rank_and_world()
+        graceful = world == 1 and threading.current_thread() is threading.main_thread()
+        if world > 1 and config.baselines:
+            raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
+        if world > num_images:
+            raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
+        loader = self.loader(WindowDataset(source, range(rank, num_images, world), window), config.batch_size,
+                             graceful=graceful)
+
+        accumulators = {scheme: [PPPAccumulator(config.groups) for _ in taps.names] for scheme in schemes}
+        seconds = {scheme: 0.0 for scheme in schemes}
+        offsets: list[int] = []
+        memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        model.to(memory_format=memory_format)
+        extract = torch.compile(taps.__call__, backend=config.compile) if config.compile else taps
+        # Compiled graphs are traced under no_grad: inference tensors cannot flow through dynamo's guards.
+        grad_off = torch.no_grad() if config.compile else torch.inference_mode()
+        measured = 0
+        loop_started = time.perf_counter()
+        with (progress_bar(progress and rank == 0) as bar, grad_off, stop_on_ctrl_c(graceful) as stop,
+              ieee_fp32(config.precision == "fp32")):
+            task = bar.add_task(f"auditing {config.model}", total=len(loader.dataset) * len(schemes))
+            for indices, batch in loader:
+                windows = self.normalise(batch).contiguous(memory_format=memory_format)
+                crops = self.crop(windows)
+                for scheme in schemes:
+                    tick = time.perf_counter()
+                    with self.patched(scheme, model), autocast(device, config.precision):
+                        feats_crop, feats_window = extract(crops), extract(windows)
+                    if not offsets:
+                        offsets = [feature_offset(name, a, b)
+                                   for name, a, b in zip(taps.names, feats_crop, feats_window)]
+                    for acc, off, a, b in zip(accumulators[scheme], offsets, feats_crop, feats_window):
+                        acc.update(a, b[..., off:off + a.shape[-2], off:off + a.shape[-1]], indices)
+                    seconds[scheme] += time.perf_counter() - tick
+                    bar.advance(task, windows.shape[0])
+                measured += windows.shape[0]
+                if stop.requested:
+                    break
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # kernels run ahead of the host: the wall time must include them
+        loop_s = time.perf_counter() - loop_started
+        interrupted = None
+        if stop.requested:
+            if measured < 2:
+                raise AuditInterrupted(None)
+            interrupted = f"stopped by Ctrl-C after {measured} of {num_images} images; the statistics cover those"
+            num_images = measured
+
+        results = []
+        for scheme in schemes:
+            layers = []
+            for name, acc, off, radius in zip(taps.names, accumulators[scheme], offsets, radii):
+                if world > 1:
+                    acc.all_reduce_()
+                if not acc.is_finite():
+                    raise FeatureError(
+                        f"layer '{name}' produced NaN/inf features with padding '{scheme}'",
+                        "check the weights, or use --precision fp32",
+                    )
+                stats = acc.compute(stride_px=margin / off, receptive_radius_px=radius)
+                layers.append(LayerResult(name=name, receptive_radius_px=radius, reference_partial=radius > margin,
+                                          stats=stats))
+            results.append(SchemeResult(scheme=scheme, patch=self.summaries[scheme].to_dict(), layers=layers))
+        return Measurement(results=results, data={**source.describe(), "num_images": num_images}, seconds=seconds,
+                           loop_s=loop_s, interrupted=interrupted, source=source)
+
+    # -- baselines and the report -------------------------------------------------------------------------------------
+
+    def baselines(self, measurement: Measurement, *, progress: bool = False) -> BaselinesRun:
+        """The config's baselines (none: an empty run) on the audit's own crops of the measured images, per scheme
+        where the padding matters, with every scheme patched as the audit measures it; fp32 throughout. Skipped after
+        an interrupted measurement; a Ctrl-C during them keeps the PPP statistics and says so."""
+        from .metrics.baselines import BaselineInputs, ImageBank, run_baselines
+        from .metrics.baselines.runner import num_steps
+
+        config = self.config
+        if not config.baselines or measurement.interrupted:
+            return BaselinesRun()
+        started = time.perf_counter()
+        source = measurement.source
+        inputs = BaselineInputs(
+            model=self.model, extract=self.taps, images=ImageBank(source, self.window, self.margin, self.size),
+            normalize=self.normalise, input_size=self.size, max_stride=largest_stride(self.model),
+            device=self.device, schemes=self.schemes, scheme=self.patched,
+        )
+        try:
+            with progress_bar(progress) as bar:
+                task = bar.add_task("baselines", total=num_steps(config.baselines, len(self.schemes)))
+                def on_step(what: str) -> None:
+                    bar.update(task, advance=1, description=f"baseline {what}")
+
+                results = run_baselines(config.baselines, config.baseline_options, inputs, on_step=on_step)
+        except KeyboardInterrupt:
+            return BaselinesRun(interrupted="stopped by Ctrl-C during the baselines; the PPP statistics are complete, "
+                                "baselines missing")
+        return BaselinesRun(results=results, seconds=time.perf_counter() - started if results else None)
+
+    def report(self, measurement: Measurement, *, started: float, baselines: dict[str, Any] | None = None,
+               baselines_s: float | None = None, interrupted: str | None = None,
+               timings: dict[str, float] | None = None) -> Report:
+        """The :class:`Report` of a measurement: provenance (model, data, geometry, seed, device, precision), the
+        per-scheme results, timings since ``started`` (a ``time.perf_counter()``) and anything else measured."""
+        seconds = measurement.seconds
+        _, world = rank_and_world()
+        return Report(
+            environment=environment(),
+            model={"name": self.info.name, "architecture": self.info.architecture, "weights": self.info.weights},
+            data=measurement.data,
+            input_size=self.size,
+            margin=self.margin,
+            seed=self.config.seed,
+            device=str(self.device),
+            precision=self.config.precision,
+            results=measurement.results,
+            timings={"total_s": time.perf_counter() - started, "loop_s": measurement.loop_s, "processes": world,
+                     **{f"{scheme}_s": s for scheme, s in seconds.items()},
+                     "images_per_s": measurement.num_images * len(seconds) / max(sum(seconds.values()), 1e-9),
+                     **({"baselines_s": baselines_s} if baselines_s is not None else {}),
+                     **(timings or {})},
+            baselines=baselines or {},
+            interrupted=interrupted or measurement.interrupted,
+        )
+
+
+__all__ = ["Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast", "checked_summary", "config_source",
+           "feature_offset", "geometry", "ieee_fp32", "ignore_sigint", "largest_stride", "native_summary",
+           "progress_bar", "rank_and_world", "receptive_radii", "resolve_device", "stop_on_ctrl_c"]

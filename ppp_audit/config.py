@@ -1,0 +1,345 @@
+"""The one table of options: :class:`AuditConfig` (what to audit and how) and :class:`FinetuneConfig` (fine-tuning).
+
+Every setting is declared once, here, as a dataclass field with its help text and command-line spelling in the field's
+metadata (:func:`setting`). The CLI (:mod:`ppp_audit.cli`), :func:`ppp_audit.testing.measure` and the pytest options
+(:mod:`ppp_audit.pytest_plugin`) are derived from these fields, so a new setting is added in one place and the
+spellings cannot drift. Configs validate their values (types included) on creation.
+
+Torch-free: importing this module loads neither torch nor timm (the pytest plugin builds its options from it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .errors import ConfigError, ImageSourceError
+
+NATIVE = "native"
+"""The label of the model's own padding in reports; always measured."""
+PRECISIONS = ("fp32", "bf16", "fp16")
+BN_MODES = ("frozen", "train")
+DISTILL_LOSSES = ("kl", "mse")
+LABEL_SOURCES = ("folder", "dataset")
+
+
+def setting(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, ...] = (), cli_name: str | None = None,
+            metavar: str | None = None, panel: str | None = None, cli: bool = True, cli_type: Any = None,
+            cli_default: Any = dataclasses.MISSING, parse: Callable[[Any], Any] | None = None,
+            types: tuple[type, ...] | None = None, items: type | None = None,
+            default_factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with what the CLI and the type check need.
+
+    Args:
+        default: The Python default.
+        help: One-line help, shown by ``--help`` and in docstrings.
+        flags: Command-line spellings (default ``--field-name``).
+        cli_name: Name of the CLI parameter when two configs share a field name (``finetune_batch_size``).
+        metavar: Placeholder shown in ``--help``.
+        panel: ``--help`` panel.
+        cli: Whether the CLI offers it.
+        cli_type: The type the CLI reads (default: the field's), e.g. ``str`` for a comma-separated list.
+        cli_default: The CLI's default when it differs (``--finetune-steps 0`` means "no fine-tuning").
+        parse: Turns the CLI value into the field value (e.g. splits commas).
+        types: Accepted Python types of the value (checked on creation); ``None`` is always accepted for optional
+            fields (default ``None``).
+        items: For list fields, the type of each item.
+        default_factory: For mutable defaults.
+    """
+    metadata = {"help": help, "flags": flags, "cli_name": cli_name, "metavar": metavar, "panel": panel, "cli": cli,
+                "cli_type": cli_type, "cli_default": cli_default, "parse": parse, "types": types, "items": items}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    """``"a, b,"`` -> ``["a", "b"]``; empty -> ``None``."""
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    return names or None
+
+
+def _parse_baseline_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    from .metrics.baselines import parse_baseline_options
+
+    return parse_baseline_options(items)
+
+
+def _bad(what: str, fix: str) -> None:
+    raise ConfigError(what, fix)
+
+
+def check_types(config: Any) -> None:
+    """Refuse values of the wrong type with one line naming the setting, before any conversion can mangle them
+    (a string given for a list would otherwise become a list of one-letter names)."""
+    for f in dataclasses.fields(config):
+        types, items = f.metadata.get("types"), f.metadata.get("items")
+        value = getattr(config, f.name)
+        if types is None or (value is None and f.default is None):
+            continue
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if ok and items is not None:
+            ok = all(isinstance(item, items) and not (isinstance(item, bool) and items is not bool) for item in value)
+        if not ok:
+            expected = " or ".join(t.__name__ for t in types) + (f" of {items.__name__}" if items else "")
+            example = f"e.g. {f.name}=['{value}']" if isinstance(value, str) and list in types else \
+                f"pass a {expected}"
+            _bad(f"{type(config).__name__}.{f.name} must be a {expected} (got {type(value).__name__} {value!r})",
+                 example)
+
+
+@dataclass
+class AuditConfig:
+    """What to audit and how. Validated on creation; every field with a CLI flag is listed by ``ppp-audit --help``.
+
+    Args:
+        model: timm model name (``name.tag``, ``local-dir:DIR`` or ``hf-hub:ID`` too).
+        paddings: Schemes to compare against the model's native padding.
+        pretrained: Load pretrained weights (ignored when ``weights`` is set).
+        weights: A safetensors file or torch checkpoint.
+        images: An image folder, or ``hfds/NAME[#CONFIG]`` for a Hugging Face dataset (a Hub id or a local dataset
+            folder; needs the ``hf`` extra); ``None`` uses the built-in dead-leaves images.
+        num_images: Windows to average over (N).
+        batch_size: Windows per forward pass.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:K``.
+        seed: Seed of the built-in images, of the random sample of N from a larger folder or dataset, of a random-init
+            model's weights, and of fine-tuning.
+        input_size: Crop size S; default the model's pretrained input size.
+        margin: Context m around the crop, a multiple of the largest stride; default twice the largest stride.
+        layers: Module names to tap instead of the stages.
+        groups: Jackknife groups for confidence intervals.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast (meant for GPUs; CPUs run it too, fp16 slowly).
+        workers: DataLoader worker processes for image loading.
+        compile: A ``torch.compile`` backend (e.g. ``inductor``) for the feature passes; ``None``: eager. Each padding
+            and input size compiles once (recompiles are cached), so it pays off for large N.
+        include_pools: Let the schemes also replace the padding of pools (max-pools pad with -inf, average pools
+            with counted zeros); by default pools keep theirs and are listed as unpatched. Applies to everything the
+            audit runs: measurement, baselines, fine-tuning, held-out predictions and saved models.
+        baselines: Baselines to run on the same images (``posenet``, ``fconv``, ``uneven``; docs/baselines.md).
+        baseline_options: Per-baseline settings, ``{"posenet": {"steps": 500}, "fconv": {"borders": (0, 64)}}``.
+        images_split: Split of an ``hfds/`` dataset (``datasets`` syntax: ``validation``, ``train[:256]``).
+    """
+
+    model: str = setting(help="timm model name (name.tag), local-dir:DIR or hf-hub:ID.", types=(str,))
+    paddings: list[str] = setting(
+        help="Scheme to compare with the native padding (repeatable).", flags=("--padding", "-p"), cli_name="padding",
+        types=(list, tuple), items=str, default_factory=list)
+    pretrained: bool = setting(True, help="Load pretrained weights.", flags=("--pretrained/--no-pretrained",),
+                               types=(bool,))
+    weights: str | None = setting(None, help="Weights file (.safetensors or torch checkpoint) instead of the Hub.",
+                                  metavar="FILE", types=(str,), parse=lambda v: str(v) if v else None)
+    images: str | None = setting(
+        None, metavar="DIR|hfds/NAME", types=(str,), parse=lambda v: v or None,
+        help="Image folder (recursive), or hfds/NAME\\[#CONFIG]: a Hugging Face dataset, by Hub id or local folder "
+        "(needs pip install 'ppp-audit\\[hf]'; a local folder named hfds is ./hfds/...). Default: built-in dead-leaves "
+        "images.")
+    num_images: int = setting(64, help="Windows to average over (N).", flags=("--num-images", "-n"), types=(int,))
+    batch_size: int = setting(16, help="Windows per forward pass.", flags=("--batch-size", "-b"), types=(int,))
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:K.", types=(str,))
+    seed: int = setting(0, help="Seed of the built-in images, the sample of N, random init and fine-tuning.",
+                        types=(int,))
+    input_size: int | None = setting(None, help="Crop size S (default: the model's).", types=(int,))
+    margin: int | None = setting(None, help="Context m around the crop (default: 2x max stride).", types=(int,))
+    layers: list[str] | None = setting(
+        None, help="Comma-separated module names to tap instead of stages.", cli_type=Optional[str], parse=_comma_list,
+        types=(list, tuple), items=str)
+    groups: int = setting(8, help="Jackknife groups for confidence intervals.", cli=False, types=(int,))
+    precision: str = setting("fp32", help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).",
+                             types=(str,))
+    workers: int = setting(0, help="DataLoader workers for image loading.", types=(int,))
+    compile: str | None = setting(
+        None, help="torch.compile the feature passes with this backend (e.g. inductor); pays off for large N.",
+        metavar="BACKEND", types=(str,))
+    include_pools: bool = setting(
+        False, help="Schemes also replace pool padding (max-pool -inf, avg-pool zeros).", flags=("--include-pools",),
+        types=(bool,))
+    baselines: list[str] = setting(
+        help="Comma-separated baselines on the same images: posenet,fconv,uneven.", cli_type=Optional[str],
+        cli_default=None, parse=lambda v: _comma_list(v) or [], types=(list, tuple), items=str, default_factory=list)
+    baseline_options: dict[str, dict[str, Any]] = setting(
+        help="Baseline setting NAME.FIELD=VALUE, e.g. posenet.steps=500, fconv.borders=0,32,128 (repeatable).",
+        flags=("--baseline-option",), cli_name="baseline_option", cli_type=list[str], cli_default=[],
+        parse=_parse_baseline_options, types=(dict,), default_factory=dict)
+    images_split: str = setting("train", help="Split of an hfds/ dataset (datasets syntax: validation, train[:256]).",
+                                types=(str,))
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.num_images < 2:
+            _bad(f"--num-images must be at least 2 (got {self.num_images})", "a variance needs two images")
+        if self.batch_size < 1:
+            _bad(f"--batch-size must be positive (got {self.batch_size})", "pass e.g. --batch-size 16")
+        if self.groups < 2:
+            _bad(f"groups must be at least 2 (got {self.groups})", "use the default 8")
+        if self.precision not in PRECISIONS:
+            _bad(f"unknown precision '{self.precision}'", f"use one of {', '.join(PRECISIONS)}")
+        if self.input_size is not None and self.input_size < 8:
+            _bad(f"--input-size {self.input_size} is too small", "use at least the model's largest stride")
+        if self.margin is not None and self.margin <= 0:
+            _bad(f"--margin must be positive (got {self.margin})", "leave it out for twice the largest stride")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            _bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")
+        if not self.images_split.strip():
+            _bad("--images-split is empty", "name a split of the dataset, e.g. train or validation")
+        if parse_hfds(self.images) is None and self.images_split != "train":
+            _bad("--images-split applies to Hugging Face datasets only",
+                 "pass --images hfds/NAME, or drop --images-split")
+        self.paddings = list(dict.fromkeys(self.paddings))
+        if NATIVE in self.paddings:
+            _bad(f"'{NATIVE}' is always measured", "list only schemes to compare against it")
+        if self.layers is not None:
+            self.layers = list(self.layers)
+        self.baselines = list(self.baselines)
+        if self.baselines or self.baseline_options:
+            from .metrics.baselines import validate_baselines
+
+            self.baselines = validate_baselines(self.baselines, self.baseline_options)
+
+    @property
+    def schemes(self) -> list[str]:
+        """Every padding an audit measures: ``native`` first, then ``paddings``."""
+        return [NATIVE, *self.paddings]
+
+
+HFDS_PREFIX = "hfds/"
+"""``--images hfds/NAME[#CONFIG]`` names a Hugging Face dataset, as timm's dataset factory spells it."""
+
+
+def parse_hfds(images: str | None) -> tuple[str, str | None] | None:
+    """``(NAME, CONFIG)`` of an ``hfds/NAME[#CONFIG]`` spec, ``None`` for anything else (a folder, or no images).
+
+    The prefix is case-insensitive (as in timm); everything after it is passed to ``datasets.load_dataset`` as written,
+    so ``hfds/...`` is always a dataset, never a folder: a local folder that is itself called ``hfds`` is reached as
+    ``./hfds/...`` (a plain image folder) or ``hfds/./hfds/...`` (a dataset folder).
+    """
+    if not images or images[: len(HFDS_PREFIX)].lower() != HFDS_PREFIX:
+        return None
+    name, _, config = images[len(HFDS_PREFIX):].partition("#")
+    if not name:
+        raise ImageSourceError(
+            f"--images {images} names no dataset",
+            "pass hfds/NAME with NAME a Hub dataset id (hfds/beans, hfds/owner/name) or a local dataset folder",
+        )
+    return name, config or None
+
+
+_FT = "Fine-tuning (after the padding swap)"
+
+
+@dataclass
+class FinetuneConfig:
+    """How to fine-tune after the swap. Validated on creation; CLI flags are listed by ``ppp-audit --help``.
+
+    Args:
+        steps: Optimiser steps per scheme (``--finetune-steps``).
+        lr: Learning rate, constant (``--lr``).
+        optimizer: A timm optimiser name, e.g. ``adamw`` or ``sgd`` (Nesterov momentum) (``--optimizer``).
+        batch_size: Training crops per step (``--finetune-batch-size``).
+        weight_decay: Weight decay; timm exempts biases and norm weights (``--weight-decay``).
+        momentum: Momentum of SGD-type optimisers.
+        bn: ``frozen``: BatchNorm layers stay in eval mode (running statistics fixed, affine weights still train);
+            ``train``: they update their statistics from the training batches (``--bn``).
+        labels: ``None``: distil the original model (label-free); ``folder``: cross-entropy with the class-per-folder
+            labels of an image folder; ``dataset``: with the class-label column of an ``hfds/`` dataset (``--labels``).
+        distill_loss: ``kl``: KL divergence between temperature-softened distributions, times ``T²``; ``mse``: mean
+            squared error between logits (``--distill-loss``).
+        temperature: Softening temperature ``T`` of the ``kl`` loss (``--temperature``).
+        measure_every: Measure PPP every this many steps for a formation curve; 0: only before and after
+            (``--measure-every``).
+        train_images: Size of the training pool, cycled in seeded shuffles; ``None``: fresh built-in images every step,
+            or every non-held-out image of a folder (``--train-images``).
+        save_weights: Folder to save each fine-tuned model in, as ``DIR/SCHEME`` (``--save-weights``).
+    """
+
+    steps: int = setting(
+        100, help="Fine-tune this many steps after each --padding swap, then measure again (0: no fine-tuning).",
+        flags=("--finetune-steps",), cli_name="finetune_steps", cli_default=0, panel=_FT, types=(int,))
+    lr: float = setting(1e-4, help="Learning rate (constant).", panel=_FT, types=(int, float))
+    optimizer: str = setting("adamw", help="adamw, sgd, or another timm optimiser.", panel=_FT, types=(str,))
+    batch_size: int = setting(16, help="Training crops per step.", flags=("--finetune-batch-size",),
+                              cli_name="finetune_batch_size", panel=_FT, types=(int,))
+    weight_decay: float = setting(0.0, help="Weight decay.", panel=_FT, types=(int, float))
+    momentum: float = setting(0.9, help="Momentum of SGD-type optimisers.", panel=_FT, types=(int, float))
+    bn: str = setting("frozen", help="frozen (BatchNorm statistics fixed) or train (updated from the batches).",
+                      panel=_FT, types=(str,))
+    labels: str | None = setting(
+        None, help="'folder': cross-entropy on the class folders of --images DIR; 'dataset': on the class-label column "
+        "of --images hfds/NAME. Default: distil the original model.", panel=_FT, types=(str,))
+    distill_loss: str = setting("kl", help="kl (softened logits, x T^2) or mse (logits).", panel=_FT, types=(str,))
+    temperature: float = setting(1.0, help="Temperature T of the kl loss.", panel=_FT, types=(int, float))
+    measure_every: int = setting(
+        0, help="Also measure PPP every N steps (a formation curve); 0: before and after only.", panel=_FT,
+        types=(int,))
+    train_images: int | None = setting(
+        None, help="Training pool size (default: fresh built-in images each step / all non-held-out folder images).",
+        panel=_FT, types=(int,))
+    save_weights: str | None = setting(
+        None, help="Save each fine-tuned model as timm safetensors in DIR/SCHEME.", metavar="DIR", panel=_FT,
+        types=(str,), parse=lambda v: str(v) if v else None)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.steps < 1:
+            _bad(f"--finetune-steps must be at least 1 (got {self.steps})", "pass e.g. --finetune-steps 100")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            _bad(f"--lr must be a finite number >= 0 (got {self.lr})", "pass e.g. --lr 1e-4")
+        if self.batch_size < 1:
+            _bad(f"--finetune-batch-size must be positive (got {self.batch_size})", "pass e.g. 16")
+        if self.weight_decay < 0:
+            _bad(f"--weight-decay must be >= 0 (got {self.weight_decay})", "leave it out for 0")
+        if self.bn not in BN_MODES:
+            _bad(f"unknown --bn mode '{self.bn}'", f"use one of {', '.join(BN_MODES)}")
+        if self.labels is not None and self.labels not in LABEL_SOURCES:
+            _bad(f"unknown --labels source '{self.labels}'",
+                 "use --labels folder or --labels dataset, or leave it out to distil")
+        if self.distill_loss not in DISTILL_LOSSES:
+            _bad(f"unknown --distill-loss '{self.distill_loss}'", f"use one of {', '.join(DISTILL_LOSSES)}")
+        if not self.temperature > 0:
+            _bad(f"--temperature must be positive (got {self.temperature})", "use 1 for plain KL")
+        if self.measure_every < 0:
+            _bad(f"--measure-every must be >= 0 (got {self.measure_every})", "0 measures only before and after")
+        if self.train_images is not None and self.train_images < 1:
+            _bad(f"--train-images must be positive (got {self.train_images})", "leave it out for fresh images")
+        from timm.optim import list_optimizers
+
+        if self.optimizer.lower() not in list_optimizers():
+            _bad(f"unknown optimizer '{self.optimizer}'", "use adamw or sgd (any name in timm.optim.list_optimizers())")
+        self.optimizer = self.optimizer.lower()
+
+    @property
+    def objective(self) -> str:
+        """``distill-kl``, ``distill-mse`` or ``cross-entropy``."""
+        return "cross-entropy" if self.labels else f"distill-{self.distill_loss}"
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able settings for the report."""
+        return {"objective": self.objective, **{k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}}
+
+
+def cli_fields(config_class: type, *names: str) -> list[dataclasses.Field]:
+    """The fields of ``config_class`` that the CLI offers (all of them, or those ``names``), in declaration order."""
+    fields = [f for f in dataclasses.fields(config_class) if f.metadata.get("cli", True)]
+    if names:
+        by_name = {f.name: f for f in fields}
+        return [by_name[name] for name in names]
+    return fields
+
+
+def config_from_options(config_class: type, options: dict[str, Any], **fixed: Any) -> Any:
+    """A config built from keyword options named as its fields; an unknown name is one clear error, not a TypeError
+    deep inside (used by :func:`ppp_audit.testing.measure` and the pytest plugin)."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        import difflib
+
+        close = [difflib.get_close_matches(name, sorted(known), n=1) for name in unknown]
+        hint = "; ".join(f"did you mean '{c[0]}'?" for c in close if c) or f"known: {', '.join(sorted(known))}"
+        _bad(f"unknown setting {', '.join(map(repr, unknown))} for {config_class.__name__}", hint)
+    return config_class(**{**options, **fixed})
+
+
+__all__ = ["AuditConfig", "FinetuneConfig", "NATIVE", "PRECISIONS", "BN_MODES", "DISTILL_LOSSES", "LABEL_SOURCES",
+           "HFDS_PREFIX", "cli_fields", "config_from_options", "parse_hfds", "setting"]
