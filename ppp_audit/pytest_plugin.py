@@ -19,26 +19,33 @@ MARKER = "ppp"
 _SETTINGS = pytest.StashKey[dict]()
 
 
+_MEASUREMENT_FIELDS = {"images": "DIR|hfds/NAME", "images_split": "SPLIT", "num_images": "N", "device": "DEVICE"}
+"""The :class:`~ppp_audit.config.AuditConfig` settings a test run can set (``--ppp-<field>`` and ini ``ppp_<field>``);
+their help text is the config's, so the pytest options cannot drift from the CLI's."""
+
+
+def _measurement_fields() -> dict[str, Any]:
+    import dataclasses
+
+    from ppp_audit.config import AuditConfig  # torch-free
+
+    return {f.name: f for f in dataclasses.fields(AuditConfig) if f.name in _MEASUREMENT_FIELDS}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ppp_audit", "PPP bounds on models (ppp-audit)")
-    group.addoption("--ppp-images", metavar="DIR|hfds/NAME", default=None,
-                    help="image folder or Hugging Face dataset for PPP checks (default: the built-in dead-leaves "
-                    "images). ini: ppp_images")
-    group.addoption("--ppp-images-split", metavar="SPLIT", default=None,
-                    help="split of an hfds/ dataset (default: train). ini: ppp_images_split")
-    group.addoption("--ppp-num-images", metavar="N", type=int, default=None,
-                    help="images to average over in PPP checks (default: the CLI's, 64). ini: ppp_num_images")
-    group.addoption("--ppp-device", metavar="DEVICE", default=None,
-                    help="device for PPP checks: auto, cpu, cuda or cuda:K (default: auto). ini: ppp_device")
+    for name, f in _measurement_fields().items():
+        flag, ini = f"--ppp-{name.replace('_', '-')}", f"ppp_{name}"
+        default = f.default if f.default is not None else "the built-in dead-leaves images"
+        group.addoption(flag, metavar=_MEASUREMENT_FIELDS[name], default=None,
+                        type=int if f.type in ("int", int) else None,
+                        help=f"PPP checks: {f.metadata['help']} (default: {default}). ini: {ini}")
+        parser.addini(ini, f"PPP checks: {f.metadata['help']}", default="")
     group.addoption("--ppp-report-dir", metavar="DIR", default=None,
                     help="folder for the JSON report of every PPP check (default: in .pytest_cache). "
                     "ini: ppp_report_dir")
     group.addoption("--ppp-regen", action="store_true", default=False,
                     help="regenerate the baselines of ppp.check_regression (those tests fail once, like a first run)")
-    parser.addini("ppp_images", "image folder (relative to the ini file) or hfds/NAME for PPP checks", default="")
-    parser.addini("ppp_images_split", "split of an hfds/ dataset for PPP checks", default="")
-    parser.addini("ppp_num_images", "images to average over in PPP checks", default="")
-    parser.addini("ppp_device", "device for PPP checks: auto, cpu, cuda or cuda:K", default="")
     parser.addini("ppp_report_dir", "folder for the JSON reports of PPP checks, relative to the ini file", default="")
 
 
@@ -48,12 +55,20 @@ def _ini_path(config: pytest.Config, value: str) -> Path:
 
 
 def _settings(config: pytest.Config) -> dict[str, Any]:
-    """Options over ini keys; paths from the command line are relative to where pytest was started."""
+    """Options over ini keys; paths from the command line are relative to where pytest was started. Checked with
+    the config's own validation, so a bad value stops pytest once with a usage error instead of failing every test."""
+    from ppp_audit.config import AuditConfig, parse_hfds
+    from ppp_audit.errors import PPPAuditError
+
     invoked = config.invocation_params.dir
     option, ini = config.getoption, config.getini
     settings: dict[str, Any] = {}
     images = option("ppp_images") or ini("ppp_images")
-    if images and images.lower().startswith("hfds/"):  # a dataset name, not a path (same test as the CLI's)
+    try:
+        is_dataset = parse_hfds(images) is not None  # a dataset name, not a path (the CLI's rule)
+    except PPPAuditError as exc:
+        raise pytest.UsageError(f"--ppp-images / ppp_images: {exc}") from None
+    if is_dataset:
         settings["images"] = images
     elif option("ppp_images"):
         settings["images"] = invoked / option("ppp_images")
@@ -71,6 +86,10 @@ def _settings(config: pytest.Config) -> dict[str, Any]:
             raise pytest.UsageError(f"ini key ppp_num_images must be an integer, not {value!r}") from None
     if option("ppp_device") or ini("ppp_device"):
         settings["device"] = option("ppp_device") or ini("ppp_device")
+    try:
+        AuditConfig("pytest-options", **{k: str(v) if k == "images" else v for k, v in settings.items()})
+    except PPPAuditError as exc:
+        raise pytest.UsageError(f"ppp-audit options: {exc}") from None
     return settings
 
 
