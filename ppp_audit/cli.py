@@ -24,12 +24,17 @@ from .config import AuditConfig, FinetuneConfig, cli_fields
 from .errors import PPPAuditError
 
 
+_GLOBAL_FLAGS = ("--debug", "--version", "--help")
+
+
 class _AuditByDefault(TyperGroup):
-    """Routes ``ppp-audit MODEL ...`` to the ``audit`` command when MODEL is not a command name."""
+    """Routes ``ppp-audit MODEL ...`` to the ``audit`` command when MODEL is not a command name (after any of the
+    app's own flags: ``ppp-audit --debug resnet50 -p reflect``)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
-            args = ["audit", *args]
+        first = next((i for i, arg in enumerate(args) if arg not in _GLOBAL_FLAGS), None)
+        if first is not None and not args[first].startswith("-") and args[first] not in self.commands:
+            args = [*args[:first], "audit", *args[first:]]
         return super().parse_args(ctx, args)
 
 
@@ -43,25 +48,66 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"ppp-audit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full trace of an unexpected error "
+                                        "(or set PPP_AUDIT_DEBUG=1).")] = False,
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
 def _stderr():
     from rich.console import Console
 
     return Console(stderr=True)
 
 
+def _say(message: str) -> None:
+    """One line on stderr, printed literally: user text (paths, hints with ``[extras]``) is never read as markup."""
+    from rich.text import Text
+
+    _stderr().print(Text(message), highlight=False, soft_wrap=True)
+
+
 def _fail(message: str, code: int) -> typer.Exit:
-    """One line on stderr, then exit non-zero."""
-    _stderr().print(f"[bold red]ppp-audit: error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr, then exit non-zero. User text is printed literally, never read as markup."""
+    from rich.text import Text
+
+    _stderr().print(Text.assemble(("ppp-audit: error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+DEBUG_ENV = "PPP_AUDIT_DEBUG"
+"""Set to 1 (or pass ``--debug``) to see the full trace of an unexpected error instead of its one line."""
+_saved_reports: list[Path] = []
+"""Reports this command has written, so that an error after the audit can say where its result is."""
+
+
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _remember(path: Path | str) -> Path:
+    path = Path(path)
+    _saved_reports.append(path)
+    return path
 
 
 def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: Optional[bool],
                push: Optional[dict] = None, finetune=None, **audit_kwargs) -> None:
-    from rich.console import Console
-
     from .engine import audit
     from .errors import AuditInterrupted
-    from .render import REPORT_JSON, print_report
 
     show_progress = sys.stderr.isatty() if progress is None else progress
     try:
@@ -74,31 +120,59 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: O
     except AuditInterrupted as stopped:
         if stopped.report is None:
             raise
-        saved = _save_interrupted(stopped.report, json_out, out)
+        saved = _remember(_save_interrupted(stopped.report, json_out, out))
+        _saved_reports.clear()  # the line below says where it is
         raise _fail(f"interrupted: {stopped.report.interrupted}. Report saved to {saved} "
                     f"(`ppp-audit show {saved}` renders it)", 130) from None
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes and prints the (all-reduced) report
         return
+    try:
+        _deliver(report, json_out, out, push)
+    except BaseException:
+        if not _saved_reports:  # a finished audit is never lost: keep it before the error is reported
+            _remember(_save_fallback(report))
+        raise
+
+
+def _deliver(report, json_out: Optional[str], out: Optional[Path], push: Optional[dict]) -> None:
+    """Save, print, draw and push a finished report; the JSON reaches the disk before anything else can fail."""
+    from rich.console import Console
+
+    from .render import REPORT_JSON, print_report
+
     if out is None and push:
         from .hub import default_report_dir
 
         out = default_report_dir(report)
-    # The report reaches the disk before anything else can fail.
     saved = None
     if out is not None:
-        saved = report.save(Path(out) / REPORT_JSON)
-        _stderr().print(f"report saved to {saved}", highlight=False, soft_wrap=True)
+        saved = _remember(report.save(Path(out) / REPORT_JSON))
+        _say(f"report saved to {saved}")
     if json_out == "-":
         sys.stdout.write(report.to_json() + "\n")
     else:
         if json_out:
-            report.save(json_out)
-            _stderr().print(f"report saved to {json_out}", highlight=False)
+            _remember(report.save(json_out))
+            _say(f"report saved to {json_out}")
         print_report(Console(), report)
     if out is not None:
         _write_outputs(report, Path(out), overwrite=True, source=saved)
     if push:
         _push(out, **push)
+
+
+def _save_fallback(report) -> Path:
+    """Where a finished report goes when the asked-for outputs failed: ``./ppp-audit-reports/MODEL/SCHEMES/``, else
+    the temporary folder."""
+    import tempfile
+
+    from .hub import default_report_dir
+    from .render import REPORT_JSON
+
+    try:
+        return report.save(default_report_dir(report) / REPORT_JSON)
+    except OSError:
+        return report.save(Path(tempfile.mkdtemp(prefix="ppp-audit-report-")) / REPORT_JSON)
 
 
 def _save_interrupted(report, json_out: Optional[str], out: Optional[Path]) -> Path:
@@ -125,11 +199,11 @@ def _push(report_dir: Path, **options) -> None:
     result = push_report(report_dir, **options)
     if result.repo_id:
         done = "pushed" if result.changed else "unchanged, already on the Hub:"
-        _stderr().print(f"{done} {result.path_in_repo} to {result.url}", highlight=False, soft_wrap=True)
+        _say(f"{done} {result.path_in_repo} to {result.url}")
     if result.model_repo_id:
         opened = (f"opened a pull request on {result.model_repo_id}: {result.model_pr_url}" if result.model_pr_url
                   else f"the model card of {result.model_repo_id} already carries these scores: no pull request")
-        _stderr().print(opened, highlight=False, soft_wrap=True)
+        _say(opened)
 
 
 def _push_options(repo_id: Optional[str], model_pr: bool, model_repo: Optional[str], private: bool,
@@ -163,10 +237,9 @@ def _write_outputs(report, out: Path, **kwargs) -> None:
     if written:
         drawn = sum(1 for f in outputs.figures if f.written)
         page = f" and {outputs.html.name}" if outputs.html_written else ""
-        _stderr().print(f"{drawn} figure{'' if drawn == 1 else 's'}{page} written to {outputs.out_dir}",
-                        highlight=False)
+        _say(f"{drawn} figure{'' if drawn == 1 else 's'}{page} written to {outputs.out_dir}")
     else:
-        _stderr().print(f"figures and page already in {outputs.out_dir} (--overwrite redraws them)", highlight=False)
+        _say(f"figures and page already in {outputs.out_dir} (--overwrite redraws them)")
 
 
 def _guarded(func):
@@ -178,11 +251,25 @@ def _guarded(func):
         try:
             return func(*args, **kwargs)
         except PPPAuditError as exc:
-            raise _fail(f"{exc.message}" + (f" — {exc.hint}" if exc.hint else ""), exc.exit_code) from None
+            raise _fail(f"{exc.message}" + (f" — {exc.hint}" if exc.hint else "") + _where_saved(),
+                        exc.exit_code) from None
         except KeyboardInterrupt:
-            raise _fail("interrupted", 130) from None
+            raise _fail("interrupted" + _where_saved(), 130) from None
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - no input may end in a traceback
+            if _debugging():
+                raise
+            lines = str(exc).strip().splitlines()
+            what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+            raise _fail(f"unexpected error ({what}){_where_saved()} — run again with --debug (or {DEBUG_ENV}=1) for "
+                        "the full trace, and report it to the ppp-audit developers with that trace", 1) from None
 
     return wrapper
+
+
+def _where_saved() -> str:
+    return f" (the report is saved at {_saved_reports[-1]})" if _saved_reports else ""
 
 
 def config_parameters(config_class: type, *names: str) -> list[inspect.Parameter]:
