@@ -23,9 +23,8 @@ from .images import DeadLeavesSource, ImageSource, WindowDataset, image_source, 
 from .metrics import PPPAccumulator
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
-from .report import LayerResult, Report, SchemeResult, environment
+from .report import NATIVE, LayerResult, Report, SchemeResult, environment
 
-NATIVE = "native"
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
