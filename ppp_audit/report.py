@@ -1,8 +1,9 @@
 """The :class:`Report` (SPEC §6): one object and a versioned JSON schema, readable without torch.
 
 A report is written with :meth:`Report.save` and read back with :meth:`Report.load`; ``Report.from_dict(r.to_dict())``
-equals ``r``. This module imports nothing heavy (and nothing from ppp_audit but its errors), so the Hub push, ``ppp-audit
-show`` and anything else that only reads reports run without torch. Its tables, figures and page live in ``render/``.
+equals ``r``. This module imports nothing heavy (and nothing from ppp_audit but its errors), so the Hub push,
+``ppp-audit show`` and anything else that only reads reports run without torch. Tables, figures and the page of a
+report live in ``render/``.
 """
 
 from __future__ import annotations
