@@ -403,9 +403,11 @@ def show_command(
     """
     from rich.console import Console
 
-    from .render import REPORT_JSON, load_saved_report, print_report
+    from .render import print_report
+    from .report import REPORT_JSON, Report, report_file
 
-    report, json_path = load_saved_report(report_path)
+    json_path = report_file(report_path)
+    report = Report.load(json_path)
     print_report(Console(), report)
     if figures:
         # A folder's report.json renders into that folder; any other JSON file into a sibling folder of its name.

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from .errors import ConfigError, ImageSourceError
-
-NATIVE = "native"
-"""The label of the model's own padding in reports; always measured."""
+from .report import NATIVE
 PRECISIONS = ("fp32", "bf16", "fp16")
 BN_MODES = ("frozen", "train")
 DISTILL_LOSSES = ("kl", "mse")

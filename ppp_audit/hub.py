@@ -25,13 +25,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from .errors import HubPushError, PPPAuditError, ReportFileError
-from .render import REPORT_HTML, REPORT_JSON
+from .errors import HubPushError, PPPAuditError
+from .report import NATIVE, REPORT_HTML, REPORT_JSON, Report, format_number, report_file, scheme_label
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, HfApi
-
-    from .report import Report
 
 INDEX_FILE = "index.json"
 CARD_FILE = "README.md"
@@ -90,8 +88,8 @@ def report_subdir(report: dict[str, Any] | Report) -> str:
     ``@WEIGHTSFILE`` when the weights are not the published ones, so those audits never replace a real one.
     SCHEMES joins the audited paddings: ``native+reflect``.
     """
-    data = _as_dict(report)
-    model = data["model"]
+    report = _as_report(report)
+    model = report.model
     name = re.sub(r"^(hf-hub|hf_hub):", "", model["name"])
     if name.startswith("local-dir:"):
         name = Path(name.split(":", 1)[1]).name
@@ -101,7 +99,7 @@ def report_subdir(report: dict[str, Any] | Report) -> str:
         name += "@random-init"
     elif weights.startswith("file:"):
         name += "@" + Path(weights.split(":", 1)[1]).stem
-    schemes = "+".join(result["scheme"] for result in data["results"])
+    schemes = "+".join(result.scheme for result in report.results)
     return f"{_segment(name)}/{_segment(schemes)}"
 
 
@@ -117,7 +115,7 @@ def model_repo_for(report: dict[str, Any] | Report) -> str | None:
     (``resnet18`` -> ``timm/resnet18.a1_in1k``). Random-init, weight-file and ``local-dir:`` audits return ``None``:
     their scores do not describe any published model.
     """
-    model = _as_dict(report)["model"]
+    model = report["model"] if isinstance(report, dict) else report.model  # a dict needs only its "model"
     if model.get("weights") != "hub":
         return None
     name = model["name"]
@@ -132,38 +130,34 @@ def model_repo_for(report: dict[str, Any] | Report) -> str | None:
 # ---- what is said about a report ---------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+def _finite(value: float | None) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def headline(report: dict[str, Any] | Report) -> list[dict[str, Any]]:
     """Per scheme: PPP strength at the last tapped stage and the maximum over stages (with its layer)."""
     rows = []
-    for result in _as_dict(report)["results"]:
-        layers = [(layer["name"], _finite(layer.get("strength"))) for layer in result["layers"]]
-        measured = [(name, value) for name, value in layers if value is not None]
-        top = max(measured, key=lambda item: item[1]) if measured else (None, None)
+    for result in _as_report(report).results:
+        top = result.max_layer
         rows.append({
-            "scheme": result["scheme"],
-            "padding": (result.get("patch") or {}).get("native_padding") if result["scheme"] == "native"
-            else result["scheme"],
-            "last_layer": layers[-1][0] if layers else None,
-            "last_strength": layers[-1][1] if layers else None,
-            "max_layer": top[0],
-            "max_strength": top[1],
+            "scheme": result.scheme,
+            "padding": result.padding,
+            "last_layer": result.layers[-1].name if result.layers else None,
+            "last_strength": _finite(result.last_strength),
+            "max_layer": top.name if top is not None else None,
+            "max_strength": _finite(result.max_strength),
         })
     return rows
 
 
 def _scheme_label(row: dict[str, Any]) -> str:
-    if row["scheme"] == "native":
-        return f"native ({row['padding']})" if row.get("padding") else "native"
-    return row["scheme"]
+    """A headline row's scheme (rows of other reports come from ``index.json``, so this reads the row)."""
+    return scheme_label(row["scheme"], row.get("padding"))
 
 
 def _metric_label(row: dict[str, Any]) -> str:
-    if row["scheme"] == "native":
-        return f"native padding ({row['padding']})" if row.get("padding") else "native padding"
+    if row["scheme"] == NATIVE:
+        return f"{NATIVE} padding ({row['padding']})" if row.get("padding") else f"{NATIVE} padding"
     return f"{row['scheme']} padding"
 
 
@@ -190,20 +184,20 @@ def _data_label(data: dict[str, Any]) -> str:
 
 def index_entry(report: dict[str, Any] | Report, path_in_repo: str, files: list[str]) -> dict[str, Any]:
     """The report's row in ``index.json``."""
-    data = _as_dict(report)
+    report = _as_report(report)
     return {
         "path": path_in_repo,
-        "model": data["model"]["name"],
-        "architecture": data["model"].get("architecture"),
-        "weights": data["model"].get("weights"),
-        "headline": headline(data),
-        "data": {"kind": data["data"].get("kind"), "label": _data_label(data["data"]),
-                 "num_images": data["data"].get("num_images")},
-        "input_size": data.get("input_size"),
-        "margin": data.get("margin"),
-        "estimator": data.get("estimator"),
-        "created": data.get("created"),
-        "ppp_audit": (data.get("environment") or {}).get("ppp_audit"),
+        "model": report.model["name"],
+        "architecture": report.model.get("architecture"),
+        "weights": report.model.get("weights"),
+        "headline": headline(report),
+        "data": {"kind": report.data.get("kind"), "label": _data_label(report.data),
+                 "num_images": report.data.get("num_images")},
+        "input_size": report.input_size,
+        "margin": report.margin,
+        "estimator": report.estimator,
+        "created": report.created,
+        "ppp_audit": report.environment.get("ppp_audit"),
         "files": sorted(files),
     }
 
@@ -233,7 +227,7 @@ def _parse_index(text: str | None, repo_id: str) -> dict[str, Any] | None:
 
 
 def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3g}"
+    return format_number(value, fixed_from=None)  # as index cards always printed scores: 3 digits, any magnitude
 
 
 def render_index_markdown(index: dict[str, Any]) -> str:
@@ -307,21 +301,21 @@ def eval_results(report: dict[str, Any] | Report, source_url: str | None = None)
     """
     from huggingface_hub import EvalResult
 
-    data = _as_dict(report)
-    kind = data["data"].get("kind", "images")
+    report = _as_report(report)
+    kind = report.data.get("kind", "images")
     dataset_type = {"dead-leaves": "ppp-audit/dead-leaves", "folder": "imagefolder"}.get(kind, str(kind))
-    if kind == "hf-dataset" and not data["data"].get("local"):
-        dataset_type = data["data"]["name"]  # a Hub dataset id: the model-index convention
-    dataset_name = {"dead-leaves": "dead-leaves (ppp-audit built-in images)"}.get(kind, _data_label(data["data"]))
+    if kind == "hf-dataset" and not report.data.get("local"):
+        dataset_type = report.data["name"]  # a Hub dataset id: the model-index convention
+    dataset_name = {"dead-leaves": "dead-leaves (ppp-audit built-in images)"}.get(kind, _data_label(report.data))
     results = []
-    for row in headline(data):
+    for row in headline(report):
         for metric_type, key, what in (("ppp_strength_last_stage", "last_strength", "at the last stage"),
                                        ("ppp_strength_max", "max_strength", "max over stages")):
             if row[key] is None:
                 continue
             results.append(EvalResult(
                 task_type=EVAL_TASK_TYPE, task_name=EVAL_TASK_NAME,
-                dataset_type=dataset_type, dataset_name=dataset_name, dataset_config=f"input-{data['input_size']}",
+                dataset_type=dataset_type, dataset_name=dataset_name, dataset_config=f"input-{report.input_size}",
                 metric_type=metric_type, metric_name=f"PPP strength {what}, {_metric_label(row)}",
                 metric_config=row["scheme"], metric_value=round(row[key], 4),
                 source_name="ppp-audit report" if source_url else None, source_url=source_url,
@@ -329,38 +323,21 @@ def eval_results(report: dict[str, Any] | Report, source_url: str | None = None)
     return results
 
 
-def _summary(data: dict[str, Any]) -> str:
+def _summary(report: Report) -> str:
     parts = [f"{_scheme_label(row)}: last {_fmt(row['last_strength'])}, max {_fmt(row['max_strength'])}"
-             for row in headline(data)]
-    return (f"PPP strength of {data['model']['name']} ({_weights_label(data['model'].get('weights'))}) — "
+             for row in headline(report)]
+    return (f"PPP strength of {report.model['name']} ({_weights_label(report.model.get('weights'))}) — "
             + "; ".join(parts)
-            + f". N={data['data'].get('num_images')} {_data_label(data['data'])}, S={data.get('input_size')}, "
-            f"m={data.get('margin')}, ppp-audit {(data.get('environment') or {}).get('ppp_audit')}.")
+            + f". N={report.data.get('num_images')} {_data_label(report.data)}, S={report.input_size}, "
+            f"m={report.margin}, ppp-audit {report.environment.get('ppp_audit')}.")
 
 
 # ---- loading ------------------------------------------------------------------------------------------------------
 
 
-def _as_dict(report: dict[str, Any] | Report) -> dict[str, Any]:
-    return report if isinstance(report, dict) else report.to_dict()
-
-
-def load_report_dir(path: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """A saved report folder (or its ``report.json``) -> (folder, report as a dict). Reads JSON only: no torch."""
-    path = Path(path)
-    file = path / REPORT_JSON if path.is_dir() else path
-    if not file.is_file():
-        raise ReportFileError(f"no report at '{path}'", f"pass a folder holding {REPORT_JSON} (see --out)")
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReportFileError(f"cannot read report '{file}': {exc}",
-                              "pass a report.json written by ppp-audit") from None
-    missing = [key for key in ("schema_version", "model", "data", "results") if key not in data]
-    if missing or not data.get("results"):
-        raise ReportFileError(f"'{file}' is not a ppp-audit report (missing {', '.join(missing) or 'results'})",
-                              "pass a report.json written by ppp-audit")
-    return file.parent, data
+def _as_report(report: dict[str, Any] | Report) -> Report:
+    """A report given as its JSON dict (``Report.to_dict()``) or as the object, as the object."""
+    return Report.from_dict(report) if isinstance(report, dict) else report
 
 
 def _report_files(folder: Path) -> list[Path]:
@@ -402,11 +379,11 @@ def _read_text(api: HfApi, repo_id: str, filename: str, repo_type: str, revision
     return Path(path).read_text(encoding="utf-8")
 
 
-def _push_dataset(api: HfApi, folder: Path, data: dict[str, Any], repo_id: str, *, private: bool | None,
+def _push_dataset(api: HfApi, folder: Path, report: Report, repo_id: str, *, private: bool | None,
                   revision: str | None, create_pr: bool, commit_message: str | None) -> PushResult:
     from huggingface_hub import CommitOperationAdd
 
-    subdir = report_subdir(data)
+    subdir = report_subdir(report)
     local_files = _report_files(folder)
     relative = [file.relative_to(folder).as_posix() for file in local_files]
     api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -414,7 +391,7 @@ def _push_dataset(api: HfApi, folder: Path, data: dict[str, Any], repo_id: str, 
     with tempfile.TemporaryDirectory(prefix="ppp-audit-hub-") as cache:  # fresh reads, no global cache touched
         index_text = _read_text(api, repo_id, INDEX_FILE, "dataset", head, cache)
         card_text = _read_text(api, repo_id, CARD_FILE, "dataset", head, cache)
-    index = merge_index(_parse_index(index_text, repo_id), index_entry(data, subdir, relative))
+    index = merge_index(_parse_index(index_text, repo_id), index_entry(report, subdir, relative))
     card = render_card(index, card_text)
     operations = [CommitOperationAdd(str(PurePosixPath(subdir, rel)), str(file))
                   for rel, file in zip(relative, local_files, strict=True)]
@@ -422,7 +399,7 @@ def _push_dataset(api: HfApi, folder: Path, data: dict[str, Any], repo_id: str, 
                    CommitOperationAdd(CARD_FILE, card.encode())]
     info = api.create_commit(
         repo_id, operations, repo_type="dataset", revision=revision, create_pr=create_pr,
-        commit_message=commit_message or f"Add PPP audit report {subdir}", commit_description=_summary(data),
+        commit_message=commit_message or f"Add PPP audit report {subdir}", commit_description=_summary(report),
         # The index was read at `head`: refuse to commit over a push that landed in between (the Hub answers 412).
         parent_commit=None if create_pr else head,
     )
@@ -433,7 +410,7 @@ def _push_dataset(api: HfApi, folder: Path, data: dict[str, Any], repo_id: str, 
                       pr_url=info.pr_url, url=url, changed=info.oid != head)
 
 
-def _open_model_pr(api: HfApi, data: dict[str, Any], model_repo: str, source_url: str | None) -> str | None:
+def _open_model_pr(api: HfApi, report: Report, model_repo: str, source_url: str | None) -> str | None:
     from huggingface_hub import CommitOperationAdd, ModelCard
 
     head = api.repo_info(model_repo, repo_type="model").sha
@@ -441,7 +418,7 @@ def _open_model_pr(api: HfApi, data: dict[str, Any], model_repo: str, source_url
         text = _read_text(api, model_repo, CARD_FILE, "model", head, cache)
     card = ModelCard(text) if text else ModelCard(f"---\n---\n\n# {model_repo}\n")
     results = list(card.data.eval_results or [])
-    for new in eval_results(data, source_url):
+    for new in eval_results(report, source_url):
         # Same replace-or-append rule as huggingface_hub.metadata_update(overwrite=True), kept here because that
         # helper talks to the default endpoint only and we honour an explicit one.
         match = next((old for old in results if old.is_equal_except_value(new)), None)
@@ -451,7 +428,7 @@ def _open_model_pr(api: HfApi, data: dict[str, Any], model_repo: str, source_url
             results.append(new)
     card.data.eval_results = results
     card.data.model_name = card.data.model_name or model_repo  # the name metadata_update gives
-    description = _summary(data) + (f"\n\nFull report: {source_url}" if source_url else "")
+    description = _summary(report) + (f"\n\nFull report: {source_url}" if source_url else "")
     info = api.create_commit(
         model_repo, [CommitOperationAdd(CARD_FILE, str(card).encode())], repo_type="model", create_pr=True,
         commit_message="Add PPP audit scores to the model card (ppp-audit)", commit_description=description,
@@ -584,23 +561,24 @@ def push_report(
         HubPushError: Offline, rejected or failed; the message names the saved report and the command to retry.
     """
     if isinstance(report, (str, os.PathLike)):
-        folder, data = load_report_dir(report)
+        file = report_file(report)
+        report = Report.load(file)  # JSON only: no torch
+        folder = file.parent
     else:
         target = Path(local_dir) if local_dir is not None else default_report_dir(report)
         folder = report.save(target / REPORT_JSON).parent
-        data = report.to_dict()
     if repo_id is None and not model_pr:
         raise PPPAuditError("nothing to push to", "pass a dataset REPO_ID and/or --model-pr")
-    if data.get("interrupted"):
+    if report.interrupted:
         # Partial statistics would stand on the Hub (and in a model card) as the model's score.
-        raise PPPAuditError(f"the report at {folder} is partial ({data['interrupted']}), so it is not pushed",
+        raise PPPAuditError(f"the report at {folder} is partial ({report.interrupted}), so it is not pushed",
                             "re-run the audit to the end, then push its report")
     check_repo_ids(repo_id, model_repo)
     if model_pr and model_repo is None:
-        model_repo = model_repo_for(data)
+        model_repo = model_repo_for(report)
         if model_repo is None:
             raise PPPAuditError(
-                f"cannot tell which Hub repo holds the audited weights ({data['model'].get('weights')}) "
+                f"cannot tell which Hub repo holds the audited weights ({report.model.get('weights')}) "
                 f"for a model PR (report saved at {folder})",
                 "pass --model-repo OWNER/NAME",
             )
@@ -616,12 +594,12 @@ def push_report(
     stage = f"push to {repo_id}" if repo_id else f"pull request on {model_repo}"
     try:
         if repo_id is not None:
-            result = _push_dataset(api, folder, data, repo_id, private=private, revision=revision,
+            result = _push_dataset(api, folder, report, repo_id, private=private, revision=revision,
                                    create_pr=create_pr, commit_message=commit_message)
         if model_pr:
             stage = f"pull request on {model_repo}"
             source = result.url if result.repo_id and not result.pr_url else None
-            pr_url = _open_model_pr(api, data, model_repo, source)
+            pr_url = _open_model_pr(api, report, model_repo, source)
             result = replace(result, model_repo_id=model_repo, model_pr_url=pr_url)
     except PPPAuditError as exc:
         raise HubPushError(_scrub(f"{stage} failed: {exc.message} (report saved at {folder})", token),
@@ -641,7 +619,6 @@ __all__ = [
     "eval_results",
     "headline",
     "index_entry",
-    "load_report_dir",
     "merge_index",
     "model_repo_for",
     "push_report",

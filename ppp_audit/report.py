@@ -1,7 +1,9 @@
-"""The :class:`Report` (SPEC §6): one object, a versioned JSON schema, and a rich table.
+"""The :class:`Report` (SPEC §6): one object and a versioned JSON schema, readable without torch.
 
 A report is written with :meth:`Report.save` and read back with :meth:`Report.load`; ``Report.from_dict(r.to_dict())``
-equals ``r``.
+equals ``r``. This module imports nothing heavy (and nothing from ppp_audit but its errors), so the Hub push,
+``ppp-audit show`` and anything else that only reads reports run without torch. Tables, figures and the page of a
+report live in ``render/``.
 """
 
 from __future__ import annotations
@@ -15,15 +17,43 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .metrics import BorderProfile, LayerStats
+from .errors import ReportFileError
 
 SCHEMA_VERSION = "1.2"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``; readers accept any 1.x and ignore fields
 they do not know."""
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+"""The names of a report folder's JSON and page (``--out``, ``ppp-audit show``, Hub pushes)."""
+NATIVE = "native"
+"""The scheme name of the model's own padding, measured in every audit and listed first."""
+
+
+def format_number(value: float | None, digits: int = 3, *, fixed_from: float | None = 1000.0) -> str:
+    """A metric as tables, cards and figure titles show it: ``digits`` significant digits, "–" when missing.
+
+    Args:
+        value: The number; ``None`` and NaN print as "–".
+        digits: Significant digits.
+        fixed_from: From this magnitude on, print the rounded integer (``1234``, not ``1.23e+03``); ``None`` keeps
+            significant digits at every magnitude.
+    """
+    if value is None or math.isnan(value):
+        return "–"
+    if fixed_from is not None and abs(value) >= fixed_from:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+def scheme_label(scheme: str, native_padding: str | None = None) -> str:
+    """How a scheme is named to people: the native one with the padding it stands for (``native (zeros)``)."""
+    if scheme == NATIVE and native_padding:
+        return f"{NATIVE} ({native_padding})"
+    return scheme
 
 
 def environment() -> dict[str, str]:
-    """Versions that produced a report."""
+    """Versions that produced a report (imports torch and timm: call it when auditing, not when reading)."""
     import timm
     import torch
 
@@ -31,6 +61,49 @@ def environment() -> dict[str, str]:
 
     return {"ppp_audit": __version__, "torch": torch.__version__, "timm": timm.__version__,
             "python": platform.python_version()}
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Per-layer statistics (computed by metrics.PPPAccumulator)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BorderProfile:
+    """Debiased channel-RMS of ``P`` against distance to the border, with its noise floor."""
+
+    distance_px: list[float]
+    rms: list[float]
+    noise_floor: list[float]
+    extent_px: float
+
+
+@dataclass
+class LayerStats:
+    """Everything measured for one tapped layer under one padding scheme."""
+
+    n: int
+    stride_px: float
+    channels: int
+    height: int
+    width: int
+    strength: float | None
+    strength_ci: tuple[float, float] | None
+    relative_energy: float | None
+    mean_feature_strength: float
+    mean_feature_ci: tuple[float, float]
+    profile: BorderProfile | None
+    side_profiles: dict[str, BorderProfile] = field(default_factory=dict)
+    ppp_map: list[list[float]] | None = None
+    interior_delta_rel: float | None = None
+
+    @property
+    def extent_px(self) -> float | None:
+        return self.profile.extent_px if self.profile else None
 
 
 @dataclass
@@ -68,9 +141,15 @@ class _HeadlineScores:
         return self.layers[-1].stats.strength if self.layers else None
 
     @property
+    def max_layer(self) -> LayerResult | None:
+        """The layer with the highest finite strength (the first of equals), ``None`` when no layer has one."""
+        measured = [layer for layer in self.layers if _finite(layer.stats.strength)]
+        return max(measured, key=lambda layer: layer.stats.strength, default=None)
+
+    @property
     def max_strength(self) -> float | None:
-        values = [layer.stats.strength for layer in self.layers if layer.stats.strength is not None]
-        return max(values) if values else None
+        top = self.max_layer
+        return top.stats.strength if top is not None else None
 
 
 @dataclass
@@ -81,6 +160,16 @@ class SchemeResult(_HeadlineScores):
     patch: dict[str, Any]
     layers: list[LayerResult]
     finetune: "FinetuneResult | None" = None
+
+    @property
+    def padding(self) -> str | None:
+        """The padding the result measured: the scheme, or for the native one the model's own (``None`` if unknown)."""
+        return self.patch.get("native_padding") if self.scheme == NATIVE else self.scheme
+
+    @property
+    def label(self) -> str:
+        """The scheme as tables, figures and cards name it: ``native (zeros)``, ``reflect``."""
+        return scheme_label(self.scheme, self.padding)
 
     def layer(self, name: str) -> LayerResult:
         for layer in self.layers:
@@ -186,61 +275,39 @@ class Report:
 
     @classmethod
     def load(cls, path: str | Path) -> "Report":
-        """Read a report from its JSON file, or from a folder holding ``report.json``."""
-        from .render import REPORT_JSON
+        """Read a report from its JSON file, or from a folder holding ``report.json`` (see :func:`report_file`).
 
-        path = Path(path)
-        if path.is_dir():
-            path = path / REPORT_JSON
-        return cls.from_json(path.read_text())
+        Raises:
+            ReportFileError: No such file, not JSON, not a ppp-audit report, or a schema this version cannot read.
+        """
+        file = report_file(path)
+        if not file.is_file():
+            raise ReportFileError(f"no report at '{file}'",
+                                  "pass a folder written by --out, or a JSON file written by --json")
+        try:
+            data = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ReportFileError(f"'{file}' is not valid JSON ({exc.msg}, line {exc.lineno})",
+                                  "re-run the audit with --out DIR") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReportFileError(f"cannot read report '{file}': {exc}",
+                                  "pass a report.json written by ppp-audit") from None
+        if not isinstance(data, dict):
+            raise ReportFileError(f"'{file}' is not a ppp-audit report (a JSON {type(data).__name__}, not an object)",
+                                  "pass a report.json written by ppp-audit")
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ReportFileError(f"'{file}' is not a ppp-audit report (bad or missing field: {exc})",
+                                  "pass a report.json written by ppp-audit") from None
+        except ValueError as exc:  # e.g. an incompatible schema version
+            raise ReportFileError(f"'{file}': {exc}", "re-run the audit with this ppp-audit") from None
 
 
-def format_number(value: float | None, digits: int = 3) -> str:
-    """A metric for tables and figure titles: ``digits`` significant digits, "–" when missing."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
-
-
-def render_table(report: Report):
-    """A rich table: one row per layer, strength [95 % CI] and extent per scheme, side by side."""
-    from rich.table import Table
-
-    weights = report.model["weights"]
-    if weights.startswith("file:"):
-        weights = "file:" + Path(weights[5:]).name
-    title = (f"PPP audit · {report.model['name']} ({weights}) · N={report.data['num_images']} "
-             f"{report.data['kind']} · S={report.input_size} m={report.margin}")
-    table = Table(title=title, title_justify="left")
-    table.add_column("layer")
-    table.add_column("stride", justify="right")
-    for result in report.results:
-        native = f" ({result.patch['native_padding']})" if result.scheme == "native" else ""
-        table.add_column(f"{result.scheme}{native}\nstrength ± 95% CI", justify="right")
-        table.add_column("extent\npx", justify="right")
-    partial_seen = False
-    for i, first in enumerate(report.results[0].layers):
-        row = [first.name + (" *" if first.reference_partial else ""), f"{first.stats.stride_px:g}"]
-        partial_seen |= first.reference_partial
-        for result in report.results:
-            stats = result.layers[i].stats
-            half = stats.strength_ci[1] - stats.strength if stats.strength_ci else None
-            row += [f"{format_number(stats.strength)} ± {format_number(half, 2)}", format_number(stats.extent_px, 4)]
-        table.add_row(*row)
-    table.add_section()
-    for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
-        row = [label, ""]
-        for result in report.results:
-            row += [format_number(getattr(result, attr)), ""]
-        table.add_row(*row, style="bold")
-    notes = ["strength = RMS(P) / RMS(σ) (Δ estimator, debiased); extent = distance from the border, input px"]
-    if report.interrupted:
-        notes.append(f"interrupted: {report.interrupted}")
-    if partial_seen:
-        notes.append(f"* receptive field exceeds the margin m={report.margin}: the padding-free reference is partial")
-    table.caption = "\n".join(notes)
-    table.caption_justify = "left"
-    return table
+def report_file(path: str | Path) -> Path:
+    """The JSON file a report path names: ``DIR/report.json`` for a folder, the path itself otherwise."""
+    path = Path(path)
+    return path / REPORT_JSON if path.is_dir() else path
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -294,184 +361,3 @@ class FinetuneResult(_HeadlineScores):
         data["layers"] = [LayerResult.from_dict(layer) for layer in data["layers"]]
         data["curve"] = [CurvePoint(**point) for point in data.get("curve", [])]
         return cls(**data)
-
-
-def render_finetune_table(report: Report):
-    """A rich table of the fine-tuned schemes: PPP strength per layer native / after the swap / after fine-tuning,
-    then held-out top-1 agreement with the original model and distillation loss. ``None`` without fine-tuning."""
-    from rich.table import Table
-
-    tuned = [r for r in report.results if r.finetune is not None]
-    if not tuned:
-        return None
-    native = report.results[0]
-    settings = tuned[0].finetune.settings
-    title = (f"Fine-tune after the padding swap · {report.model['name']} · {tuned[0].finetune.steps} steps "
-             f"{settings.get('objective', '')} {settings.get('optimizer', '')} lr={settings.get('lr', '')} "
-             f"batch={settings.get('batch_size', '')} BN {settings.get('bn', '')} · "
-             f"held-out N={report.data['num_images']}")
-    table = Table(title=title, title_justify="left")
-    table.add_column("layer")
-    table.add_column("stride", justify="right")
-    table.add_column(f"{native.scheme}\nbefore swap", justify="right")
-    for result in tuned:
-        table.add_column(f"{result.scheme}\nafter swap", justify="right")
-        table.add_column(f"{result.scheme}\n+{result.finetune.steps} steps", justify="right")
-
-    def strength_cell(stats: LayerStats) -> str:
-        half = stats.strength_ci[1] - stats.strength if stats.strength_ci else None
-        return f"{format_number(stats.strength)} ± {format_number(half, 2)}"
-
-    for i, layer in enumerate(native.layers):
-        row = [layer.name + (" *" if layer.reference_partial else ""), f"{layer.stats.stride_px:g}",
-               strength_cell(layer.stats)]
-        for result in tuned:
-            row += [strength_cell(result.layers[i].stats), strength_cell(result.finetune.layers[i].stats)]
-        table.add_row(*row)
-    table.add_section()
-    for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
-        row = [label, "", format_number(getattr(native, attr))]
-        for result in tuned:
-            row += [format_number(getattr(result, attr)), format_number(getattr(result.finetune, attr))]
-        table.add_row(*row, style="bold")
-    table.add_section()
-    metrics = [("top-1 agreement", "agreement_top1", 1.0), ("distill loss", "distill_loss", 0.0)]
-    if "label_accuracy" in tuned[0].finetune.after:
-        metrics.append(("label accuracy", "label_accuracy", tuned[0].finetune.original.get("label_accuracy")))
-    for label, key, original in metrics:
-        row = [f"held-out {label}", "", format_number(original)]
-        for result in tuned:
-            row += [format_number(result.finetune.before.get(key)), format_number(result.finetune.after.get(key))]
-        table.add_row(*row)
-    table.caption = ("strength = RMS(P) / RMS(σ) ± 95% CI on held-out images; agreement and loss are against the "
-                     "original (unpatched) model's logits")
-    table.caption_justify = "left"
-    return table
-
-
-def render_curve_table(report: Report):
-    """The formation curves: model-level PPP strength (last stage, max) and agreement every N steps, per scheme."""
-    from rich.table import Table
-
-    tuned = [r for r in report.results if r.finetune is not None and r.finetune.curve]
-    if not tuned:
-        return None
-    table = Table(title="PPP formation during fine-tuning (held-out images)", title_justify="left")
-    table.add_column("step", justify="right")
-    for result in tuned:
-        for column in ("last stage", "max", "agreement"):
-            table.add_column(f"{result.scheme}\n{column}", justify="right")
-    steps = sorted({point.step for result in tuned for point in result.finetune.curve})
-    for step in steps:
-        row = [str(step)]
-        for result in tuned:
-            point = next((p for p in result.finetune.curve if p.step == step), None)
-            if point is None:
-                row += ["", "", ""]
-                continue
-            values = [v for v in point.strengths if v is not None]
-            row += [format_number(point.strengths[-1]), format_number(max(values) if values else None),
-                    format_number(point.agreement_top1)]
-        table.add_row(*row)
-    return table
-
-
-_SHORT_TARGETS = {"horizontal": "horiz.", "vertical": "vert.", "gaussian": "gauss.", "horizontal_stripes": "h-stripes",
-                  "vertical_stripes": "v-stripes"}
-
-
-def render_baselines(report: Report) -> list:
-    """Rich tables for ``report.baselines`` (SPEC §3.3): a summary beside PPP strength, then one table per baseline."""
-    from rich.table import Table
-
-    base = report.baselines
-    if not base:
-        return []
-    tables = []
-    posenet, fconv, uneven = base.get("posenet", {}), base.get("fconv", {}), base.get("uneven")
-
-    def mean_spc(result: dict[str, Any], which: str) -> float:
-        scores = result["scores"][which]
-        return sum(v["spc"] for v in scores.values()) / len(scores)
-
-    summary = Table(title="Baselines beside PPP strength (same images)", title_justify="left")
-    summary.add_column("padding")
-    summary.add_column("PPP strength\nlast / max", justify="right")
-    if posenet:
-        summary.add_column("PosENet SPC\nheld-out", justify="right")
-        summary.add_column("PosENet SPC\nblack / white", justify="right")
-    if fconv:
-        summary.add_column("F-Conv largest\ndecodable border", justify="right")
-    if uneven:
-        summary.add_column("uneven layers\n(any padding)", justify="right")
-    for result in report.results:
-        row = [result.scheme, f"{format_number(result.last_strength)} / {format_number(result.max_strength)}"]
-        if posenet:
-            p = posenet.get(result.scheme)
-            row += [format_number(mean_spc(p, "held_out")) if p else "–",
-                    f"{format_number(mean_spc(p, 'black'))} / {format_number(mean_spc(p, 'white'))}" if p else "–"]
-        if fconv:
-            f = fconv.get(result.scheme)
-            if f is None:
-                row.append("–")
-            else:
-                largest = f["largest_decodable_border"]
-                text = "none" if largest is None else f"{largest} px"
-                row.append(f"≥ {text}" if f["decodable_at_all_borders"] else text)
-        if uneven:
-            row.append(f"{uneven['num_uneven']} / {uneven['num_checked']}")
-        summary.add_row(*row)
-    summary.caption = ("PosENet SPC: mean over targets of the Spearman correlation (1 = position fully decodable); "
-                       "F-Conv: largest border with accuracy above chance (binomial, Bonferroni); uneven: at "
-                       f"{report.input_size} px, padding-independent")
-    summary.caption_justify = "left"
-    tables.append(summary)
-
-    if posenet:
-        first = next(iter(posenet.values()))
-        table = Table(title=f"PosENet probe · grid {first['grid']} · {first['num_train']} train / {first['num_test']} "
-                      f"held-out images · {first['steps']} steps", title_justify="left")
-        table.add_column("padding")
-        table.add_column("input")
-        targets = first["targets"]
-        for target in targets:
-            table.add_column(f"{_SHORT_TARGETS.get(target, target)}\nSPC / MAE", justify="right")
-        for label, result in posenet.items():
-            for which, scores in result["scores"].items():
-                table.add_row(label, which.replace("_", "-"),
-                              *[f"{scores[t]['spc']:.2f} / {scores[t]['mae']:.2f}" for t in targets])
-            table.add_section()
-        tables.append(table)
-
-    if fconv:
-        first = next(iter(fconv.values()))
-        table = Table(title=f"F-Conv location test · content {first['content']} px · {first['num_train']} train / "
-                      f"{first['num_test']} test images", title_justify="left")
-        table.add_column("padding")
-        for border in first["borders"]:
-            table.add_column(f"border\n{border} px", justify="right")
-        for label, result in fconv.items():
-            cells = [f"{acc:.0%}" + (" *" if ok else "") for acc, ok in zip(result["accuracy"], result["decodable"])]
-            table.add_row(label, *cells)
-        threshold = first["threshold_accuracy"]
-        rule = (f"accuracy ≥ {threshold:.0%}" if threshold is not None
-                else "unreachable with this few test images (raise fconv.num_test)")
-        table.caption = (f"accuracy top-left vs bottom-right (chance 50 %); * decodable: {rule} (one-sided binomial, "
-                         f"alpha {first['alpha']:g} / borders)")
-        table.caption_justify = "left"
-        tables.append(table)
-
-    if uneven:
-        table = Table(title=f"Uneven padding at {uneven['input_size'][0]}x{uneven['input_size'][1]}: "
-                      f"{uneven['num_uneven']} of {uneven['num_checked']} conv/pool layers", title_justify="left")
-        for column in ("layer", "type", "in → out", "k / s / d", "top / bottom", "left / right"):
-            table.add_column(column, justify="left" if column in ("layer", "type") else "right")
-        for g in uneven["layers"]:
-            left, right, top, bottom = g["used"]
-            table.add_row(g["name"], g["module_type"], f"{g['input_hw'][0]} → {g['output_hw'][0]}",
-                          f"{g['kernel'][0]} / {g['stride'][0]} / {g['dilation'][0]}", f"{top} / {bottom}",
-                          f"{left} / {right}")
-        table.caption = "padding rows/cols actually read per side; negative: real rows/cols never read"
-        table.caption_justify = "left"
-        tables.append(table)
-    return tables

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import PPPAuditError
+from .report import NATIVE, format_number
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -186,7 +187,7 @@ def _result_of(model: nn.Module | str | Report, layers: Layers,
             report = measure(model, layers=layers, **options)
         except PPPAuditError as exc:
             raise exc.with_traceback(None) from None  # the message says it all; hide the engine's frames
-    scheme = options.get("padding") or "native"
+    scheme = options.get("padding") or NATIVE
     try:
         return report, report.scheme(scheme)
     except KeyError as exc:
@@ -227,10 +228,8 @@ def _rows(result: SchemeResult, allowed: Mapping[str, float],
     ]
 
 
-def _num(value: float | None, digits: int = 3) -> str:
-    if value is None or math.isnan(value):
-        return "–"
-    return f"{value:.{digits}g}"
+def _num(value: float | None) -> str:
+    return format_number(value, fixed_from=None)  # bounds and baselines print as given, at any magnitude
 
 
 def format_table(rows: Sequence[LayerCheck]) -> str:
@@ -256,9 +255,7 @@ def format_table(rows: Sequence[LayerCheck]) -> str:
 
 
 def _describe(report: Report, result: SchemeResult) -> str:
-    native = result.patch.get("native_padding")
-    scheme = f"{result.scheme} ({native})" if result.scheme == "native" and native else result.scheme
-    return (f"model {report.model['name']} ({report.model['weights']}) · padding {scheme} · "
+    return (f"model {report.model['name']} ({report.model['weights']}) · padding {result.label} · "
             f"N={report.data['num_images']} {report.data['kind']} images · S={report.input_size} m={report.margin} · "
             f"{report.device}")
 

@@ -376,7 +376,8 @@ def tiny_report():
 
 
 def test_audit_runs_baselines_per_scheme_and_round_trips(tiny_report):
-    from ppp_audit.report import Report, render_baselines
+    from ppp_audit.render import render_baselines
+    from ppp_audit.report import Report
 
     base = tiny_report.baselines
     assert set(base) == {"posenet", "fconv", "uneven"}

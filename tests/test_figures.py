@@ -278,7 +278,8 @@ def test_show_reproduces_the_table(cli_audit):
     from typer.testing import CliRunner
 
     from ppp_audit.cli import app
-    from ppp_audit.report import Report, render_table
+    from ppp_audit.render import render_table
+    from ppp_audit.report import Report
 
     out, audited = cli_audit
     table = Console(width=100, record=True, color_system=None)

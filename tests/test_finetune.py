@@ -355,7 +355,8 @@ def test_bad_settings_are_refused(tiny):
 def test_report_round_trip_and_tables(zero_lr):
     from rich.console import Console
 
-    from ppp_audit.report import Report, render_curve_table, render_finetune_table
+    from ppp_audit.render import render_curve_table, render_finetune_table
+    from ppp_audit.report import Report
 
     report, _, _ = zero_lr
     again = Report.from_json(report.to_json())

@@ -9,10 +9,11 @@ is sums, so two accumulators merge by adding their state (and ranks all-reduce i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from ..report import BorderProfile, LayerStats
 
 SIDES = ("top", "bottom", "left", "right")
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -99,45 +100,6 @@ def jackknife(estimates: Tensor, full: Tensor) -> Tensor:
     if k < 2:
         return torch.full_like(full, math.nan)
     return ((k - 1) / k * (estimates - estimates.mean(0)).square().sum(0)).sqrt()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BorderProfile:
-    """Debiased channel-RMS of ``P`` against distance to the border, with its noise floor."""
-
-    distance_px: list[float]
-    rms: list[float]
-    noise_floor: list[float]
-    extent_px: float
-
-
-@dataclass
-class LayerStats:
-    """Everything measured for one tapped layer under one padding scheme."""
-
-    n: int
-    stride_px: float
-    channels: int
-    height: int
-    width: int
-    strength: float | None
-    strength_ci: tuple[float, float] | None
-    relative_energy: float | None
-    mean_feature_strength: float
-    mean_feature_ci: tuple[float, float]
-    profile: BorderProfile | None
-    side_profiles: dict[str, BorderProfile] = field(default_factory=dict)
-    ppp_map: list[list[float]] | None = None
-    interior_delta_rel: float | None = None
-
-    @property
-    def extent_px(self) -> float | None:
-        return self.profile.extent_px if self.profile else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

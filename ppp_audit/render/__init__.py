@@ -1,26 +1,25 @@
-"""Renderers and sinks of a :class:`~ppp_audit.report.Report` (SPEC §6): terminal, PNG figures, an HTML page.
+"""Renderers and sinks of a :class:`~ppp_audit.report.Report` (SPEC §6): rich tables, terminal, PNG figures, HTML.
 
 ``write_outputs(report, out_dir)`` writes ``report.json``, ``figures/*.png`` and ``report.html`` into one folder;
-``print_report(console, report)`` prints the table and a terminal heatmap of the last stage. matplotlib is imported
-only when a figure is drawn.
+``print_report(console, report)`` prints the tables and a terminal heatmap of the last stage. matplotlib is imported
+only when a figure is drawn. Reports are read with :meth:`Report.load <ppp_audit.report.Report.load>`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ReportFileError
+from ..report import REPORT_HTML, REPORT_JSON, Report
 from .figures import FIGURES, FigureFile, FigureSpec, figure_specs, register_figure, write_figures
-from .html import REPORT_HTML, REPORT_JSON, SECTIONS, page_resources, register_section, render_html, write_html
+from .html import SECTIONS, page_resources, register_section, render_html, write_html
+from .tables import render_baselines, render_curve_table, render_finetune_table, render_table
 from .terminal import TerminalHeatmap
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from ..report import Report
 
 
 @dataclass
@@ -39,11 +38,9 @@ class Outputs:
         return paths + ([self.html] if self.html_written else [])
 
 
-def print_report(console: "Console", report: "Report") -> None:
+def print_report(console: "Console", report: Report) -> None:
     """The terminal view: the per-layer table, the last stage's PPP map of every scheme, then fine-tune and baseline
     tables."""
-    from ..report import render_baselines, render_curve_table, render_finetune_table, render_table
-
     console.print(render_table(report))
     console.print(TerminalHeatmap(report))
     for table in (render_finetune_table(report), render_curve_table(report), *render_baselines(report)):
@@ -51,28 +48,7 @@ def print_report(console: "Console", report: "Report") -> None:
             console.print(table)
 
 
-def load_saved_report(path: str | Path) -> tuple["Report", Path]:
-    """Read a report from a folder (its ``report.json``) or a JSON file; return it and the JSON's path."""
-    from ..report import Report
-
-    path = Path(path)
-    json_path = path / REPORT_JSON if path.is_dir() else path
-    if not json_path.is_file():
-        raise ReportFileError(f"no report at '{json_path}'",
-                              "pass a folder written by --out, or a JSON file written by --json")
-    try:
-        return Report.load(json_path), json_path
-    except json.JSONDecodeError as exc:
-        raise ReportFileError(f"'{json_path}' is not valid JSON ({exc.msg}, line {exc.lineno})",
-                              "re-run the audit with --out DIR") from None
-    except ValueError as exc:  # e.g. an incompatible schema version
-        raise ReportFileError(f"'{json_path}': {exc}", "re-run the audit with this ppp-audit") from None
-    except (KeyError, TypeError) as exc:
-        raise ReportFileError(f"'{json_path}' is not a ppp-audit report (bad or missing field: {exc})",
-                              "pass a report.json written by ppp-audit") from None
-
-
-def write_outputs(report: "Report", out_dir: str | Path, *, overwrite: bool = True, embed: bool = False,
+def write_outputs(report: Report, out_dir: str | Path, *, overwrite: bool = True, embed: bool = False,
                   source: str | Path | None = None) -> Outputs:
     """Write the report's JSON, PNG figures and HTML page into ``out_dir``.
 
@@ -101,12 +77,12 @@ def write_outputs(report: "Report", out_dir: str | Path, *, overwrite: bool = Tr
     return Outputs(out_dir=out_dir, json=json_path, html=html_path, figures=figures, html_written=html_written)
 
 
-def _place_json(report: "Report", out_dir: Path, overwrite: bool, source: Path | None) -> Path:
+def _place_json(report: Report, out_dir: Path, overwrite: bool, source: Path | None) -> Path:
     if source is not None and source.resolve().parent == out_dir.resolve():
         return source
     target = out_dir / REPORT_JSON
     if target.exists() and not overwrite:
-        if load_saved_report(target)[0].to_json() != report.to_json():
+        if Report.load(target).to_json() != report.to_json():
             raise ReportFileError(f"'{target}' holds a different report",
                                   "choose another --out folder, or pass --overwrite to replace it")
         return target
@@ -115,6 +91,7 @@ def _place_json(report: "Report", out_dir: Path, overwrite: bool, source: Path |
 
 __all__ = [
     "FIGURES", "FigureFile", "FigureSpec", "Outputs", "REPORT_HTML", "REPORT_JSON", "SECTIONS", "TerminalHeatmap",
-    "figure_specs", "load_saved_report", "page_resources", "print_report", "register_figure", "register_section",
-    "render_html", "write_figures", "write_html", "write_outputs",
+    "figure_specs", "page_resources", "print_report", "register_figure", "register_section", "render_baselines",
+    "render_curve_table", "render_finetune_table", "render_html", "render_table", "write_figures", "write_html",
+    "write_outputs",
 ]

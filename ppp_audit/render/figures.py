@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..report import format_number
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ..metrics import BorderProfile, LayerStats
-    from ..report import LayerResult, Report
+    from ..report import BorderProfile, LayerResult, LayerStats, Report
 
 DPI = 100
 MAP_CMAP = "viridis"
@@ -261,8 +262,6 @@ def _draw_maps(report: "Report", first: "LayerResult", panels: list[tuple[int, s
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    from ..report import format_number
-
     size = map_figure_size(len(panels))
     fig = _new_figure(size)
     maps = [np.asarray(layer.stats.ppp_map, dtype=float) for _, _, layer in panels]
@@ -289,10 +288,10 @@ def _draw_maps(report: "Report", first: "LayerResult", panels: list[tuple[int, s
             contour = ax.contour(centres_x, centres_y, above, levels=[0.5], colors="white", linewidths=1.2,
                                  linestyles="--")
             contour.set_path_effects(outline)
-        native = f" ({layer_native(report, scheme_index)})" if label == "native" else ""
         known = np.isfinite(floor)
         share = f"{above[known].mean():.0%} of positions above the floor" if known.any() else "no noise floor"
-        ax.set_title(f"{label}{native} · strength {format_number(stats.strength)}\n{share}", fontsize=8.5,
+        ax.set_title(f"{report.results[scheme_index].label} · strength {format_number(stats.strength)}\n{share}",
+                     fontsize=8.5,
                      color=scheme_colour(scheme_index))
         ax.set_xlabel("x (input px)", fontsize=8)
         if k == 0:
@@ -316,11 +315,6 @@ def _draw_maps(report: "Report", first: "LayerResult", panels: list[tuple[int, s
              "dashed contour: where the map exceeds the noise floor of its ring · ▸ at the colour bar: the highest "
              "ring noise floor (scheme colour)", fontsize=7, color="#444444", ha="left", va="bottom", wrap=True)
     return fig, axes
-
-
-def layer_native(report: "Report", scheme_index: int) -> str:
-    """The model's native padding as recorded in a scheme's patch summary."""
-    return str(report.results[scheme_index].patch.get("native_padding", "?"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -384,9 +378,8 @@ def _draw_extent(report: "Report", first: "LayerResult", panels: list[tuple[int,
                                  linewidth=1.5)
         handles["extent (all sides)"] = extent_line
         sides = ", ".join(f"{s[0].upper()} {p.extent_px:g}" for s, p in layer.stats.side_profiles.items())
-        native = f" ({layer_native(report, scheme_index)})" if label == "native" else ""
-        ax.set_title(f"{label}{native} · extent {overall.extent_px:g} px\n({sides})", fontsize=8.5,
-                     color=scheme_colour(scheme_index))
+        ax.set_title(f"{report.results[scheme_index].label} · extent {overall.extent_px:g} px\n({sides})",
+                     fontsize=8.5, color=scheme_colour(scheme_index))
         ax.set_ylim(0, top)
         ax.set_xlim(0, right)
         zoom = f", first {right:g} of {full:g}" if right < full else ""
@@ -439,8 +432,7 @@ def _draw_strength(report: "Report"):
             low, high = stats.strength_ci or (stats.strength, stats.strength)
             lows.append(stats.strength - low)
             highs.append(high - stats.strength)
-        native = f" ({layer_native(report, i)})" if result.scheme == "native" else ""
-        ax.errorbar(xs, ys, yerr=[lows, highs], label=f"{result.scheme}{native}", color=scheme_colour(i),
+        ax.errorbar(xs, ys, yerr=[lows, highs], label=result.label, color=scheme_colour(i),
                     marker=_SCHEME_MARKERS[i % len(_SCHEME_MARKERS)], markersize=5, capsize=3, linewidth=1.5)
     strides = [f"{layer.name}\n(s={layer.stats.stride_px:g})" for layer in report.results[0].layers]
     ax.set_xticks(range(len(names)), strides, fontsize=7)

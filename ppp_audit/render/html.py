@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+from ..report import REPORT_HTML, REPORT_JSON, format_number
+from .tables import render_curve_table, render_finetune_table, render_table
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from ..report import Report
     from .figures import FigureFile
-
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
-"""The names of a report folder's JSON and page (``--out``, ``ppp-audit show``, Hub pushes)."""
 
 
 @dataclass
@@ -122,8 +120,6 @@ def _summary(report: "Report", page: Page) -> str:
 
 @register_section("table", "PPP strength per layer", order=20, fields=("results",))
 def _table(report: "Report", page: Page) -> str:
-    from ..report import render_table
-
     return rich_table_html(render_table(report))
 
 
@@ -159,8 +155,6 @@ def _patches(report: "Report", page: Page) -> str:
 
 @register_section("finetune", "Fine-tuning after the swap", order=70)
 def _finetune(report: "Report", page: Page) -> str | None:
-    from ..report import render_curve_table, render_finetune_table
-
     tables = [t for t in (render_finetune_table(report), render_curve_table(report)) if t is not None]
     if not tables:
         return None
@@ -195,12 +189,8 @@ def _label(key: str) -> str:
 
 
 def _scalar(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "–"
-        return f"{value:.4g}"
-    if value is None:
-        return "–"
+    if value is None or isinstance(value, float):
+        return format_number(value, 4, fixed_from=None)
     return html.escape(str(value))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from ..report import format_number
+
 if TYPE_CHECKING:
     import numpy as np
     from rich.console import Console, ConsoleOptions, RenderResult
@@ -85,16 +87,15 @@ class TerminalHeatmap:
             grid.add_column()
         cells = []
         for (index, label, layer), values in zip(panels, maps):
-            native = f" ({self.report.results[index].patch.get('native_padding', '?')})" if label == "native" else ""
             body = self._colour(values / vmax) if colour else self._shades(values / vmax)
             floor = _max_floor(layer)
-            title = Text(f"{label}{native}", style="bold")
-            footer = Text(f"{layer.stats.height}×{layer.stats.width} · max {np.nanmax(values):.3g}"
-                          + (f" · floor {floor:.3g}" if floor is not None else ""), style="dim")
+            title = Text(self.report.results[index].label, style="bold")
+            footer = Text(f"{layer.stats.height}×{layer.stats.width} · max {_number(np.nanmax(values))}"
+                          + (f" · floor {_number(floor)}" if floor is not None else ""), style="dim")
             cells.append(Text("\n").join([title, body, footer]))
         grid.add_row(*cells)
         yield grid
-        yield Text.assemble("scale ", self._legend(colour), f" 0 … {vmax:.3g} (feature units)")
+        yield Text.assemble("scale ", self._legend(colour), f" 0 … {_number(vmax)} (feature units)")
 
     def _cell_scale(self, values: "np.ndarray", chars_per_row: int) -> int:
         return max(1, self.max_cells // (chars_per_row * max(values.shape)))
@@ -150,3 +151,8 @@ def _max_floor(layer: "LayerResult") -> float | None:
     from .figures import max_noise_floor
 
     return max_noise_floor(layer.stats.profile)
+
+
+def _number(value: float) -> str:
+    """A map value as the heatmap prints it: three significant digits at every magnitude."""
+    return format_number(value, fixed_from=None)

@@ -1,0 +1,240 @@
+"""Rich tables of a :class:`~ppp_audit.report.Report`: per-layer PPP, fine-tuning, formation curves, baselines.
+
+``ppp-audit`` prints them (:func:`ppp_audit.render.print_report`) and the HTML page shows them as HTML tables. Every
+number goes through :func:`~ppp_audit.report.format_number`, every scheme name through ``SchemeResult.label``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..report import LayerStats, Report, format_number
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+
+def _strength_cell(stats: LayerStats) -> str:
+    """``strength ± half-width of its 95 % CI``."""
+    half = stats.strength_ci[1] - stats.strength if stats.strength_ci else None
+    return f"{format_number(stats.strength)} ± {format_number(half, 2)}"
+
+
+def render_table(report: Report) -> "Table":
+    """A rich table: one row per layer, strength [95 % CI] and extent per scheme, side by side."""
+    from rich.table import Table
+
+    weights = report.model["weights"]
+    if weights.startswith("file:"):
+        weights = "file:" + Path(weights[5:]).name
+    title = (f"PPP audit · {report.model['name']} ({weights}) · N={report.data['num_images']} "
+             f"{report.data['kind']} · S={report.input_size} m={report.margin}")
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer")
+    table.add_column("stride", justify="right")
+    for result in report.results:
+        table.add_column(f"{result.label}\nstrength ± 95% CI", justify="right")
+        table.add_column("extent\npx", justify="right")
+    partial_seen = False
+    for i, first in enumerate(report.results[0].layers):
+        row = [first.name + (" *" if first.reference_partial else ""), f"{first.stats.stride_px:g}"]
+        partial_seen |= first.reference_partial
+        for result in report.results:
+            stats = result.layers[i].stats
+            row += [_strength_cell(stats), format_number(stats.extent_px, 4)]
+        table.add_row(*row)
+    table.add_section()
+    for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
+        row = [label, ""]
+        for result in report.results:
+            row += [format_number(getattr(result, attr)), ""]
+        table.add_row(*row, style="bold")
+    notes = ["strength = RMS(P) / RMS(σ) (Δ estimator, debiased); extent = distance from the border, input px"]
+    if report.interrupted:
+        notes.append(f"interrupted: {report.interrupted}")
+    if partial_seen:
+        notes.append(f"* receptive field exceeds the margin m={report.margin}: the padding-free reference is partial")
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    return table
+
+
+def render_finetune_table(report: Report) -> "Table | None":
+    """A rich table of the fine-tuned schemes: PPP strength per layer native / after the swap / after fine-tuning,
+    then held-out top-1 agreement with the original model and distillation loss. ``None`` without fine-tuning."""
+    from rich.table import Table
+
+    tuned = [r for r in report.results if r.finetune is not None]
+    if not tuned:
+        return None
+    native = report.results[0]
+    settings = tuned[0].finetune.settings
+    title = (f"Fine-tune after the padding swap · {report.model['name']} · {tuned[0].finetune.steps} steps "
+             f"{settings.get('objective', '')} {settings.get('optimizer', '')} lr={settings.get('lr', '')} "
+             f"batch={settings.get('batch_size', '')} BN {settings.get('bn', '')} · "
+             f"held-out N={report.data['num_images']}")
+    table = Table(title=title, title_justify="left")
+    table.add_column("layer")
+    table.add_column("stride", justify="right")
+    table.add_column(f"{native.scheme}\nbefore swap", justify="right")
+    for result in tuned:
+        table.add_column(f"{result.scheme}\nafter swap", justify="right")
+        table.add_column(f"{result.scheme}\n+{result.finetune.steps} steps", justify="right")
+
+    for i, layer in enumerate(native.layers):
+        row = [layer.name + (" *" if layer.reference_partial else ""), f"{layer.stats.stride_px:g}",
+               _strength_cell(layer.stats)]
+        for result in tuned:
+            row += [_strength_cell(result.layers[i].stats), _strength_cell(result.finetune.layers[i].stats)]
+        table.add_row(*row)
+    table.add_section()
+    for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
+        row = [label, "", format_number(getattr(native, attr))]
+        for result in tuned:
+            row += [format_number(getattr(result, attr)), format_number(getattr(result.finetune, attr))]
+        table.add_row(*row, style="bold")
+    table.add_section()
+    metrics = [("top-1 agreement", "agreement_top1", 1.0), ("distill loss", "distill_loss", 0.0)]
+    if "label_accuracy" in tuned[0].finetune.after:
+        metrics.append(("label accuracy", "label_accuracy", tuned[0].finetune.original.get("label_accuracy")))
+    for label, key, original in metrics:
+        row = [f"held-out {label}", "", format_number(original)]
+        for result in tuned:
+            row += [format_number(result.finetune.before.get(key)), format_number(result.finetune.after.get(key))]
+        table.add_row(*row)
+    table.caption = ("strength = RMS(P) / RMS(σ) ± 95% CI on held-out images; agreement and loss are against the "
+                     "original (unpatched) model's logits")
+    table.caption_justify = "left"
+    return table
+
+
+def render_curve_table(report: Report) -> "Table | None":
+    """The formation curves: model-level PPP strength (last stage, max) and agreement every N steps, per scheme."""
+    from rich.table import Table
+
+    tuned = [r for r in report.results if r.finetune is not None and r.finetune.curve]
+    if not tuned:
+        return None
+    table = Table(title="PPP formation during fine-tuning (held-out images)", title_justify="left")
+    table.add_column("step", justify="right")
+    for result in tuned:
+        for column in ("last stage", "max", "agreement"):
+            table.add_column(f"{result.scheme}\n{column}", justify="right")
+    steps = sorted({point.step for result in tuned for point in result.finetune.curve})
+    for step in steps:
+        row = [str(step)]
+        for result in tuned:
+            point = next((p for p in result.finetune.curve if p.step == step), None)
+            if point is None:
+                row += ["", "", ""]
+                continue
+            values = [v for v in point.strengths if v is not None]
+            row += [format_number(point.strengths[-1]), format_number(max(values) if values else None),
+                    format_number(point.agreement_top1)]
+        table.add_row(*row)
+    return table
+
+
+_SHORT_TARGETS = {"horizontal": "horiz.", "vertical": "vert.", "gaussian": "gauss.", "horizontal_stripes": "h-stripes",
+                  "vertical_stripes": "v-stripes"}
+
+
+def render_baselines(report: Report) -> list["Table"]:
+    """Rich tables for ``report.baselines`` (SPEC §3.3): a summary beside PPP strength, then one table per baseline."""
+    from rich.table import Table
+
+    base = report.baselines
+    if not base:
+        return []
+    tables = []
+    posenet, fconv, uneven = base.get("posenet", {}), base.get("fconv", {}), base.get("uneven")
+
+    def mean_spc(result: dict[str, Any], which: str) -> float:
+        scores = result["scores"][which]
+        return sum(v["spc"] for v in scores.values()) / len(scores)
+
+    summary = Table(title="Baselines beside PPP strength (same images)", title_justify="left")
+    summary.add_column("padding")
+    summary.add_column("PPP strength\nlast / max", justify="right")
+    if posenet:
+        summary.add_column("PosENet SPC\nheld-out", justify="right")
+        summary.add_column("PosENet SPC\nblack / white", justify="right")
+    if fconv:
+        summary.add_column("F-Conv largest\ndecodable border", justify="right")
+    if uneven:
+        summary.add_column("uneven layers\n(any padding)", justify="right")
+    for result in report.results:
+        row = [result.scheme, f"{format_number(result.last_strength)} / {format_number(result.max_strength)}"]
+        if posenet:
+            p = posenet.get(result.scheme)
+            row += [format_number(mean_spc(p, "held_out")) if p else "–",
+                    f"{format_number(mean_spc(p, 'black'))} / {format_number(mean_spc(p, 'white'))}" if p else "–"]
+        if fconv:
+            f = fconv.get(result.scheme)
+            if f is None:
+                row.append("–")
+            else:
+                largest = f["largest_decodable_border"]
+                text = "none" if largest is None else f"{largest} px"
+                row.append(f"≥ {text}" if f["decodable_at_all_borders"] else text)
+        if uneven:
+            row.append(f"{uneven['num_uneven']} / {uneven['num_checked']}")
+        summary.add_row(*row)
+    summary.caption = ("PosENet SPC: mean over targets of the Spearman correlation (1 = position fully decodable); "
+                       "F-Conv: largest border with accuracy above chance (binomial, Bonferroni); uneven: at "
+                       f"{report.input_size} px, padding-independent")
+    summary.caption_justify = "left"
+    tables.append(summary)
+
+    if posenet:
+        first = next(iter(posenet.values()))
+        table = Table(title=f"PosENet probe · grid {first['grid']} · {first['num_train']} train / {first['num_test']} "
+                      f"held-out images · {first['steps']} steps", title_justify="left")
+        table.add_column("padding")
+        table.add_column("input")
+        targets = first["targets"]
+        for target in targets:
+            table.add_column(f"{_SHORT_TARGETS.get(target, target)}\nSPC / MAE", justify="right")
+        for label, result in posenet.items():
+            for which, scores in result["scores"].items():
+                table.add_row(label, which.replace("_", "-"),
+                              *[f"{scores[t]['spc']:.2f} / {scores[t]['mae']:.2f}" for t in targets])
+            table.add_section()
+        tables.append(table)
+
+    if fconv:
+        first = next(iter(fconv.values()))
+        table = Table(title=f"F-Conv location test · content {first['content']} px · {first['num_train']} train / "
+                      f"{first['num_test']} test images", title_justify="left")
+        table.add_column("padding")
+        for border in first["borders"]:
+            table.add_column(f"border\n{border} px", justify="right")
+        for label, result in fconv.items():
+            cells = [f"{acc:.0%}" + (" *" if ok else "") for acc, ok in zip(result["accuracy"], result["decodable"])]
+            table.add_row(label, *cells)
+        threshold = first["threshold_accuracy"]
+        rule = (f"accuracy ≥ {threshold:.0%}" if threshold is not None
+                else "unreachable with this few test images (raise fconv.num_test)")
+        table.caption = (f"accuracy top-left vs bottom-right (chance 50 %); * decodable: {rule} (one-sided binomial, "
+                         f"alpha {first['alpha']:g} / borders)")
+        table.caption_justify = "left"
+        tables.append(table)
+
+    if uneven:
+        table = Table(title=f"Uneven padding at {uneven['input_size'][0]}x{uneven['input_size'][1]}: "
+                      f"{uneven['num_uneven']} of {uneven['num_checked']} conv/pool layers", title_justify="left")
+        for column in ("layer", "type", "in → out", "k / s / d", "top / bottom", "left / right"):
+            table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+        for g in uneven["layers"]:
+            left, right, top, bottom = g["used"]
+            table.add_row(g["name"], g["module_type"], f"{g['input_hw'][0]} → {g['output_hw'][0]}",
+                          f"{g['kernel'][0]} / {g['stride'][0]} / {g['dilation'][0]}", f"{top} / {bottom}",
+                          f"{left} / {right}")
+        table.caption = "padding rows/cols actually read per side; negative: real rows/cols never read"
+        table.caption_justify = "left"
+        tables.append(table)
+    return tables
+
+
+__all__ = ["render_baselines", "render_curve_table", "render_finetune_table", "render_table"]
