@@ -52,10 +52,11 @@ def _report(*results: SchemeResult) -> Report:
 
 
 def test_reading_reports_imports_no_torch():
-    """A fresh process reads a report, its headline scores and its Hub index entry without loading torch or timm."""
+    """A fresh process reads a report, its headline scores and its Hub index entry, and builds the options table,
+    without loading torch or timm."""
     code = (
         "import sys\n"
-        "import ppp_audit.report, ppp_audit.hub, ppp_audit.render\n"
+        "import ppp_audit.report, ppp_audit.hub, ppp_audit.render, ppp_audit.config, ppp_audit.pytest_plugin\n"
         "heavy = [m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules]\n"
         "assert heavy == [], heavy\n"
     )
