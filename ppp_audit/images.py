@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .errors import ImageSourceError
+from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
 
@@ -183,7 +183,7 @@ class FolderSource:
     def __post_init__(self) -> None:
         root = Path(self.root)
         if not root.is_dir():
-            raise ImageSourceError(f"image folder '{root}' does not exist", "pass an existing folder to --images")
+            raise ImageFolderNotFoundError(f"image folder '{root}' does not exist", "pass an existing folder to --images")
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise ImageSourceError(
@@ -381,6 +381,8 @@ class HFDatasetSource:
                 if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
                     return self._load_from_disk(datasets, local)
                 return datasets.load_dataset(self.name, self.config, split=self.split, cache_dir=self.cache_dir)
+        except PPPAuditError:  # ours already names the dataset (an ImageSourceError is an OSError too)
+            raise
         except ValueError as exc:  # an unknown split or configuration, among others
             raise self._value_error(datasets, exc) from None
         except (OSError, datasets.exceptions.DatasetsError) as exc:  # not found, offline, unreadable files

@@ -149,24 +149,20 @@ def _timm_classes() -> dict[str, type]:
     }
 
 
-def _shape_error(message: str, hint: str, layer: str) -> PaddingShapeError:
-    error = PaddingShapeError(message, hint)
-    error.layer = layer
-    return error
-
-
 def _checked_pad(scheme: PaddingScheme, x: Tensor, pad: Pad4, site: str) -> Tensor:
     try:
         padded = scheme.pad(x, pad)
+    except PPPAuditError:  # a scheme's own error (e.g. a PaddingShapeError it raises) already says what is wrong
+        raise
     except (RuntimeError, ValueError, NotImplementedError) as exc:
-        raise _shape_error(
+        raise PaddingShapeError(
             f"padding scheme '{scheme.name}' cannot pad the {tuple(x.shape[-2:])} input of layer '{site}' by "
             f"{pad} (left, right, top, bottom): {str(exc).splitlines()[0]}",
             "use a larger --input-size or another scheme", site,
         ) from exc
     expected = (x.shape[-2] + pad[2] + pad[3], x.shape[-1] + pad[0] + pad[1])
     if scheme.keeps_shape and tuple(padded.shape[-2:]) != expected:
-        raise _shape_error(
+        raise PaddingShapeError(
             f"padding scheme '{scheme.name}' returned a {tuple(padded.shape[-2:])} map for layer '{site}' instead of "
             f"{expected} (input {tuple(x.shape[-2:])} padded by {pad})",
             "fix the scheme's pad(), or set keeps_shape = False on it if it shrinks maps on purpose", site,
@@ -454,7 +450,7 @@ def _probe(model: nn.Module, summary: PatchSummary, scheme: PaddingScheme, x: Te
         layer = recorder.failed_in or "<root>"
         modules = dict(model.named_modules())
         kind = type(modules.get(layer, model)).__name__
-        raise _shape_error(
+        raise PaddingShapeError(
             f"padding scheme '{scheme.name}' breaks the forward pass of {type(model).__name__} at layer '{layer}' "
             f"({kind}) for a {tuple(x.shape[-2:])} input: {str(exc).strip().splitlines()[0]}",
             "this architecture needs the padding it has; use a scheme that keeps map sizes"
@@ -462,7 +458,7 @@ def _probe(model: nn.Module, summary: PatchSummary, scheme: PaddingScheme, x: Te
         ) from exc
     if reference is not None and _shapes(output) != reference:
         first = summary.patched[0].name if summary.patched else "<root>"
-        raise _shape_error(
+        raise PaddingShapeError(
             f"padding scheme '{scheme.name}' changes the output shapes of {type(model).__name__} from {reference} to "
             f"{_shapes(output)} (maps start to shrink at layer '{first}')",
             "use a scheme that keeps map sizes, or a model that pools globally", first,
