@@ -25,11 +25,12 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from .config import NATIVE, AuditConfig
 from .errors import FeatureError, NothingToPatchError, PPPAuditError
-from .images import DeadLeavesSource, ImageSource, WindowDataset, image_source, random_sample
+from .images import (
+    DeadLeavesSource, ImageLoader, ImageSource, WindowDataset, image_loader, image_source, random_sample,
+)
 from .metrics import PPPAccumulator
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
@@ -126,11 +127,6 @@ def stop_on_ctrl_c(enabled: bool = True) -> Iterator[StopRequest]:
         yield request
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def ignore_sigint(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which stops them after the current batch."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -353,12 +349,11 @@ class Auditor:
         """The images the config names (resized as the model's data config asks), or the built-in dead leaves."""
         return config_source(self.config, self.info, self.window)
 
-    def loader(self, dataset: Any, batch_size: int, *, graceful: bool = False) -> DataLoader:
-        """A DataLoader with the config's workers (which leave Ctrl-C to this process when ``graceful``)."""
-        workers = self.config.workers
-        return DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                          pin_memory=self.device.type == "cuda",
-                          worker_init_fn=ignore_sigint if graceful and workers else None)
+    def loader(self, dataset: Any, batch_size: int, *, graceful: bool = False) -> ImageLoader:
+        """Batches of ``dataset`` with the config's workers (which leave Ctrl-C to this process when ``graceful``;
+        an error raised in a worker reaches the caller as itself)."""
+        return image_loader(dataset, batch_size=batch_size, workers=self.config.workers,
+                            pin_memory=self.device.type == "cuda", ignore_sigint=graceful)
 
     # -- padding ------------------------------------------------------------------------------------------------------
 
@@ -544,6 +539,7 @@ class Auditor:
         )
 
 
-__all__ = ["Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast", "checked_summary", "config_source",
-           "feature_offset", "geometry", "ieee_fp32", "ignore_sigint", "largest_stride", "native_summary",
+__all__ = ["Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast", "checked_summary",
+           "config_source",
+           "feature_offset", "geometry", "ieee_fp32", "largest_stride", "native_summary",
            "progress_bar", "rank_and_world", "receptive_radii", "resolve_device", "stop_on_ctrl_c"]

@@ -228,6 +228,8 @@ def _write_outputs(report, out: Path, **kwargs) -> None:
 
     try:
         outputs = write_outputs(report, out, **kwargs)
+    except ReportFileError:  # render's own errors (an OSError too) already say what to do
+        raise
     except OSError as exc:
         raise ReportFileError(
             f"could not write figures to '{out}': {exc.strerror or exc}",
@@ -319,7 +321,8 @@ def _option(name: str, annotation: Any, default: Any, *flags: str, help: str, pa
 _OUTPUT = [
     _option("json_out", Optional[str], None, "--json",
             help="Write the report as JSON to PATH, or '-' for stdout (JSON only)."),
-    _option("out", Optional[Path], None, "--out", help="Folder to write report.json, PNG figures and report.html into."),
+    _option("out", Optional[Path], None, "--out",
+            help="Folder to write report.json, PNG figures and report.html into."),
     _option("progress", Optional[bool], None, "--progress/--no-progress",
             help="Progress bar on stderr (default: if a terminal)."),
 ]

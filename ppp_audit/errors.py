@@ -1,62 +1,100 @@
-"""Errors a user can act on: each names the problem and how to fix it."""
+"""Errors a user can act on: each names the problem and how to fix it.
+
+As in ``huggingface_hub``, each error also derives from the built-in exception that fits it, so code that does not know
+ppp-audit still catches it: a bad name or option is a ``ValueError``, a file or network problem an ``OSError`` (a
+missing file a ``FileNotFoundError``), a failed measurement a ``RuntimeError``. Every error pickles with its fields,
+so one raised in a ``DataLoader`` worker reaches the main process intact (see :func:`ppp_audit.images.image_loader`).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class PPPAuditError(Exception):
     """Base class for every error ppp-audit reports to a user.
 
+    ``str(error)`` is ``"message (hint)"`` (just ``message`` without a hint), and ``error.args == (str(error),)``.
+
     Args:
         message: What went wrong, in one line.
         hint: How to fix it, in one line.
+
+    Attributes:
+        exit_code: The CLI's exit status for this error (2: the input is wrong; 1: the run itself failed).
     """
 
     exit_code: int = 2
 
     def __init__(self, message: str, hint: str = "") -> None:
+        # One argument only: OSError would read two as (errno, strerror) and print "[Errno message] hint".
+        super().__init__(f"{message} ({hint})" if hint else message)
         self.message = message
         self.hint = hint
-        super().__init__(f"{message} ({hint})" if hint else message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds from ``args`` (the joined text), which would lose the split into message and hint.
+        return type(self), (self.message, self.hint), dict(self.__dict__)
 
 
-class UnknownModelError(PPPAuditError):
+class ConfigError(PPPAuditError, ValueError):
+    """An option has a value or type it cannot take, or options that do not fit together (an
+    :class:`~ppp_audit.config.AuditConfig` or ``FinetuneConfig`` field, a baseline option)."""
+
+
+class UnknownModelError(PPPAuditError, ValueError):
     """The model name is not a timm architecture."""
 
 
-class WeightsUnavailableError(PPPAuditError):
+class WeightsUnavailableError(PPPAuditError, OSError):
     """Pretrained weights could not be downloaded or read."""
 
 
-class UnknownPaddingError(PPPAuditError):
+class WeightsFileNotFoundError(WeightsUnavailableError, FileNotFoundError):
+    """The weights file given does not exist."""
+
+
+class UnknownPaddingError(PPPAuditError, ValueError):
     """No padding scheme is registered under that name."""
 
 
-class PaddingShapeError(PPPAuditError):
-    """A padding scheme cannot keep a layer's output shape (e.g. reflect on a 1x1 map, valid on a residual net)."""
+class PaddingShapeError(PPPAuditError, ValueError):
+    """A padding scheme cannot keep a layer's output shape (e.g. reflect on a 1x1 map, valid on a residual net).
 
-    layer: str | None = None
-    """The module name of the layer where it failed, when known."""
+    Args:
+        message: What went wrong, in one line.
+        hint: How to fix it, in one line.
+        layer: The module name of the layer where it failed, when known.
+    """
+
+    def __init__(self, message: str, hint: str = "", layer: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.layer = layer
 
 
-class NothingToPatchError(PPPAuditError):
+class NothingToPatchError(PPPAuditError, ValueError):
     """The model has no padding a scheme could replace (e.g. a pure ViT)."""
 
 
-class ImageSourceError(PPPAuditError):
+class ImageSourceError(PPPAuditError, OSError):
     """An image folder is missing, empty, unreadable, or holds images smaller than the window."""
 
 
-class FeatureError(PPPAuditError):
+class ImageFolderNotFoundError(ImageSourceError, FileNotFoundError):
+    """The image folder given does not exist."""
+
+
+class FeatureError(PPPAuditError, RuntimeError):
     """A tapped layer produced NaN/inf or a shape the measurement cannot use."""
 
     exit_code = 1
 
 
-class ReportFileError(PPPAuditError):
+class ReportFileError(PPPAuditError, OSError):
     """A saved report is missing, unreadable, or cannot be re-rendered where asked."""
 
 
-class HubPushError(PPPAuditError):
+class HubPushError(PPPAuditError, OSError):
     """A push to the Hugging Face Hub failed (offline, auth, server); the report is already saved locally."""
 
     exit_code = 1
@@ -72,7 +110,3 @@ class AuditInterrupted(KeyboardInterrupt):
     def __init__(self, report=None) -> None:
         super().__init__()
         self.report = report
-
-
-class ConfigError(PPPAuditError, ValueError):
-    """A setting has a wrong type or value (an :class:`~ppp_audit.config.AuditConfig` or ``FinetuneConfig`` field)."""

@@ -30,13 +30,13 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .auditor import Auditor, Measurement, Normalise, autocast, config_source, progress_bar
 from .config import BN_MODES, DISTILL_LOSSES, LABEL_SOURCES, AuditConfig, FinetuneConfig
@@ -242,7 +242,7 @@ class TrainLog:
     seconds: float
 
 
-def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: FinetuneConfig, *, info: ModelInfo,
+def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Tensor]], config: FinetuneConfig, *, info: ModelInfo,
              teacher: nn.Module | None = None, device: str | torch.device = "cpu", precision: str = "fp32",
              seed: int = 0, measure: Callable[[int], None] | None = None, progress: bool = False,
              include_pools: bool = False) -> TrainLog:
@@ -323,7 +323,7 @@ def finetune(student: nn.Module, scheme: str, loader: DataLoader, config: Finetu
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, *, info: ModelInfo, device: str | torch.device = "cpu",
+def predict(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, info: ModelInfo, device: str | torch.device = "cpu",
             precision: str = "fp32", scheme: str | None = None, include_pools: bool = False) -> tuple[Tensor, Tensor]:
     """Logits (float32, CPU) and labels of every crop of ``loader``, in eval mode, optionally under ``scheme`` (with
     pools patched too when ``include_pools``)."""
@@ -493,7 +493,8 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
             CropDataset(splits.train, order, window, size, splits.labels_of(splits.train)), ft.batch_size)
         settings = {**ft.settings(), "seed": config.seed, "precision": config.precision,
                     "include_pools": config.include_pools, "train_data": splits.train.describe(),
-                    "heldout_data": splits.heldout.describe(), **({"classes": splits.classes} if splits.classes else {})}
+                    "heldout_data": splits.heldout.describe(),
+                    **({"classes": splits.classes} if splits.classes else {})}
 
         kw = dict(info=info, device=device, precision=config.precision)
         teacher_logits, heldout_labels = predict(model, heldout_loader, **kw)

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .errors import HubPushError, PPPAuditError
+from .hubenv import is_offline
 from .report import NATIVE, REPORT_HTML, REPORT_JSON, Report, format_number, report_file, scheme_label
 
 if TYPE_CHECKING:
@@ -361,13 +362,6 @@ def _endpoint(endpoint: str | None) -> str:
     return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return constants.is_offline_mode() or flag.strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
 def _read_text(api: HfApi, repo_id: str, filename: str, repo_type: str, revision: str, cache: str) -> str | None:
     """A file's text at ``revision``, or ``None`` when the repo has no such file (any other failure raises)."""
     from huggingface_hub.errors import RemoteEntryNotFoundError
@@ -583,7 +577,7 @@ def push_report(
                 "pass --model-repo OWNER/NAME",
             )
     later = _later(folder, repo_id, model_pr, model_repo)
-    if _offline():
+    if is_offline():
         raise HubPushError(f"HF_HUB_OFFLINE is set: nothing was pushed; the report is saved at {folder}",
                            f"when online, run `{later}`")
 

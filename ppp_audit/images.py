@@ -4,6 +4,7 @@ Every source hands out square *windows* of real pixels, size ``S + 2m``, as floa
 takes the centre ``S x S`` crop itself, so the surrounding context is always real image content. Sources: the built-in
 :class:`DeadLeavesSource`, a :class:`FolderSource` (``--images DIR``) and a :class:`HFDatasetSource`
 (``--images hfds/NAME``, optional ``datasets`` extra); :func:`image_source` picks one from what ``--images`` says.
+:func:`image_loader` makes every batch loader (audit windows, fine-tuning crops), with or without worker processes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import functools
 import io
 import math
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +22,10 @@ from typing import IO, Any, Iterator, Protocol, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .config import HFDS_PREFIX, parse_hfds
-from .errors import ImageSourceError
+from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
 
@@ -184,7 +186,8 @@ class FolderSource:
     def __post_init__(self) -> None:
         root = Path(self.root)
         if not root.is_dir():
-            raise ImageSourceError(f"image folder '{root}' does not exist", "pass an existing folder to --images")
+            raise ImageFolderNotFoundError(f"image folder '{root}' does not exist",
+                                           "pass an existing folder to --images")
         files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
             raise ImageSourceError(
@@ -360,6 +363,8 @@ class HFDatasetSource:
                 if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
                     return self._load_from_disk(datasets, local)
                 return datasets.load_dataset(self.name, self.config, split=self.split, cache_dir=self.cache_dir)
+        except PPPAuditError:  # ours already names the dataset (an ImageSourceError is an OSError too)
+            raise
         except ValueError as exc:  # an unknown split or configuration, among others
             raise self._value_error(datasets, exc) from None
         except (OSError, datasets.exceptions.DatasetsError) as exc:  # not found, offline, unreadable files
@@ -532,3 +537,86 @@ class WindowDataset(Dataset):
     def __getitem__(self, position: int) -> tuple[int, Tensor]:
         index = self.indices[position]
         return index, self.source.window(index, self.size)
+
+
+def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 0, pin_memory: bool = False,
+                 ignore_sigint: bool = False) -> ImageLoader:
+    """Batches of ``dataset`` in order, read in this process or by ``workers`` DataLoader worker processes.
+
+    The way every image loader of ppp-audit is made. Whatever the dataset's items are (``(index, window)`` of a
+    :class:`WindowDataset`, ``(crop, label)`` pairs), a :class:`~ppp_audit.errors.PPPAuditError` raised while reading
+    one (an unreadable image, say) reaches the caller as the same error, class, message and hint, with workers as
+    without: a worker hands it over as data instead of letting torch re-raise it as ``type(traceback_text)``.
+
+    Args:
+        dataset: A map-style dataset.
+        batch_size: Items per batch (the last batch may be smaller).
+        workers: DataLoader worker processes; ``0`` reads in this process.
+        pin_memory: Put batches in pinned memory (for fast copies to CUDA).
+        ignore_sigint: Workers ignore Ctrl-C, leaving it to this process (which stops after the current batch).
+    """
+    if workers == 0:
+        return ImageLoader(DataLoader(dataset, batch_size=batch_size, pin_memory=pin_memory), dataset)
+    loader = DataLoader(_ErrorsAsData(dataset), batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
+                        collate_fn=_collate_unless_failed, worker_init_fn=_ignore_sigint if ignore_sigint else None)
+    return ImageLoader(loader, dataset)
+
+
+class ImageLoader:
+    """An iterable of batches that raises a worker's :class:`~ppp_audit.errors.PPPAuditError` as it was raised; made
+    by :func:`image_loader`.
+
+    Attributes:
+        dataset: The dataset the batches come from.
+    """
+
+    def __init__(self, loader: DataLoader, dataset: Dataset) -> None:
+        self._loader = loader
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        """The number of batches."""
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self._loader:
+            if isinstance(batch, _WorkerFailure):
+                raise batch.error
+            yield batch
+
+
+@dataclass(frozen=True)
+class _WorkerFailure:
+    """A ppp-audit error raised in a DataLoader worker, on its way to the main process (it pickles with its fields)."""
+
+    error: PPPAuditError
+
+
+class _ErrorsAsData(Dataset):
+    """``dataset``, with the :class:`PPPAuditError` an item raises returned in its place as a ``_WorkerFailure``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except PPPAuditError as error:
+            return _WorkerFailure(error)
+
+
+def _collate_unless_failed(items: list[Any]) -> Any:
+    """The batch, or the first failure among its items (which the main process raises, as it would have without
+    workers)."""
+    for item in items:
+        if isinstance(item, _WorkerFailure):
+            return item
+    return default_collate(items)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops them after the current batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

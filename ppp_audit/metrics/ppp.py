@@ -240,13 +240,12 @@ class PPPAccumulator:
             energy = centred.square().flatten(-3).mean(-1) - shrink * var_a.mean() / n_eff
             return energy.clamp_min(0.0).sqrt() / mist_a
 
-        mf = mf_strength(mean_a, n)
-        mf_reps = mf_strength(leave_out_means(sum_a), n - counts_g)
-        mf_ci = _ci(mf, mf_reps)
+        mf = float(mf_strength(mean_a, n))
+        mf_ci = _ci(mf, mf_strength(leave_out_means(sum_a), n - counts_g))
 
         stats = LayerStats(
             n=n, stride_px=stride_px, channels=channels, height=height, width=width, strength=None,
-            strength_ci=None, relative_energy=None, mean_feature_strength=float(mf),
+            strength_ci=None, relative_energy=None, mean_feature_strength=mf,
             mean_feature_ci=mf_ci, profile=None,
         )
         if not self.with_reference:
@@ -258,17 +257,17 @@ class PPPAccumulator:
         reps_d = leave_out_means(st["sum_delta"])
         n_reps = (n - counts_g)
 
-        energy = debiased_energy(mean_d, var_d, n)
+        # The strength of each leave-a-group-out replicate, for its jackknife CI.
         rep_energy = reps_d.square().flatten(1).mean(1) - var_d.mean() / n_reps
-        strength = energy.clamp_min(0.0).sqrt() / mist
-        stats.strength = float(strength)
-        stats.strength_ci = _ci(strength, rep_energy.clamp_min(0.0).sqrt() / mist)
+        stats.strength = ppp_strength(mean_d, var_d, var_b, n)
+        stats.strength_ci = _ci(stats.strength, rep_energy.clamp_min(0.0).sqrt() / mist)
+        energy = debiased_energy(mean_d, var_d, n)
         stats.relative_energy = float(energy.clamp_min(0.0).sqrt() / (st["sq_b"].mean() / n).sqrt().clamp_min(1e-300))
 
         # Per-position energy, full and per jackknife replicate, then profiles by ring and side.
         pos_energy = debiased_energy(mean_d, var_d, n, dims=(0,))
         rep_pos = reps_d.square().mean(1) - var_d.mean(0) / n_reps.view(-1, 1, 1)
-        stats.ppp_map = pos_energy.clamp_min(0.0).sqrt().float().tolist()
+        stats.ppp_map = channel_rms_map(mean_d, var_d, n).float().tolist()
         rings, side_distance, side_band = border_rings(height, width)
         stats.profile = _profile(pos_energy, rep_pos, rings, None, stride_px)
         stats.side_profiles = {
@@ -286,10 +285,10 @@ class PPPAccumulator:
         return stats
 
 
-def _ci(estimate: Tensor, replicates: Tensor) -> tuple[float, float]:
-    se = jackknife(replicates, estimate)
+def _ci(estimate: float, replicates: Tensor) -> tuple[float, float]:
+    se = jackknife(replicates, replicates.new_tensor(estimate))
     half = t_quantile_975(replicates.shape[0] - 1) * float(se)
-    return max(float(estimate) - half, 0.0), float(estimate) + half
+    return max(estimate - half, 0.0), estimate + half
 
 
 def _profile(pos_energy: Tensor, rep_pos: Tensor, rings: Tensor, mask: Tensor | None, ring_px: float) -> BorderProfile:

@@ -1,5 +1,6 @@
 """Padding schemes: the registry, the built-ins and the patcher (SPEC §4)."""
 
+from .layers import PAD_MODULES, PaddingKind, padding_kind, same_padding, static_padding
 from .patcher import PatchedSite, PatchSummary, UnpatchedSite, padding, patch_padding
 from .registry import (
     DISABLE_PLUGINS_ENV,
@@ -17,7 +18,9 @@ from .trace import PaddingOp, PaddingRecorder, count_zero_padding, trace_padding
 __all__ = [
     "DISABLE_PLUGINS_ENV",
     "ENTRY_POINT_GROUP",
+    "PAD_MODULES",
     "Pad4",
+    "PaddingKind",
     "PaddingOp",
     "PaddingRecorder",
     "PaddingScheme",
@@ -30,7 +33,10 @@ __all__ = [
     "get_padding",
     "list_paddings",
     "padding",
+    "padding_kind",
     "patch_padding",
     "register_padding",
+    "same_padding",
+    "static_padding",
     "trace_padding",
 ]

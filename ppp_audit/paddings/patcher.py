@@ -1,11 +1,12 @@
 """Apply a padding scheme to any ``nn.Module`` and say exactly what was and was not patched.
 
 Every layer that pads is replaced by "pad with the scheme, then run the layer without padding", with the same pad
-amounts, so output shapes are unchanged. Handled: ``nn.Conv2d`` and subclasses that use ``self.padding`` (incl.
-timm's ``StdConv2d`` / ``ScaledStdConv2d`` / ``CondConv2d``), timm's dynamic-same convs (``Conv2dSame``,
-``StdConv2dSame``, ``ScaledStdConv2dSame``, dynamic ``CondConv2d``), explicit pad modules (``nn.ZeroPad2d``,
-``nn.ConstantPad2d``, ``nn.ReflectionPad2d``, ...) and, with ``include_pools=True``, padded pools (``nn.MaxPool2d``,
-``nn.AvgPool2d``, timm's ``MaxPool2dSame`` / ``AvgPool2dSame``). A scheme with an output hook
+amounts, so output shapes are unchanged. Handled: the layers :func:`~ppp_audit.paddings.layers.padding_kind` names,
+the same ones the uneven-padding check measures: ``nn.Conv2d`` and subclasses that use ``self.padding`` (incl. timm's
+``StdConv2d`` / ``ScaledStdConv2d`` / ``CondConv2d``), timm's dynamic-same convs (``Conv2dSame``,
+``Conv2dSameExport``, ``StdConv2dSame``, ``ScaledStdConv2dSame``, dynamic ``CondConv2d``), explicit pad modules
+(``nn.ZeroPad2d``, ``nn.ConstantPad2d``, ``nn.ReflectionPad2d``, ...) and, with ``include_pools=True``, padded pools
+(``nn.MaxPool2d``, ``nn.AvgPool2d``, timm's ``MaxPool2dSame`` / ``AvgPool2dSame``). A scheme with an output hook
 (:meth:`PaddingScheme.adjust_output`, e.g. ``partial``) sees every patched convolution and average pool's output
 together with its :class:`SiteGeometry`.
 
@@ -21,8 +22,6 @@ module; its price is one forward pass at the example input's size.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import math
 from dataclasses import asdict, dataclass, field
 from types import MethodType
 from typing import Any, Callable, Iterator, Optional
@@ -33,12 +32,10 @@ from torch import Tensor
 from torch.utils._pytree import tree_leaves
 
 from ..errors import PaddingShapeError, PPPAuditError
+from .layers import is_timm_class, padding_kind, same_padding, static_padding, timm_padding_classes
 from .registry import Pad4, PaddingScheme, SiteGeometry, get_padding
 from .schemes import ZerosPadding
 from .trace import PaddingRecorder
-
-_PAD_MODULES = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 
 @dataclass(frozen=True)
@@ -104,69 +101,20 @@ class PatchSummary:
         )
 
 
-def _same_pad4(height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int],
-               dilation: tuple[int, int]) -> Pad4:
-    """TF 'SAME' padding as timm's ``pad_same`` computes it (extra pixel right/bottom)."""
-    def total(size: int, k: int, s: int, d: int) -> int:
-        return max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
-
-    pad_h = total(height, kernel[0], stride[0], dilation[0])
-    pad_w = total(width, kernel[1], stride[1], dilation[1])
-    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
-
-
-def _static_pad4(layer: nn.Module) -> Pad4:
-    padding = layer.padding
-    if isinstance(padding, str):  # nn.Conv2d(padding="same"): stride 1, PyTorch puts the odd pixel right/bottom
-        if padding == "valid":
-            return 0, 0, 0, 0
-        (kh, kw), (dh, dw) = layer.kernel_size, layer.dilation
-        th, tw = dh * (kh - 1), dw * (kw - 1)
-        return tw // 2, tw - tw // 2, th // 2, th - th // 2
-    ph, pw = _pair(padding)
-    return pw, pw, ph, ph
-
-
-def _timm_classes() -> dict[str, type]:
-    """timm's padding-aware classes, looked up lazily so the patcher works on plain PyTorch models too."""
-    try:  # import the modules by path: timm.layers re-exports functions under the same names
-        conv2d_same = importlib.import_module("timm.layers.conv2d_same")
-        cond_conv2d = importlib.import_module("timm.layers.cond_conv2d")
-        std_conv = importlib.import_module("timm.layers.std_conv")
-        pool2d_same = importlib.import_module("timm.layers.pool2d_same")
-    except ImportError:  # pragma: no cover - timm is a hard dependency, but the patcher does not need it
-        return {}
-    return {
-        "Conv2dSame": conv2d_same.Conv2dSame,
-        "Conv2dSameExport": conv2d_same.Conv2dSameExport,
-        "StdConv2d": std_conv.StdConv2d,
-        "StdConv2dSame": std_conv.StdConv2dSame,
-        "ScaledStdConv2d": std_conv.ScaledStdConv2d,
-        "ScaledStdConv2dSame": std_conv.ScaledStdConv2dSame,
-        "CondConv2d": cond_conv2d.CondConv2d,
-        "MaxPool2dSame": pool2d_same.MaxPool2dSame,
-        "AvgPool2dSame": pool2d_same.AvgPool2dSame,
-    }
-
-
-def _shape_error(message: str, hint: str, layer: str) -> PaddingShapeError:
-    error = PaddingShapeError(message, hint)
-    error.layer = layer
-    return error
-
-
 def _checked_pad(scheme: PaddingScheme, x: Tensor, pad: Pad4, site: str) -> Tensor:
     try:
         padded = scheme.pad(x, pad)
+    except PPPAuditError:  # a scheme's own error (e.g. a PaddingShapeError it raises) already says what is wrong
+        raise
     except (RuntimeError, ValueError, NotImplementedError) as exc:
-        raise _shape_error(
+        raise PaddingShapeError(
             f"padding scheme '{scheme.name}' cannot pad the {tuple(x.shape[-2:])} input of layer '{site}' by "
             f"{pad} (left, right, top, bottom): {str(exc).splitlines()[0]}",
             "use a larger --input-size or another scheme", site,
         ) from exc
     expected = (x.shape[-2] + pad[2] + pad[3], x.shape[-1] + pad[0] + pad[1])
     if scheme.keeps_shape and tuple(padded.shape[-2:]) != expected:
-        raise _shape_error(
+        raise PaddingShapeError(
             f"padding scheme '{scheme.name}' returned a {tuple(padded.shape[-2:])} map for layer '{site}' instead of "
             f"{expected} (input {tuple(x.shape[-2:])} padded by {pad})",
             "fix the scheme's pad(), or set keeps_shape = False on it if it shrinks maps on purpose", site,
@@ -209,19 +157,21 @@ class _Patcher:
         self.scheme = scheme
         self.include_pools = include_pools
         self.summary = PatchSummary(scheme=scheme.name)
-        self.timm = _timm_classes()
 
     def run(self) -> PatchSummary:
+        bypassed: set[str] = set()
         try:
             for name, module in self.model.named_modules():
+                if name in bypassed:
+                    continue
                 self.visit(name or "<root>", module)
+                if is_timm_class(module, "Conv2dSameExport") and isinstance(module.pad, nn.Module):
+                    # The patched forward pads by itself: the ZeroPad2d that an earlier forward cached no longer runs.
+                    bypassed.add(f"{name}.pad" if name else "pad")
         except BaseException:
             self.summary.restore()
             raise
         return self.summary
-
-    def _is(self, module: nn.Module, *names: str) -> bool:
-        return any(n in self.timm and type(module) is self.timm[n] for n in names)
 
     def visit(self, name: str, module: nn.Module) -> None:
         earlier = getattr(vars(module).get("forward"), "__func__", None)
@@ -230,21 +180,21 @@ class _Patcher:
                 f"layer '{name}' is already patched with scheme '{getattr(earlier, _PATCH_MARK)}'",
                 "restore() the earlier PatchSummary (or leave its `with padding(...)` block) before patching again",
             )
-        if self._is(module, "Conv2dSame"):
-            self.patch_conv(name, module, same=True, base=nn.Conv2d.forward)
-        elif self._is(module, "StdConv2dSame", "ScaledStdConv2dSame") and module.same_pad:
-            self.patch_conv(name, module, same=True, disable=lambda m: _set_attrs(m, same_pad=False))
-        elif self._is(module, "CondConv2d") and module.dynamic_padding:
-            self.patch_conv(name, module, same=True, disable=lambda m: _set_attrs(m, dynamic_padding=False))
-        elif self._is(module, "Conv2dSameExport"):
-            self.skip(name, module, "pads through its own ZeroPad2d child, which is patched instead", "none")
-        elif isinstance(module, nn.Conv2d) or self._is(module, "CondConv2d"):
+        kind = padding_kind(module)
+        if kind == "conv_same":
+            if is_timm_class(module, "Conv2dSame", "Conv2dSameExport"):  # their own padding attribute is 0
+                self.patch_conv(name, module, same=True, base=nn.Conv2d.forward)
+            elif is_timm_class(module, "CondConv2d"):
+                self.patch_conv(name, module, same=True, disable=lambda m: _set_attrs(m, dynamic_padding=False))
+            else:  # StdConv2dSame, ScaledStdConv2dSame
+                self.patch_conv(name, module, same=True, disable=lambda m: _set_attrs(m, same_pad=False))
+        elif kind == "conv":
             self.patch_conv(name, module, same=False)
-        elif isinstance(module, _PAD_MODULES):
+        elif kind == "pad_module":
             self.patch_pad_module(name, module)
-        elif self._is(module, "MaxPool2dSame", "AvgPool2dSame"):
+        elif kind == "pool_same":
             self.patch_pool(name, module, same=True)
-        elif isinstance(module, _POOLS) and _pool_pads(module):
+        elif kind == "pool" and _pads(module.padding):
             self.patch_pool(name, module, same=False)
         elif isinstance(module, (nn.Conv1d, nn.Conv3d)) and _pads(module.padding):
             self.skip(name, module, f"{type(module).__name__} padding is not handled (only 2-D maps are measured)",
@@ -258,9 +208,9 @@ class _Patcher:
         kernel, stride, dilation = _pair(conv.kernel_size), _pair(conv.stride), _pair(conv.dilation)
         if same:
             kind, native = "conv_same", "zeros (tf-same)"
-            amounts = lambda x: _same_pad4(x.shape[-2], x.shape[-1], kernel, stride, dilation)  # noqa: E731
+            amounts = lambda x: same_padding(x.shape[-2], x.shape[-1], kernel, stride, dilation)  # noqa: E731
         else:
-            pad4 = _static_pad4(conv)
+            pad4 = static_padding(conv)
             if not any(pad4):
                 return
             kind, native = "conv", getattr(conv, "padding_mode", "zeros")
@@ -273,7 +223,7 @@ class _Patcher:
                 return
             amounts = lambda x: pad4  # noqa: E731
             disable = _disable_static_conv_padding
-        bias = _cond_conv_bias if self._is(conv, "CondConv2d") else _module_bias
+        bias = _cond_conv_bias if is_timm_class(conv, "CondConv2d") else _module_bias
         self._wrap_forward(name, conv, base or type(conv).forward, amounts, _Linear(kernel, stride, dilation, bias),
                            disable)
         self.summary.patched.append(PatchedSite(name, type(conv).__name__, kind, native))
@@ -281,7 +231,8 @@ class _Patcher:
     def _padding_attr_forwards(self) -> tuple[Callable, ...]:
         """Forwards known to pass ``self.padding`` to ``F.conv2d`` (so setting it to 0 disables their padding)."""
         names = ("StdConv2d", "StdConv2dSame", "ScaledStdConv2d", "ScaledStdConv2dSame", "CondConv2d")
-        return tuple(self.timm[n].forward for n in names if n in self.timm)
+        classes = timm_padding_classes()
+        return tuple(classes[n].forward for n in names if n in classes)
 
     def patch_pad_module(self, name: str, pad_module: nn.Module) -> None:
         pad4 = tuple(pad_module.padding)
@@ -328,10 +279,10 @@ class _Patcher:
         stride = _pair(pool.stride or pool.kernel_size)
         dilation = _pair(pool.dilation) if is_max else (1, 1)
         if same:
-            amounts = lambda x: _same_pad4(x.shape[-2], x.shape[-1], kernel, stride, dilation)  # noqa: E731
+            amounts = lambda x: same_padding(x.shape[-2], x.shape[-1], kernel, stride, dilation)  # noqa: E731
             base, disable = (nn.MaxPool2d.forward if is_max else nn.AvgPool2d.forward), None
         else:
-            pad4 = _static_pad4(pool)
+            pad4 = static_padding(pool)
             amounts = lambda x: pad4  # noqa: E731
             base, disable = type(pool).forward, lambda m: _set_attrs(m, padding=0)
         linear = None if is_max else _Linear(kernel, stride, dilation, _no_bias)
@@ -371,10 +322,6 @@ def _disable_static_conv_padding(conv: nn.Module) -> Callable[[], None]:
     if getattr(conv, "_reversed_padding_repeated_twice", None) is not None:
         values["_reversed_padding_repeated_twice"] = [0, 0, 0, 0]
     return _set_attrs(conv, **values)
-
-
-def _pool_pads(pool: nn.Module) -> bool:
-    return _pads(pool.padding)
 
 
 def _pads(padding: Any) -> bool:
@@ -454,7 +401,7 @@ def _probe(model: nn.Module, summary: PatchSummary, scheme: PaddingScheme, x: Te
         layer = recorder.failed_in or "<root>"
         modules = dict(model.named_modules())
         kind = type(modules.get(layer, model)).__name__
-        raise _shape_error(
+        raise PaddingShapeError(
             f"padding scheme '{scheme.name}' breaks the forward pass of {type(model).__name__} at layer '{layer}' "
             f"({kind}) for a {tuple(x.shape[-2:])} input: {str(exc).strip().splitlines()[0]}",
             "this architecture needs the padding it has; use a scheme that keeps map sizes"
@@ -462,7 +409,7 @@ def _probe(model: nn.Module, summary: PatchSummary, scheme: PaddingScheme, x: Te
         ) from exc
     if reference is not None and _shapes(output) != reference:
         first = summary.patched[0].name if summary.patched else "<root>"
-        raise _shape_error(
+        raise PaddingShapeError(
             f"padding scheme '{scheme.name}' changes the output shapes of {type(model).__name__} from {reference} to "
             f"{_shapes(output)} (maps start to shrink at layer '{first}')",
             "use a scheme that keeps map sizes, or a model that pools globally", first,

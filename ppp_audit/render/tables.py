@@ -189,8 +189,9 @@ def render_baselines(report: Report) -> list["Table"]:
 
     if posenet:
         first = next(iter(posenet.values()))
-        table = Table(title=f"PosENet probe · grid {first['grid']} · {first['num_train']} train / {first['num_test']} "
-                      f"held-out images · {first['steps']} steps", title_justify="left")
+        title = (f"PosENet probe · grid {first['grid']} · {first['num_train']} train / {first['num_test']} held-out "
+                 f"images · {first['steps']} steps")
+        table = Table(title=title, title_justify="left")
         table.add_column("padding")
         table.add_column("input")
         targets = first["targets"]

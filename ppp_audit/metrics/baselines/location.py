@@ -149,22 +149,22 @@ class LocationConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from ...errors import PPPAuditError
+        from ...errors import ConfigError
 
         borders = (self.borders,) if isinstance(self.borders, int) else self.borders
         self.borders = tuple(sorted({int(b) for b in borders}))
         if not self.borders or self.borders[0] < 0:
-            raise PPPAuditError(f"fconv.borders must be non-negative pixel widths (got {self.borders})",
-                                "e.g. fconv.borders=0,16,32,64,128")
+            raise ConfigError(f"fconv.borders must be non-negative pixel widths (got {self.borders})",
+                              "e.g. fconv.borders=0,16,32,64,128")
         if self.num_train < 2 or self.num_test < 2:
-            raise PPPAuditError("fconv.num_train and fconv.num_test must be at least 2", "e.g. fconv.num_test=32")
+            raise ConfigError("fconv.num_train and fconv.num_test must be at least 2", "e.g. fconv.num_test=32")
         if not 0 < self.alpha < 1:
-            raise PPPAuditError(f"fconv.alpha must be in (0, 1) (got {self.alpha})", "e.g. fconv.alpha=0.01")
+            raise ConfigError(f"fconv.alpha must be in (0, 1) (got {self.alpha})", "e.g. fconv.alpha=0.01")
         if self.content is not None and self.content < 1:
-            raise PPPAuditError(f"fconv.content must be positive (got {self.content})", "leave it out for the default")
+            raise ConfigError(f"fconv.content must be positive (got {self.content})", "leave it out for the default")
         if self.l2 < 0 or self.batch_size < 1 or self.resolution < 0:
-            raise PPPAuditError("fconv.l2 and fconv.resolution must be >= 0 and fconv.batch_size >= 1",
-                                "use the defaults")
+            raise ConfigError("fconv.l2 and fconv.resolution must be >= 0 and fconv.batch_size >= 1",
+                              "use the defaults")
 
 
 @dataclass

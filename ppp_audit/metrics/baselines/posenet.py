@@ -209,19 +209,19 @@ class PosENetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from ...errors import PPPAuditError
+        from ...errors import ConfigError
 
         minimum = {"num_train": 2, "num_test": 2, "steps": 1, "batch_size": 1, "num_noise": 1}
         for key, low in minimum.items():
             if getattr(self, key) < low:
                 default = next(f.default for f in fields(self) if f.name == key)
-                raise PPPAuditError(f"posenet.{key} must be at least {low} (got {getattr(self, key)})",
-                                    f"e.g. posenet.{key}={default}")
+                raise ConfigError(f"posenet.{key} must be at least {low} (got {getattr(self, key)})",
+                                  f"e.g. posenet.{key}={default}")
         if self.lr <= 0:
-            raise PPPAuditError(f"posenet.lr must be positive (got {self.lr})", "e.g. posenet.lr=0.01")
+            raise ConfigError(f"posenet.lr must be positive (got {self.lr})", "e.g. posenet.lr=0.01")
         if self.grid is not None and self.grid < 4:
-            raise PPPAuditError(f"posenet.grid must be at least 4 (got {self.grid})",
-                                "leave it out for max(8, input_size // 16)")
+            raise ConfigError(f"posenet.grid must be at least 4 (got {self.grid})",
+                              "leave it out for max(8, input_size // 16)")
 
 
 @dataclass

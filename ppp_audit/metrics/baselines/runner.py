@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ...errors import PPPAuditError
+from ...errors import ConfigError, ImageSourceError
 from .location import LocationConfig, location_test
 from .posenet import PosENetConfig, posenet_probe
 from .uneven import uneven_padding_check
@@ -37,12 +37,12 @@ def validate_baselines(names: Iterable[str], options: dict[str, dict[str, Any]] 
     names = list(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
-        raise PPPAuditError(f"unknown baseline {', '.join(repr(n) for n in unknown)}",
-                            f"choose from {', '.join(BASELINES)} (e.g. --baselines posenet,fconv,uneven)")
+        raise ConfigError(f"unknown baseline {', '.join(repr(n) for n in unknown)}",
+                          f"choose from {', '.join(BASELINES)} (e.g. --baselines posenet,fconv,uneven)")
     for name, values in (options or {}).items():
         if name not in names:
-            raise PPPAuditError(f"options given for baseline '{name}', which is not requested",
-                                f"add it to --baselines, or drop the {name}.* options")
+            raise ConfigError(f"options given for baseline '{name}', which is not requested",
+                              f"add it to --baselines, or drop the {name}.* options")
         baseline_config(name, values)
     return names
 
@@ -51,14 +51,14 @@ def baseline_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """The validated config dataclass of baseline ``name`` with ``options`` applied."""
     if name not in _CONFIGS:
         if options:
-            raise PPPAuditError(f"baseline '{name}' takes no options", "drop the options")
+            raise ConfigError(f"baseline '{name}' takes no options", "drop the options")
         return None
     cls = _CONFIGS[name]
     known = {f.name for f in dataclasses.fields(cls)}
     extra = sorted(set(options or {}) - known)
     if extra:
-        raise PPPAuditError(f"unknown option {', '.join(f'{name}.{k}' for k in extra)}",
-                            f"{name} takes {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown option {', '.join(f'{name}.{k}' for k in extra)}",
+                          f"{name} takes {', '.join(sorted(known))}")
     return cls(**(options or {}))
 
 
@@ -72,12 +72,12 @@ def parse_baseline_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         name, dot, option = key.strip().partition(".")
         if not sep or not dot or not option:
-            raise PPPAuditError(f"baseline option '{item}' is not NAME.FIELD=VALUE", "e.g. posenet.steps=500")
+            raise ConfigError(f"baseline option '{item}' is not NAME.FIELD=VALUE", "e.g. posenet.steps=500")
         if name not in _CONFIGS:
-            raise PPPAuditError(f"baseline '{name}' takes no options", f"options exist for {', '.join(_CONFIGS)}")
+            raise ConfigError(f"baseline '{name}' takes no options", f"options exist for {', '.join(_CONFIGS)}")
         types = {f.name: str(f.type) for f in dataclasses.fields(_CONFIGS[name])}
         if option not in types:
-            raise PPPAuditError(f"unknown option '{name}.{option}'", f"{name} takes {', '.join(sorted(types))}")
+            raise ConfigError(f"unknown option '{name}.{option}'", f"{name} takes {', '.join(sorted(types))}")
         options.setdefault(name, {})[option] = _convert(value.strip(), types[option], f"{name}.{option}")
     return options
 
@@ -93,8 +93,8 @@ def _convert(value: str, annotation: str, key: str) -> Any:
         if annotation.startswith("float"):
             return float(value)
     except ValueError:
-        raise PPPAuditError(f"cannot read '{value}' for {key} (type {annotation})",
-                            f"give {key}=<{annotation}>") from None
+        raise ConfigError(f"cannot read '{value}' for {key} (type {annotation})",
+                          f"give {key}=<{annotation}>") from None
     return value
 
 
@@ -132,8 +132,8 @@ class ImageBank:
             num_test = max(2, round(limit * num_test / (num_train + num_test)))
             num_train = limit - num_test
             if num_train < 2:
-                raise PPPAuditError(f"the {who} baseline needs at least 4 images; the source has {limit}",
-                                    "add images to the folder, or drop the baseline")
+                raise ImageSourceError(f"the {who} baseline needs at least 4 images; the source has {limit}",
+                                       "add images to the folder, or drop the baseline")
         images = self(num_train + num_test)
         return images[:num_train], images[num_train:]
 

@@ -23,10 +23,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ...paddings.patcher import _PAD_MODULES, _same_pad4, _static_pad4, _timm_classes
+from ...paddings.layers import padding_kind, same_padding, static_padding
 from ...paddings.registry import Pad4
-
-_SAME_POOLS = ("MaxPool2dSame", "AvgPool2dSame")
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -96,39 +94,20 @@ class _ShapeTrace:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.timm = _timm_classes()
         self.layers: list[LayerGeometry] = []
         self.padded: dict[int, tuple[Tensor, Pad4]] = {}  # id(pad module output) -> (output, its pad)
         self.pending: dict[int, tuple[tuple[int, int], Pad4]] = {}
 
-    def _is(self, module: nn.Module, *names: str) -> bool:
-        return any(n in self.timm and type(module) is self.timm[n] for n in names)
-
-    def kind(self, module: nn.Module) -> str | None:
-        if self._is(module, "Conv2dSame", "Conv2dSameExport"):
-            return "conv_same"
-        if self._is(module, "StdConv2dSame", "ScaledStdConv2dSame"):
-            return "conv_same" if module.same_pad else "conv"
-        if self._is(module, "CondConv2d"):
-            return "conv_same" if module.dynamic_padding else "conv"
-        if type(module).__name__ in _SAME_POOLS:
-            return "pool_same"
-        if isinstance(module, nn.Conv2d):
-            return "conv"
-        if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-            return "pool"
-        return None
-
     def attach(self) -> list:
         handles = []
         for name, module in self.model.named_modules():
-            kind = self.kind(module)
-            if kind is not None:
+            kind = padding_kind(module)
+            if kind == "pad_module":
+                handles.append(module.register_forward_hook(lambda m, args, out: self.pad(m, args, out)))
+            elif kind is not None:
                 handles.append(module.register_forward_pre_hook(lambda m, args, k=kind: self.pre(k, m, args)))
                 handles.append(module.register_forward_hook(
                     lambda m, args, out, n=name, k=kind: self.post(n, k, m, out)))
-            elif isinstance(module, _PAD_MODULES):
-                handles.append(module.register_forward_hook(lambda m, args, out: self.pad(m, args, out)))
         return handles
 
     def pad(self, module: nn.Module, args: tuple, out: Tensor) -> None:
@@ -143,12 +122,9 @@ class _ShapeTrace:
         kernel, stride = _pair(module.kernel_size), _pair(module.stride or module.kernel_size)
         dilation = _pair(getattr(module, "dilation", 1))
         if kind.endswith("_same"):
-            declared = _same_pad4(height, width, kernel, stride, dilation)
-        elif kind == "conv":
-            declared = _static_pad4(module)
+            declared = same_padding(height, width, kernel, stride, dilation)
         else:
-            ph, pw = _pair(module.padding)
-            declared = (pw, pw, ph, ph)
+            declared = static_padding(module)
         explicit = self.padded.get(id(x))
         if explicit is not None and explicit[0] is x:
             left, right, top, bottom = explicit[1]
