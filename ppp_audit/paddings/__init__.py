@@ -1,9 +1,11 @@
 """Padding schemes: the registry, the built-ins and the patcher (SPEC §4)."""
 
+from . import schemes  # noqa: F401  (registers the built-in schemes)
 from .patcher import PatchedSite, PatchSummary, UnpatchedSite, padding, patch_padding
 from .registry import (
     DISABLE_PLUGINS_ENV,
     ENTRY_POINT_GROUP,
+    PADDINGS,
     Pad4,
     PaddingScheme,
     SchemeInfo,
@@ -17,6 +19,7 @@ from .trace import PaddingOp, PaddingRecorder, count_zero_padding, trace_padding
 __all__ = [
     "DISABLE_PLUGINS_ENV",
     "ENTRY_POINT_GROUP",
+    "PADDINGS",
     "Pad4",
     "PaddingOp",
     "PaddingRecorder",
