@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..registry import Registry
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -101,17 +103,12 @@ class FigureFile:
 
 
 FigureFactory = Callable[["Report"], list[FigureSpec]]
-FIGURES: dict[str, FigureFactory] = {}
+FIGURES: Registry[FigureFactory] = Registry("figure")
 
 
 def register_figure(name: str) -> Callable[[FigureFactory], FigureFactory]:
     """Register a figure factory ``report -> list[FigureSpec]`` under ``name`` (later names replace earlier)."""
-
-    def decorator(factory: FigureFactory) -> FigureFactory:
-        FIGURES[name] = factory
-        return factory
-
-    return decorator
+    return FIGURES.register(name)
 
 
 def figure_specs(report: "Report") -> list[FigureSpec]:

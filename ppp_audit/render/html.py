@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..registry import Registry
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -82,7 +84,7 @@ class Section:
     render: SectionRenderer
 
 
-SECTIONS: dict[str, Section] = {}
+SECTIONS: Registry[Section] = Registry("HTML section")
 
 
 def register_section(name: str, title: str, order: int = 100,
@@ -90,7 +92,7 @@ def register_section(name: str, title: str, order: int = 100,
     """Register a page section; ``order`` sorts sections, ``fields`` are the report keys it presents."""
 
     def decorator(render: SectionRenderer) -> SectionRenderer:
-        SECTIONS[name] = Section(name=name, title=title, order=order, fields=tuple(fields), render=render)
+        SECTIONS.add(name, Section(name=name, title=title, order=order, fields=tuple(fields), render=render))
         return render
 
     return decorator
