@@ -2,9 +2,9 @@
 
 A :class:`Registry` maps names to objects. Code registers with a decorator, as timm's ``register_model``::
 
-    BASELINES = Registry("baseline", entry_point_group="ppp_audit.baselines", metadata={"per_scheme": True})
+    RUNNERS = Registry("baseline", entry_point_group="ppp_audit.baselines", metadata={"per_scheme": True})
 
-    @BASELINES.register("uneven", per_scheme=False)
+    @RUNNERS.register("uneven", per_scheme=False)
     def run_uneven(...): ...
 
 Installed distributions register through the registry's entry-point group; those are discovered on first lookup, not
