@@ -1,10 +1,12 @@
 """Padding schemes: the registry, the built-ins and the patcher (SPEC §4)."""
 
 from .layers import PAD_MODULES, PaddingKind, padding_kind, same_padding, static_padding
+from . import schemes  # noqa: F401  (registers the built-in schemes)
 from .patcher import PatchedSite, PatchSummary, UnpatchedSite, padding, patch_padding
 from .registry import (
     DISABLE_PLUGINS_ENV,
     ENTRY_POINT_GROUP,
+    PADDINGS,
     Pad4,
     PaddingScheme,
     SchemeInfo,
@@ -19,6 +21,7 @@ __all__ = [
     "DISABLE_PLUGINS_ENV",
     "ENTRY_POINT_GROUP",
     "PAD_MODULES",
+    "PADDINGS",
     "Pad4",
     "PaddingKind",
     "PaddingOp",

@@ -1,24 +1,20 @@
 """The padding-scheme registry.
 
-Schemes are discovered through the entry-point group ``ppp_audit.paddings`` (the built-ins are registered that way in
-ppp-audit's own ``pyproject.toml``) and can also be registered at run time with :func:`register_padding`.
+The built-ins register in code with :func:`register_padding` (in :mod:`.schemes`); installed distributions register
+through the entry-point group ``ppp_audit.paddings``, discovered on first lookup.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Callable, ClassVar, NamedTuple, Optional
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 from torch import Tensor
 
 from ..errors import UnknownPaddingError
+from ..registry import DISABLE_PLUGINS_ENV, Registry
 
 ENTRY_POINT_GROUP = "ppp_audit.paddings"
-DISABLE_PLUGINS_ENV = "PPP_AUDIT_DISABLE_PLUGINS"
-OWN_DISTRIBUTION = "ppp-audit"
 
 Pad4 = tuple[int, int, int, int]
 """Padding amounts in ``F.pad`` order for the last two dims: (left, right, top, bottom)."""
@@ -91,63 +87,36 @@ class SchemeInfo:
     distribution: str
 
 
-_RUNTIME: dict[str, tuple[Callable[[], PaddingScheme], str]] = {}
-_DISCOVERED: dict[str, tuple[Callable[[], PaddingScheme], str]] | None = None
+def _check_factory(obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"{obj!r} is not a class or factory")
+
+
+PADDINGS: Registry[Callable[[], PaddingScheme]] = Registry(
+    "padding scheme", error=UnknownPaddingError, entry_point_group=ENTRY_POINT_GROUP, plugin_noun="padding plugin",
+    hint="available: {available}; `ppp-audit paddings` lists them with descriptions", check=_check_factory,
+    sort_names=True)
+"""Scheme name -> class or zero-argument factory."""
 
 
 def register_padding(cls: type[PaddingScheme]) -> type[PaddingScheme]:
-    """Class decorator that registers a scheme in this process (tests, notebooks, scripts).
+    """Class decorator that registers a scheme under its ``name``.
 
-    Distributions should register through the ``ppp_audit.paddings`` entry-point group instead.
+    ppp-audit's built-ins use it; so can tests, notebooks and scripts (this process only). Distributions register
+    through the ``ppp_audit.paddings`` entry-point group instead.
     """
     if not cls.name:
         raise ValueError(f"{cls.__name__} must set a non-empty class attribute `name`")
-    _RUNTIME[cls.name] = (cls, "(registered at run time)")
-    return cls
-
-
-def _plugins_disabled() -> bool:
-    return os.environ.get(DISABLE_PLUGINS_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _discover() -> dict[str, tuple[Callable[[], PaddingScheme], str]]:
-    global _DISCOVERED
-    if _DISCOVERED is not None:
-        return _DISCOVERED
-    found: dict[str, tuple[Callable[[], PaddingScheme], str]] = {}
-    skip_third_party = _plugins_disabled()
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        if skip_third_party and dist != OWN_DISTRIBUTION:
-            continue
-        try:
-            factory = ep.load()
-            if not callable(factory):
-                raise TypeError(f"entry point {ep.value!r} is not a class or factory")
-        except Exception as exc:  # a broken plugin must never take the tool down
-            warnings.warn(
-                f"padding plugin '{ep.name}' from distribution '{dist}' failed to load and is skipped: {exc!r} "
-                f"(set {DISABLE_PLUGINS_ENV}=1 to skip third-party plugins)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            continue
-        found[ep.name] = (factory, dist)
-    _DISCOVERED = found
-    return found
-
-
-def _all() -> dict[str, tuple[Callable[[], PaddingScheme], str]]:
-    return {**_discover(), **_RUNTIME}
+    return PADDINGS.add(cls.name, cls)
 
 
 def list_paddings() -> list[SchemeInfo]:
     """All registered schemes, sorted by name."""
     infos = []
-    for name, (factory, dist) in sorted(_all().items()):
-        doc_lines = (factory.__doc__ or "").strip().splitlines()
-        description = getattr(factory, "description", "") or (doc_lines[0] if doc_lines else "")
-        infos.append(SchemeInfo(name=name, description=description, distribution=dist))
+    for entry in PADDINGS.entries():
+        doc_lines = (entry.obj.__doc__ or "").strip().splitlines()
+        description = getattr(entry.obj, "description", "") or (doc_lines[0] if doc_lines else "")
+        infos.append(SchemeInfo(name=entry.name, description=description, distribution=entry.distribution))
     return infos
 
 
@@ -155,20 +124,13 @@ def get_padding(scheme: str | PaddingScheme) -> PaddingScheme:
     """Resolve a scheme name (or pass an instance through)."""
     if isinstance(scheme, PaddingScheme):
         return scheme
-    registry = _all()
-    if scheme not in registry:
-        import difflib
-
-        available = ", ".join(sorted(registry)) or "none (is ppp-audit installed? run `pip install -e .`)"
-        close = difflib.get_close_matches(scheme, list(registry), n=1)
-        raise UnknownPaddingError(
-            f"unknown padding scheme '{scheme}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
-            f"available: {available}; `ppp-audit paddings` lists them with descriptions",
-        )
-    factory, dist = registry[scheme]
+    entry = PADDINGS.entry(scheme)
+    dist = entry.distribution
     try:
-        instance = factory()
-    except Exception as exc:  # a third-party factory that fails must not take the tool down with a traceback
+        instance = entry.obj()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a third-party factory that fails (even by sys.exit()) must not take the tool down
         raise UnknownPaddingError(
             f"padding plugin '{scheme}' from distribution '{dist}' failed to create its scheme: {exc!r}",
             f"fix or uninstall '{dist}', or set {DISABLE_PLUGINS_ENV}=1 to skip third-party plugins",
@@ -184,13 +146,13 @@ def get_padding(scheme: str | PaddingScheme) -> PaddingScheme:
 
 def _reset_discovery() -> None:
     """Forget discovered entry points (for tests that install plugins or toggle the env var)."""
-    global _DISCOVERED
-    _DISCOVERED = None
+    PADDINGS.reset_discovery()
 
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "DISABLE_PLUGINS_ENV",
+    "PADDINGS",
     "Pad4",
     "PaddingScheme",
     "SchemeInfo",

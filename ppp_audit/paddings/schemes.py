@@ -1,4 +1,4 @@
-"""Built-in padding schemes (registered through the ``ppp_audit.paddings`` entry-point group).
+"""Built-in padding schemes, registered in code with :func:`~.registry.register_padding`.
 
 Each docstring says what the scheme pads with. ``partial`` also re-weights the output of the layer it pads for (through
 :meth:`PaddingScheme.adjust_output`); ``valid`` pads nothing and only suits networks that tolerate smaller maps.
@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .registry import Pad4, PaddingScheme, SiteGeometry
+from .registry import Pad4, PaddingScheme, SiteGeometry, register_padding
 
 
+@register_padding
 class ZerosPadding(PaddingScheme):
     """Pads with zeros: PyTorch's and timm's default."""
 
@@ -25,6 +26,7 @@ class ZerosPadding(PaddingScheme):
         return F.pad(x, pad, mode="constant", value=0.0)
 
 
+@register_padding
 class ReflectPadding(PaddingScheme):
     """Mirrors the map at its border without repeating the edge pixel."""
 
@@ -35,6 +37,7 @@ class ReflectPadding(PaddingScheme):
         return F.pad(x, pad, mode="reflect")
 
 
+@register_padding
 class ReplicatePadding(PaddingScheme):
     """Repeats the edge pixel outwards."""
 
@@ -45,6 +48,7 @@ class ReplicatePadding(PaddingScheme):
         return F.pad(x, pad, mode="replicate")
 
 
+@register_padding
 class CircularPadding(PaddingScheme):
     """Wraps the map around (torus), so the opposite border fills the padding."""
 
@@ -55,6 +59,7 @@ class CircularPadding(PaddingScheme):
         return F.pad(x, pad, mode="circular")
 
 
+@register_padding
 class PartialPadding(PaddingScheme):
     """Partial-convolution-based padding (Liu et al. 2018, arXiv 1811.11718).
 
@@ -119,6 +124,7 @@ def _border_mask(x: Tensor, pad: Pad4) -> Tensor:
     return F.pad(inner, pad, mode="constant", value=1.0).bool()
 
 
+@register_padding
 class MeanPadding(PaddingScheme):
     """Pads each channel with that channel's mean over the map (per image).
 
@@ -134,6 +140,7 @@ class MeanPadding(PaddingScheme):
         return torch.where(_border_mask(x, pad), fill, F.pad(x, pad, mode="replicate"))
 
 
+@register_padding
 class RandomPadding(PaddingScheme):
     """Pads with fresh Gaussian noise on every call, matching each channel's mean and std over the map (per image).
 
@@ -152,6 +159,7 @@ class RandomPadding(PaddingScheme):
         return torch.where(_border_mask(x, pad), noise, padded)
 
 
+@register_padding
 class ValidPadding(PaddingScheme):
     """No padding at all ("valid" convolutions): every layer that padded now shrinks its map.
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..report import format_number
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -102,17 +103,12 @@ class FigureFile:
 
 
 FigureFactory = Callable[["Report"], list[FigureSpec]]
-FIGURES: dict[str, FigureFactory] = {}
+FIGURES: Registry[FigureFactory] = Registry("figure")
 
 
 def register_figure(name: str) -> Callable[[FigureFactory], FigureFactory]:
     """Register a figure factory ``report -> list[FigureSpec]`` under ``name`` (later names replace earlier)."""
-
-    def decorator(factory: FigureFactory) -> FigureFactory:
-        FIGURES[name] = factory
-        return factory
-
-    return decorator
+    return FIGURES.register(name)
 
 
 def figure_specs(report: "Report") -> list[FigureSpec]:

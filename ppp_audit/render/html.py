@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..report import REPORT_HTML, REPORT_JSON, format_number
 from .tables import render_curve_table, render_finetune_table, render_table
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -80,7 +81,7 @@ class Section:
     render: SectionRenderer
 
 
-SECTIONS: dict[str, Section] = {}
+SECTIONS: Registry[Section] = Registry("HTML section")
 
 
 def register_section(name: str, title: str, order: int = 100,
@@ -88,7 +89,7 @@ def register_section(name: str, title: str, order: int = 100,
     """Register a page section; ``order`` sorts sections, ``fields`` are the report keys it presents."""
 
     def decorator(render: SectionRenderer) -> SectionRenderer:
-        SECTIONS[name] = Section(name=name, title=title, order=order, fields=tuple(fields), render=render)
+        SECTIONS.add(name, Section(name=name, title=title, order=order, fields=tuple(fields), render=render))
         return render
 
     return decorator

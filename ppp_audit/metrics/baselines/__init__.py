@@ -7,9 +7,13 @@
 * ``uneven`` — static uneven-padding check (:mod:`.uneven`): layers whose padding differs between opposite borders at
   the input size; needs no weights and no images.
 
-Each module holds pure functions and a small trainer; :mod:`.runner` runs them for the audit engine.
+Each module holds pure functions and a small trainer; :mod:`.runner` registers them in :data:`BASELINE_RUNNERS` and
+runs them for the audit engine.
 """
 
+from typing import Any
+
+from . import runner
 from .location import LocationConfig, LocationResult, binomial_sf, fit_logistic, location_test, paste
 from .posenet import (
     TARGETS,
@@ -23,20 +27,32 @@ from .posenet import (
     stack_features,
 )
 from .runner import (
-    BASELINES,
+    BASELINE_RUNNERS,
     BaselineInputs,
+    BaselineRunner,
     ImageBank,
     baseline_config,
+    num_steps,
     parse_baseline_options,
+    register_baseline,
     run_baselines,
     validate_baselines,
 )
 from .uneven import LayerGeometry, UnevenResult, layer_geometry, uneven_layers, uneven_padding_check, used_padding
 
+
+def __getattr__(name: str) -> Any:
+    if name == "BASELINES":  # the registered names, computed on use (see runner.BASELINES)
+        return runner.BASELINES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BASELINES",
+    "BASELINE_RUNNERS",
     "TARGETS",
     "BaselineInputs",
+    "BaselineRunner",
     "ImageBank",
     "LayerGeometry",
     "LocationConfig",
@@ -50,11 +66,13 @@ __all__ = [
     "fit_logistic",
     "layer_geometry",
     "location_test",
+    "num_steps",
     "parse_baseline_options",
     "paste",
     "position_targets",
     "posenet_probe",
     "rankdata",
+    "register_baseline",
     "run_baselines",
     "spearman",
     "stack_features",

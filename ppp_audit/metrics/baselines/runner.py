@@ -6,6 +6,10 @@ baseline then sees the same pixels the PPP audit measured (the centre ``S × S``
 padding, and their cost is dominated by forward passes that the comparison needs anyway. The uneven-padding check runs
 once, on the native model: a scheme swap keeps every layer's pad amounts, so the geometry is scheme-independent.
 
+Baselines come from the registry :data:`BASELINE_RUNNERS`: ``@register_baseline(name, config=..., per_scheme=...)`` on
+a runner ``(inputs, config, label) -> dict``; installed distributions register through the entry-point group
+``ppp_audit.baselines``.
+
 Report layout (``Report.baselines``)::
 
     {"uneven": {...}, "posenet": {scheme: {...}}, "fconv": {scheme: {...}}}
@@ -24,21 +28,54 @@ import torch.nn as nn
 from torch import Tensor
 
 from ...errors import ConfigError, ImageSourceError
+from ...registry import Registry
 from .location import LocationConfig, location_test
 from .posenet import PosENetConfig, posenet_probe
 from .uneven import uneven_padding_check
 
-BASELINES = ("posenet", "fconv", "uneven")
-_CONFIGS: dict[str, type] = {"posenet": PosENetConfig, "fconv": LocationConfig}
+ENTRY_POINT_GROUP = "ppp_audit.baselines"
+
+BaselineRunner = Callable[["BaselineInputs", Any, "str | None"], dict[str, Any]]
+"""``(inputs, config, label) -> JSON-able result``. ``config`` is the baseline's config dataclass with the user's
+options applied (``None`` for a baseline without one); ``label`` is the padding label for a per-scheme baseline (the
+runner applies it with ``inputs.scheme(label)``), ``None`` for one that runs once on the native model."""
+
+
+def _check_runner(obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"{obj!r} is not a baseline runner (inputs, config, label) -> dict")
+
+
+BASELINE_RUNNERS: Registry[BaselineRunner] = Registry(
+    "baseline", error=ConfigError, entry_point_group=ENTRY_POINT_GROUP, check=_check_runner,
+    metadata={"config": None, "per_scheme": True}, hint="choose from {available}, e.g. --baselines posenet,fconv,uneven")
+"""Baseline name -> runner, with metadata ``config`` (its config dataclass, or ``None`` when it takes no options) and
+``per_scheme`` (run under native and every ``--padding``, or once on the native model)."""
+
+
+def register_baseline(name: str | None = None, *, config: type | None = None,
+                      per_scheme: bool = True) -> Callable[[BaselineRunner], BaselineRunner]:
+    """Decorator registering a :data:`BaselineRunner` under ``name`` (default: the function's name).
+
+    Args:
+        name: What users pass to ``--baselines``.
+        config: A dataclass of its options (``NAME.FIELD=VALUE`` on the CLI), or ``None`` if it takes none.
+        per_scheme: Whether it runs under every padding label, or once on the native model.
+    """
+    return BASELINE_RUNNERS.register(name, config=config, per_scheme=per_scheme)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BASELINES":  # computed on use: plugins are discovered lazily and may register later
+        return tuple(BASELINE_RUNNERS.names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate_baselines(names: Iterable[str], options: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """Check baseline names and their options before any work; returns the names, deduplicated, in order."""
     names = list(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown:
-        raise ConfigError(f"unknown baseline {', '.join(repr(n) for n in unknown)}",
-                          f"choose from {', '.join(BASELINES)} (e.g. --baselines posenet,fconv,uneven)")
+    for name in names:
+        BASELINE_RUNNERS.entry(name)  # raises, with the closest name, for an unknown one
     for name, values in (options or {}).items():
         if name not in names:
             raise ConfigError(f"options given for baseline '{name}', which is not requested",
@@ -49,11 +86,11 @@ def validate_baselines(names: Iterable[str], options: dict[str, dict[str, Any]] 
 
 def baseline_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """The validated config dataclass of baseline ``name`` with ``options`` applied."""
-    if name not in _CONFIGS:
+    cls = BASELINE_RUNNERS.entry(name).metadata["config"]
+    if cls is None:
         if options:
             raise ConfigError(f"baseline '{name}' takes no options", "drop the options")
         return None
-    cls = _CONFIGS[name]
     known = {f.name for f in dataclasses.fields(cls)}
     extra = sorted(set(options or {}) - known)
     if extra:
@@ -73,9 +110,11 @@ def parse_baseline_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
         name, dot, option = key.strip().partition(".")
         if not sep or not dot or not option:
             raise ConfigError(f"baseline option '{item}' is not NAME.FIELD=VALUE", "e.g. posenet.steps=500")
-        if name not in _CONFIGS:
-            raise ConfigError(f"baseline '{name}' takes no options", f"options exist for {', '.join(_CONFIGS)}")
-        types = {f.name: str(f.type) for f in dataclasses.fields(_CONFIGS[name])}
+        cls = BASELINE_RUNNERS.entry(name).metadata["config"]
+        if cls is None:
+            configurable = [e.name for e in BASELINE_RUNNERS.entries() if e.metadata["config"] is not None]
+            raise ConfigError(f"baseline '{name}' takes no options", f"options exist for {', '.join(configurable)}")
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
         if option not in types:
             raise ConfigError(f"unknown option '{name}.{option}'", f"{name} takes {', '.join(sorted(types))}")
         options.setdefault(name, {})[option] = _convert(value.strip(), types[option], f"{name}.{option}")
@@ -165,6 +204,7 @@ class BaselineInputs:
     scheme: Callable[[str], ContextManager] = lambda label: contextlib.nullcontext()
 
 
+@register_baseline("posenet", config=PosENetConfig)
 def _posenet(inputs: BaselineInputs, config: PosENetConfig, label: str) -> dict[str, Any]:
     train, test = inputs.images.split(config.num_train, config.num_test, "posenet")
     with inputs.scheme(label):
@@ -173,6 +213,7 @@ def _posenet(inputs: BaselineInputs, config: PosENetConfig, label: str) -> dict[
     return result.to_dict()
 
 
+@register_baseline("fconv", config=LocationConfig)
 def _fconv(inputs: BaselineInputs, config: LocationConfig, label: str) -> dict[str, Any]:
     stride = inputs.max_stride
     content = config.content or 2 * stride
@@ -186,35 +227,39 @@ def _fconv(inputs: BaselineInputs, config: LocationConfig, label: str) -> dict[s
     return {**result.to_dict(), "content_multiple_of_stride": content % stride == 0}
 
 
+@register_baseline("uneven", per_scheme=False)
+def _uneven(inputs: BaselineInputs, config: None, label: None) -> dict[str, Any]:
+    started = time.perf_counter()
+    return {**uneven_padding_check(inputs.model, inputs.input_size).to_dict(), "seconds": time.perf_counter() - started}
+
+
 def run_baselines(names: Sequence[str], options: dict[str, dict[str, Any]] | None, inputs: BaselineInputs,
                   on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run each named baseline; per-scheme ones under every label in ``inputs.schemes``.
 
     Args:
-        names: Baselines, from :data:`BASELINES`.
+        names: Baselines, from :data:`BASELINE_RUNNERS`.
         options: ``{name: {field: value}}`` overriding the config defaults.
         inputs: Model, taps, images and schemes.
         on_step: Called with ``"name/label"`` after each finished unit of work (for progress).
 
     Returns:
-        ``{"uneven": {...}, "posenet": {label: {...}}, "fconv": {label: {...}}}`` (JSON-able).
+        ``{name: {...}}`` for a baseline that runs once, ``{name: {label: {...}}}`` for a per-scheme one (JSON-able).
     """
     options = options or {}
     names = validate_baselines(names, options)
     results: dict[str, Any] = {}
     for name in names:
+        entry = BASELINE_RUNNERS.entry(name)
         config = baseline_config(name, options.get(name))
-        if name == "uneven":
-            started = time.perf_counter()
-            results[name] = {**uneven_padding_check(inputs.model, inputs.input_size).to_dict(),
-                             "seconds": time.perf_counter() - started}
+        if not entry.metadata["per_scheme"]:
+            results[name] = entry.obj(inputs, config, None)
             if on_step:
                 on_step(name)
             continue
-        run = _posenet if name == "posenet" else _fconv
         results[name] = {}
         for label in inputs.schemes:
-            results[name][label] = run(inputs, config, label)
+            results[name][label] = entry.obj(inputs, config, label)
             if on_step:
                 on_step(f"{name}/{label}")
     return results
@@ -222,4 +267,4 @@ def run_baselines(names: Sequence[str], options: dict[str, dict[str, Any]] | Non
 
 def num_steps(names: Sequence[str], num_schemes: int) -> int:
     """Units of work :func:`run_baselines` reports through ``on_step``."""
-    return sum(1 if name == "uneven" else num_schemes for name in names)
+    return sum(num_schemes if BASELINE_RUNNERS.entry(name).metadata["per_scheme"] else 1 for name in names)
