@@ -257,7 +257,8 @@ def _guarded(func):
                         exc.exit_code) from None
         except KeyboardInterrupt:
             raise _fail("interrupted" + _where_saved(), 130) from None
-        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException,
+                click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - no input may end in a traceback
             if _debugging():
