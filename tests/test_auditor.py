@@ -136,3 +136,28 @@ def test_cli_options_are_the_config_fields():
             assert params[name].help == f.metadata["help"], name
     assert "groups" not in params  # a Python-only setting
     assert {f.name for f in dataclasses.fields(AuditConfig)} - {f.name for f in cli_fields(AuditConfig)} == {"groups"}
+
+
+def test_an_unreadable_image_gives_the_same_line_with_and_without_workers(tmp_path):
+    """A truncated PNG passes the header check and fails to decode inside the DataLoader worker: the CLI's one line
+    is the same with ``--workers 1`` as in-process (torch would re-raise it as a multi-line message, hint lost)."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from ppp_audit.cli import app
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    whole = (tmp_path / "2.png").read_bytes()
+    (tmp_path / "2.png").write_bytes(whole[: len(whole) // 2])  # header intact, pixel data cut
+    lines = {}
+    for workers in ("0", "1"):
+        result = CliRunner().invoke(app, ["resnet10t", "--no-pretrained", "--images", str(tmp_path), "-n", "3",
+                                          "-b", "1", "--input-size", "64", "--device", "cpu", "--workers", workers])
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        lines[workers] = result.stderr.strip().splitlines()
+    assert len(lines["0"]) == 1 and "cannot read image" in lines["0"][0] and "2.png" in lines["0"][0]
+    assert lines["1"] == lines["0"]
