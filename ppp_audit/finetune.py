@@ -1,4 +1,4 @@
-"""Fine-tune after a padding swap, then measure PPP again (SPEC §5 *fine-tune*).
+"""Fine-tune after a padding swap, then measure PPP again (docs/finetune.md).
 
 Does swapping ``zeros`` for ``reflect`` remove a pretrained model's PPP, or does training rebuild it? The engine:
 

@@ -1,4 +1,4 @@
-"""Push a report to the Hugging Face Hub (SPEC §7).
+"""Push a report to the Hugging Face Hub (docs/hub.md).
 
 Two targets, one call (:func:`push_report`):
 

@@ -1,4 +1,4 @@
-"""Image sources and the windows the padding-free reference needs (SPEC §2 ``images``, §3.1).
+"""Image sources and the windows the padding-free reference needs (docs/images.md; the reference: docs/metrics.md).
 
 Every source hands out square *windows* of real pixels, size ``S + 2m``, as float tensors in [0, 1]; the engine
 takes the centre ``S x S`` crop itself, so the surrounding context is always real image content. Sources: the built-in

@@ -1,4 +1,4 @@
-"""Building a timm model, its data config and its feature taps (SPEC §2 ``models``).
+"""Building a timm model, its data config and its feature taps (docs/architecture.md).
 
 Weight sources: the Hub (``pretrained=True``, timm's own resolution, honouring ``HF_HUB_OFFLINE``), ``local-dir:DIR``
 and ``hf-hub:ID`` model names, a weights file (safetensors or a torch checkpoint read with ``weights_only=True``), or

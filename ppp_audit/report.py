@@ -1,4 +1,4 @@
-"""The :class:`Report` (SPEC §6): one object and a versioned JSON schema, readable without torch.
+"""The :class:`Report` (docs/report.md): one object and a versioned JSON schema, readable without torch.
 
 A report is written with :meth:`Report.save` and read back with :meth:`Report.load`; ``Report.from_dict(r.to_dict())``
 equals ``r``. This module imports nothing heavy (and nothing from ppp_audit but its errors), so the Hub push,
@@ -311,7 +311,7 @@ def report_file(path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Fine-tuning (SPEC §5): PPP after the padding swap *and* training, per scheme
+# Fine-tuning (docs/finetune.md): PPP after the padding swap *and* training, per scheme
 # ---------------------------------------------------------------------------------------------------------------------
 
 

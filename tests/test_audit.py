@@ -1,4 +1,4 @@
-"""Known answers of the whole audit (SPEC §3.2): padding-free -> 0, planted signal recovered, training -> more PPP."""
+"""Known answers of the whole audit (docs/metrics.md): padding-free -> 0, planted signal recovered, training -> more PPP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Baselines (SPEC §3.3): PosENet probe, F-Conv location test and the static uneven-padding check, on known answers."""
+"""Baselines (docs/baselines.md): PosENet probe, F-Conv location test and the static uneven-padding check, on known answers."""
 
 from __future__ import annotations
 

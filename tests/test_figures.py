@@ -1,4 +1,4 @@
-"""Figures, terminal heatmap, HTML page and ``ppp-audit show`` (SPEC §6).
+"""Figures, terminal heatmap, HTML page and ``ppp-audit show`` (docs/figures.md).
 
 The planted report is measured, not typed in: a PPPAccumulator sees synthetic features whose padded version carries a
 known border signal (top row for ``native``, left column for ``reflect``), and the tests look for that signal in the

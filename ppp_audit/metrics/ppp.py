@@ -1,4 +1,4 @@
-"""PPP statistics (SPEC §3.1-3.2): pure functions and a streaming accumulator.
+"""PPP statistics (docs/metrics.md): pure functions and a streaming accumulator.
 
 The accumulator keeps float64 running sums per element (memory O(C*h*w), independent of N). Sums of the padded-minus-
 reference differences ``Δ`` and of the padded features ``A`` are kept per *jackknife group* (sample ``i`` goes to group

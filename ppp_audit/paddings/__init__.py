@@ -1,4 +1,4 @@
-"""Padding schemes: the registry, the built-ins and the patcher (SPEC §4)."""
+"""Padding schemes: the registry, the built-ins and the patcher (docs/paddings.md)."""
 
 from .layers import PAD_MODULES, PaddingKind, padding_kind, same_padding, static_padding
 from . import schemes  # noqa: F401  (registers the built-in schemes)

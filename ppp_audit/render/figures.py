@@ -1,4 +1,4 @@
-"""PNG figures of a :class:`~ppp_audit.report.Report` (SPEC §6): PPP maps, extent curves, strength by stage.
+"""PNG figures of a :class:`~ppp_audit.report.Report` (docs/figures.md): PPP maps, extent curves, strength by stage.
 
 Figures come from a registry of *figure factories*: ``@register_figure(name)`` on a function ``report ->
 list[FigureSpec]``. A spec names its file and the report section that shows it, and draws lazily, so callers can

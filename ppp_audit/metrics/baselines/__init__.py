@@ -1,4 +1,4 @@
-"""Baselines (SPEC §3.3), run on the same images as the PPP audit: the measures PPP is compared against.
+"""Baselines (docs/baselines.md), run on the same images as the PPP audit: the measures PPP is compared against.
 
 * ``posenet`` — PosENet probe (:mod:`.posenet`): a padding-free 3×3 read-out trained on frozen multi-level features
   to predict position maps; Spearman correlation and MAE on held-out images and on constant inputs.

@@ -1,4 +1,4 @@
-"""F-Conv location test (Kayhan & van Gemert, CVPR 2020; SPEC §3.3): is absolute location linearly decodable?
+"""F-Conv location test (Kayhan & van Gemert, CVPR 2020; docs/baselines.md): is absolute location linearly decodable?
 
 Content (a ``c × c`` image crop) is pasted into the top-left or the bottom-right quadrant of a black ``2c × 2c``
 canvas, which is then surrounded by a black border of ``b`` pixels: the content is ``b`` pixels from its nearest

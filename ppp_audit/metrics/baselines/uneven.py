@@ -1,4 +1,4 @@
-"""Static uneven-padding check (SPEC §3.3): layers that treat the top/left and bottom/right borders differently.
+"""Static uneven-padding check (docs/baselines.md): layers that treat the top/left and bottom/right borders differently.
 
 A conv or pool with kernel ``k``, stride ``s``, dilation ``d`` and padding ``p`` on a map of height ``H`` produces
 ``o = ⌊(H + 2p − d(k−1) − 1) / s⌋ + 1`` rows, and its last window ends at padded row ``(o−1)s + d(k−1)``. The last
