@@ -16,7 +16,8 @@ estimator, strengths), and a summary table is printed:
 * ``timeout`` — over the time limit.
 
 Usage:
-    python benchmarks/zoo_coverage.py --out coverage.jsonl                   # one per timm module
+    python benchmarks/zoo_coverage.py --out coverage.jsonl                   # one per timm module (~12 min to pick)
+    python benchmarks/zoo_coverage.py --model-list benchmarks/zoo_modules.txt --out coverage.jsonl  # the same, listed
     python benchmarks/zoo_coverage.py --pattern 'resnet*' --pattern 'vit_small*' --out some.jsonl
     python benchmarks/zoo_coverage.py --model-list names.txt --timeout 300 --out list.jsonl
 
@@ -68,19 +69,17 @@ def smallest_per_module() -> list[tuple[str, str, int | None]]:
 
 
 def named_models(patterns: list[str], files: list[str]) -> list[tuple[str, str, int | None]]:
+    """``(module, model, parameters)`` of the models the patterns and list files name, in order."""
     import timm
-    from timm.models import get_pretrained_cfg  # noqa: F401 - imported for its side effect of loading registries
 
     names: list[str] = []
     for pattern in patterns:
         names += timm.list_models(pattern)
     for file in files:
-        names += [line.strip() for line in Path(file).read_text().splitlines() if line.strip()]
-    rows = []
-    for name in dict.fromkeys(names):
-        module = timm.models.get_arch_name(name) if hasattr(timm.models, "get_arch_name") else name
-        rows.append((str(module), name, parameter_count(name)))
-    return rows
+        names += [line.strip() for line in Path(file).read_text().splitlines()
+                  if line.strip() and not line.startswith("#")]
+    module_of = {name: module for module in timm.list_modules() for name in timm.list_models(module=module)}
+    return [(module_of.get(name.split(".")[0], "?"), name, parameter_count(name)) for name in dict.fromkeys(names)]
 
 
 def classify(rc: int | None, stderr: str, report: dict | None) -> tuple[str, str]:
