@@ -249,6 +249,14 @@ class PPPAccumulator:
             mean_feature_ci=mf_ci, profile=None,
         )
         if not self.with_reference:
+            # Without a reference the picture is the mean-feature pattern P' (with its dataset-position bias).
+            centred = mean_a - mean_a.mean(dim=(-2, -1), keepdim=True)
+            noise = shrink * var_a
+            reps = leave_out_means(sum_a)
+            reps = reps - reps.mean(dim=(-2, -1), keepdim=True)
+            stats.ppp_map = channel_rms_map(centred, noise, n).float().tolist()
+            self._profiles(stats, debiased_energy(centred, noise, n, dims=(0,)),
+                           reps.square().mean(1) - noise.mean(0) / (n - counts_g).view(-1, 1, 1), stride_px)
             return stats
 
         mean_d, var_d = mean_var(st["sum_delta"].sum(0), st["sq_delta"])
@@ -268,12 +276,7 @@ class PPPAccumulator:
         pos_energy = debiased_energy(mean_d, var_d, n, dims=(0,))
         rep_pos = reps_d.square().mean(1) - var_d.mean(0) / n_reps.view(-1, 1, 1)
         stats.ppp_map = channel_rms_map(mean_d, var_d, n).float().tolist()
-        rings, side_distance, side_band = border_rings(height, width)
-        stats.profile = _profile(pos_energy, rep_pos, rings, None, stride_px)
-        stats.side_profiles = {
-            side: _profile(pos_energy, rep_pos, side_distance[i], side_band[i], stride_px)
-            for i, side in enumerate(SIDES)
-        }
+        rings = self._profiles(stats, pos_energy, rep_pos, stride_px)
 
         if receptive_radius_px is not None:
             centre_dist = (rings.to(torch.float64) + 0.5) * stride_px
@@ -283,6 +286,18 @@ class PPPAccumulator:
                 sq_b = (st["sq_b"] / n).mean(0)[interior].mean()
                 stats.interior_delta_rel = float(sq_d.sqrt() / sq_b.sqrt().clamp_min(1e-300))
         return stats
+
+    @staticmethod
+    def _profiles(stats: LayerStats, pos_energy: Tensor, rep_pos: Tensor, stride_px: float) -> Tensor:
+        """Fill the extent profiles (overall and per side) from per-position energies and their jackknife
+        replicates; returns the ring distances."""
+        rings, side_distance, side_band = border_rings(stats.height, stats.width)
+        stats.profile = _profile(pos_energy, rep_pos, rings, None, stride_px)
+        stats.side_profiles = {
+            side: _profile(pos_energy, rep_pos, side_distance[i], side_band[i], stride_px)
+            for i, side in enumerate(SIDES)
+        }
+        return rings
 
 
 def _ci(estimate: float, replicates: Tensor) -> tuple[float, float]:
