@@ -52,6 +52,12 @@ class FeatureError(PPPAuditError):
     exit_code = 1
 
 
+class GeometryError(PPPAuditError):
+    """A model runs at no crop size the audit can use, or cannot be rebuilt to run at one."""
+
+    exit_code = 1
+
+
 class ReportFileError(PPPAuditError):
     """A saved report is missing, unreadable, or cannot be re-rendered where asked."""
 
