@@ -190,8 +190,9 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
                             f"{runs(requested_size)}", "check the model with one forward pass at its input size")
     own_size = own_size if not isinstance(runs(own_size), str) else working
     strides = taps.strides
-    largest = max([*(int(f["reduction"]) for f in _feature_info(model) if "reduction" in f)] or [DEFAULT_STRIDE])
-    largest = max([largest, *strides])
+    # every map must shift by whole positions: m is a multiple of every stride (of the largest, for powers of two)
+    reductions = [int(f["reduction"]) for f in _feature_info(model) if "reduction" in f] or [DEFAULT_STRIDE]
+    largest = math.lcm(*reductions, *strides)
     if margin is not None and margin % largest:
         raise PPPAuditError(
             f"--margin {margin} is not a multiple of the model's largest stride {largest}",
@@ -214,9 +215,10 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
         fitted_size, fitted_margin = found
         changes = _size_changes(runs, requested_size, requested_margin, fitted_size, fitted_margin, units)
         if kwargs:
+            resampled = ("; its position embeddings are resampled to each size, and Δ at the layers after them "
+                         "includes that") if isinstance(getattr(model, "pos_embed", None), Tensor) else ""
             changes.append(f"rebuilt with dynamic_img_size=True to run at {fitted_size} and "
-                           f"{fitted_size + 2 * fitted_margin} px (built for {own_size} px only); its position "
-                           "embeddings are resampled to each size, and Δ at the layers after them includes that")
+                           f"{fitted_size + 2 * fitted_margin} px (built for {own_size} px only){resampled}")
         return Geometry(fitted_size, fitted_margin, DELTA, tuple(changes), kwargs, None, tuple(strides))
     return _fit_mean_feature(model, runs, requested_size, requested_margin, own_size, largest, units, strides, place,
                              layers)
@@ -256,14 +258,13 @@ class _Runs:
 
 def _fit_delta(runs: _Runs, strides: Sequence[int], size: int, margin: int, largest: int,
                units: Mapping[str, int]) -> tuple[int, int] | None:
-    """The first (S, m) at which crop and window run and align: as asked or ``S`` rounded to the largest stride
-    when no ``units`` are given, else both rounded to the units."""
-    if not units:
-        candidates = [(size, margin), (_nearest(size, largest), margin)]
-    else:
+    """The first (S, m) at which crop and window run and align: as asked, ``S`` rounded to the largest stride, then
+    both rounded to the ``units`` (results are cached, so asking again costs nothing)."""
+    candidates = [(size, margin), (_nearest(size, largest), margin)]
+    if units:
         unit = math.lcm(*units.values())
         rounded_margin = _round_up(margin, math.lcm(largest, *(u // math.gcd(u, 2) for u in units.values())))
-        candidates = [(_nearest(size, unit), rounded_margin), (_nearest(size, math.lcm(unit, largest)), rounded_margin)]
+        candidates += [(_nearest(size, unit), rounded_margin), (_nearest(size, math.lcm(unit, largest)), rounded_margin)]
     for crop, context in dict.fromkeys(candidates):  # ordered, without repeats
         crop_shapes = runs(crop)
         if isinstance(crop_shapes, str):

@@ -188,7 +188,8 @@ def as_nchw(output: object, name: str, channels_last: bool = False, num_prefix_t
         output: What the layer returned.
         name: The layer's name, for the error.
         channels_last: The model keeps its maps as ``(N, H, W, C)`` (``model.output_fmt == "NHWC"``).
-        num_prefix_tokens: Tokens before the grid in a sequence output; default: found from the length.
+        num_prefix_tokens: Tokens before the grid in a sequence output, tried first; else found from the length
+            (up to 8).
     """
     if not isinstance(output, Tensor):
         kind = f"a {type(output).__name__}" + (f" of {len(output)}" if isinstance(output, (tuple, list)) else "")
@@ -201,8 +202,8 @@ def as_nchw(output: object, name: str, channels_last: bool = False, num_prefix_t
         return output
     if output.ndim == 3:
         length = output.shape[1]
-        prefixes = [num_prefix_tokens] if num_prefix_tokens is not None else range(min(length, 9))
-        for prefix in prefixes:
+        # the model's own prefix first; sequences from before the prefix is added (patch embeddings) have none
+        for prefix in dict.fromkeys([num_prefix_tokens or 0, 0, *range(1, 9)]):
             side = math.isqrt(max(length - prefix, 0))
             if side and side * side == length - prefix:
                 grid = output[:, prefix:].transpose(1, 2)
@@ -243,6 +244,7 @@ class FeatureTaps:
         self._info = _feature_info(model)
         self._names: list[str] | None = None
         self._strides: list[int] | None = None
+        self._reductions: list[object] = []  # what feature_info declares, checked against the maps at the first call
         if layers:
             missing = [n for n in layers if n not in modules]
             if missing:
@@ -251,15 +253,14 @@ class FeatureTaps:
                     "pick names from `dict(model.named_modules())`",
                 )
             self._mode = "hooks"
-            self._set_hooked(list(layers), modules, strides=None)
+            self._set_hooked(list(layers), modules)
         elif hasattr(model, "forward_intermediates"):
             self._mode = "intermediates"
         else:
             self._mode = "hooks"
             present = [f for f in self._info if f.get("module") in modules]
             if present:
-                self._set_hooked([f["module"] for f in present], modules,
-                                 strides=[int(f["reduction"]) for f in present if "reduction" in f] or None)
+                self._set_hooked([f["module"] for f in present], modules, [f.get("reduction") for f in present])
             else:
                 self._mode = "stage-ends"
 
@@ -308,9 +309,9 @@ class FeatureTaps:
     def _convert(self, outputs: Sequence[object], names: Sequence[str]) -> list[Tensor]:
         return [as_nchw(out, name, self._channels_last, self._num_prefix_tokens) for out, name in zip(outputs, names)]
 
-    def _settle(self, names: list[str], strides: list[int] | None, outputs: list[Tensor], side: int) -> None:
-        self._names = names
-        self._strides = strides or [_measured_stride(side, out.shape[-2]) for out in outputs]
+    def _settle_strides(self, outputs: list[Tensor], side: int) -> None:
+        declared = self._reductions if len(self._reductions) == len(outputs) else [None] * len(outputs)
+        self._strides = [_stride(side, out.shape[-2], reduction) for out, reduction in zip(outputs, declared)]
 
     def _intermediates(self, x: Tensor) -> list[Tensor] | None:
         """Stage maps from ``forward_intermediates``; ``None`` (and hooks from now on) where the model lacks it."""
@@ -323,8 +324,7 @@ class FeatureTaps:
             present = [f for f in self._info if f.get("module") in modules]
             self._mode = "hooks" if present else "stage-ends"
             if present:
-                self._set_hooked([f["module"] for f in present], modules,
-                                 strides=[int(f["reduction"]) for f in present if "reduction" in f] or None)
+                self._set_hooked([f["module"] for f in present], modules, [f.get("reduction") for f in present])
             return None
         raw = list(raw)
         if self._names is None:
@@ -332,16 +332,14 @@ class FeatureTaps:
             aligned = len(listed) == len(raw) and None not in listed and len(set(listed)) == len(listed)
             names = listed if aligned else [f"stage_{k}" for k in range(len(raw))]
             outputs = self._convert(raw, names)
-            strides = [int(f["reduction"]) for f in self._info] if aligned and all(
-                "reduction" in f for f in self._info) else None
-            self._settle(names, strides, outputs, x.shape[-1])
+            self._names, self._reductions = names, [f.get("reduction") for f in self._info] if aligned else []
+            self._settle_strides(outputs, x.shape[-1])
             return outputs
         return self._convert(raw, self._names)
 
-    def _set_hooked(self, names: list[str], modules: dict[str, nn.Module], strides: list[int] | None) -> None:
-        self._names = names
+    def _set_hooked(self, names: list[str], modules: dict[str, nn.Module], reductions: list[object] = ()) -> None:
+        self._names, self._reductions = names, list(reductions)
         self._hooked = [modules[n] for n in names]
-        self._strides = strides if strides is not None and len(strides) == len(names) else None
 
     def _hooked_outputs(self, x: Tensor) -> list[Tensor]:
         captured: list[object] = [None] * len(self._hooked)
@@ -361,7 +359,7 @@ class FeatureTaps:
             raise FeatureError(f"layers {unused} did not run in the forward pass", "tap layers the forward uses")
         outputs = self._convert(captured, self._names)  # type: ignore[arg-type]
         if self._strides is None:
-            self._settle(self._names, None, outputs, x.shape[-1])  # type: ignore[arg-type]
+            self._settle_strides(outputs, x.shape[-1])
         return outputs
 
     def _find_stage_ends(self, x: Tensor) -> list[Tensor]:
@@ -390,7 +388,7 @@ class FeatureTaps:
             raise FeatureError(f"model {type(self.model).__name__} has no layer with a spatial output",
                                "pass --layers with module names to tap")
         self._mode = "hooks"
-        self._set_hooked(list(last.values()), dict(self.model.named_modules()), strides=None)
+        self._set_hooked(list(last.values()), dict(self.model.named_modules()))
         return self._hooked_outputs(x)
 
 
@@ -399,8 +397,14 @@ def _is_unsupported(exc: Exception) -> bool:
     return isinstance(exc, NotImplementedError) or "intermediates_only" in str(exc)
 
 
-def _measured_stride(side: int, map_side: int) -> int:
-    """A layer's stride from the input and map sides, as the power of two nearest their ratio (299 / 8 -> 32)."""
+def _stride(side: int, map_side: int, declared: object = None) -> int:
+    """A layer's stride from the input and map sides: the declared ``feature_info`` reduction where the map has the
+    side it implies (give or take the rounding of padded layers), else the power of two nearest the ratio (299 / 8
+    -> 32). Some models declare 2 for a stride-4 stem.
+    """
+    if isinstance(declared, (int, float)) and declared > 0:
+        if math.floor(side / declared) - 1 <= map_side <= math.ceil(side / declared) + 1:
+            return int(declared)
     return 2 ** max(0, round(math.log2(side / max(map_side, 1))))
 
 

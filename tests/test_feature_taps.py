@@ -117,13 +117,12 @@ def test_a_model_without_stages_is_tapped_at_the_end_of_each_map_size() -> None:
 
 
 class _Disagreeing(nn.Module):
-    """feature_info lists two stages, forward_intermediates returns three maps."""
+    """Stride-2 convolutions whose forward_intermediates returns one map each, whatever feature_info says."""
 
-    feature_info = [dict(module="a", reduction=2), dict(module="b", reduction=4)]
-
-    def __init__(self) -> None:
+    def __init__(self, feature_info: list[dict], depth: int = 3) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(nn.Conv2d(3 if i == 0 else 4, 4, 3, 2, 1) for i in range(3))
+        self.feature_info = feature_info
+        self.convs = nn.ModuleList(nn.Conv2d(3 if i == 0 else 4, 4, 3, 2, 1) for i in range(depth))
 
     def forward_intermediates(self, x: torch.Tensor, intermediates_only: bool = False) -> list[torch.Tensor]:
         maps = []
@@ -134,8 +133,17 @@ class _Disagreeing(nn.Module):
 
 
 def test_maps_that_feature_info_does_not_list_are_named_by_position() -> None:
-    taps = FeatureTaps(_Disagreeing())
+    taps = FeatureTaps(_Disagreeing([dict(module="a", reduction=2), dict(module="b", reduction=4)]))
     maps = _maps(taps, 32)
     assert taps.names == ["stage_0", "stage_1", "stage_2"]
     assert taps.strides == [2, 4, 8]
     assert [m.shape[-1] for m in maps] == [16, 8, 4]
+
+
+def test_a_declared_reduction_the_maps_contradict_gives_way_to_the_measured_stride() -> None:
+    # like tresnet, which declares 2 for its stride-4 stem
+    taps = FeatureTaps(_Disagreeing([dict(module="stem", reduction=1), dict(module="body", reduction=4)], depth=2))
+    maps = _maps(taps, 299)
+    assert [m.shape[-1] for m in maps] == [150, 75]
+    assert taps.names == ["stem", "body"]
+    assert taps.strides == [2, 4]  # 150 px is no map at stride 1: measured; 75 px is 299 / 4 rounded up: kept

@@ -67,7 +67,8 @@ def test_a_fixed_size_timm_hybrid_is_rebuilt_to_take_a_window() -> None:
     geometry = fit_geometry(model, 64)
     assert (geometry.size, geometry.margin, geometry.estimator) == (64, 64, DELTA)
     assert geometry.constructor_kwargs == {"dynamic_img_size": True} and geometry.changes_model
-    assert "rebuilt with dynamic_img_size=True to run at 64 and 192 px" in geometry.changes[0]
+    assert geometry.changes[0].startswith("rebuilt with dynamic_img_size=True to run at 64 and 192 px (built for 64")
+    assert "position embeddings are resampled to each size" in geometry.changes[0]
     rebuilt = apply_geometry(model, geometry)
     assert rebuilt is not model and not rebuilt.training and rebuilt.pretrained_cfg is model.pretrained_cfg
     _assert_runs(rebuilt, geometry)
