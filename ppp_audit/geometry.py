@@ -190,9 +190,11 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
                             f"{runs(requested_size)}", "check the model with one forward pass at its input size")
     own_size = own_size if not isinstance(runs(own_size), str) else working
     strides = taps.strides
-    # every map must shift by whole positions: m is a multiple of every stride (of the largest, for powers of two)
+    # every map must shift by whole positions: m is a multiple of every stride (the largest, for powers of two); for
+    # strides with no small common multiple (crossvit's 12 and 17) the largest, and the alignment probe decides
     reductions = [int(f["reduction"]) for f in _feature_info(model) if "reduction" in f] or [DEFAULT_STRIDE]
     largest = math.lcm(*reductions, *strides)
+    largest = largest if largest <= 4 * max([*reductions, *strides]) else max([*reductions, *strides])
     if margin is not None and margin % largest:
         raise PPPAuditError(
             f"--margin {margin} is not a multiple of the model's largest stride {largest}",
