@@ -90,6 +90,12 @@ class FeatureError(PPPAuditError, RuntimeError):
     exit_code = 1
 
 
+class GeometryError(PPPAuditError, ValueError):
+    """A model runs at no crop size the audit can use, or cannot be rebuilt to run at one."""
+
+    exit_code = 1
+
+
 class ReportFileError(PPPAuditError, OSError):
     """A saved report is missing, unreadable, or cannot be re-rendered where asked."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,11 +146,88 @@ def _architecture(model: nn.Module) -> str:
     return getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
 
 
-class FeatureTaps:
-    """The layers whose outputs are measured.
+def _feature_info(model: nn.Module) -> list[dict]:
+    """The model's ``feature_info`` as a list of dicts (timm models carry a list, ``features_only`` nets an object)."""
+    info = getattr(model, "feature_info", None)
+    info = getattr(info, "info", info)  # timm's FeatureInfo keeps the dicts in .info
+    return [dict(f) for f in info] if info else []
 
-    By default the model's stages (``feature_info``), read with ``forward_intermediates`` in one forward pass; or any
-    named modules, read with forward hooks.
+
+def _input_size(model: nn.Module) -> tuple[int, int]:
+    """The channels and side of the input the model was built for.
+
+    The ``img_size`` timm built it with (its ``_traits``, when given to ``create_model``), else ``pretrained_cfg``,
+    else the image size a timm class was constructed with (``patch_embed.img_size``, ``img_size``), else timm's
+    default 3 x 224.
+    """
+    shape = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    built = (getattr(model, "_traits", None) or {}).get("img_size")
+    if shape:
+        return int(shape[0]), int(built[-1] if built else shape[-1])
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None) or getattr(model, "img_size", None)
+    side = built[-1] if isinstance(built, (tuple, list)) else built
+    in_chans = getattr(model, "in_chans", 3)
+    return (in_chans if isinstance(in_chans, int) else 3), (side if isinstance(side, int) else 224)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def as_nchw(output: object, name: str, channels_last: bool = False, num_prefix_tokens: int | None = None) -> Tensor:
+    """A tapped output as an ``(N, C, H, W)`` map, or a :class:`FeatureError` saying why it is not one.
+
+    Audited inputs are square, so the two equal sides tell the layout: ``(N, H, W, C)`` outputs (timm's channels-last
+    stages) are permuted, ``(N, L, C)`` token sequences are folded back into their square grid after their prefix
+    (class, register) tokens. ``channels_last`` decides a 4-D output whose sides are all equal.
+
+    Args:
+        output: What the layer returned.
+        name: The layer's name, for the error.
+        channels_last: The model keeps its maps as ``(N, H, W, C)`` (``model.output_fmt == "NHWC"``).
+        num_prefix_tokens: Tokens before the grid in a sequence output, tried first; else found from the length
+            (up to 8).
+    """
+    if not isinstance(output, Tensor):
+        kind = f"a {type(output).__name__}" + (f" of {len(output)}" if isinstance(output, (tuple, list)) else "")
+        raise FeatureError(f"layer '{name}' returns {kind}, not one feature map",
+                           "tap a module that returns a single tensor (pass --layers)")
+    if output.ndim == 4:
+        square_first, square_last = output.shape[1] == output.shape[2], output.shape[2] == output.shape[3]
+        if square_first and (channels_last or not square_last):
+            return output.permute(0, 3, 1, 2)
+        return output
+    if output.ndim == 3:
+        length = output.shape[1]
+        # the model's own prefix first; sequences from before the prefix is added (patch embeddings) have none
+        for prefix in dict.fromkeys([num_prefix_tokens or 0, 0, *range(1, 9)]):
+            side = math.isqrt(max(length - prefix, 0))
+            if side and side * side == length - prefix:
+                grid = output[:, prefix:].transpose(1, 2)
+                return grid.reshape(output.shape[0], output.shape[2], side, side)
+        raise FeatureError(f"layer '{name}' returns {length} tokens, not a square grid of positions",
+                           "tap a layer with a spatial output (pass --layers)")
+    raise FeatureError(f"layer '{name}' returns a {tuple(output.shape)} tensor, not a spatial (N, C, H, W) map",
+                       "tap a layer before the global pooling (pass --layers)")
+
+
+class FeatureTaps:
+    """The layers whose outputs are measured, always as ``(N, C, H, W)`` maps.
+
+    Where the stages come from, first that works:
+
+    1. ``forward_intermediates`` (one forward pass): named after ``feature_info`` when it lists as many maps as the
+       model returns, ``stage_K`` otherwise;
+    2. forward hooks on the ``feature_info`` modules that exist;
+    3. forward hooks on the last module at each map size (the ends of the stages), for models without stages.
+
+    Named ``layers`` are read with forward hooks. Outputs in channels-last or token layout are turned into maps
+    (:func:`as_nchw`); outputs that are not spatial raise :class:`FeatureError`. Where the names or strides need a
+    forward pass to be known, the first call (or, when read before it, a probe of one zero image at the model's input
+    size) settles them.
 
     Args:
         model: The model.
@@ -158,7 +236,15 @@ class FeatureTaps:
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None) -> None:
         self.model = model
+        self.layers = list(layers) if layers else None
+        self._channels_last = getattr(model, "output_fmt", "NCHW") == "NHWC"
+        prefix = getattr(model, "num_prefix_tokens", None)
+        self._num_prefix_tokens = prefix if isinstance(prefix, int) else None
         modules = dict(model.named_modules())
+        self._info = _feature_info(model)
+        self._names: list[str] | None = None
+        self._strides: list[int] | None = None
+        self._reductions: list[object] = []  # what feature_info declares, checked against the maps at the first call
         if layers:
             missing = [n for n in layers if n not in modules]
             if missing:
@@ -166,39 +252,160 @@ class FeatureTaps:
                     f"model has no module named {', '.join(repr(n) for n in missing)}",
                     "pick names from `dict(model.named_modules())`",
                 )
-            self.names = list(layers)
-            self._use_intermediates = False
+            self._mode = "hooks"
+            self._set_hooked(list(layers), modules)
+        elif hasattr(model, "forward_intermediates"):
+            self._mode = "intermediates"
         else:
-            info = getattr(model, "feature_info", None)
-            if not info:
-                raise FeatureError(
-                    f"model {type(model).__name__} has no feature_info to find its stages",
-                    "pass --layers with module names to tap",
-                )
-            self.names = [f["module"] for f in info]
-            self._use_intermediates = hasattr(model, "forward_intermediates")
-        self._modules = [modules[n] for n in self.names]
+            self._mode = "hooks"
+            present = [f for f in self._info if f.get("module") in modules]
+            if present:
+                self._set_hooked([f["module"] for f in present], modules, [f.get("reduction") for f in present])
+            else:
+                self._mode = "stage-ends"
+
+    @property
+    def names(self) -> list[str]:
+        """The tapped layers' names (module names, ``feature_info`` names or ``stage_K``)."""
+        if self._names is None:
+            self._probe()
+        return list(self._names)  # type: ignore[arg-type]
+
+    @property
+    def strides(self) -> list[int]:
+        """Each tapped layer's stride in input pixels (``feature_info`` reductions, else measured powers of two)."""
+        if self._strides is None:
+            self._probe()
+        return list(self._strides)  # type: ignore[arg-type]
 
     def __call__(self, x: Tensor) -> list[Tensor]:
-        if self._use_intermediates:
-            outputs = self.model.forward_intermediates(x, intermediates_only=True)
-            if len(outputs) == len(self.names):
-                return list(outputs)
-            self._use_intermediates = False  # disagrees with feature_info: fall back to hooks, which cannot
-        captured: list[Tensor | None] = [None] * len(self._modules)
-        handles = [
-            module.register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out.clone()))
-            for i, module in enumerate(self._modules)
-        ]
+        if self._mode == "intermediates":
+            outputs = self._intermediates(x)
+            if outputs is not None:
+                return outputs
+        if self._mode == "stage-ends":
+            return self._find_stage_ends(x)
+        return self._hooked_outputs(x)
+
+    def _probe(self) -> None:
+        in_chans, size = _input_size(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self(torch.zeros(1, in_chans, size, size, device=_model_device(self.model)))
+        except FeatureError:
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise FeatureError(
+                f"cannot read the tapped layers of {type(self.model).__name__} at its input size {size} px: "
+                f"{type(exc).__name__}: {first}",
+                "call the taps on an input the model accepts before reading their names",
+            ) from exc
+        finally:
+            self.model.train(was_training)
+
+    def _convert(self, outputs: Sequence[object], names: Sequence[str]) -> list[Tensor]:
+        return [as_nchw(out, name, self._channels_last, self._num_prefix_tokens) for out, name in zip(outputs, names)]
+
+    def _settle_strides(self, outputs: list[Tensor], side: int) -> None:
+        declared = self._reductions if len(self._reductions) == len(outputs) else [None] * len(outputs)
+        self._strides = [_stride(side, out.shape[-2], reduction) for out, reduction in zip(outputs, declared)]
+
+    def _intermediates(self, x: Tensor) -> list[Tensor] | None:
+        """Stage maps from ``forward_intermediates``; ``None`` (and hooks from now on) where the model lacks it."""
+        try:
+            raw = self.model.forward_intermediates(x, intermediates_only=True)
+        except (NotImplementedError, TypeError) as exc:
+            if self._names is not None or not _is_unsupported(exc):
+                raise
+            modules = dict(self.model.named_modules())
+            present = [f for f in self._info if f.get("module") in modules]
+            self._mode = "hooks" if present else "stage-ends"
+            if present:
+                self._set_hooked([f["module"] for f in present], modules, [f.get("reduction") for f in present])
+            return None
+        raw = list(raw)
+        if self._names is None:
+            listed = [f.get("module") for f in self._info]
+            aligned = len(listed) == len(raw) and None not in listed and len(set(listed)) == len(listed)
+            names = listed if aligned else [f"stage_{k}" for k in range(len(raw))]
+            outputs = self._convert(raw, names)
+            self._names, self._reductions = names, [f.get("reduction") for f in self._info] if aligned else []
+            self._settle_strides(outputs, x.shape[-1])
+            return outputs
+        return self._convert(raw, self._names)
+
+    def _set_hooked(self, names: list[str], modules: dict[str, nn.Module], reductions: list[object] = ()) -> None:
+        self._names, self._reductions = names, list(reductions)
+        self._hooked = [modules[n] for n in names]
+
+    def _hooked_outputs(self, x: Tensor) -> list[Tensor]:
+        captured: list[object] = [None] * len(self._hooked)
+
+        def keep(i: int, out: object) -> None:
+            captured[i] = out.clone() if isinstance(out, Tensor) else out  # an in-place op later must not change it
+
+        handles = [module.register_forward_hook(lambda m, a, out, i=i: keep(i, out))
+                   for i, module in enumerate(self._hooked)]
         try:
             self.model(x)
         finally:
             for h in handles:
                 h.remove()
         if any(c is None for c in captured):
-            unused = [n for n, c in zip(self.names, captured) if c is None]
+            unused = [n for n, c in zip(self._names, captured) if c is None]  # type: ignore[arg-type]
             raise FeatureError(f"layers {unused} did not run in the forward pass", "tap layers the forward uses")
-        return captured  # type: ignore[return-value]
+        outputs = self._convert(captured, self._names)  # type: ignore[arg-type]
+        if self._strides is None:
+            self._settle_strides(outputs, x.shape[-1])
+        return outputs
+
+    def _find_stage_ends(self, x: Tensor) -> list[Tensor]:
+        """Hook every module once, then keep the last one to finish at each map size: the stages' outputs.
+
+        Hooks fire when a module finishes, so of a block and its last inner layer the block (outer) comes last. Maps
+        of one position (global pools) are left out.
+        """
+        order: list[tuple[str, tuple[int, int]]] = []
+        handles = []
+        for name, module in self.model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(
+                    lambda m, a, out, name=name: order.append((name, tuple(out.shape[-2:])))
+                    if isinstance(out, Tensor) and out.ndim == 4 and out.shape[-2:].numel() > 1 else None))
+        try:
+            self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        last: dict[tuple[int, int], str] = {}
+        for name, shape in order:
+            last.pop(shape, None)  # re-insert, so the sizes stay in the order their stages end
+            last[shape] = name
+        if not last:
+            raise FeatureError(f"model {type(self.model).__name__} has no layer with a spatial output",
+                               "pass --layers with module names to tap")
+        self._mode = "hooks"
+        self._set_hooked(list(last.values()), dict(self.model.named_modules()))
+        return self._hooked_outputs(x)
+
+
+def _is_unsupported(exc: Exception) -> bool:
+    """``forward_intermediates`` is missing or has another signature (not: it failed on this input)."""
+    return isinstance(exc, NotImplementedError) or "intermediates_only" in str(exc)
+
+
+def _stride(side: int, map_side: int, declared: object = None) -> int:
+    """A layer's stride from the input and map sides: the declared ``feature_info`` reduction where the map has the
+    side it implies (give or take the rounding of padded layers), else the power of two nearest the ratio (299 / 8
+    -> 32). Some models declare 2 for a stride-4 stem.
+    """
+    if isinstance(declared, (int, float)) and declared > 0:
+        if math.floor(side / declared) - 1 <= map_side <= math.ceil(side / declared) + 1:
+            return int(declared)
+    return 2 ** max(0, round(math.log2(side / max(map_side, 1))))
 
 
 def cache_dir() -> Path:
