@@ -32,6 +32,7 @@ from .images import (
     DeadLeavesSource, ImageLoader, ImageSource, WindowDataset, image_loader, image_source, random_sample,
 )
 from .metrics import PPPAccumulator
+from .geometry import DELTA, MEAN_FEATURE, apply_geometry, fit_geometry
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .report import LayerResult, Report, SchemeResult, environment
@@ -319,7 +320,14 @@ class Auditor:
                 "its position information, if any, does not come from padding; audit it without --padding",
             )
         self.taps = FeatureTaps(model, config.layers)
-        self.size, self.margin = geometry(config, model, info)
+        geometry(config, model, info)  # a margin the user gave must fit the model's stride: their error to fix
+        self.fitted = fit_geometry(model, info.input_size, config.input_size, config.margin, taps=self.taps)
+        if self.fitted.changes_model:
+            model = apply_geometry(model, self.fitted).eval().to(self.device)
+            self.model = model
+            self.taps = FeatureTaps(model, config.layers)
+        self.size, self.margin = self.fitted.size, self.fitted.margin
+        self.estimator = self.fitted.estimator
         in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
         self.probe = torch.zeros(1, in_chans, self.size, self.size, device=self.device)
         self.summaries: dict[str, PatchSummary] = {
@@ -423,9 +431,12 @@ class Auditor:
         loader = self.loader(WindowDataset(source, range(rank, num_images, world), window), config.batch_size,
                              graceful=graceful)
 
-        accumulators = {scheme: [PPPAccumulator(config.groups) for _ in taps.names] for scheme in schemes}
+        with_reference = self.estimator == DELTA
+        accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference) for _ in taps.names]
+                        for scheme in schemes}
         seconds = {scheme: 0.0 for scheme in schemes}
         offsets: list[int] = []
+        strides: list[float] = []
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         model.to(memory_format=memory_format)
         extract = torch.compile(taps.__call__, backend=config.compile) if config.compile else taps
@@ -441,11 +452,22 @@ class Auditor:
                 crops = self.crop(windows)
                 for scheme in schemes:
                     tick = time.perf_counter()
+                    if not with_reference:  # crop passes only: the mean-feature estimator
+                        with self.patched(scheme, model), autocast(device, config.precision):
+                            feats_crop = extract(crops)
+                        for acc, a in zip(accumulators[scheme], feats_crop):
+                            acc.update(a, None, indices)
+                        offsets = offsets or [0] * len(feats_crop)
+                        strides = strides or [size / a.shape[-1] for a in feats_crop]
+                        seconds[scheme] += time.perf_counter() - tick
+                        bar.advance(task, windows.shape[0])
+                        continue
                     with self.patched(scheme, model), autocast(device, config.precision):
                         feats_crop, feats_window = extract(crops), extract(windows)
                     if not offsets:
                         offsets = [feature_offset(name, a, b)
                                    for name, a, b in zip(taps.names, feats_crop, feats_window)]
+                        strides = [margin / off for off in offsets]
                     for acc, off, a, b in zip(accumulators[scheme], offsets, feats_crop, feats_window):
                         acc.update(a, b[..., off:off + a.shape[-2], off:off + a.shape[-1]], indices)
                     seconds[scheme] += time.perf_counter() - tick
@@ -466,7 +488,7 @@ class Auditor:
         results = []
         for scheme in schemes:
             layers = []
-            for name, acc, off, radius in zip(taps.names, accumulators[scheme], offsets, radii):
+            for name, acc, stride, radius in zip(taps.names, accumulators[scheme], strides, radii):
                 if world > 1:
                     acc.all_reduce_()
                 if not acc.is_finite():
@@ -474,9 +496,11 @@ class Auditor:
                         f"layer '{name}' produced NaN/inf features with padding '{scheme}'",
                         "check the weights, or use --precision fp32",
                     )
-                stats = acc.compute(stride_px=margin / off, receptive_radius_px=radius)
-                layers.append(LayerResult(name=name, receptive_radius_px=radius, reference_partial=radius > margin,
-                                          stats=stats))
+                stats = acc.compute(stride_px=stride, receptive_radius_px=radius if with_reference else None)
+                if not with_reference:  # the report's estimator field says which estimator "strength" is
+                    stats.strength, stats.strength_ci = stats.mean_feature_strength, stats.mean_feature_ci
+                layers.append(LayerResult(name=name, receptive_radius_px=radius,
+                                          reference_partial=with_reference and radius > margin, stats=stats))
             results.append(SchemeResult(scheme=scheme, patch=self.summaries[scheme].to_dict(), layers=layers))
         return Measurement(results=results, data={**source.describe(), "num_images": num_images}, seconds=seconds,
                            loop_s=loop_s, interrupted=interrupted, source=source)
@@ -536,6 +560,10 @@ class Auditor:
                      **(timings or {})},
             baselines=baselines or {},
             interrupted=interrupted or measurement.interrupted,
+            estimator=self.estimator,
+            geometry={"changes": list(self.fitted.changes), **({"rebuilt_with": dict(self.fitted.constructor_kwargs)}
+                                                              if self.fitted.constructor_kwargs else {}),
+                      **({"set_input_size": self.fitted.input_size} if self.fitted.input_size else {})},
         )
 
 

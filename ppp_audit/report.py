@@ -19,9 +19,9 @@ from typing import Any
 
 from .errors import ReportFileError
 
-SCHEMA_VERSION = "1.2"
-"""1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``; readers accept any 1.x and ignore fields
-they do not know."""
+SCHEMA_VERSION = "1.3"
+"""1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
+``mean-feature`` estimator); readers accept any 1.x and ignore fields they do not know."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 """The names of a report folder's JSON and page (``--out``, ``ppp-audit show``, Hub pushes)."""
@@ -206,6 +206,10 @@ class Report:
     results: list[SchemeResult]
     timings: dict[str, float] = field(default_factory=dict)
     estimator: str = "delta"
+    """``delta`` (padded crop minus padding-free window features) or ``mean-feature`` (crop passes only, for models
+    that run at one input size: biased by the images' own position statistics)."""
+    geometry: dict[str, Any] = field(default_factory=dict)
+    """What the audit changed to fit the model (``changes``: one line each, with the reason) and how."""
     baselines: dict[str, Any] = field(default_factory=dict)
     interrupted: str | None = None
     """Set when Ctrl-C stopped the audit: what the statistics cover (e.g. "... after 32 of 64 images")."""
@@ -245,6 +249,7 @@ class Report:
             "device": self.device,
             "precision": self.precision,
             "estimator": self.estimator,
+            "geometry": self.geometry,
             "timings": self.timings,
             "results": [r.to_dict() for r in self.results],
             "baselines": self.baselines,

@@ -50,7 +50,13 @@ def render_table(report: Report) -> "Table":
         for result in report.results:
             row += [format_number(getattr(result, attr)), ""]
         table.add_row(*row, style="bold")
-    notes = ["strength = RMS(P) / RMS(σ) (Δ estimator, debiased); extent = distance from the border, input px"]
+    if report.estimator == "mean-feature":
+        notes = ["strength = RMS(P') / RMS(σ) of the mean crop features minus their spatial mean (mean-feature "
+                 "estimator: this model runs at one input size, so no padding-free window exists; biased by the "
+                 "images' own position statistics); extent = distance from the border, input px"]
+    else:
+        notes = ["strength = RMS(P) / RMS(σ) (Δ estimator, debiased); extent = distance from the border, input px"]
+    notes += [f"geometry: {change}" for change in report.geometry.get("changes", [])]
     if report.interrupted:
         notes.append(f"interrupted: {report.interrupted}")
     if partial_seen:
