@@ -161,3 +161,73 @@ def test_an_unreadable_image_gives_the_same_line_with_and_without_workers(tmp_pa
         lines[workers] = result.stderr.strip().splitlines()
     assert len(lines["0"]) == 1 and "cannot read image" in lines["0"][0] and "2.png" in lines["0"][0]
     assert lines["1"] == lines["0"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every architecture: a number (Δ where a window runs, the labelled fallback otherwise) or one line
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _tiny_fixed_size_hybrid():
+    """A conv stem under a ViT from timm's classes, built for 32 px with no registered name (timm cannot rebuild it
+    with ``dynamic_img_size``): no window larger than the crop runs."""
+    from functools import partial
+
+    import torch.nn as nn
+    from timm.layers import HybridEmbed
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU())
+    return VisionTransformer(img_size=32, patch_size=1, embed_dim=32, depth=2, num_heads=2, num_classes=0,
+                             embed_layer=partial(HybridEmbed, backbone=stem)).eval()
+
+
+def test_a_fixed_size_hybrid_gets_a_labelled_mean_feature_number():
+    from rich.console import Console
+
+    from ppp_audit.models import module_info
+    from ppp_audit.render import render_table
+
+    model = _tiny_fixed_size_hybrid()
+    config = AuditConfig("tiny-hybrid", paddings=["reflect"], num_images=8, batch_size=8, device="cpu")
+    report = audit(config, model=model, info=module_info(model, input_size=32))
+    assert report.estimator == "mean-feature" and report.margin == 0
+    assert "no window larger than the crop runs" in report.geometry["changes"][0]
+    for result in report.results:
+        for layer in result.layers:
+            assert layer.stats.strength == layer.stats.mean_feature_strength and layer.stats.strength >= 0
+            assert layer.stats.ppp_map is not None and not layer.reference_partial
+    console = Console(record=True, width=200)
+    console.print(render_table(report))
+    assert "mean-feature estimator" in console.export_text()
+
+
+def test_a_divisibility_constrained_model_is_measured_at_a_fitted_geometry():
+    """timm's test_maxvit (built for 160 px) needs sides divisible by its 5x5 partitions at stride 32: the default
+    margin 64 (window 288 px) fails ("height (72) must be divisible by window (5)"), so the margin becomes 160."""
+    config = AuditConfig("test_maxvit", pretrained=False, paddings=["reflect"], num_images=2, batch_size=2,
+                         device="cpu")
+    report = audit(config)
+    assert (report.input_size, report.margin, report.estimator) == (160, 160, "delta")
+    (change,) = report.geometry["changes"]
+    assert change.startswith("margin 64 -> 160, window 480 px") and "must be divisible by window (5)" in change
+    assert all(layer.stats.strength is not None for layer in report.scheme("reflect").layers)
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(monkeypatch):
+    from typer.testing import CliRunner
+
+    from ppp_audit.auditor import Auditor
+    from ppp_audit.cli import app
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("something nobody planned for\nsecond line")
+
+    monkeypatch.setattr(Auditor, "measure", broken)
+    result = CliRunner().invoke(app, ["resnet10t", "--no-pretrained", "-n", "2", "--input-size", "64",
+                                      "--device", "cpu"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("ppp-audit: error: unexpected error (RuntimeError: something nobody planned for)")
+    assert "--debug" in line and "Traceback" not in result.output

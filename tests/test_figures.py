@@ -316,7 +316,8 @@ def test_show_bad_input(tmp_path):
 
 
 def test_report_without_maps_still_renders(planted_report, tmp_path):
-    """Mean-feature-only layers (no reference, so no map or profile) give a page with the table and no figures."""
+    """Layers with no map or profile (reports of schema <= 1.2 measured with the mean-feature estimator, which then
+    kept none) give a page with the table and no figures."""
     import torch
     from rich.console import Console
 
@@ -326,7 +327,9 @@ def test_report_without_maps_still_renders(planted_report, tmp_path):
 
     acc = PPPAccumulator(groups=4, with_reference=False)
     acc.update(torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0)))
-    layer = LayerResult(name="stage0", receptive_radius_px=4.0, reference_partial=False, stats=acc.compute(8.0))
+    stats = acc.compute(8.0)
+    stats.ppp_map, stats.profile, stats.side_profiles = None, None, {}  # a mean-feature layer of schema <= 1.2
+    layer = LayerResult(name="stage0", receptive_radius_px=4.0, reference_partial=False, stats=stats)
     base = {k: getattr(planted_report, k) for k in ("environment", "model", "data", "input_size", "margin", "seed",
                                                      "device", "precision")}
     patch = {"scheme": "native", "native_padding": "zeros", "num_patched": 0, "patched": [], "unpatched": []}
