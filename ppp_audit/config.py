@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -86,6 +87,17 @@ def check_types(config: Any) -> None:
                 f"pass a {expected}"
             _bad(f"{type(config).__name__}.{f.name} must be a {expected} (got {type(value).__name__} {value!r})",
                  example)
+
+
+def _check_compile_backend(backend: str) -> None:
+    """Refuse a ``torch.compile`` backend torch does not have (imports torch's compiler: only when one is asked)."""
+    from torch._dynamo import list_backends
+
+    known = list_backends(exclude_tags=())
+    if backend not in known:
+        common = [name for name in ("inductor", "aot_eager", "eager", "cudagraphs") if name in known]
+        _bad(f"--compile: unknown torch.compile backend '{backend}'",
+             f"use one of {', '.join(common)} (all: torch._dynamo.list_backends()), or leave --compile out")
 
 
 @dataclass
@@ -177,8 +189,14 @@ class AuditConfig:
             _bad(f"--input-size {self.input_size} is too small", "use at least the model's largest stride")
         if self.margin is not None and self.margin <= 0:
             _bad(f"--margin must be positive (got {self.margin})", "leave it out for twice the largest stride")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+        if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
             _bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")
+        if self.workers < 0:
+            _bad(f"--workers must be >= 0 (got {self.workers})", "0 reads images in this process; e.g. --workers 4")
+        if not 0 <= self.seed < 2**64:
+            _bad(f"--seed must be between 0 and 2**64 - 1 (got {self.seed})", "pass e.g. --seed 0")
+        if self.compile is not None:
+            _check_compile_backend(self.compile)
         if not self.images_split.strip():
             _bad("--images-split is empty", "name a split of the dataset, e.g. train or validation")
         if parse_hfds(self.images) is None and self.images_split != "train":

