@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.functional import center_crop
 from typer.testing import CliRunner
 
 from ppp_audit.cli import app
 from ppp_audit.config import AuditConfig
 from ppp_audit.errors import ConfigError, ImageSourceError
-from ppp_audit.images import IMAGE_MODES, load_window
+from ppp_audit.images import IMAGE_MODES, image_array, load_window
 from ppp_audit.report import REPORT_JSON, Report
 
 runner = CliRunner()
@@ -71,12 +72,14 @@ def _saved(image: Image.Image, fmt: str = "PNG") -> io.BytesIO:
     return file
 
 
-@pytest.mark.parametrize(("mode", "fmt"), [("I;16", "PNG"), ("I;16B", "PNG"), ("I;16", "TIFF"), ("I", "TIFF"),
+@pytest.mark.parametrize(("mode", "fmt"), [("I;16", "PNG"), ("I;16B", "TIFF"), ("I;16", "TIFF"), ("I", "TIFF"),
                                            ("F", "TIFF")])
 def test_deep_greyscale_is_scaled_by_its_bit_depth(mode, fmt):
     grey = _grey(0)
     eight = load_window(_saved(Image.fromarray(grey)), "8-bit", 96)
-    sixteen = grey.astype(np.uint16) * 257 + np.random.default_rng(1).integers(0, 257, grey.shape).astype(np.uint16)
+    # The 8-bit value v is 257 v in 16 bits; up to 256 more (what 8 bits cannot hold) must stay below 1/255.
+    noise = np.random.default_rng(1).integers(0, 257, grey.shape)
+    sixteen = np.minimum(grey.astype(np.int64) * 257 + noise, 65535).astype(np.uint16)
     if mode == "I;16B":
         image = Image.frombytes("I;16B", grey.shape[::-1], sixteen.astype(">u2").tobytes())
     elif mode == "I":
@@ -115,9 +118,14 @@ def test_transparency_is_composited_on_black(mode):
             # Palette index 0 is transparent: pixels of that index become black, the others keep their colour.
             image = palette
             image.info["transparency"] = 0
-    file = _saved(image, "PNG")
-    window = load_window(file, mode, 100)  # all 100 rows, columns 10..109
-    expected = torch.from_numpy(np.asarray(Image.open(_saved(image, "PNG")).convert("RGBA"), dtype=np.float32))
+    if mode == "PA":  # PIL writes no PA files, but a plugin may open one: read the image itself
+        window = center_crop(image_array(image, mode), [100, 100])
+        opened = image
+    else:
+        window = load_window(_saved(image, "PNG"), mode, 100)  # all 100 rows, columns 10..109
+        opened = Image.open(_saved(image, "PNG"))
+        assert opened.mode == image.mode and (mode != "P+transparency" or "transparency" in opened.info)
+    expected = torch.from_numpy(np.asarray(opened.convert("RGBA"), dtype=np.float32))
     expected = (expected[..., :3] * expected[..., 3:] / (255.0 * 255.0)).permute(2, 0, 1)[:, :, 10:110]
     assert torch.allclose(window, expected, atol=1e-6)
     if mode == "P+transparency":
