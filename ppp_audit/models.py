@@ -162,7 +162,7 @@ def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> t
     except Exception as exc:  # noqa: BLE001 - a file that does not load is named with the reason
         problem = _file_problem(exc)
         if problem is not None:
-            raise WeightsUnavailableError(f"weights file '{path}' {problem}", _RESAVE_HINT) from exc
+            raise WeightsUnavailableError(f"weights file '{path}' {problem}", _fix_for(problem)) from exc
         raise WeightsUnavailableError(
             f"weights file '{path}' does not fit model '{name}': {_first_line(exc)}",
             "pass the architecture these weights were saved from",
@@ -170,8 +170,12 @@ def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> t
     return model, f"file:{path}"
 
 
-_RESAVE_HINT = ("if you trust the file, load it in Python and save its state_dict with safetensors.torch.save_file, "
+def _fix_for(problem: str) -> str:
+    """How to fix a weights file with the problem :func:`_file_problem` named."""
+    if "pickled" in problem:
+        return ("if you trust the file, load it in Python and save its state_dict with safetensors.torch.save_file, "
                 "then pass that file")
+    return "save or download the weights again"
 
 
 def _silent_hub(name: str, pretrained: bool) -> str | None:
@@ -262,7 +266,7 @@ def _loading_failure(name: str, exc: BaseException, offline: bool, silent_hub: s
     if name.startswith("local-dir:"):
         folder = name.partition(":")[2]
         if problem is not None:
-            return WeightsUnavailableError(f"the weights file in model folder '{folder}' {problem}", _RESAVE_HINT)
+            return WeightsUnavailableError(f"the weights file in model folder '{folder}' {problem}", _fix_for(problem))
         if any(str(cause).startswith("No suitable checkpoints") for cause in _causes(exc)):
             return WeightsUnavailableError(f"model folder '{folder}' holds no weights file (model.safetensors, "
                                            "pytorch_model.bin, *.pth)", f"pass {_SAVE_FOR_HF}, or --no-pretrained")
