@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .errors import FeatureError, GeometryError, PPPAuditError
-from .models import FeatureTaps, _feature_info, _input_size, _model_device
+from .models import FeatureTaps, built_input_size, feature_info_of, model_device
 
 DELTA = "delta"
 MEAN_FEATURE = "mean-feature"
@@ -176,10 +176,10 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
         PPPAuditError: A requested margin is not a multiple of the model's largest stride (the user's to fix).
         GeometryError: The model runs at no size at all.
     """
-    in_chans, built_size = _input_size(model)
+    in_chans, built_size = built_input_size(model)
     own_size = int(input_size or built_size)
     requested_size = int(size or own_size)
-    place = {"in_chans": in_chans, "device": _model_device(model), "dtype": _model_dtype(model)}
+    place = {"in_chans": in_chans, "device": model_device(model), "dtype": _model_dtype(model)}
     layers = taps.layers if taps is not None else layers
     taps = taps if taps is not None else FeatureTaps(model, layers)
     runs = _Runs(taps, place)
@@ -192,7 +192,7 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
     strides = taps.strides
     # every map must shift by whole positions: m is a multiple of every stride (the largest, for powers of two); for
     # strides with no small common multiple (crossvit's 12 and 17) the largest, and the alignment probe decides
-    reductions = [int(f["reduction"]) for f in _feature_info(model) if "reduction" in f] or [DEFAULT_STRIDE]
+    reductions = [int(f["reduction"]) for f in feature_info_of(model) if "reduction" in f] or [DEFAULT_STRIDE]
     largest = math.lcm(*reductions, *strides)
     largest = largest if largest <= 4 * max([*reductions, *strides]) else max([*reductions, *strides])
     if margin is not None and margin % largest:
@@ -364,7 +364,7 @@ def _rebuild(model: nn.Module, kwargs: dict[str, Any], copy_weights: bool) -> nn
             raise GeometryError(f"model {_name(model)} rebuilt with {kwargs} does not take its weights: {first}",
                                 "audit it at its input size") from exc
         rebuilt.pretrained_cfg = getattr(model, "pretrained_cfg", rebuilt.pretrained_cfg)
-    return rebuilt.to(device=_model_device(model), dtype=_model_dtype(model)).train(model.training)
+    return rebuilt.to(device=model_device(model), dtype=_model_dtype(model)).train(model.training)
 
 
 def _timm_name(model: nn.Module) -> str | None:

@@ -318,14 +318,14 @@ def _architecture(model: nn.Module) -> str:
     return getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
 
 
-def _feature_info(model: nn.Module) -> list[dict]:
+def feature_info_of(model: nn.Module) -> list[dict]:
     """The model's ``feature_info`` as a list of dicts (timm models carry a list, ``features_only`` nets an object)."""
     info = getattr(model, "feature_info", None)
     info = getattr(info, "info", info)  # timm's FeatureInfo keeps the dicts in .info
     return [dict(f) for f in info] if info else []
 
 
-def _input_size(model: nn.Module) -> tuple[int, int]:
+def built_input_size(model: nn.Module) -> tuple[int, int]:
     """The channels and side of the input the model was built for.
 
     The ``img_size`` timm built it with (its ``_traits``, when given to ``create_model``), else ``pretrained_cfg``,
@@ -342,7 +342,7 @@ def _input_size(model: nn.Module) -> tuple[int, int]:
     return (in_chans if isinstance(in_chans, int) else 3), (side if isinstance(side, int) else 224)
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     tensor = next(model.parameters(), None)
     if tensor is None:
         tensor = next(model.buffers(), None)
@@ -413,7 +413,7 @@ class FeatureTaps:
         prefix = getattr(model, "num_prefix_tokens", None)
         self._num_prefix_tokens = prefix if isinstance(prefix, int) else None
         modules = dict(model.named_modules())
-        self._info = _feature_info(model)
+        self._info = feature_info_of(model)
         self._names: list[str] | None = None
         self._strides: list[int] | None = None
         self._reductions: list[object] = []  # what feature_info declares, checked against the maps at the first call
@@ -460,12 +460,12 @@ class FeatureTaps:
         return self._hooked_outputs(x)
 
     def _probe(self) -> None:
-        in_chans, size = _input_size(self.model)
+        in_chans, size = built_input_size(self.model)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                self(torch.zeros(1, in_chans, size, size, device=_model_device(self.model)))
+                self(torch.zeros(1, in_chans, size, size, device=model_device(self.model)))
         except FeatureError:
             raise
         except Exception as exc:
