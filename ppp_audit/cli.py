@@ -250,6 +250,7 @@ def _guarded(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _saved_reports.clear()  # per command: a report an earlier command saved (same process, e.g. tests) is not ours
         try:
             return func(*args, **kwargs)
         except PPPAuditError as exc:
