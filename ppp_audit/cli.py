@@ -254,8 +254,8 @@ def _guarded(func):
         try:
             return func(*args, **kwargs)
         except PPPAuditError as exc:
-            raise _fail(f"{exc.message}" + (f" — {exc.hint}" if exc.hint else "") + _where_saved(),
-                        exc.exit_code) from None
+            line = f"{exc.message}" + (f" — {exc.hint}" if exc.hint else "")
+            raise _fail(line + _where_saved(line), exc.exit_code) from None
         except KeyboardInterrupt:
             raise _fail("interrupted" + _where_saved(), 130) from None
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException,
@@ -272,8 +272,11 @@ def _guarded(func):
     return wrapper
 
 
-def _where_saved() -> str:
-    return f" (the report is saved at {_saved_reports[-1]})" if _saved_reports else ""
+def _where_saved(line: str = "") -> str:
+    """Where this command saved its report, unless ``line`` already says so."""
+    if not _saved_reports or str(_saved_reports[-1].parent) in line:
+        return ""
+    return f" (the report is saved at {_saved_reports[-1]})"
 
 
 def config_parameters(config_class: type, *names: str) -> list[inspect.Parameter]:

@@ -11,6 +11,7 @@ from ppp_audit.errors import (
     ConfigError,
     FeatureError,
     HubPushError,
+    GeometryError,
     ImageFolderNotFoundError,
     ImageSourceError,
     NothingToPatchError,
@@ -37,6 +38,7 @@ BUILTIN_BASES = {
     ReportFileError: OSError,
     HubPushError: OSError,
     FeatureError: RuntimeError,
+    GeometryError: ValueError,
 }
 ALL_ERRORS = [PPPAuditError, *BUILTIN_BASES]
 
