@@ -89,7 +89,7 @@ def test_padding_shape_error_takes_its_layer_in_the_constructor():
 
 
 def test_exit_codes_are_kept():
-    assert {cls: cls.exit_code for cls in ALL_ERRORS if cls.exit_code != 2} == {FeatureError: 1, HubPushError: 1}
+    assert {cls: cls.exit_code for cls in ALL_ERRORS if cls.exit_code != 2} == {FeatureError: 1, GeometryError: 1, HubPushError: 1}
 
 
 @pytest.mark.parametrize(("hf_hub_offline", "transformers_offline", "offline"), [
