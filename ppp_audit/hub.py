@@ -109,6 +109,17 @@ def default_report_dir(report: dict[str, Any] | Report, root: str | os.PathLike 
     return Path(root) / report_subdir(report)
 
 
+def unused_report_dir(report: dict[str, Any] | Report, root: str | os.PathLike = DEFAULT_LOCAL_ROOT) -> Path:
+    """:func:`default_report_dir`, or ``SCHEMES-2``, ``-3``, ... beside it when an earlier audit's report is there:
+    a report saved without ``--out`` never replaces another one (it may still be waiting to be pushed)."""
+    first = default_report_dir(report, root)
+    folder, number = first, 1
+    while (folder / REPORT_JSON).exists():
+        number += 1
+        folder = first.with_name(f"{first.name}-{number}")
+    return folder
+
+
 def model_repo_for(report: dict[str, Any] | Report) -> str | None:
     """The Hub repo holding the weights the report audited, or ``None`` when they did not come from the Hub.
 
@@ -559,7 +570,7 @@ def push_report(
         report = Report.load(file)  # JSON only: no torch
         folder = file.parent
     else:
-        target = Path(local_dir) if local_dir is not None else default_report_dir(report)
+        target = Path(local_dir) if local_dir is not None else unused_report_dir(report)
         folder = report.save(target / REPORT_JSON).parent
     if repo_id is None and not model_pr:
         raise PPPAuditError("nothing to push to", "pass a dataset REPO_ID and/or --model-pr")
@@ -618,4 +629,5 @@ __all__ = [
     "push_report",
     "render_card",
     "report_subdir",
+    "unused_report_dir",
 ]

@@ -279,13 +279,30 @@ class Report:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON atomically (a partial file never replaces a good one)."""
+        """Write the JSON atomically (a partial file never replaces a good one, and none is left behind).
+
+        Raises:
+            ReportFileError: ``path`` is a folder or cannot be written (the message names the OS's reason).
+        """
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        try:
+            if path.is_dir():
+                raise IsADirectoryError(21, "is a folder", str(path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(self.to_json())
+            tmp.replace(path)
+        except OSError as exc:
+            if tmp.is_file():
+                tmp.unlink()
+            raise ReportFileError(f"could not write the report to '{path}': {exc.strerror or exc}",
+                                  "pick a writable file or folder") from None
         return path
+
+    def describe(self) -> str:
+        """One line naming the audit: model, schemes and when it ran (``resnet18, native + reflect, 2026-12-01T10:00``)."""
+        schemes = " + ".join(result.scheme for result in self.results)
+        return f"{self.model.get('name', '?')}, {schemes}, {self.created}"
 
     @classmethod
     def load(cls, path: str | Path) -> "Report":
@@ -419,6 +436,66 @@ def report_file(path: str | Path) -> Path:
     """The JSON file a report path names: ``DIR/report.json`` for a folder, the path itself otherwise."""
     path = Path(path)
     return path / REPORT_JSON if path.is_dir() else path
+
+
+def check_report_path(path: str | Path, option: str = "--json") -> Path:
+    """Check, before an audit runs, that a report file can be written at ``path`` (nothing is created).
+
+    Raises:
+        ReportFileError: ``path`` is a folder, a parent is a file, or the folder it would go in is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ReportFileError(f"{option} '{path}' is a folder", f"name a file (e.g. {path / REPORT_JSON}), or pass "
+                              "the folder as --out")
+    _check_writable_folder(path.parent, option, path)
+    return path
+
+
+def check_report_folder(path: str | Path, *, overwrite: bool = False, option: str = "--out") -> Path:
+    """Check, before an audit runs, that its report folder can be written at ``path`` without replacing another audit.
+
+    Args:
+        path: The folder for report.json, figures and the page.
+        overwrite: Allow replacing a report that is already there (and the figures it does not draw again).
+        option: The option that named the folder, for the messages.
+
+    Raises:
+        ReportFileError: ``path`` is a file, cannot be written, or already holds a report and ``overwrite`` is off.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ReportFileError(f"{option} '{path}' is a file, not a folder", f"pass a folder for {option} (or --json "
+                              "FILE for the JSON alone)")
+    existing = path / REPORT_JSON
+    if existing.exists() and not overwrite:
+        try:
+            earlier = f"the report of an earlier audit ({Report.load(existing).describe()})"
+        except ReportFileError:
+            earlier = f"a {REPORT_JSON}"
+        raise ReportFileError(f"{option} '{path}' already holds {earlier}",
+                              "pass --overwrite to replace it, or choose another folder")
+    _check_writable_folder(path, option, path)
+    return path
+
+
+def _check_writable_folder(folder: Path, option: str, named: Path) -> None:
+    """The nearest existing folder at or above ``folder`` is a folder we can create files in (probed, then removed)."""
+    import tempfile
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ReportFileError(f"{option} '{named}': '{existing}' is a file, not a folder", "pick another path")
+    try:  # a folder still to be made is probed by making one beside where it will go
+        if existing == folder:
+            tempfile.NamedTemporaryFile(dir=existing, prefix=".ppp-audit-probe-").close()
+        else:
+            tempfile.TemporaryDirectory(dir=existing, prefix=".ppp-audit-probe-").cleanup()
+    except OSError as exc:
+        raise ReportFileError(f"{option} '{named}' cannot be written ('{existing}': {exc.strerror or exc})",
+                              "pick a writable path") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -410,3 +410,69 @@ def test_dependencies_have_no_upper_caps_and_a_hub_floor_that_fits_the_imports()
     import huggingface_hub.errors
 
     assert callable(huggingface_hub.constants.is_offline_mode) and huggingface_hub.errors.RemoteEntryNotFoundError
+
+
+# ---- outputs: checked before the audit; a finished report is never lost nor silently replaces another ------------
+
+
+@pytest.mark.parametrize(("make", "args", "cause"), [
+    (None, ["--json", "/proc/x.json"], "--json '/proc/x.json' cannot be written"),
+    ("file", ["--out", "{path}"], "is a file, not a folder"),
+    ("dir", ["--json", "{path}"], "is a folder — name a file"),
+    (None, ["--json", "ok.json", "--out", "/proc/x"], "--out '/proc/x' cannot be written"),
+    ("file", ["--json", "{path}/x.json"], "is a file, not a folder"),
+])
+def test_unwritable_outputs_fail_before_the_audit(tmp_path, monkeypatch, make, args, cause):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "existing"
+    if make == "file":
+        path.write_text("not a folder")
+    elif make == "dir":
+        path.mkdir()
+    measured = []
+    monkeypatch.setattr("ppp_audit.engine.audit", lambda *a, **k: measured.append(1))
+    fails([*TINY, *[arg.format(path=path) for arg in args]], cause)
+    assert not measured, "the audit ran before its outputs were checked"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([path.name] if make else [])  # nothing left (no DIR.tmp)
+
+
+def test_a_folder_holding_another_audit_is_not_replaced_without_overwrite(tmp_path):
+    out = tmp_path / "run"
+    first = runner.invoke(app, [*TINY, "-p", "reflect", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    earlier = (out / REPORT_JSON).read_text()
+    stage_maps = {p.name for p in (out / "figures").glob("ppp_map_*.png")}
+    assert len(stage_maps) == 5
+    line = fails([*TINY, "--out", out], "already holds the report of an earlier audit (resnet10t, native + reflect")
+    assert "--overwrite" in line and (out / REPORT_JSON).read_text() == earlier
+    again = runner.invoke(app, [*TINY, "--out", str(out), "--overwrite", "--layers", "layer4"])
+    assert again.exit_code == 0, again.output
+    assert [r["scheme"] for r in json.loads((out / REPORT_JSON).read_text())["results"]] == ["native"]
+    left = {p.name for p in (out / "figures").glob("ppp_map_*.png")}
+    assert left == {"ppp_map_00_layer4.png"}, "figures of the earlier audit were left beside the new page"
+
+
+def test_a_write_that_fails_after_the_audit_keeps_the_report(tmp_path, monkeypatch):
+    """The paths passed the check, then writing failed anyway (disk full, folder removed): the report goes to the
+    default folder and the error line says where."""
+    monkeypatch.chdir(tmp_path)
+    original = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name == "wanted.json.tmp":
+            raise OSError(28, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    line = fails([*TINY, "--json", "wanted.json"], "could not write the report to 'wanted.json': No space left")
+    saved = tmp_path / "ppp-audit-reports" / "resnet10t@random-init" / "native" / REPORT_JSON
+    assert saved.is_file() and str(saved.relative_to(tmp_path)) in line
+
+
+def test_report_save_cleans_up_and_names_the_path(saved_report, tmp_path):
+    report = Report.from_dict(saved_report)
+    target = tmp_path / "folder"
+    target.mkdir()
+    with pytest.raises(OSError, match="could not write the report to .*folder.*: is a folder"):
+        report.save(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"]

@@ -179,3 +179,19 @@ def test_cli_saves_the_partial_report_and_exits_130(ctrl_c_at_window_5, tmp_path
     shown = CliRunner().invoke(app, ["show", str(saved)])
     assert shown.exit_code == 0, shown.output
     assert "interrupted: stopped by Ctrl-C after 8 of 12 images" in " ".join(shown.output.split())
+
+
+def test_an_interrupted_run_never_replaces_an_earlier_report(ctrl_c_at_window_5, tmp_path, monkeypatch):
+    """The default folder may hold a finished report still waiting to be pushed: the partial one goes beside it."""
+    from ppp_audit.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "ppp-audit-reports" / "resnet10t@random-init" / "native+reflect" / "report.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("the finished report")
+    result = CliRunner().invoke(app, CLI_ARGS)
+    assert result.exit_code == 130, result.output
+    assert earlier.read_text() == "the finished report"
+    partial = earlier.parent.with_name("native+reflect-2") / "report.json"
+    assert "after 8 of 12 images" in json.loads(partial.read_text())["interrupted"]
+    assert str(partial.relative_to(tmp_path)) in " ".join(result.output.split())

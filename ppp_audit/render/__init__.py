@@ -55,7 +55,8 @@ def write_outputs(report: Report, out_dir: str | Path, *, overwrite: bool = True
     Args:
         report: The report.
         out_dir: Destination folder (created).
-        overwrite: Redraw figures and rewrite files that exist; ``False`` only fills in what is missing.
+        overwrite: Redraw figures and rewrite files that exist, and delete figures this report does not draw;
+            ``False`` only fills in what is missing.
         embed: Embed the images in the HTML as data URIs (one file to share) instead of linking ``figures/*.png``.
         source: The JSON file the report was read from; if it lies in ``out_dir`` the page links to it as is.
 
@@ -70,11 +71,22 @@ def write_outputs(report: Report, out_dir: str | Path, *, overwrite: bool = True
         figures = write_figures(report, out_dir, overwrite=overwrite)
     except ImportError as exc:
         raise ReportFileError(f"figures need matplotlib ({exc})", "pip install matplotlib") from None
+    if overwrite:
+        _remove_stale_figures(out_dir, figures)
     html_path = out_dir / REPORT_HTML
     html_written = overwrite or embed or not html_path.exists() or any(f.written for f in figures)
     if html_written:
         write_html(report, out_dir, figures, json_name=json_path.name, embed=embed, filename=REPORT_HTML)
     return Outputs(out_dir=out_dir, json=json_path, html=html_path, figures=figures, html_written=html_written)
+
+
+def _remove_stale_figures(out_dir: Path, figures: list[FigureFile]) -> None:
+    """Delete the PNGs in ``figures/`` this report did not draw: left by an earlier audit into the same folder, they
+    would sit beside the new page as if they belonged to it."""
+    drawn = {(out_dir / figure.filename).resolve() for figure in figures}
+    for png in (out_dir / "figures").glob("*.png"):
+        if png.resolve() not in drawn:
+            png.unlink()
 
 
 def _place_json(report: Report, out_dir: Path, overwrite: bool, source: Path | None) -> Path:
