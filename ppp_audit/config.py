@@ -185,8 +185,8 @@ class AuditConfig:
             _bad(f"groups must be at least 2 (got {self.groups})", "use the default 8")
         if self.precision not in PRECISIONS:
             _bad(f"unknown precision '{self.precision}'", f"use one of {', '.join(PRECISIONS)}")
-        if self.input_size is not None and self.input_size < 8:
-            _bad(f"--input-size {self.input_size} is too small", "use at least the model's largest stride")
+        if self.input_size is not None and self.input_size < 1:  # the model-specific minimum: geometry.MIN_MAP_SIDE
+            _bad(f"--input-size must be positive (got {self.input_size})", "leave it out for the model's own size")
         if self.margin is not None and self.margin <= 0:
             _bad(f"--margin must be positive (got {self.margin})", "leave it out for twice the largest stride")
         if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):

@@ -32,6 +32,9 @@ ESTIMATORS = (DELTA, MEAN_FEATURE)
 # Attributes that name a window, partition or block a map side must be divisible by (timm's window attention,
 # maxvit partitions, halo blocks). Read only on modules with a 4-D input whose side they divide at a size that runs.
 WINDOW_ATTRIBUTES = ("window_size", "partition_size", "block_size")
+MIN_MAP_SIDE = 2
+"""The smallest side (in positions) of a tapped layer's map of the crop: ``--input-size`` is at least this times the
+largest tapped stride."""
 DEFAULT_STRIDE = 32  # timm's usual largest stride, for models without feature_info
 
 
@@ -190,6 +193,13 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
                             f"{runs(requested_size)}", "check the model with one forward pass at its input size")
     own_size = own_size if not isinstance(runs(own_size), str) else working
     strides = taps.strides
+    if size is not None and size < MIN_MAP_SIDE * max(strides):
+        # the one rule for a crop that is too small, applied before anything runs: below it the deepest tapped map
+        # has a single row, all border, and its "PPP" says nothing about where in the image a feature is
+        smallest = MIN_MAP_SIDE * max(strides)
+        raise PPPAuditError(f"--input-size {size} is too small for {_name(model)}: its deepest tapped layer (stride "
+                            f"{max(strides)}) would see fewer than {MIN_MAP_SIDE}x{MIN_MAP_SIDE} positions",
+                            f"use --input-size {smallest} or more ({MIN_MAP_SIDE} x the largest tapped stride)")
     # every map must shift by whole positions: m is a multiple of every stride (the largest, for powers of two); for
     # strides with no small common multiple (crossvit's 12 and 17) the largest, and the alignment probe decides
     reductions = [int(f["reduction"]) for f in feature_info_of(model) if "reduction" in f] or [DEFAULT_STRIDE]

@@ -317,6 +317,20 @@ def test_bad_settings_are_one_line(args, cause):
     fails([*TINY, *args], cause)
 
 
+@pytest.mark.parametrize("size", ["7", "16", "48"])
+def test_one_input_size_rule_for_every_too_small_crop(size):
+    """7 and 16 px used to meet different fates (refused / a silent 1x1 last stage): one rule now, from the taps."""
+    args = [arg for arg in TINY if arg not in ("--margin", "32")]
+    args[args.index("--input-size") + 1] = size
+    fails(args, f"--input-size {size} is too small for resnet10t: its deepest tapped layer (stride 32) would see fewer "
+                "than 2x2 positions — use --input-size 64 or more")
+
+
+def test_the_input_size_rule_follows_the_tapped_layers():
+    result = runner.invoke(app, [*TINY[:3], "32", "--layers", "layer2", *TINY[6:]])
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize(("setting", "cause"), [
     ({"groups": -1}, "groups must be at least 2 (got -1)"),
     ({"workers": -3}, "--workers must be >= 0"),
