@@ -68,8 +68,9 @@ class PreloadedSource:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ppp_audit.auditor import geometry, resolve_device
+    from ppp_audit.auditor import resolve_device
     from ppp_audit.engine import AuditConfig, audit
+    from ppp_audit.geometry import apply_geometry, fit_geometry
     from ppp_audit.images import DeadLeavesSource
     from ppp_audit.models import FeatureTaps, build_model
 
@@ -78,7 +79,9 @@ def run(args: argparse.Namespace) -> dict:
     config = AuditConfig(model=args.model, pretrained=False, num_images=args.num_images, batch_size=args.batch_size,
                          device=str(device), paddings=args.paddings, workers=args.workers, precision=args.precision,
                          input_size=args.input_size)
-    size, margin = geometry(config, model, info)
+    fitted = fit_geometry(model, info.input_size, config.input_size, config.margin)  # the sizes the audit runs at
+    model = apply_geometry(model, fitted).eval().to(device)
+    size, margin = fitted.size, fitted.margin
     # The same inputs, memory format and precision as the audit's own passes.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=memory_format)

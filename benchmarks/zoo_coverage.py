@@ -20,6 +20,8 @@ Usage:
     python benchmarks/zoo_coverage.py --model-list benchmarks/zoo_modules.txt --out coverage.jsonl  # the same, listed
     python benchmarks/zoo_coverage.py --pattern 'resnet*' --pattern 'vit_small*' --out some.jsonl
     python benchmarks/zoo_coverage.py --model-list names.txt --timeout 300 --out list.jsonl
+    python benchmarks/zoo_coverage.py --model-list benchmarks/zoo_modules.txt --rerun timeout --timeout 300 \
+        --out coverage.jsonl                                              # the slow ones again, with more time
 
 A benchmark, not a test: the full sweep takes tens of minutes on a 2-core CPU.
 """
@@ -122,6 +124,16 @@ def audit_one(name: str, num_images: int, timeout: float, scheme: str) -> dict:
     return row
 
 
+def latest_rows(path: Path) -> dict[str, dict]:
+    """The newest row of each model in a JSONL file, in the order the models first appear."""
+    rows: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["model"]] = row
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pattern", action="append", default=[], help="timm name pattern (repeatable)")
@@ -130,6 +142,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per model")
     parser.add_argument("--padding", default="reflect")
     parser.add_argument("--out", required=True, help="JSONL file (appended; models already in it are skipped)")
+    parser.add_argument("--rerun", action="append", default=[], choices=OUTCOMES, metavar="OUTCOME",
+                        help="run again the models whose row has this outcome, e.g. 'timeout' with a longer --timeout "
+                             "on a quieter machine (repeatable); the newest row of a model counts")
     args = parser.parse_args()
 
     models = (named_models(args.pattern, args.model_list) if args.pattern or args.model_list
@@ -137,7 +152,7 @@ def main() -> None:
     out = Path(args.out)
     done = set()
     if out.is_file():
-        done = {json.loads(line)["model"] for line in out.read_text().splitlines() if line.strip()}
+        done = {model for model, row in latest_rows(out).items() if row["outcome"] not in args.rerun}
     print(f"{len(models)} models ({len(done)} already in {out})", file=sys.stderr, flush=True)
     started = time.perf_counter()
     with out.open("a") as sink:
@@ -149,7 +164,7 @@ def main() -> None:
             sink.flush()
             print(f"{row['outcome']:<24} {name:<40} {row['seconds']:>6.1f}s  {row['reason'][:110]}", file=sys.stderr,
                   flush=True)
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    rows = list(latest_rows(out).values())
     counts = Counter(row["outcome"] for row in rows)
     print(f"\n{len(rows)} models, {time.perf_counter() - started:.0f} s this run")
     print("| outcome | count | examples |\n| --- | --- | --- |")

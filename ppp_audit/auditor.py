@@ -169,19 +169,6 @@ def largest_stride(model: nn.Module) -> int:
     return int(max([f["reduction"] for f in getattr(model, "feature_info", [])] or [32]))
 
 
-def geometry(config: AuditConfig, model: nn.Module, info: ModelInfo) -> tuple[int, int]:
-    """Crop size ``S`` and margin ``m`` of an audit (windows are ``S + 2m``), validated."""
-    max_stride = largest_stride(model)
-    size = config.input_size or info.input_size
-    margin = config.margin or 2 * max_stride
-    if margin % max_stride:
-        raise PPPAuditError(
-            f"--margin {margin} is not a multiple of the model's largest stride {max_stride}",
-            f"use --margin {max_stride * max(1, round(margin / max_stride))}",
-        )
-    return size, margin
-
-
 def receptive_radii(taps: FeatureTaps, window: int, device: torch.device) -> list[float]:
     """Empirical receptive-field radius (input px) of the centre position of each tapped layer.
 
@@ -320,7 +307,6 @@ class Auditor:
                 "its position information, if any, does not come from padding; audit it without --padding",
             )
         self.taps = FeatureTaps(model, config.layers)
-        geometry(config, model, info)  # a margin the user gave must fit the model's stride: their error to fix
         self.fitted = fit_geometry(model, info.input_size, config.input_size, config.margin, taps=self.taps)
         if self.fitted.changes_model:
             model = apply_geometry(model, self.fitted).eval().to(self.device)
@@ -569,5 +555,5 @@ class Auditor:
 
 __all__ = ["Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast", "checked_summary",
            "config_source",
-           "feature_offset", "geometry", "ieee_fp32", "largest_stride", "native_summary",
+           "feature_offset", "ieee_fp32", "largest_stride", "native_summary",
            "progress_bar", "rank_and_world", "receptive_radii", "resolve_device", "stop_on_ctrl_c"]

@@ -11,7 +11,7 @@ import time
 
 import torch.nn as nn
 
-from .auditor import Auditor, geometry, largest_stride, resolve_device
+from .auditor import Auditor, largest_stride, resolve_device
 from .config import NATIVE, PRECISIONS, AuditConfig
 from .errors import AuditInterrupted
 from .images import ImageSource
@@ -44,4 +44,4 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
     return report
 
 
-__all__ = ["AuditConfig", "NATIVE", "PRECISIONS", "audit", "geometry", "largest_stride", "resolve_device"]
+__all__ = ["AuditConfig", "NATIVE", "PRECISIONS", "audit", "largest_stride", "resolve_device"]

@@ -190,7 +190,7 @@ def test_audit_of_part_of_a_folder_records_its_sample(class_folders):
     from ppp_audit.engine import AuditConfig, audit
 
     common = dict(model="resnet10t", pretrained=False, images=str(class_folders), input_size=32, margin=32,
-                  batch_size=4, device="cpu")
+                  layers=["layer3"], batch_size=4, device="cpu")
     part = audit(AuditConfig(num_images=4, **common))
     assert part.data["sample"] == {"of": 12, "seed": 0, "skipped_small": 0} and part.data["num_images"] == 4
     whole = audit(AuditConfig(num_images=12, **common))
@@ -207,8 +207,8 @@ def test_images_too_small_for_the_window_are_skipped_and_counted(tmp_path):
     folder = FolderSource(tmp_path)
     every = random_sample(folder, 100, seed=0, size=96)
     assert sorted(every.indices) == [1, 2, 4, 5, 7, 8] and every.describe()["sample"]["skipped_small"] == 3
-    common = dict(model="resnet10t", pretrained=False, images=str(tmp_path), input_size=32, margin=32, batch_size=4,
-                  device="cpu")
+    common = dict(model="resnet10t", pretrained=False, images=str(tmp_path), input_size=32, margin=32,
+                  layers=["layer3"], batch_size=4, device="cpu")
     report = audit(AuditConfig(num_images=64, **common))
     assert report.data["num_images"] == 6 and report.data["sample"]["skipped_small"] == 3
     with pytest.raises(ImageSourceError, match="only 0 of the 9 images are at least 200x200"):

@@ -59,7 +59,7 @@ def test_paddings_command_lists_schemes_and_distributions(example_plugin):
 
 def test_example_plugin_is_usable_in_an_audit(example_plugin):
     result = CliRunner().invoke(app, ["resnet10t", "--no-pretrained", "-p", "extrapolate", "-n", "2", "-b", "2",
-                                      "--input-size", "32", "--json", "-"])
+                                      "--input-size", "64", "--json", "-"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     native, extrapolate = report["results"]

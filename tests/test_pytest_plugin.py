@@ -100,7 +100,7 @@ def test_timm_model_by_name_last_stage(project: pytest.Pytester) -> None:
 
         def test_resnet10t_last_stage(ppp):
             torch.manual_seed(0)
-            ppp.check("resnet10t", pretrained=False, max_strength=0.01, layers="last", input_size=32, num_images=4)
+            ppp.check("resnet10t", pretrained=False, max_strength=0.01, layers="last", input_size=64, num_images=4)
     ''')
     result = project.runpytest()
     result.assert_outcomes(failed=1)
@@ -287,8 +287,8 @@ def test_measure_gives_the_cli_numbers(tmp_path) -> None:
     weights = tmp_path / "resnet10t.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
 
-    ours = testing.measure(model, input_size=32, num_images=4, device="cpu")
-    cli = CliRunner().invoke(app, ["resnet10t", "--weights", str(weights), "--input-size", "32", "-n", "4",
+    ours = testing.measure(model, input_size=64, num_images=4, device="cpu")
+    cli = CliRunner().invoke(app, ["resnet10t", "--weights", str(weights), "--input-size", "64", "-n", "4",
                                    "--device", "cpu", "--no-progress", "--json", "-"])
     assert cli.exit_code == 0, cli.output
     theirs = Report.from_json(cli.stdout)
