@@ -266,7 +266,8 @@ def _draws_more(source: ImageSource) -> bool:
     return (source.base.available() or 0) > looked_at
 
 
-def _gather_skipped(measured: int, skipped: list[tuple[int, SkippedImage]]) -> tuple[int, list[tuple[int, Any]]]:
+def _gather_skipped(measured: int,
+                    skipped: list[tuple[int, SkippedImage]]) -> tuple[int, list[tuple[int, SkippedImage]]]:
     """All ranks' measured counts (summed) and skipped images (window index, record), on every rank.
 
     Raises:

@@ -300,3 +300,16 @@ def test_the_cli_saves_a_report_whose_deep_stage_is_non_finite(tmp_path):
     assert native.non_finite_layers == ["layer4"]
     assert all(math.isfinite(layer.stats.strength) for layer in native.layers[:-1])
     assert (out / "report.html").is_file() and "non-finite" in " ".join(result.stdout.split())
+
+
+def test_baselines_get_the_measured_images_only(tmp_path):
+    """What the measurement hands on (to the baselines) leaves the skipped images out: every window reads."""
+    folder = _faulty_folder(tmp_path)
+    config = AuditConfig("resnet10t", pretrained=False, images=str(folder), num_images=8, batch_size=2,
+                         input_size=64, margin=32, device="cpu")
+    measurement = Auditor(config).measure()
+    assert measurement.num_images == 4 and measurement.skipped.count == 2
+    assert measurement.source.available() == 4
+    windows = torch.stack([measurement.source.window(i, 128) for i in range(4)])
+    clean = FolderSource(folder, resize_short=round(128 / 0.875))  # as the audit reads it; 0..3.png come first
+    assert torch.equal(windows, torch.stack([clean.window(i, 128) for i in range(4)]))
