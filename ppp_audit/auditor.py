@@ -27,15 +27,16 @@ import torch.nn as nn
 from torch import Tensor
 
 from .config import NATIVE, AuditConfig
-from .errors import FeatureError, NothingToPatchError, PPPAuditError
+from .errors import FeatureError, ImageSourceError, NothingToPatchError, PPPAuditError
 from .images import (
-    DeadLeavesSource, ImageLoader, ImageSource, WindowDataset, image_loader, image_source, random_sample,
+    DeadLeavesSource, ImageLoader, ImageSource, IndexedSource, SampledSource, WindowDataset, image_loader,
+    image_source, random_sample, skipped_image, too_few_images,
 )
-from .metrics import PPPAccumulator
+from .metrics import PPPAccumulator, finite_layers
 from .geometry import DELTA, MEAN_FEATURE, apply_geometry, fit_geometry
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
-from .report import LayerResult, Report, SchemeResult, environment
+from .report import LayerResult, Report, SchemeResult, SkippedImage, SkippedImages, environment
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -236,6 +237,42 @@ def checked_summary(model: nn.Module, scheme: str, include_pools: bool, example_
     return summary
 
 
+def _all_non_finite(schemes: Sequence[str], *, on_first_batch: bool) -> FeatureError:
+    """The error for a measurement with no finite layer left, under any scheme."""
+    paddings = f"padding '{schemes[0]}'" if len(schemes) == 1 else f"every padding ({', '.join(schemes)})"
+    when = " on the first batch" if on_first_batch else ""
+    return FeatureError(f"every tapped layer produced NaN/inf features{when}, with {paddings}",
+                        "check the weights, or use --precision fp32")
+
+
+def _draws_more(source: ImageSource) -> bool:
+    """Whether a sample left images of its source undrawn (a larger N would draw them)."""
+    if not isinstance(source, SampledSource):
+        return False
+    looked_at = len(source.indices) + source.skipped_small + len(source.unreadable)
+    return (source.base.available() or 0) > looked_at
+
+
+def _gather_skipped(measured: int,
+                    skipped: list[tuple[int, SkippedImage]]) -> tuple[int, list[tuple[int, SkippedImage]]]:
+    """All ranks' measured counts (summed) and skipped images (window index, record), on every rank.
+
+    Raises:
+        ImageSourceError: A rank read no image (its accumulators would have nothing to all-reduce); raised on every
+            rank alike, so that none waits for the others.
+    """
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (measured, skipped))
+    empty = [rank for rank, (count, _) in enumerate(parts) if count == 0]
+    if empty:
+        raise ImageSourceError(f"process {empty[0]} of {len(parts)} could read none of its images "
+                               f"({sum(len(items) for _, items in parts)} unreadable in all)",
+                               "fix or remove the unreadable files, or run with fewer processes")
+    return sum(count for count, _ in parts), [item for _, items in parts for item in items]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The auditor
 # ---------------------------------------------------------------------------------------------------------------------
@@ -251,7 +288,9 @@ class Measurement:
         seconds: Host seconds spent per scheme (feature passes and accumulation).
         loop_s: Wall seconds of the whole loop.
         interrupted: Set when Ctrl-C stopped the loop: what the statistics cover.
-        source: The (sampled) source that was measured, for baselines on the same images.
+        source: The (sampled) source that was measured, for baselines on the same images; without the images that
+            could not be read.
+        skipped: The images skipped because they cannot be read (``None``: none was).
     """
 
     results: list[SchemeResult]
@@ -260,6 +299,7 @@ class Measurement:
     loop_s: float
     interrupted: str | None = None
     source: ImageSource | None = field(default=None, repr=False)
+    skipped: SkippedImages | None = None
 
     @property
     def num_images(self) -> int:
@@ -345,9 +385,11 @@ class Auditor:
 
     def loader(self, dataset: Any, batch_size: int, *, graceful: bool = False) -> ImageLoader:
         """Batches of ``dataset`` with the config's workers (which leave Ctrl-C to this process when ``graceful``;
-        an error raised in a worker reaches the caller as itself)."""
+        an error raised in a worker reaches the caller as itself); items whose image cannot be read are skipped
+        (listed in ``loader.skipped``) unless the config's ``strict_images`` is set."""
         return image_loader(dataset, batch_size=batch_size, workers=self.config.workers,
-                            pin_memory=self.device.type == "cuda", ignore_sigint=graceful)
+                            pin_memory=self.device.type == "cuda", ignore_sigint=graceful,
+                            skip_unreadable=not self.config.strict_images)
 
     # -- padding ------------------------------------------------------------------------------------------------------
 
@@ -380,6 +422,12 @@ class Auditor:
                 model: nn.Module | None = None, progress: bool = False) -> Measurement:
         """Stream ``num_images`` windows of ``source`` through the crop and window passes of every scheme.
 
+        Images that cannot be read are skipped (unless the config's ``strict_images``): found while sampling (from
+        their header) they are replaced by the next image of the seeded order; found while loading (a truncated
+        file) they are left out. Either way the measurement names them, and the statistics cover the images measured.
+        A layer whose features hold NaN/inf is marked ``non_finite`` and the others keep their numbers; the first
+        batch is checked at once, so a scheme whose every layer is broken stops there.
+
         Args:
             source: Images (default: :meth:`image_source`); a seeded random sample of N is drawn from a larger one.
             schemes: Which paddings to measure (default: :attr:`schemes`).
@@ -391,7 +439,9 @@ class Auditor:
 
         Raises:
             AuditInterrupted: Ctrl-C before two images were measured (nothing usable).
-            FeatureError: A layer produced NaN/inf features.
+            ImageSourceError: Fewer than 2 images can be read; with ``strict_images``, any image that cannot.
+            FeatureError: Every tapped layer produced NaN/inf features under every scheme (on the first batch: found
+                in seconds, not after the loop).
         """
         from .errors import AuditInterrupted
 
@@ -403,7 +453,8 @@ class Auditor:
         size, margin, window = self.size, self.margin, self.window
 
         source = random_sample(self.image_source() if source is None else source, config.num_images, config.seed,
-                               window)
+                               window, skip_unreadable=not config.strict_images)
+        unreadable = list(source.unreadable) if isinstance(source, SampledSource) else []  # found while sampling
         available = source.available()
         num_images = min(config.num_images, available) if available else config.num_images
         if num_images < 2:
@@ -414,8 +465,9 @@ class Auditor:
             raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
         if world > num_images:
             raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
-        loader = self.loader(WindowDataset(source, range(rank, num_images, world), window), config.batch_size,
-                             graceful=graceful)
+        num_windows = num_images
+        dataset = WindowDataset(source, range(rank, num_windows, world), window)
+        loader = self.loader(dataset, config.batch_size, graceful=graceful)
 
         with_reference = self.estimator == DELTA
         accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference) for _ in taps.names]
@@ -429,6 +481,10 @@ class Auditor:
         # Compiled graphs are traced under no_grad: inference tensors cannot flow through dynamo's guards.
         grad_off = torch.no_grad() if config.compile else torch.inference_mode()
         measured = 0
+        # The first batch's features are checked for NaN/inf (one host sync per scheme). Under torchrun the ranks
+        # would have to agree first; there the check at the end, after the all-reduce, is the only one.
+        first_batch = world == 1
+        running = list(schemes)  # a scheme whose every layer is non-finite on the first batch is not run further
         loop_started = time.perf_counter()
         with (progress_bar(progress and rank == 0) as bar, grad_off, stop_on_ctrl_c(graceful) as stop,
               ieee_fp32(config.precision == "fp32")):
@@ -436,40 +492,64 @@ class Auditor:
             for indices, batch in loader:
                 windows = self.normalise(batch).contiguous(memory_format=memory_format)
                 crops = self.crop(windows)
-                for scheme in schemes:
+                finite: dict[str, list[bool]] = {}
+                for scheme in running:
                     tick = time.perf_counter()
+                    with self.patched(scheme, model), autocast(device, config.precision):
+                        feats_crop = extract(crops)
+                        feats_window = extract(windows) if with_reference else None
                     if not with_reference:  # crop passes only: the mean-feature estimator
-                        with self.patched(scheme, model), autocast(device, config.precision):
-                            feats_crop = extract(crops)
-                        for acc, a in zip(accumulators[scheme], feats_crop):
-                            acc.update(a, None, indices)
                         offsets = offsets or [0] * len(feats_crop)
                         strides = strides or [size / a.shape[-1] for a in feats_crop]
-                        seconds[scheme] += time.perf_counter() - tick
-                        bar.advance(task, windows.shape[0])
-                        continue
-                    with self.patched(scheme, model), autocast(device, config.precision):
-                        feats_crop, feats_window = extract(crops), extract(windows)
-                    if not offsets:
-                        offsets = [feature_offset(name, a, b)
-                                   for name, a, b in zip(taps.names, feats_crop, feats_window)]
-                        strides = [margin / off for off in offsets]
-                    for acc, off, a, b in zip(accumulators[scheme], offsets, feats_crop, feats_window):
-                        acc.update(a, b[..., off:off + a.shape[-2], off:off + a.shape[-1]], indices)
+                        references: list[Tensor | None] = [None] * len(feats_crop)
+                    else:
+                        if not offsets:
+                            offsets = [feature_offset(name, a, b)
+                                       for name, a, b in zip(taps.names, feats_crop, feats_window)]
+                            strides = [margin / off for off in offsets]
+                        # The block of the window's features that lies over the crop: the padding-free reference.
+                        references = [b[..., off:off + a.shape[-2], off:off + a.shape[-1]]
+                                      for off, a, b in zip(offsets, feats_crop, feats_window)]
+                    if first_batch:  # what is accumulated, checked: NaN/inf outside the crop's block is harmless
+                        finite[scheme] = finite_layers(feats_crop, references if with_reference else None)
+                    for acc, a, b in zip(accumulators[scheme], feats_crop, references):
+                        acc.update(a, b, indices)
                     seconds[scheme] += time.perf_counter() - tick
                     bar.advance(task, windows.shape[0])
+                if first_batch:
+                    first_batch = False
+                    running = [scheme for scheme in schemes if any(finite[scheme])]
+                    if not running:
+                        raise _all_non_finite(schemes, on_first_batch=True)
                 measured += windows.shape[0]
                 if stop.requested:
                     break
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # kernels run ahead of the host: the wall time must include them
         loop_s = time.perf_counter() - loop_started
+
+        # Images the loader could not decode, by window index (all ranks'), then what was measured.
+        skipped = [(dataset.indices[failure.position], skipped_image(failure.error)) for failure in loader.skipped]
+        if world > 1:
+            measured, skipped = _gather_skipped(measured, skipped)
+        skipped.sort(key=lambda item: item[0])
+        unreadable += [image for _, image in skipped]
+        record = SkippedImages.of(unreadable, tried=len(unreadable) + measured)
         interrupted = None
         if stop.requested:
             if measured < 2:
                 raise AuditInterrupted(None)
             interrupted = f"stopped by Ctrl-C after {measured} of {num_images} images; the statistics cover those"
             num_images = measured
+        elif measured < 2:
+            raise too_few_images(measured, len(unreadable) + measured, window, unreadable=unreadable,
+                                 more=_draws_more(source))
+        else:
+            num_images = measured
+        measured_source = source
+        if skipped:  # baselines go on with the images that were measured
+            left_out = {index for index, _ in skipped}
+            measured_source = IndexedSource(source, [i for i in range(num_windows) if i not in left_out])
 
         results = []
         for scheme in schemes:
@@ -477,19 +557,16 @@ class Auditor:
             for name, acc, stride, radius in zip(taps.names, accumulators[scheme], strides, radii):
                 if world > 1:
                     acc.all_reduce_()
-                if not acc.is_finite():
-                    raise FeatureError(
-                        f"layer '{name}' produced NaN/inf features with padding '{scheme}'",
-                        "check the weights, or use --precision fp32",
-                    )
                 stats = acc.compute(stride_px=stride, receptive_radius_px=radius if with_reference else None)
                 if not with_reference:  # the report's estimator field says which estimator "strength" is
                     stats.strength, stats.strength_ci = stats.mean_feature_strength, stats.mean_feature_ci
                 layers.append(LayerResult(name=name, receptive_radius_px=radius,
                                           reference_partial=with_reference and radius > margin, stats=stats))
             results.append(SchemeResult(scheme=scheme, patch=self.summaries[scheme].to_dict(), layers=layers))
+        if all(layer.stats.non_finite for result in results for layer in result.layers):
+            raise _all_non_finite(schemes, on_first_batch=False)
         return Measurement(results=results, data={**source.describe(), "num_images": num_images}, seconds=seconds,
-                           loop_s=loop_s, interrupted=interrupted, source=source)
+                           loop_s=loop_s, interrupted=interrupted, source=measured_source, skipped=record)
 
     # -- baselines and the report -------------------------------------------------------------------------------------
 
@@ -539,6 +616,7 @@ class Auditor:
             device=str(self.device),
             precision=self.config.precision,
             results=measurement.results,
+            skipped_images=measurement.skipped,
             timings={"total_s": time.perf_counter() - started, "loop_s": measurement.loop_s, "processes": world,
                      **{f"{scheme}_s": s for scheme, s in seconds.items()},
                      "images_per_s": measurement.num_images * len(seconds) / max(sum(seconds.values()), 1e-9),

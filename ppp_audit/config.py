@@ -130,6 +130,8 @@ class AuditConfig:
         baselines: Baselines to run on the same images (``posenet``, ``fconv``, ``uneven``; docs/baselines.md).
         baseline_options: Per-baseline settings, ``{"posenet": {"steps": 500}, "fconv": {"borders": (0, 64)}}``.
         images_split: Split of an ``hfds/`` dataset (``datasets`` syntax: ``validation``, ``train[:256]``).
+        strict_images: Fail on the first image that cannot be read (not an image, truncated, an unsupported mode);
+            by default such images are skipped and the report counts and names them.
     """
 
     model: str = setting(help="timm model name (name.tag), local-dir:DIR or hf-hub:ID.", types=(str,))
@@ -174,6 +176,9 @@ class AuditConfig:
         parse=_parse_baseline_options, types=(dict,), default_factory=dict)
     images_split: str = setting("train", help="Split of an hfds/ dataset (datasets syntax: validation, train[:256]).",
                                 types=(str,))
+    strict_images: bool = setting(
+        False, help="Fail on the first unreadable image (default: skip it; the report counts and names them).",
+        flags=("--strict-images",), types=(bool,))
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -77,7 +77,24 @@ class NothingToPatchError(PPPAuditError, ValueError):
 
 
 class ImageSourceError(PPPAuditError, OSError):
-    """An image folder is missing, empty, unreadable, or holds images smaller than the window."""
+    """An image folder is missing, empty, unreadable, or holds images smaller than the window.
+
+    Attributes:
+        image: For an error about one image that cannot be read (made by :meth:`unreadable`), the image as messages
+            name it (a path, ``row 3 of hfds/beans (train)``); ``None`` otherwise. An audit skips such images unless
+            ``strict_images`` is set.
+        reason: Why that image cannot be read, in one line (``not an image (PIL cannot identify its format)``).
+    """
+
+    image: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def unreadable(cls, image: str, reason: str, hint: str = "remove or fix the file") -> "ImageSourceError":
+        """The error for one image that cannot be read: ``cannot read image 'IMAGE': REASON``."""
+        error = cls(f"cannot read image '{image}': {reason}", hint)
+        error.image, error.reason = image, reason  # set after construction: they pickle with the error
+        return error
 
 
 class ImageFolderNotFoundError(ImageSourceError, FileNotFoundError):

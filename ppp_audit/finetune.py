@@ -486,7 +486,9 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
     current = "before fine-tuning"
     try:
         heldout_loader = auditor.loader(
-            CropDataset(splits.heldout, range(measured.num_images), window, size, splits.labels_of(splits.heldout)),
+            # Every held-out image: the loader skips those the measurement skipped as unreadable, as it did.
+            CropDataset(splits.heldout, range(splits.heldout.available()), window, size,
+                        splits.labels_of(splits.heldout)),
             config.batch_size)
         order = _training_order(splits.pool, ft.steps * ft.batch_size, config.seed)
         train_loader = auditor.loader(

@@ -19,7 +19,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Protocol, Sequence
+from typing import IO, Any, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .config import HFDS_PREFIX, parse_hfds
 from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError
+from .report import SkippedImage
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
 
@@ -48,7 +49,12 @@ class ImageSource(Protocol):
         ...
 
     def fits(self, index: int, size: int) -> bool:
-        """Whether the ``index``-th image can give a ``size`` window (file sources: its short side, from the header)."""
+        """Whether the ``index``-th image can give a ``size`` window (file sources: its short side, from the header).
+
+        Raises:
+            ImageSourceError: The image's header cannot be read (made by ``ImageSourceError.unreadable``, so that
+                sampling can skip it and say why).
+        """
         ...
 
 
@@ -127,14 +133,15 @@ def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     return ((field - field.mean()) / (field.std() + 1e-12)).astype(np.float32)
 
 
-def image_fits(file: str | Path | IO[bytes], size: int) -> bool:
-    """Whether an image file's short side is at least ``size``, from its header. Files that cannot be read (not an
-    image, too many pixels) count as fitting, so that :func:`load_window` reports them."""
-    try:
-        with open_image(file, str(file)) as img:
-            return min(img.size) >= size
-    except ImageSourceError:
-        return True
+def image_fits(file: str | Path | IO[bytes], size: int, name: str | None = None) -> bool:
+    """Whether an image file's short side is at least ``size``, from its header.
+
+    Raises:
+        ImageSourceError: The header cannot be read (not an image, too many pixels), naming the image ``name``
+            (default: the file) as :func:`load_window` would.
+    """
+    with open_image(file, str(file) if name is None else name) as img:
+        return min(img.size) >= size
 
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -152,7 +159,6 @@ def open_image(file: str | Path | IO[bytes], name: str) -> Iterator[Any]:
     pixels)."""
     from PIL import Image, UnidentifiedImageError
 
-    hint = "remove or fix the file"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -160,15 +166,13 @@ def open_image(file: str | Path | IO[bytes], name: str) -> Iterator[Any]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
         count = f"{int(pixels.group(1)):,} pixels" if pixels else "its size"
-        raise ImageSourceError(
-            f"cannot read image '{name}': too many pixels ({count}, over PIL's limit of "
-            f"{Image.MAX_IMAGE_PIXELS:,}; a possible decompression bomb)",
-            "downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
+        raise ImageSourceError.unreadable(
+            name, f"too many pixels ({count}, over PIL's limit of {Image.MAX_IMAGE_PIXELS:,}; a possible "
+            "decompression bomb)", "downscale the image, or raise PIL.Image.MAX_IMAGE_PIXELS if you trust it") from None
     except UnidentifiedImageError:
-        raise ImageSourceError(f"cannot read image '{name}': not an image (PIL cannot identify its format)",
-                               hint) from None
+        raise ImageSourceError.unreadable(name, "not an image (PIL cannot identify its format)") from None
     except OSError as exc:
-        raise ImageSourceError(f"cannot read image '{name}': {_one_line(exc)}", hint) from None
+        raise ImageSourceError.unreadable(name, _one_line(exc) or type(exc).__name__) from None
     with img:
         yield img
 
@@ -191,13 +195,13 @@ def image_array(img: Any, name: str) -> Tensor:
 
     mode = img.mode
     if mode not in IMAGE_MODES:
-        raise ImageSourceError(f"cannot read image '{name}': PIL mode '{mode}' is not supported",
-                               f"save it as 8- or 16-bit RGB or greyscale (modes read: {', '.join(IMAGE_MODES)})")
+        raise ImageSourceError.unreadable(
+            name, f"PIL mode '{mode}' is not supported",
+            f"save it as 8- or 16-bit RGB or greyscale (modes read: {', '.join(IMAGE_MODES)})")
     try:
         img.load()
     except Exception as exc:  # noqa: BLE001 - any decoder failure (truncated, corrupt) is the file's fault
-        raise ImageSourceError(f"cannot read image '{name}': {_one_line(exc) or type(exc).__name__}",
-                               "remove or fix the file") from None
+        raise ImageSourceError.unreadable(name, _one_line(exc) or type(exc).__name__) from None
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         return _deep_greyscale(img, name)
     if mode in _ALPHA_MODES or "transparency" in img.info:
@@ -211,15 +215,15 @@ def _deep_greyscale(img: Any, name: str) -> Tensor:
     values = np.asarray(img)
     if img.mode == "F":
         if not (np.isfinite(values).all() and values.min() >= 0.0 and values.max() <= 1.0):
-            raise ImageSourceError(
-                f"cannot read image '{name}': a float image with values outside [0, 1] "
+            raise ImageSourceError.unreadable(
+                name, "a float image with values outside [0, 1] "
                 f"(from {float(np.nanmin(values)):.4g} to {float(np.nanmax(values)):.4g})",
                 "scale it to [0, 1], or save it as an 8- or 16-bit image")
         grey = values.astype(np.float32)
     else:
         if img.mode == "I" and (values.min() < 0 or values.max() > 65535):
-            raise ImageSourceError(
-                f"cannot read image '{name}': a 32-bit integer image with values outside 0..65535 "
+            raise ImageSourceError.unreadable(
+                name, "a 32-bit integer image with values outside 0..65535 "
                 f"(from {int(values.min())} to {int(values.max())}), so its bit depth is unknown",
                 "save it as an 8- or 16-bit image")
         grey = values.astype(np.float32) / np.float32(65535.0)
@@ -305,7 +309,8 @@ class FolderSource:
         return load_window(path, str(path), size, self.resize_short)
 
     def fits(self, index: int, size: int) -> bool:
-        return image_fits(self.files[index % len(self.files)], size)
+        path = self.files[index % len(self.files)]
+        return image_fits(path, size, str(path))
 
     def classes(self) -> tuple[list[int], list[str]]:
         """Class index of every file of a class-per-folder tree, and the class names (``--labels folder``).
@@ -416,8 +421,6 @@ class HFDatasetSource:
 
     def window(self, index: int, size: int) -> Tensor:
         file, name = self._file(index)
-        if file is None:
-            raise ImageSourceError(f"cannot read image '{name}': the cell is empty", "drop rows without an image")
         return load_window(file, name, size, self.resize_short)
 
     def classes(self) -> tuple[list[int], list[str]]:
@@ -437,16 +440,20 @@ class HFDatasetSource:
         return labels, list(self.dataset.features[column].names)
 
     def fits(self, index: int, size: int) -> bool:
-        file, _ = self._file(index)
-        return file is None or image_fits(file, size)  # an empty cell fits: window() reports it
+        file, name = self._file(index)
+        return image_fits(file, size, name)
 
-    def _file(self, index: int) -> tuple[str | IO[bytes] | None, str]:
-        """The image of row ``index`` (an open byte stream or a path; ``None`` for an empty cell) and its name."""
+    def _file(self, index: int) -> tuple[str | IO[bytes], str]:
+        """The image of row ``index`` (an open byte stream or a path) and its name.
+
+        Raises:
+            ImageSourceError: The cell is empty (an unreadable image, skipped like one).
+        """
         row = index % len(self.dataset)
         value = self.dataset[row][self.column]
         name = f"row {row} of {self.spec}"
         if not value or not (value.get("bytes") or value.get("path")):
-            return None, name
+            raise ImageSourceError.unreadable(name, "the cell is empty", "drop rows without an image")
         return (io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]), name
 
     def _load(self, datasets: Any) -> Any:
@@ -562,54 +569,134 @@ class IndexedSource:
 
 @dataclass(frozen=True)
 class SampledSource(IndexedSource):
-    """A seeded random sample of a finite source, in index order; the report records how it was drawn."""
+    """A seeded random sample of a finite source, in index order; the report records how it was drawn.
+
+    Attributes:
+        skipped_small: Images left out because they are smaller than the window.
+        unreadable: Images left out because their header cannot be read (each replaced by the next in the seeded
+            order), in that order; the report lists them with the images the loader could not decode.
+    """
 
     seed: int = 0
     skipped_small: int = 0
+    unreadable: tuple[SkippedImage, ...] = ()
 
     def describe(self) -> dict[str, Any]:
         sample = {"of": self.base.available(), "seed": self.seed, "skipped_small": self.skipped_small}
         return {**self.base.describe(), "sample": sample}
 
 
-def usable_order(source: ImageSource, size: int, seed: int) -> Iterator[int | None]:
+def usable_order(source: ImageSource, size: int, seed: int,
+                 unreadable: list[SkippedImage] | None = None) -> Iterator[int | None]:
     """A finite source's indices in seeded random order, ``None`` in place of each image too small for a ``size``
     window (so that callers can count them). Folders list files in sorted order and datasets are often sorted by class,
-    so the first N would be a few classes; reading only the images' headers, skipping costs milliseconds."""
+    so the first N would be a few classes; reading only the images' headers, skipping costs milliseconds.
+
+    Args:
+        source: A finite source.
+        size: The window side.
+        seed: The seed of the order.
+        unreadable: Where to record images whose header cannot be read, which are then left out; without it they are
+            yielded like readable ones (reading them later reports them).
+    """
     available = source.available()
     if available is None:
         raise ValueError("an unlimited source has no order to draw from")
     for index in torch.randperm(available, generator=torch.Generator().manual_seed(seed)).tolist():
-        yield index if source.fits(index, size) else None
+        try:
+            fits = source.fits(index, size)
+        except ImageSourceError as error:
+            if error.image is None:  # not about this one image (a dataset that cannot be read at all)
+                raise
+            if unreadable is None:
+                yield index
+            else:
+                unreadable.append(skipped_image(error))
+            continue
+        yield index if fits else None
 
 
-def random_sample(source: ImageSource, count: int, seed: int, size: int) -> ImageSource:
+def random_sample(source: ImageSource, count: int, seed: int, size: int, *,
+                  skip_unreadable: bool = False) -> ImageSource:
     """``count`` windows of ``size`` drawn at random (seeded) from a finite source, skipping images smaller than the
-    window; the source itself when it is unlimited, or when every image is used and fits.
+    window (and, with ``skip_unreadable``, images whose header cannot be read: each is replaced by the next image of
+    the seeded order and listed in ``SampledSource.unreadable``); the source itself when it is unlimited, or when every
+    image is used and fits.
 
     Raises:
-        ImageSourceError: Fewer than 2 images are large enough.
+        ImageSourceError: Fewer than 2 images are large enough and readable.
     """
     available = source.available()
     if available is None:
         return source
     chosen: list[int] = []
     skipped = 0
-    for index in usable_order(source, size, seed):
-        if len(chosen) == count:
-            break
+    unreadable: list[SkippedImage] | None = [] if skip_unreadable else None
+    for index in usable_order(source, size, seed, unreadable):
         if index is None:
             skipped += 1
-        else:
-            chosen.append(index)
+            continue
+        chosen.append(index)
+        if len(chosen) == count:  # before reading the next header: an image not drawn is not counted or named
+            break
     if len(chosen) < 2:
-        raise ImageSourceError(
-            f"only {len(chosen)} of the {available} images are at least {size}x{size} pixels (the window S + 2m)",
-            "use larger images, or a smaller --input-size / --margin",
-        )
+        if unreadable:  # whether the one image left, whose header could be read, can be read at all
+            errors = {index: _read_error(source, index, size) for index in chosen}
+            unreadable += [skipped_image(error) for error in errors.values() if error is not None]
+            chosen = [index for index in chosen if errors[index] is None]
+        raise too_few_images(len(chosen), available, size, small=skipped, unreadable=unreadable or ())
     if len(chosen) == available:
         return source
-    return SampledSource(source, sorted(chosen), seed=seed, skipped_small=skipped)
+    return SampledSource(source, sorted(chosen), seed=seed, skipped_small=skipped, unreadable=tuple(unreadable or ()))
+
+
+def _read_error(source: ImageSource, index: int, size: int) -> ImageSourceError | None:
+    """The error reading window ``index`` raises when its image cannot be read, ``None`` when it can."""
+    try:
+        source.window(index, size)
+    except ImageSourceError as error:
+        if error.image is None:
+            raise
+        return error
+    return None
+
+
+def skipped_image(error: ImageSourceError) -> SkippedImage:
+    """The report's record of an image that cannot be read, from the error :meth:`ImageSourceError.unreadable`
+    made."""
+    return SkippedImage(name=str(error.image), reason=str(error.reason))
+
+
+def too_few_images(usable: int, total: int, size: int, *, small: int = 0, unreadable: Sequence[SkippedImage] = (),
+                   more: bool = False) -> ImageSourceError:
+    """The error for fewer than 2 measurable images among ``total``, naming what left the others out.
+
+    Args:
+        usable: Images left to measure.
+        total: Images looked at.
+        size: The window side.
+        small: Images smaller than the window.
+        unreadable: Images that cannot be read, in the order met (the first is named).
+        more: The source holds images beyond the ``total`` looked at (a larger ``--num-images`` draws them).
+    """
+    if not unreadable:
+        return ImageSourceError(
+            f"only {usable} of the {total} images are at least {size}x{size} pixels (the window S + 2m)",
+            "use larger images, or a smaller --input-size / --margin",
+        )
+    first = f"cannot read image '{unreadable[0].name}': {unreadable[0].reason}"
+    if usable == 0 and small == 0:
+        return ImageSourceError(f"all {total} images are unreadable; the first: {first}",
+                                "remove or fix the files, or point --images at a folder of photos")
+    causes = [f"{len(unreadable)} unreadable (the first: {first})"]
+    fixes = ["fix or remove the unreadable files"]
+    if small:
+        causes.append(f"{small} smaller than the {size}x{size} window")
+        fixes.append("use larger images or a smaller --input-size / --margin")
+    if more:
+        fixes.append("pass a larger --num-images")
+    return ImageSourceError(f"only {usable} of the {total} images can be measured: {', '.join(causes)}",
+                            f"a variance needs at least 2 images: {'; '.join(fixes)}")
 
 
 class WindowDataset(Dataset):
@@ -633,13 +720,16 @@ class WindowDataset(Dataset):
 
 
 def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 0, pin_memory: bool = False,
-                 ignore_sigint: bool = False) -> ImageLoader:
+                 ignore_sigint: bool = False, skip_unreadable: bool = False) -> ImageLoader:
     """Batches of ``dataset`` in order, read in this process or by ``workers`` DataLoader worker processes.
 
     The way every image loader of ppp-audit is made. Whatever the dataset's items are (``(index, window)`` of a
     :class:`WindowDataset`, ``(crop, label)`` pairs), a :class:`~ppp_audit.errors.PPPAuditError` raised while reading
     one (an unreadable image, say) reaches the caller as the same error, class, message and hint, with workers as
-    without: a worker hands it over as data instead of letting torch re-raise it as ``type(traceback_text)``.
+    without: each item is read as data (the error in its place), never left for torch to re-raise as
+    ``type(traceback_text)``. With ``skip_unreadable`` an item whose image cannot be read (an
+    :meth:`~ppp_audit.errors.ImageSourceError.unreadable` error) is left out of its batch instead and recorded in
+    :attr:`ImageLoader.skipped`; a batch of only such items is not yielded.
 
     Args:
         dataset: A map-style dataset.
@@ -647,46 +737,64 @@ def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 0, pin_mem
         workers: DataLoader worker processes; ``0`` reads in this process.
         pin_memory: Put batches in pinned memory (for fast copies to CUDA).
         ignore_sigint: Workers ignore Ctrl-C, leaving it to this process (which stops after the current batch).
+        skip_unreadable: Skip items whose image cannot be read, instead of raising the first one's error.
     """
-    if workers == 0:
-        return ImageLoader(DataLoader(dataset, batch_size=batch_size, pin_memory=pin_memory), dataset)
     loader = DataLoader(_ErrorsAsData(dataset), batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
-                        collate_fn=_collate_unless_failed, worker_init_fn=_ignore_sigint if ignore_sigint else None)
-    return ImageLoader(loader, dataset)
+                        collate_fn=_collate_readable,
+                        worker_init_fn=_ignore_sigint if ignore_sigint and workers else None)
+    return ImageLoader(loader, dataset, skip_unreadable=skip_unreadable)
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """An item that raised a ppp-audit error while being read: its position in the dataset and the error (which
+    pickles with its fields, so it crosses from a DataLoader worker intact)."""
+
+    position: int
+    error: PPPAuditError
 
 
 class ImageLoader:
-    """An iterable of batches that raises a worker's :class:`~ppp_audit.errors.PPPAuditError` as it was raised; made
-    by :func:`image_loader`.
+    """An iterable of batches that raises an item's :class:`~ppp_audit.errors.PPPAuditError` as it was raised, or
+    skips the item when its image cannot be read and ``skip_unreadable`` is set; made by :func:`image_loader`.
 
     Attributes:
         dataset: The dataset the batches come from.
+        skip_unreadable: Whether unreadable images are skipped.
+        skipped: The items the current (or last) pass skipped, in dataset order.
     """
 
-    def __init__(self, loader: DataLoader, dataset: Dataset) -> None:
+    def __init__(self, loader: DataLoader, dataset: Dataset, *, skip_unreadable: bool = False) -> None:
         self._loader = loader
         self.dataset = dataset
+        self.skip_unreadable = skip_unreadable
+        self.skipped: list[ItemFailure] = []
 
     def __len__(self) -> int:
         """The number of batches."""
         return len(self._loader)
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in self._loader:
-            if isinstance(batch, _WorkerFailure):
-                raise batch.error
-            yield batch
+        self.skipped = []
+        for loaded in self._loader:
+            for failure in loaded.failures:
+                error = failure.error
+                if not (self.skip_unreadable and isinstance(error, ImageSourceError) and error.image is not None):
+                    raise error
+                self.skipped.append(failure)
+            if loaded.batch is not None:
+                yield loaded.batch
 
 
-@dataclass(frozen=True)
-class _WorkerFailure:
-    """A ppp-audit error raised in a DataLoader worker, on its way to the main process (it pickles with its fields)."""
+class _Loaded(NamedTuple):
+    """What a DataLoader hands over per batch: the readable items collated (``None``: none was) and the failures."""
 
-    error: PPPAuditError
+    batch: Any
+    failures: tuple[ItemFailure, ...]
 
 
 class _ErrorsAsData(Dataset):
-    """``dataset``, with the :class:`PPPAuditError` an item raises returned in its place as a ``_WorkerFailure``."""
+    """``dataset``, with the :class:`PPPAuditError` an item raises returned in its place as an :class:`ItemFailure`."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -698,16 +806,15 @@ class _ErrorsAsData(Dataset):
         try:
             return self.dataset[index]
         except PPPAuditError as error:
-            return _WorkerFailure(error)
+            return ItemFailure(index, error)
 
 
-def _collate_unless_failed(items: list[Any]) -> Any:
-    """The batch, or the first failure among its items (which the main process raises, as it would have without
-    workers)."""
-    for item in items:
-        if isinstance(item, _WorkerFailure):
-            return item
-    return default_collate(items)
+def _collate_readable(items: list[Any]) -> _Loaded:
+    """The batch of the items that were read, and the failures among them (in order: the main process raises the
+    first, as it would have been raised without workers, or skips them)."""
+    failures = tuple(item for item in items if isinstance(item, ItemFailure))
+    readable = [item for item in items if not isinstance(item, ItemFailure)]
+    return _Loaded(default_collate(readable) if readable else None, failures)
 
 
 def _ignore_sigint(worker_id: int) -> None:

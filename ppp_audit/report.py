@@ -20,9 +20,10 @@ from typing import Any
 
 from .errors import ReportFileError
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
-``mean-feature`` estimator); readers accept any 1.x and ignore fields they do not know."""
+``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null);
+readers accept any 1.x and ignore fields they do not know."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 """The names of a report folder's JSON and page (``--out``, ``ppp-audit show``, Hub pushes)."""
@@ -85,7 +86,11 @@ class BorderProfile:
 
 @dataclass
 class LayerStats:
-    """Everything measured for one tapped layer under one padding scheme."""
+    """Everything measured for one tapped layer under one padding scheme.
+
+    A layer whose features held NaN or inf (``non_finite``) keeps its shape, ``n`` and stride, and no number: its
+    strengths, CIs, profiles and map are ``None``.
+    """
 
     n: int
     stride_px: float
@@ -95,12 +100,14 @@ class LayerStats:
     strength: float | None
     strength_ci: tuple[float, float] | None
     relative_energy: float | None
-    mean_feature_strength: float
-    mean_feature_ci: tuple[float, float]
+    mean_feature_strength: float | None
+    mean_feature_ci: tuple[float, float] | None
     profile: BorderProfile | None
     side_profiles: dict[str, BorderProfile] = field(default_factory=dict)
     ppp_map: list[list[float]] | None = None
     interior_delta_rel: float | None = None
+    non_finite: bool = False
+    """The layer produced NaN/inf features (under this scheme): its statistics are left out."""
 
     @property
     def extent_px(self) -> float | None:
@@ -172,6 +179,11 @@ class SchemeResult(_HeadlineScores):
         """The scheme as tables, figures and cards name it: ``native (zeros)``, ``reflect``."""
         return scheme_label(self.scheme, self.padding)
 
+    @property
+    def non_finite_layers(self) -> list[str]:
+        """The layers that produced NaN/inf features under this scheme (their statistics are left out)."""
+        return [layer.name for layer in self.layers if layer.stats.non_finite]
+
     def layer(self, name: str) -> LayerResult:
         for layer in self.layers:
             if layer.name == name:
@@ -190,6 +202,46 @@ class SchemeResult(_HeadlineScores):
         finetune = FinetuneResult.from_dict(data["finetune"]) if data.get("finetune") else None
         return cls(scheme=data["scheme"], patch=data["patch"],
                    layers=[LayerResult.from_dict(layer) for layer in data["layers"]], finetune=finetune)
+
+
+SKIPPED_LISTED = 20
+"""How many skipped images a report names (it counts all of them)."""
+
+
+@dataclass
+class SkippedImage:
+    """An image an audit left out because it cannot be read."""
+
+    name: str
+    """The image as messages name it: a path, or ``row 3 of hfds/beans (train)``."""
+    reason: str
+    """Why, in one line: ``not an image (PIL cannot identify its format)``."""
+
+
+@dataclass
+class SkippedImages:
+    """The images an audit skipped as unreadable (``strict_images`` off): ``count`` of the ``tried`` images it read
+    or tried to read, the first :data:`SKIPPED_LISTED` named in ``first``. The statistics cover the others."""
+
+    count: int
+    tried: int
+    first: list[SkippedImage]
+
+    @classmethod
+    def of(cls, skipped: list[SkippedImage], tried: int) -> "SkippedImages | None":
+        """The record of ``skipped`` among ``tried`` images; ``None`` when nothing was skipped."""
+        return cls(count=len(skipped), tried=tried, first=list(skipped[:SKIPPED_LISTED])) if skipped else None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SkippedImages":
+        return cls(count=data["count"], tried=data["tried"], first=[SkippedImage(**item) for item in data["first"]])
+
+    def summary(self, listed: int = 3) -> str:
+        """One line: ``2 of 6 images skipped (unreadable): 'a.jpg': not an image ...; 'b.png': ...``."""
+        names = "; ".join(f"'{image.name}': {image.reason}" for image in self.first[:listed])
+        rest = self.count - min(listed, len(self.first))
+        more = f"; and {rest} more (report.json names up to {SKIPPED_LISTED})" if rest > 0 else ""
+        return f"{self.count} of {self.tried} images skipped (unreadable): {names}{more}"
 
 
 @dataclass
@@ -214,6 +266,8 @@ class Report:
     baselines: dict[str, Any] = field(default_factory=dict)
     interrupted: str | None = None
     """Set when Ctrl-C stopped the audit: what the statistics cover (e.g. "... after 32 of 64 images")."""
+    skipped_images: SkippedImages | None = None
+    """The images left out because they cannot be read; ``data["num_images"]`` counts those measured."""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: str = SCHEMA_VERSION
 
@@ -255,6 +309,7 @@ class Report:
             "results": [r.to_dict() for r in self.results],
             "baselines": self.baselines,
             "interrupted": self.interrupted,
+            "skipped_images": asdict(self.skipped_images) if self.skipped_images else None,
         }
 
     @classmethod
@@ -269,6 +324,8 @@ class Report:
         check_report_dict(data)
         known = {f.name for f in dataclasses.fields(cls)} - {"results"}
         fields = {k: v for k, v in data.items() if k in known}  # a newer 1.x may add fields: read what we know
+        if fields.get("skipped_images") is not None:
+            fields["skipped_images"] = SkippedImages.from_dict(fields["skipped_images"])
         return cls(**fields, results=[SchemeResult.from_dict(r) for r in data["results"]])
 
     def to_json(self, indent: int | None = 1) -> str:

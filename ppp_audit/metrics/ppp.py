@@ -9,6 +9,7 @@ is sums, so two accumulators merge by adding their state (and ranks all-reduce i
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -182,7 +183,8 @@ class PPPAccumulator:
         target.add_(partial.index_add_(0, group, values))
 
     def is_finite(self) -> bool:
-        """False when any NaN/inf reached the sums (checked once at the end, not per batch: no host syncs)."""
+        """False when any NaN/inf reached the sums (checked once at the end, not per batch: no host syncs; the
+        auditor also checks the first batch's features, see :func:`finite_layers`)."""
         return all(bool(torch.isfinite(t).all()) for t in self.state.values())
 
     def all_reduce_(self) -> "PPPAccumulator":
@@ -209,17 +211,25 @@ class PPPAccumulator:
         Args:
             stride_px: Input pixels per feature pixel (crop size / feature size).
             receptive_radius_px: If known, positions farther than this from the crop border are checked for ``Δ≈0``.
+
+        Returns:
+            The statistics; when NaN/inf reached the sums, only the layer's shape, ``n`` and stride, marked
+            ``non_finite`` (a number computed from them would be NaN or meaningless).
         """
         st = self.state
         if not st:
             raise ValueError("no samples were accumulated")
         n = self.n
+        _, channels, height, width = st["sum_a"].shape
+        if not self.is_finite():  # before the count check: a scheme stopped after its first batch may have one
+            return LayerStats(n=n, stride_px=stride_px, channels=channels, height=height, width=width, strength=None,
+                              strength_ci=None, relative_energy=None, mean_feature_strength=None,
+                              mean_feature_ci=None, profile=None, non_finite=True)
         if n < 2:
             raise ValueError("need at least 2 samples for a variance")
         counts = st["count"]
         used = counts > 0
         counts_g = counts[used]
-        _, channels, height, width = st["sum_a"].shape
 
         def mean_var(total: Tensor, sq: Tensor) -> tuple[Tensor, Tensor]:
             mean = total / n
@@ -298,6 +308,16 @@ class PPPAccumulator:
             for i, side in enumerate(SIDES)
         }
         return rings
+
+
+def finite_layers(crop: Sequence[Tensor], window: Sequence[Tensor] | None = None) -> list[bool]:
+    """Per tapped layer, whether its features of one batch (crop and, when given, window passes) hold no NaN/inf.
+    One host sync for all layers: the cheap first-batch check that fails a broken model in seconds, not after the
+    loop."""
+    checks = [torch.isfinite(a).all() for a in crop]
+    if window is not None:
+        checks = [check & torch.isfinite(b).all() for check, b in zip(checks, window)]
+    return [bool(flag) for flag in torch.stack(checks).tolist()]
 
 
 def _ci(estimate: float, replicates: Tensor) -> tuple[float, float]:

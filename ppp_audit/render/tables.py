@@ -15,8 +15,14 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
+NON_FINITE = "non-finite"
+"""What a table shows in place of the numbers of a layer whose features held NaN/inf."""
+
+
 def _strength_cell(stats: LayerStats) -> str:
-    """``strength ± half-width of its 95 % CI``."""
+    """``strength ± half-width of its 95 % CI`` (``non-finite`` for a layer that produced NaN/inf)."""
+    if stats.non_finite:
+        return NON_FINITE
     half = stats.strength_ci[1] - stats.strength if stats.strength_ci else None
     return f"{format_number(stats.strength)} ± {format_number(half, 2)}"
 
@@ -59,6 +65,14 @@ def render_table(report: Report) -> "Table":
     notes += [f"geometry: {change}" for change in report.geometry.get("changes", [])]
     if report.interrupted:
         notes.append(f"interrupted: {report.interrupted}")
+    if report.skipped_images:
+        notes.append(f"{report.skipped_images.summary()}; the statistics cover the "
+                     f"{report.data['num_images']} measured")
+    non_finite = [f"{', '.join(map(repr, result.non_finite_layers))} with {result.label}"
+                  for result in report.results if result.non_finite_layers]
+    if non_finite:
+        notes.append(f"{NON_FINITE}: NaN/inf features from {'; '.join(non_finite)}; their statistics are left out "
+                     "(check the weights, or use --precision fp32)")
     if partial_seen:
         notes.append(f"* receptive field exceeds the margin m={report.margin}: the padding-free reference is partial")
     table.caption = "\n".join(notes)
