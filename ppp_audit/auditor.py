@@ -36,6 +36,7 @@ from .metrics import PPPAccumulator, finite_layers
 from .geometry import DELTA, MEAN_FEATURE, apply_geometry, fit_geometry
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
+from .progress import ProgressReporter, progress_bar
 from .report import LayerResult, Report, SchemeResult, SkippedImage, SkippedImages, environment
 
 
@@ -84,17 +85,6 @@ def ieee_fp32(enabled: bool) -> Iterator[None]:
     finally:
         for (owner, name, _), value in zip(flags, previous):
             setattr(owner, name, value)
-
-
-def progress_bar(enabled: bool):
-    """A rich progress bar on stderr (a no-op when not ``enabled``)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=True,
-    )
 
 
 @dataclass
@@ -322,16 +312,25 @@ class Auditor:
         config: The audit settings.
         model: An already built model (then ``info`` too); otherwise built from ``config`` with ``config.seed``.
         info: The :class:`ModelInfo` of ``model``.
+        progress: Name each set-up phase on stderr (a :class:`~ppp_audit.progress.ProgressReporter` to share one
+            display with the rest of the run).
 
     Raises:
         PPPAuditError: An unknown scheme, a model with nothing to patch, a margin that does not fit the model, ...
             (before any image is read).
     """
 
-    def __init__(self, config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None) -> None:
+    def __init__(self, config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None,
+                 progress: bool | ProgressReporter = False) -> None:
+        with progress_bar(progress) as bar:
+            self._set_up(config, model, info, bar)
+
+    def _set_up(self, config: AuditConfig, model: nn.Module | None, info: ModelInfo | None,
+                bar: ProgressReporter) -> None:
         self.config = config
         self.device = resolve_device(config.device)
         if model is None:
+            bar.phase(f"building model {config.model}")
             model, info = build_model(config.model, pretrained=config.pretrained, weights=config.weights,
                                       device=self.device, seed=config.seed)
         else:
@@ -339,6 +338,7 @@ class Auditor:
             if info is None:
                 raise ValueError("pass the ModelInfo of a prebuilt model")
         self.model, self.info = model, info
+        bar.phase("finding padding sites")
         for name in config.paddings:
             get_padding(name)  # unknown schemes fail before any work
         if config.paddings and not native_summary(model, config.include_pools).patched:
@@ -346,6 +346,7 @@ class Auditor:
                 f"model '{config.model}' has no padding to replace (no padded convolutions or pad modules)",
                 "its position information, if any, does not come from padding; audit it without --padding",
             )
+        bar.phase("fitting geometry")
         self.taps = FeatureTaps(model, config.layers)
         self.fitted = fit_geometry(model, info.input_size, config.input_size, config.margin, taps=self.taps)
         if self.fitted.changes_model:
@@ -356,9 +357,11 @@ class Auditor:
         self.estimator = self.fitted.estimator
         in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
         self.probe = torch.zeros(1, in_chans, self.size, self.size, device=self.device)
+        bar.phase("probing padding sites")
         self.summaries: dict[str, PatchSummary] = {
             scheme: checked_summary(model, scheme, config.include_pools, self.probe) for scheme in config.schemes
         }
+        bar.phase("measuring receptive fields")
         self._radii: dict[int, list[float]] = {id(model): receptive_radii(self.taps, self.window, self.device)}
         self.normalise = Normalise(info, self.device)
 
@@ -419,7 +422,7 @@ class Auditor:
     # -- measuring ----------------------------------------------------------------------------------------------------
 
     def measure(self, source: ImageSource | None = None, *, schemes: Sequence[str] | None = None,
-                model: nn.Module | None = None, progress: bool = False) -> Measurement:
+                model: nn.Module | None = None, progress: bool | ProgressReporter = False) -> Measurement:
         """Stream ``num_images`` windows of ``source`` through the crop and window passes of every scheme.
 
         Images that cannot be read are skipped (unless the config's ``strict_images``): found while sampling (from
@@ -432,7 +435,7 @@ class Auditor:
             source: Images (default: :meth:`image_source`); a seeded random sample of N is drawn from a larger one.
             schemes: Which paddings to measure (default: :attr:`schemes`).
             model: Another model of the same architecture to measure (a fine-tuned copy); default the auditor's.
-            progress: Show a progress bar on stderr.
+            progress: Report the phases and the measuring loop on stderr (a flag, or the run's reporter).
 
         Returns:
             The :class:`Measurement`; when Ctrl-C stopped the loop, ``interrupted`` says what it covers.
@@ -451,6 +454,9 @@ class Auditor:
         taps = self.taps if model is self.model else FeatureTaps(model, config.layers)
         radii = self.radii(model, taps)
         size, margin, window = self.size, self.margin, self.window
+        rank, world = rank_and_world()
+        bar = progress_bar(progress if rank == 0 else False)
+        bar.phase("preparing images")
 
         source = random_sample(self.image_source() if source is None else source, config.num_images, config.seed,
                                window, skip_unreadable=not config.strict_images)
@@ -459,7 +465,6 @@ class Auditor:
         num_images = min(config.num_images, available) if available else config.num_images
         if num_images < 2:
             raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
-        rank, world = rank_and_world()
         graceful = world == 1 and threading.current_thread() is threading.main_thread()
         if world > 1 and config.baselines:
             raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
@@ -486,9 +491,8 @@ class Auditor:
         first_batch = world == 1
         running = list(schemes)  # a scheme whose every layer is non-finite on the first batch is not run further
         loop_started = time.perf_counter()
-        with (progress_bar(progress and rank == 0) as bar, grad_off, stop_on_ctrl_c(graceful) as stop,
-              ieee_fp32(config.precision == "fp32")):
-            task = bar.add_task(f"auditing {config.model}", total=len(loader.dataset) * len(schemes))
+        with (bar, grad_off, stop_on_ctrl_c(graceful) as stop, ieee_fp32(config.precision == "fp32")):
+            bar.phase(f"measuring {', '.join(schemes)} on {len(loader.dataset)} images", total=len(loader.dataset))
             for indices, batch in loader:
                 windows = self.normalise(batch).contiguous(memory_format=memory_format)
                 crops = self.crop(windows)
@@ -515,7 +519,7 @@ class Auditor:
                     for acc, a, b in zip(accumulators[scheme], feats_crop, references):
                         acc.update(a, b, indices)
                     seconds[scheme] += time.perf_counter() - tick
-                    bar.advance(task, windows.shape[0])
+                    bar.update(advance=windows.shape[0] / len(running))  # the bar counts images
                 if first_batch:
                     first_batch = False
                     running = [scheme for scheme in schemes if any(finite[scheme])]
@@ -570,7 +574,7 @@ class Auditor:
 
     # -- baselines and the report -------------------------------------------------------------------------------------
 
-    def baselines(self, measurement: Measurement, *, progress: bool = False) -> BaselinesRun:
+    def baselines(self, measurement: Measurement, *, progress: bool | ProgressReporter = False) -> BaselinesRun:
         """The config's baselines (none: an empty run) on the audit's own crops of the measured images, per scheme
         where the padding matters, with every scheme patched as the audit measures it; fp32 throughout. Skipped after
         an interrupted measurement; a Ctrl-C during them keeps the PPP statistics and says so."""
@@ -589,9 +593,10 @@ class Auditor:
         )
         try:
             with progress_bar(progress) as bar:
-                task = bar.add_task("baselines", total=num_steps(config.baselines, len(self.schemes)))
+                bar.phase("baselines", total=num_steps(config.baselines, len(self.schemes)))
+
                 def on_step(what: str) -> None:
-                    bar.update(task, advance=1, description=f"baseline {what}")
+                    bar.update(advance=1, description=f"baseline {what}")
 
                 results = run_baselines(config.baselines, config.baseline_options, inputs, on_step=on_step)
         except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Optional
 
 import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from .config import AuditConfig, FinetuneConfig, cli_fields
 from .errors import PPPAuditError
@@ -27,11 +27,71 @@ from .errors import PPPAuditError
 _GLOBAL_FLAGS = ("--debug", "--version", "--help")
 
 
-class _AuditByDefault(TyperGroup):
+def _scheme_names() -> str:
+    """The registered padding schemes, for ``--padding``'s help (imports the registry: only when help is shown)."""
+    from rich.markup import escape
+
+    try:
+        from .paddings import list_paddings
+
+        names = [info.name for info in list_paddings()]
+    except (Exception, SystemExit):  # noqa: BLE001 - a broken plugin must not break --help
+        return " Schemes: see ppp-audit paddings."
+    return f" Registered: {escape(', '.join(names))} (ppp-audit paddings describes them)."
+
+
+_HELP_AT_HELP_TIME = {"padding": _scheme_names}
+"""Options whose help ends with text computed when help is shown, not when the CLI is imported."""
+
+
+def _complete_scheme(incomplete: str) -> list[str]:
+    """Shell completion of ``--padding``: the registered schemes starting with what is typed."""
+    try:
+        from .paddings import list_paddings
+
+        return [info.name for info in list_paddings() if info.name.startswith(incomplete)]
+    except (Exception, SystemExit):  # noqa: BLE001 - completion must never print a trace into the shell
+        return []
+
+
+_COMPLETIONS = {"padding": _complete_scheme}
+"""Shell completion of option values, by CLI parameter name."""
+
+
+class _FlagHelp:
+    """Help that reads as help: a flag (``--debug``, ``--help``) shows no ``<bool>`` type, which reads as if it took
+    a value, and options in :data:`_HELP_AT_HELP_TIME` get their text completed when help is shown."""
+
+    def get_params(self, ctx: click.Context) -> list:
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and not getattr(param, "count", False) and param.metavar is None:
+                param.metavar = ""  # typer shows the metavar in place of the type
+        return params
+
+    def format_help(self, ctx: click.Context, formatter: Any) -> None:
+        late = [(param, param.help) for param in self.params if param.name in _HELP_AT_HELP_TIME]
+        for param, text in late:
+            param.help = (text or "") + _HELP_AT_HELP_TIME[param.name]()
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            for param, text in late:
+                param.help = text
+
+
+class _Command(_FlagHelp, TyperCommand):
+    """A command whose help shows flags as flags (:class:`_FlagHelp`)."""
+
+
+class _AuditByDefault(_FlagHelp, TyperGroup):
     """Routes ``ppp-audit MODEL ...`` to the ``audit`` command when MODEL is not a command name (after any of the
-    app's own flags: ``ppp-audit --debug resnet50 -p reflect``)."""
+    app's own flags: ``ppp-audit --debug resnet50 -p reflect``); bare ``ppp-audit`` prints the help and exits 0."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args and not ctx.resilient_parsing:
+            typer.echo(ctx.get_help(), color=ctx.color)
+            ctx.exit(0)
         first = next((i for i, arg in enumerate(args) if arg not in _GLOBAL_FLAGS), None)
         if first is not None and not args[first].startswith("-") and args[first] not in self.commands:
             args = [*args[:first], "audit", *args[first:]]
@@ -40,11 +100,12 @@ class _AuditByDefault(TyperGroup):
 
 app = typer.Typer(
     cls=_AuditByDefault,
-    add_completion=False,
-    no_args_is_help=True,
+    add_completion=True,
     rich_markup_mode="rich",
+    subcommand_metavar="MODEL | COMMAND [ARGS]...",
     help="Audit a CNN (any timm model) for the Position-information Pattern from Padding (PPP).\n\n"
-    "Usage: ppp-audit MODEL [--padding SCHEME]...   (e.g. ppp-audit resnet50 --padding reflect)",
+    "[bold]ppp-audit MODEL \\[OPTIONS][/bold] runs the audit command, e.g. "
+    "[bold]ppp-audit resnet50 --padding reflect[/bold]; [bold]ppp-audit audit --help[/bold] lists its options.",
 )
 
 
@@ -114,20 +175,19 @@ def _check_outputs(json_out: Optional[str], out: Optional[Path], overwrite: bool
         check_report_folder(out, overwrite=overwrite)
 
 
-def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: Optional[bool],
+def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: bool,
                push: Optional[dict] = None, finetune=None, overwrite: bool = False, **audit_kwargs) -> None:
     from .engine import audit
     from .errors import AuditInterrupted
 
     _check_outputs(json_out, out, overwrite)
-    show_progress = sys.stderr.isatty() if progress is None else progress
     try:
         if finetune is None:
-            report = audit(config, progress=show_progress, **audit_kwargs)
+            report = audit(config, progress=progress, **audit_kwargs)
         else:
             from .finetune import finetune_audit
 
-            report = finetune_audit(config, finetune, progress=show_progress, **audit_kwargs)
+            report = finetune_audit(config, finetune, progress=progress, **audit_kwargs)
     except AuditInterrupted as stopped:
         if stopped.report is None:
             raise
@@ -312,10 +372,11 @@ def config_parameters(config_class: type, *names: str) -> list[inspect.Parameter
         else:
             default = inspect.Parameter.empty
         if default is inspect.Parameter.empty:
-            info = typer.Argument(help=meta["help"], metavar=meta["metavar"])
+            info = typer.Argument(help=meta["help"], metavar=meta["metavar"] or f.name.upper())
         else:
             info = typer.Option(*meta["flags"], help=meta["help"], metavar=meta["metavar"],
-                                rich_help_panel=meta["panel"])
+                                rich_help_panel=meta["panel"],
+                                autocompletion=_COMPLETIONS.get(meta["cli_name"] or f.name))
         params.append(inspect.Parameter(meta["cli_name"] or f.name, inspect.Parameter.KEYWORD_ONLY,
                                         annotation=Annotated[annotation, info], default=default))
     return params
@@ -331,32 +392,34 @@ def config_from_cli(config_class: type, values: dict[str, Any], *names: str, **f
     return config_class(**settings, **fixed)
 
 
-def _option(name: str, annotation: Any, default: Any, *flags: str, help: str, panel: str | None = None
-            ) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                             annotation=Annotated[annotation, typer.Option(*flags, help=help, rich_help_panel=panel)])
+def _option(name: str, annotation: Any, default: Any, *flags: str, help: str, panel: str | None = None,
+            metavar: str | None = None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[
+        annotation, typer.Option(*flags, help=help, rich_help_panel=panel, metavar=metavar)])
 
 
 _OUTPUT = [
-    _option("json_out", Optional[str], None, "--json",
+    _option("json_out", Optional[str], None, "--json", metavar="PATH",
             help="Write the report as JSON to PATH, or '-' for stdout (JSON only)."),
-    _option("out", Optional[Path], None, "--out",
+    _option("out", Optional[Path], None, "--out", metavar="DIR",
             help="Folder to write report.json, PNG figures and report.html into."),
-    _option("progress", Optional[bool], None, "--progress/--no-progress",
-            help="Progress bar on stderr (default: if a terminal)."),
+    _option("progress", bool, True, "--progress/--no-progress",
+            help="Show each phase on stderr: live on a terminal; in a log, a line per phase and a heartbeat "
+            "(runs over a minute)."),
     _option("overwrite", bool, False, "--overwrite",
             help="Replace the report already in the --out folder (and the figures the new one does not draw)."),
 ]
 _MODEL_PR = _option("model_pr", bool, False, "--model-pr",
                     help="Open a pull request on the model's repo adding the scores to its card.")
-_MODEL_REPO = _option("model_repo", Optional[str], None,
+_MODEL_REPO = _option("model_repo", Optional[str], None, metavar="REPO_ID",
                       help="Model repo for --model-pr (default: where the audited weights came from).")
 _PUSH_SETTINGS = [
     _option("private", bool, False, "--private", help="Create the dataset repo private."),
-    _option("revision", Optional[str], None, help="Branch of the dataset repo to push to (default: main)."),
+    _option("revision", Optional[str], None, metavar="BRANCH",
+            help="Branch of the dataset repo to push to (default: main)."),
     _option("create_pr", bool, False, "--create-pr", help="Open a pull request on the dataset repo instead."),
 ]
-_PUSH = [_option("push_to_hub", Optional[str], None,
+_PUSH = [_option("push_to_hub", Optional[str], None, metavar="REPO_ID",
                  help="Dataset repo to push the report to (saved locally first)."),
          _MODEL_PR, _MODEL_REPO, *_PUSH_SETTINGS]
 
@@ -368,7 +431,7 @@ def _command(name: str, parameters: list[inspect.Parameter]):
         guarded = _guarded(func)
         guarded.__signature__ = inspect.Signature(parameters)
         guarded.__annotations__ = {}
-        return app.command(name)(guarded)
+        return app.command(name, cls=_Command)(guarded)
 
     return decorator
 
@@ -404,12 +467,13 @@ def demo_command(**values: Any) -> None:
     _run_audit(config, values["json_out"], values["out"], values["progress"], overwrite=values["overwrite"])
 
 
-@app.command("show")
+@app.command("show", cls=_Command)
 @_guarded
 def show_command(
     report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="A folder written by --out, or a report JSON.")],
     out: Annotated[
-        Optional[Path], typer.Option("--out", help="Folder for figures and report.html (default: the report's folder).")
+        Optional[Path], typer.Option("--out", metavar="DIR",
+                                     help="Folder for figures and report.html (default: the report's folder).")
     ] = None,
     figures: Annotated[
         bool, typer.Option("--figures/--no-figures", help="Write missing figures and report.html.")
@@ -442,9 +506,10 @@ def show_command(
 
 @_command("push", [
     inspect.Parameter("report_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
-        Path, typer.Argument(help="A saved report folder (holding report.json) or the file.")]),
+        Path, typer.Argument(metavar="REPORT", help="A saved report folder (holding report.json) or the file.")]),
     inspect.Parameter("repo_id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
-        Optional[str], typer.Argument(help="Dataset repo collecting reports (created if missing).")]),
+        Optional[str], typer.Argument(metavar="REPO_ID",
+                                      help="Dataset repo collecting reports (created if missing).")]),
     _MODEL_PR, _MODEL_REPO, *_PUSH_SETTINGS,
 ])
 def push_command(*, report_dir: Path, repo_id: Optional[str], model_pr: bool, model_repo: Optional[str],
@@ -456,7 +521,7 @@ def push_command(*, report_dir: Path, repo_id: Optional[str], model_pr: bool, mo
     _push(report_dir, **push)
 
 
-@app.command("paddings")
+@app.command("paddings", cls=_Command)
 @_guarded
 def paddings_command() -> None:
     """List the registered padding schemes and the distribution that registered each."""
@@ -474,8 +539,8 @@ def paddings_command() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point (also ``python -m ppp_audit``, which then calls itself ppp-audit too)."""
+    app(prog_name="ppp-audit")
 
 
 if __name__ == "__main__":

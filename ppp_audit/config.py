@@ -134,9 +134,10 @@ class AuditConfig:
             by default such images are skipped and the report counts and names them.
     """
 
-    model: str = setting(help="timm model name (name.tag), local-dir:DIR or hf-hub:ID.", types=(str,))
+    model: str = setting(help="timm model name (name.tag), local-dir:DIR or hf-hub:ID.", metavar="MODEL", types=(str,))
     paddings: list[str] = setting(
         help="Scheme to compare with the native padding (repeatable).", flags=("--padding", "-p"), cli_name="padding",
+        metavar="SCHEME",
         types=(list, tuple), items=str, default_factory=list)
     pretrained: bool = setting(True, help="Load pretrained weights.", flags=("--pretrained/--no-pretrained",),
                                types=(bool,))
@@ -149,16 +150,17 @@ class AuditConfig:
         "images.")
     num_images: int = setting(64, help="Windows to average over (N).", flags=("--num-images", "-n"), types=(int,))
     batch_size: int = setting(16, help="Windows per forward pass.", flags=("--batch-size", "-b"), types=(int,))
-    device: str = setting("auto", help="auto, cpu, cuda or cuda:K.", types=(str,))
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:K.", metavar="DEVICE", types=(str,))
     seed: int = setting(0, help="Seed of the built-in images, the sample of N, random init and fine-tuning.",
                         types=(int,))
     input_size: int | None = setting(None, help="Crop size S (default: the model's).", types=(int,))
     margin: int | None = setting(None, help="Context m around the crop (default: 2x max stride).", types=(int,))
     layers: list[str] | None = setting(
         None, help="Comma-separated module names to tap instead of stages.", cli_type=Optional[str], parse=_comma_list,
-        types=(list, tuple), items=str)
+        metavar="NAMES", types=(list, tuple), items=str)
     groups: int = setting(8, help="Jackknife groups for confidence intervals.", cli=False, types=(int,))
-    precision: str = setting("fp32", help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).",
+    precision: str = setting("fp32", metavar="PRECISION",
+                             help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).",
                              types=(str,))
     workers: int = setting(0, help="DataLoader workers for image loading.", types=(int,))
     compile: str | None = setting(
@@ -168,11 +170,12 @@ class AuditConfig:
         False, help="Schemes also replace pool padding (max-pool -inf, avg-pool zeros).", flags=("--include-pools",),
         types=(bool,))
     baselines: list[str] = setting(
-        help="Comma-separated baselines on the same images: posenet,fconv,uneven.", cli_type=Optional[str],
+        help="Baselines on the same images, comma-separated: posenet, fconv, uneven.", metavar="NAMES",
+        cli_type=Optional[str],
         cli_default=None, parse=lambda v: _comma_list(v) or [], types=(list, tuple), items=str, default_factory=list)
     baseline_options: dict[str, dict[str, Any]] = setting(
-        help="Baseline setting NAME.FIELD=VALUE, e.g. posenet.steps=500, fconv.borders=0,32,128 (repeatable).",
-        flags=("--baseline-option",), cli_name="baseline_option", cli_type=list[str], cli_default=[],
+        help="Baseline setting NAME.FIELD=VALUE, e.g. posenet.steps=500 or fconv.borders=0,64 (repeatable).",
+        metavar="SETTING", flags=("--baseline-option",), cli_name="baseline_option", cli_type=list[str], cli_default=[],
         parse=_parse_baseline_options, types=(dict,), default_factory=dict)
     images_split: str = setting("train", help="Split of an hfds/ dataset (datasets syntax: validation, train[:256]).",
                                 types=(str,))

@@ -16,27 +16,30 @@ from .config import NATIVE, PRECISIONS, AuditConfig
 from .errors import AuditInterrupted
 from .images import ImageSource
 from .models import ModelInfo
+from .progress import ProgressReporter, progress_bar
 from .report import Report
 
 
 def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None,
-          progress: bool = False, source: ImageSource | None = None) -> Report:
+          progress: bool | ProgressReporter = False, source: ImageSource | None = None) -> Report:
     """Run the audit described by ``config`` and return its :class:`Report`.
 
     Args:
         config: The audit settings.
         model: An already built model (its ``info`` too); otherwise built from ``config``.
         info: The :class:`ModelInfo` of ``model``.
-        progress: Show a rich progress bar on stderr.
+        progress: Name each phase on stderr, live on a terminal, in plain lines in a log (docs/architecture.md);
+            a :class:`~ppp_audit.progress.ProgressReporter` to report on the caller's.
         source: Images to measure on instead of the ones ``config`` names.
 
     Raises:
         AuditInterrupted: Ctrl-C; its ``report`` holds what was measured (marked ``interrupted``), or ``None``.
     """
     started = time.perf_counter()
-    auditor = Auditor(config, model=model, info=info)
-    measurement = auditor.measure(source, progress=progress)
-    baselines = auditor.baselines(measurement, progress=progress)
+    with progress_bar(progress) as bar:  # one display for the whole run
+        auditor = Auditor(config, model=model, info=info, progress=bar)
+        measurement = auditor.measure(source, progress=bar)
+        baselines = auditor.baselines(measurement, progress=bar)
     report = auditor.report(measurement, started=started, baselines=baselines.results, baselines_s=baselines.seconds,
                             interrupted=baselines.interrupted)
     if report.interrupted:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Open a report page in headless Chromium, check that every image loaded, and take a screenshot.
+# Open a report page in headless Chromium, check that every figure loaded, and take a screenshot.
 #
 # Usage: scripts/screenshot_report.sh REPORT_DIR [SCREENSHOT.png] [WIDTH,HEIGHT]
 #   REPORT_DIR   a folder written by `ppp-audit ... --out REPORT_DIR` (holds report.html)
@@ -29,5 +29,5 @@ loaded=$(grep -o 'data-images-loaded="[0-9]*/[0-9]*"' <<<"$dom" | head -n1 | gre
 "$browser" "${flags[@]}" --window-size="$size" --screenshot="$shot" "file://$page" >/dev/null 2>&1
 echo "page: $page"
 echo "screenshot: $shot ($size)"
-echo "images loaded: ${loaded:-unknown (script did not run)}"
+echo "figures loaded: ${loaded:-unknown (script did not run)}"
 [ -n "$loaded" ] && [ "${loaded%/*}" = "${loaded#*/}" ] && [ "${loaded#*/}" != 0 ]

@@ -16,7 +16,7 @@ from ..report import REPORT_HTML, REPORT_JSON, Report
 from .figures import FIGURES, FigureFile, FigureSpec, figure_specs, register_figure, write_figures
 from .html import SECTIONS, page_resources, register_section, render_html, write_html
 from .tables import render_baselines, render_curve_table, render_finetune_table, render_table
-from .terminal import TerminalHeatmap
+from .terminal import TerminalHeatmap, full_width
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -40,11 +40,13 @@ class Outputs:
 
 def print_report(console: "Console", report: Report) -> None:
     """The terminal view: the per-layer table, the last stage's PPP map of every scheme, then fine-tune and baseline
-    tables."""
-    console.print(render_table(report))
-    console.print(TerminalHeatmap(report))
-    for table in (render_finetune_table(report), render_curve_table(report), *render_baselines(report)):
-        if table is not None:
+    tables. On a pipe or file every table prints at its full width (:func:`~.terminal.full_width`)."""
+    tables = [render_table(report), *(t for t in (render_finetune_table(report), render_curve_table(report),
+                                                  *render_baselines(report)) if t is not None)]
+    with full_width(console, tables):
+        console.print(tables[0])
+        console.print(TerminalHeatmap(report))
+        for table in tables[1:]:
             console.print(table)
 
 
@@ -103,7 +105,7 @@ def _place_json(report: Report, out_dir: Path, overwrite: bool, source: Path | N
 
 __all__ = [
     "FIGURES", "FigureFile", "FigureSpec", "Outputs", "REPORT_HTML", "REPORT_JSON", "SECTIONS", "TerminalHeatmap",
-    "figure_specs", "page_resources", "print_report", "register_figure", "register_section", "render_baselines",
-    "render_curve_table", "render_finetune_table", "render_html", "render_table", "write_figures", "write_html",
-    "write_outputs",
+    "figure_specs", "full_width", "page_resources", "print_report", "register_figure", "register_section",
+    "render_baselines", "render_curve_table", "render_finetune_table", "render_html", "render_table", "write_figures",
+    "write_html", "write_outputs",
 ]

@@ -1,13 +1,14 @@
-"""A self-contained HTML page of a report: provenance, the table, figures, and whatever else the report holds.
+"""The HTML page of a report: provenance, the table, figures, and whatever else the report holds.
 
 The page is built from *sections*: ``@register_section(name, title, order, fields)`` on a function
 ``(report, page) -> str | None`` that returns an HTML fragment (or ``None`` to leave the section out). ``fields``
 names the top-level report keys (``report.to_dict()``) the section presents; keys no section claims are still shown,
 generically, under "More results", so a new optional report field is never silently dropped.
 
-Images are referenced by relative path to the PNGs shipped next to the page (``figures/*.png``), or embedded as
-``data:`` URIs with ``embed=True`` (one file to share). The page loads nothing from the network: a
-Content-Security-Policy forbids it, and an inline script marks ``<html data-images-loaded="k/n">`` once loaded.
+Figures are linked by relative path to the PNGs written next to the page (``figures/*.png``: the page needs that
+folder beside it), or embedded as ``data:`` URIs with ``embed=True`` (``ppp-audit show DIR --embed``: one file to
+share); the page header says which. The page loads nothing from the network: a Content-Security-Policy forbids it,
+and an inline script marks ``<html data-images-loaded="k/n">`` and says "k of n figures loaded" once loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..report import REPORT_HTML, REPORT_JSON, format_number
+from ..report import NATIVE, REPORT_HTML, REPORT_JSON, format_number
 from .tables import render_curve_table, render_finetune_table, render_table
 from ..registry import Registry
 
@@ -146,12 +147,20 @@ def _extent(report: "Report", page: Page) -> str | None:
 def _patches(report: "Report", page: Page) -> str:
     parts = []
     for result in report.results:
-        patch = result.patch
-        unpatched = patch.get("unpatched", [])
-        summary = (f"{html.escape(result.scheme)}: {patch.get('num_patched', len(patch.get('patched', [])))} "
-                   f"padding sites patched, {len(unpatched)} not patched")
-        parts.append(f"<details><summary>{summary}</summary>{generic_html(patch)}</details>")
+        parts.append(f"<details><summary>{html.escape(patch_line(result.scheme, result.patch))}</summary>"
+                     f"{generic_html(result.patch)}</details>")
     return "".join(parts)
+
+
+def patch_line(scheme: str, patch: dict[str, Any]) -> str:
+    """One line on what ``scheme`` did to the padding sites; the native row patches nothing, and says so."""
+    sites = patch.get("num_patched", len(patch.get("patched", [])))
+    others = len(patch.get("unpatched", []))
+    plural = "" if sites == 1 else "s"
+    if scheme == NATIVE:
+        return (f"{scheme}: {sites} padding site{plural} (native, unchanged), {others} that the schemes leave as "
+                "they are")
+    return f"{scheme}: {sites} padding site{plural} patched, {others} not patched"
 
 
 @register_section("finetune", "Fine-tuning after the swap", order=70)
@@ -267,7 +276,7 @@ window.addEventListener("load", function () {
   var images = Array.prototype.slice.call(document.images);
   var loaded = images.filter(function (img) { return img.complete && img.naturalWidth > 0; }).length;
   document.documentElement.setAttribute("data-images-loaded", loaded + "/" + images.length);
-  document.getElementById("image-status").textContent = loaded + " of " + images.length + " images loaded";
+  document.getElementById("image-status").textContent = loaded + " of " + images.length + " figures loaded";
 });
 """
 
@@ -294,10 +303,21 @@ def render_html(report: "Report", page: Page) -> str:
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
         f"<h1>{html.escape(title)}</h1>"
         f'<p class="note">Position-information Pattern from Padding · ppp-audit {html.escape(version)} · '
-        f'<span id="image-status">images not checked (scripts off)</span></p>'
+        f'<span id="image-status">figures not checked (scripts off)</span> · {_figures_note(page)}</p>'
         f"<nav>{nav}</nav>{body}"
         f"<script>{_SCRIPT}</script></body></html>\n"
     )
+
+
+def _figures_note(page: Page) -> str:
+    """Where the page's figures are: embedded (the file stands alone) or in ``figures/`` next to it."""
+    if page.embed:
+        return "figures embedded: this file stands alone"
+    if not page.figures:
+        return "no figures"
+    folder = html.escape(Path(page.figures[0].filename).parent.as_posix() or ".")
+    return (f"figures in {folder}/ next to this page (<code>ppp-audit show DIR --embed</code> makes one shareable "
+            "file)")
 
 
 def write_html(report: "Report", out_dir: str | Path, figures: list["FigureFile"], json_name: str = REPORT_JSON,
@@ -328,5 +348,5 @@ def page_resources(text: str) -> list[str]:
     return found
 
 
-__all__ = ["Page", "SECTIONS", "Section", "generic_html", "page_resources", "register_section", "render_html",
-           "rich_table_html", "write_html"]
+__all__ = ["Page", "SECTIONS", "Section", "generic_html", "page_resources", "patch_line", "register_section",
+           "render_html", "rich_table_html", "write_html"]

@@ -7,8 +7,9 @@ the same map is drawn with a ramp of characters, so redirected output stays read
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..report import format_number
 
@@ -145,6 +146,27 @@ class TerminalHeatmap:
         for rgb in viridis_rgb(np.linspace(0.0, 1.0, 16)):
             text.append(" ", Style(bgcolor=Color.from_rgb(*rgb)))
         return text
+
+
+@contextlib.contextmanager
+def full_width(console: "Console", renderables: Iterable[Any]) -> Iterator[None]:
+    """On a pipe or file, widen ``console`` for the block so that every renderable prints at its natural width: no
+    header cut to "streng…", no cell wrapped at 80 columns. A terminal keeps its width (rich fits tables to it)."""
+    from rich.measure import Measurement
+
+    if console.is_terminal:
+        yield
+        return
+    wide = console.options.update_width(100_000)
+    natural = max((Measurement.get(console, wide, r).maximum for r in renderables if hasattr(r, "__rich_measure__")),
+                  default=0)
+    previous = console.width
+    if natural > previous:
+        console.width = natural
+    try:
+        yield
+    finally:
+        console.width = previous
 
 
 def _max_floor(layer: "LayerResult") -> float | None:
