@@ -16,29 +16,17 @@ import pytest
 import torch
 from PIL import Image
 from torchvision.transforms.functional import center_crop
-from typer.testing import CliRunner
 
+from cli_helpers import fails, runner
 from ppp_audit.cli import app
 from ppp_audit.config import AuditConfig
 from ppp_audit.errors import ConfigError, ImageSourceError
 from ppp_audit.images import IMAGE_MODES, image_array, load_window
 from ppp_audit.report import REPORT_JSON, Report
 
-runner = CliRunner()
 TINY = ["resnet10t", "--no-pretrained", "--input-size", "64", "--margin", "32", "-n", "2", "-b", "2", "--device", "cpu"]
 """A 128 px window (S=64, m=32)."""
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def fails(args: list[str], cause: str, code: int = 2) -> str:
-    """Run the CLI; it must exit with ``code`` after exactly one error line containing ``cause``, and no trace."""
-    result = runner.invoke(app, [str(arg) for arg in args])
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == code, result.output
-    assert len(lines) == 1 and lines[0].startswith("ppp-audit: error:"), result.stderr
-    assert cause in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 class _Payload:

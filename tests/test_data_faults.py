@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
-from typer.testing import CliRunner
 
+from cli_helpers import fails, runner
 from ppp_audit.auditor import Auditor
 from ppp_audit.cli import app
 from ppp_audit.config import AuditConfig
@@ -25,20 +25,8 @@ from ppp_audit.images import FolderSource, WindowDataset, image_loader, random_s
 from ppp_audit.models import ModelInfo
 from ppp_audit.report import SKIPPED_LISTED, Report, SkippedImage, SkippedImages, check_report_dict
 
-runner = CliRunner()
 TINY = ["resnet10t", "--no-pretrained", "--input-size", "64", "--margin", "32", "-b", "2", "--device", "cpu"]
 """A 128 px window (S=64, m=32)."""
-
-
-def fails(args: list, cause: str, code: int = 2) -> str:
-    """Run the CLI; it must exit with ``code`` after exactly one error line containing ``cause``, and no trace."""
-    result = runner.invoke(app, [str(arg) for arg in args])
-    lines = result.stderr.strip().splitlines()
-    assert result.exit_code == code, result.output
-    assert len(lines) == 1 and lines[0].startswith("ppp-audit: error:"), result.stderr
-    assert cause in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 def _photo(seed: int) -> Image.Image:
