@@ -341,7 +341,9 @@ def _summary(report: Report) -> str:
     return (f"PPP strength of {report.model['name']} ({_weights_label(report.model.get('weights'))}) — "
             + "; ".join(parts)
             + f". N={report.data.get('num_images')} {_data_label(report.data)}, S={report.input_size}, "
-            f"m={report.margin}, ppp-audit {report.environment.get('ppp_audit')}.")
+            f"m={report.margin}, ppp-audit {report.environment.get('ppp_audit')}."
+            + (f" {report.skipped_images.count} of {report.skipped_images.tried} images were skipped as unreadable."
+               if report.skipped_images else ""))
 
 
 # ---- loading ------------------------------------------------------------------------------------------------------

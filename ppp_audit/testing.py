@@ -70,6 +70,8 @@ class LayerCheck:
     allowed: float | None
     baseline: float | None = None
     reference_partial: bool = False
+    non_finite: bool = False
+    """The layer's features held NaN/inf: it has no strength, and a bound on it fails."""
 
     @property
     def checked(self) -> bool:
@@ -223,6 +225,7 @@ def _rows(result: SchemeResult, allowed: Mapping[str, float],
             name=layer.name, stride_px=layer.stats.stride_px, strength=layer.stats.strength,
             strength_ci=layer.stats.strength_ci, allowed=allowed.get(layer.name),
             baseline=None if baseline is None else baseline.get(layer.name), reference_partial=layer.reference_partial,
+            non_finite=layer.stats.non_finite,
         )
         for layer in result.layers
     ]
@@ -240,7 +243,8 @@ def format_table(rows: Sequence[LayerCheck]) -> str:
     for row in rows:
         ci = f"[{_num(row.strength_ci[0])}, {_num(row.strength_ci[1])}]" if row.strength_ci else "–"
         verdict = ("ok" if row.ok else "FAIL") if row.checked else ""
-        body.append([row.name + (" *" if row.reference_partial else ""), f"{row.stride_px:g}", _num(row.strength), ci,
+        strength = "non-finite" if row.non_finite else _num(row.strength)
+        body.append([row.name + (" *" if row.reference_partial else ""), f"{row.stride_px:g}", strength, ci,
                      *([_num(row.baseline)] if with_baseline else []), _num(row.allowed), verdict])
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 

@@ -301,3 +301,29 @@ def test_baselines_get_the_measured_images_only(tmp_path):
     windows = torch.stack([measurement.source.window(i, 128) for i in range(4)])
     clean = FolderSource(folder, resize_short=round(128 / 0.875))  # as the audit reads it; 0..3.png come first
     assert torch.equal(windows, torch.stack([clean.window(i, 128) for i in range(4)]))
+
+
+def test_the_pytest_helper_names_a_non_finite_layer(tmp_path):
+    """A bound on a layer whose features held NaN/inf fails, and the table says why instead of a bare "–"."""
+    from ppp_audit.testing import PPPBoundError, assert_ppp
+
+    config = AuditConfig("logpad", num_images=4, batch_size=2, input_size=16, margin=32, layers=["1", "2"],
+                         device="cpu")
+    report = audit(config, model=_log_of_padding(), info=_info("logpad", 16))
+    with pytest.raises(PPPBoundError) as failed:
+        assert_ppp(report, max_strength=10.0, layers=["1", "2"])
+    rows = {cells[0]: cells for cells in map(str.split, str(failed.value).splitlines()) if cells[:1] in (["1"], ["2"])}
+    assert rows["2"][2] == "non-finite" and rows["2"][-1] == "FAIL"
+    assert rows["1"][-1] == "ok"
+
+
+def test_the_hub_summary_says_how_many_images_were_skipped(clean_report):
+    """The commit and pull-request text on the Hub carries the count, so a published score says what it covers."""
+    import dataclasses
+
+    from ppp_audit.hub import _summary
+
+    assert "skipped" not in _summary(clean_report)
+    skipped = SkippedImages.of([SkippedImage("a.jpg", "not an image"), SkippedImage("b.png", "truncated")], tried=10)
+    assert _summary(dataclasses.replace(clean_report, skipped_images=skipped)).endswith(
+        " 2 of 10 images were skipped as unreadable.")
