@@ -491,6 +491,7 @@ class Auditor:
         first_batch = world == 1
         running = list(schemes)  # a scheme whose every layer is non-finite on the first batch is not run further
         loop_started = time.perf_counter()
+        counted_skips = 0
         with (bar, grad_off, stop_on_ctrl_c(graceful) as stop, ieee_fp32(config.precision == "fp32")):
             bar.phase(f"measuring {', '.join(schemes)} on {len(loader.dataset)} images", total=len(loader.dataset))
             for indices, batch in loader:
@@ -526,8 +527,11 @@ class Auditor:
                     if not running:
                         raise _all_non_finite(schemes, on_first_batch=True)
                 measured += windows.shape[0]
+                bar.update(advance=len(loader.skipped) - counted_skips)  # skipped images are done with, too
+                counted_skips = len(loader.skipped)
                 if stop.requested:
                     break
+            bar.update(advance=len(loader.skipped) - counted_skips)  # a last batch of unreadable images yields none
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # kernels run ahead of the host: the wall time must include them
         loop_s = time.perf_counter() - loop_started

@@ -90,6 +90,20 @@ def test_unreadable_images_are_skipped_counted_and_named(tmp_path, clean_report,
         assert "".join(said.split()) in shown
 
 
+def test_the_progress_count_reaches_its_total_with_skipped_images(tmp_path):
+    """An image dropped while decoding is done with too: the measuring phase ends at its total, not one short."""
+    import io as text_io
+
+    from ppp_audit.progress import ProgressReporter
+
+    config = AuditConfig("resnet10t", pretrained=False, images=str(_faulty_folder(tmp_path / "images")), num_images=8,
+                         batch_size=2, input_size=64, margin=32, device="cpu")
+    reporter = ProgressReporter(live=False, stream=text_io.StringIO(), quiet_s=0, heartbeat_s=0)
+    audit(config, progress=reporter)
+    measuring = [line for line in reporter.stream.getvalue().splitlines() if "measuring native" in line]
+    assert measuring and "5/5" in measuring[-1], measuring
+
+
 def test_strict_images_fails_with_one_line_naming_the_file(tmp_path):
     folder = _faulty_folder(tmp_path / "images")
     line = fails([*TINY, "-n", "8", "--images", folder, "--strict-images"], "cannot read image")
