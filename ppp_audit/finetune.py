@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .auditor import Auditor, Measurement, Normalise, autocast, config_source, progress_bar
+from .auditor import Auditor, Measurement, Normalise, autocast, config_source
+from .progress import ProgressReporter, progress_bar
 from .config import BN_MODES, DISTILL_LOSSES, LABEL_SOURCES, AuditConfig, FinetuneConfig
 from .errors import AuditInterrupted, ImageSourceError, PPPAuditError
 from .images import FolderSource, HFDatasetSource, ImageSource, IndexedSource, usable_order
@@ -242,9 +243,10 @@ class TrainLog:
     seconds: float
 
 
-def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Tensor]], config: FinetuneConfig, *, info: ModelInfo,
-             teacher: nn.Module | None = None, device: str | torch.device = "cpu", precision: str = "fp32",
-             seed: int = 0, measure: Callable[[int], None] | None = None, progress: bool = False,
+def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Tensor]], config: FinetuneConfig, *,
+             info: ModelInfo, teacher: nn.Module | None = None, device: str | torch.device = "cpu",
+             precision: str = "fp32", seed: int = 0, measure: Callable[[int], None] | None = None,
+             progress: bool | ProgressReporter = False,
              include_pools: bool = False) -> TrainLog:
     """Train ``student`` in place with its padding swapped to ``scheme``; the patch is undone on return.
 
@@ -323,8 +325,9 @@ def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Ten
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, info: ModelInfo, device: str | torch.device = "cpu",
-            precision: str = "fp32", scheme: str | None = None, include_pools: bool = False) -> tuple[Tensor, Tensor]:
+def predict(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], *, info: ModelInfo,
+            device: str | torch.device = "cpu", precision: str = "fp32", scheme: str | None = None,
+            include_pools: bool = False) -> tuple[Tensor, Tensor]:
     """Logits (float32, CPU) and labels of every crop of ``loader``, in eval mode, optionally under ``scheme`` (with
     pools patched too when ``include_pools``)."""
     device = torch.device(device)
@@ -438,7 +441,7 @@ def _downsample(losses: list[float]) -> tuple[list[float], int]:
 
 
 def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, model: nn.Module | None = None,
-                   info: ModelInfo | None = None, progress: bool = False) -> Report:
+                   info: ModelInfo | None = None, progress: bool | ProgressReporter = False) -> Report:
     """Audit, then per scheme swap the padding, fine-tune, and audit again; return one :class:`Report`.
 
     The report is the ordinary audit on the held-out images (``native`` = before the swap, each scheme = right after
@@ -452,18 +455,25 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
         finetune_config: How to fine-tune.
         model: An already built model (and its ``info``); otherwise built from ``config``. It is not modified.
         info: The :class:`ModelInfo` of ``model``.
-        progress: Progress bars on stderr.
+        progress: Name each phase on stderr (one display for the whole run: set-up, measuring, fine-tuning), or a
+            :class:`~ppp_audit.progress.ProgressReporter` to report on the caller's.
 
     Raises:
         AuditInterrupted: Ctrl-C; its report keeps the audit before fine-tuning and every scheme already fine-tuned.
     """
+    with progress_bar(progress) as bar:
+        return _finetune_audit(config, finetune_config, model, info, bar)
+
+
+def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model: nn.Module | None,
+                    info: ModelInfo | None, progress: ProgressReporter) -> Report:
     ft = finetune_config
     if not config.paddings:
         raise PPPAuditError("fine-tuning needs a padding scheme to swap to", "add e.g. --padding reflect")
     for name in config.paddings:
         get_padding(name)
     started = time.perf_counter()
-    auditor = Auditor(config, model=model, info=info)
+    auditor = Auditor(config, model=model, info=info, progress=progress)
     model, info, device = auditor.model, auditor.info, auditor.device
     size, window = auditor.size, auditor.window
     splits = make_splits(config, ft, info, window, getattr(model, "num_classes", None))
@@ -518,7 +528,7 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
                 return heldout_metrics(logits, teacher_logits, labels, **metric_kw)
 
             def measure_now() -> tuple[list[LayerResult], dict[str, float]]:
-                now = auditor.measure(splits.heldout, schemes=[scheme], model=student)
+                now = auditor.measure(splits.heldout, schemes=[scheme], model=student, progress=progress)
                 if now.interrupted:
                     raise KeyboardInterrupt
                 return now.results[0].layers, heldout_now()

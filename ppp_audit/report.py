@@ -357,7 +357,8 @@ class Report:
         return path
 
     def describe(self) -> str:
-        """One line naming the audit: model, schemes and when it ran (``resnet18, native + reflect, 2026-12-01T10:00``)."""
+        """One line naming the audit: model, schemes and when it ran (``resnet18, native + reflect, 2026-12-01T10:00``).
+        """
         schemes = " + ".join(result.scheme for result in self.results)
         return f"{self.model.get('name', '?')}, {schemes}, {self.created}"
 

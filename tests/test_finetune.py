@@ -391,3 +391,20 @@ def test_formation_figure_and_page_section(distilled, tmp_path):
         assert image.size == (round(FORMATION_SIZE_IN[0] * DPI), round(FORMATION_SIZE_IN[1] * DPI))
     page = (tmp_path / "report.html").read_text()
     assert "Fine-tuning after the swap" in page and 'src="figures/formation_reflect.png"' in page
+
+
+def test_one_progress_display_covers_set_up_measuring_and_fine_tuning(tiny):
+    """Fine-tuning reports on one reporter: its set-up phases are named, and the log has no second quiet minute."""
+    import io
+
+    from ppp_audit.finetune import FinetuneConfig, finetune_audit
+    from ppp_audit.progress import ProgressReporter
+
+    model, info = tiny
+    reporter = ProgressReporter(live=False, stream=io.StringIO(), quiet_s=0, heartbeat_s=0)
+    finetune_audit(AuditConfig("resnet10t", paddings=["reflect"], pretrained=False, **TINY),
+                   FinetuneConfig(steps=1, lr=0.0, batch_size=4), model=model, info=info, progress=reporter)
+    said = reporter.stream.getvalue()
+    for phase in ("fitting geometry", "probing padding sites", "measuring native, reflect", "fine-tuning with reflect",
+                  "measuring reflect"):
+        assert phase in said, said
