@@ -87,7 +87,8 @@ def test_pngs_decode_with_expected_sizes(written, planted_report):
     from ppp_audit.render.figures import DPI, extent_figure_size, map_figure_size
 
     keys = [f.key for f in written.figures]
-    assert keys == ["ppp_map/stage0", "ppp_map/stage1", "extent/stage0", "extent/stage1", "strength"]
+    assert keys == ["ppp_map/stage0", "ppp_map/stage1", "extent/stage0", "extent/stage1", "strength",
+                    "convergence"]
     expected = {"ppp_map": map_figure_size(2), "extent": extent_figure_size(2)}
     for figure in written.figures:
         path = written.out_dir / figure.filename
