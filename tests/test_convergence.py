@@ -46,6 +46,8 @@ def test_full_n_point_is_the_reported_strength():
     assert reference_free.convergence is None
     assert reference_free.mean_feature_convergence[-1] == (16, reference_free.mean_feature_strength)
     assert [n for n, _ in _stats(a[:13], b[:13], groups=6).convergence] == [3, 5, 9, 13]
+    few = _stats(a[:5], b[:5]).convergence  # fewer images than groups: no repeated counts
+    assert [n for n, _ in few] == [1, 2, 4, 5] and few[0][1] is None
 
 
 def test_points_are_the_strength_of_the_first_groups_images():

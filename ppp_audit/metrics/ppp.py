@@ -114,12 +114,15 @@ def convergence_curve(group_sums: Tensor, counts: Tensor,
             uses (its noise variances come from all N images: they estimate the same per-image variance, better).
 
     Returns:
-        ``[(n_images, strength), ...]`` by growing ``n``; the strength is ``None`` for a subset of fewer than 2 images.
-        The last point uses every group, so it is the layer's strength.
+        ``[(n_images, strength), ...]`` by strictly growing ``n`` (subsets that add only empty groups are merged into
+        the larger one); the strength is ``None`` for a subset of fewer than 2 images. The last point uses every
+        group, so it is the layer's strength.
     """
     points = []
     for k in convergence_sizes(group_sums.shape[0]):
         n_k = int(counts[:k].sum())
+        if points and points[-1][0] == n_k:  # fewer images than groups: the later groups are empty
+            points.pop()
         points.append((n_k, strength(group_sums[:k].sum(0) / n_k, n_k) if n_k >= 2 else None))
     return points
 
