@@ -137,6 +137,8 @@ class LayerResult:
     def from_dict(cls, data: dict[str, Any]) -> "LayerResult":
         data = dict(data)
         name, radius, partial = data.pop("name"), data.pop("receptive_radius_px"), data.pop("reference_partial")
+        known = {f.name for f in dataclasses.fields(LayerStats)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer 1.x may add per-layer fields too
         for key in ("strength_ci", "mean_feature_ci"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])

@@ -113,6 +113,13 @@ def test_a_1_4_report_without_the_fields_still_loads():
     assert stats.convergence is None and stats.mean_feature_convergence is None
 
 
+def test_per_layer_fields_of_a_newer_1_x_are_ignored():
+    data = json.loads(_report(with_convergence=True).to_json())
+    data["schema_version"] = "1.9"
+    data["results"][0]["layers"][0]["from_the_future"] = [1, 2, 3]
+    assert Report.from_dict(data).results[0].layers[0].stats == _report(with_convergence=True).results[0].layers[0].stats
+
+
 def test_figure_is_written_and_shown(tmp_path):
     from PIL import Image
 
