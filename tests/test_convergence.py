@@ -117,7 +117,8 @@ def test_per_layer_fields_of_a_newer_1_x_are_ignored():
     data = json.loads(_report(with_convergence=True).to_json())
     data["schema_version"] = "1.9"
     data["results"][0]["layers"][0]["from_the_future"] = [1, 2, 3]
-    assert Report.from_dict(data).results[0].layers[0].stats == _report(with_convergence=True).results[0].layers[0].stats
+    expected = _report(with_convergence=True).results[0].layers[0].stats
+    assert Report.from_dict(data).results[0].layers[0].stats == expected
 
 
 def test_figure_is_written_and_shown(tmp_path):
