@@ -568,6 +568,7 @@ class Auditor:
                 stats = acc.compute(stride_px=stride, receptive_radius_px=radius if with_reference else None)
                 if not with_reference:  # the report's estimator field says which estimator "strength" is
                     stats.strength, stats.strength_ci = stats.mean_feature_strength, stats.mean_feature_ci
+                    stats.convergence = stats.mean_feature_convergence
                 layers.append(LayerResult(name=name, receptive_radius_px=radius,
                                           reference_partial=with_reference and radius > margin, stats=stats))
             results.append(SchemeResult(scheme=scheme, patch=self.summaries[scheme].to_dict(), layers=layers))

@@ -20,9 +20,10 @@ from typing import Any
 
 from .errors import ReportFileError
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
-``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null);
+``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
+1.5 per-layer ``convergence`` and ``mean_feature_convergence``;
 readers accept any 1.x and ignore fields they do not know."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -108,6 +109,11 @@ class LayerStats:
     interior_delta_rel: float | None = None
     non_finite: bool = False
     """The layer produced NaN/inf features (under this scheme): its statistics are left out."""
+    convergence: list[tuple[int, float | None]] | None = None
+    """``strength`` on the first N/8, N/4, N/2 and N images (nested jackknife groups): ``[(n_images, strength)]``;
+    ``None`` in reports before schema 1.5."""
+    mean_feature_convergence: list[tuple[int, float | None]] | None = None
+    """The same for ``mean_feature_strength``."""
 
     @property
     def extent_px(self) -> float | None:
@@ -131,9 +137,14 @@ class LayerResult:
     def from_dict(cls, data: dict[str, Any]) -> "LayerResult":
         data = dict(data)
         name, radius, partial = data.pop("name"), data.pop("receptive_radius_px"), data.pop("reference_partial")
+        known = {f.name for f in dataclasses.fields(LayerStats)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer 1.x may add per-layer fields too
         for key in ("strength_ci", "mean_feature_ci"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
+        for key in ("convergence", "mean_feature_convergence"):
+            if data.get(key) is not None:
+                data[key] = [tuple(point) for point in data[key]]
         data["profile"] = BorderProfile(**data["profile"]) if data.get("profile") else None
         data["side_profiles"] = {k: BorderProfile(**v) for k, v in data.get("side_profiles", {}).items()}
         return cls(name=name, receptive_radius_px=radius, reference_partial=partial, stats=LayerStats(**data))

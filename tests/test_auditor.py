@@ -200,6 +200,8 @@ def test_a_fixed_size_hybrid_gets_a_labelled_mean_feature_number():
         for layer in result.layers:
             assert layer.stats.strength == layer.stats.mean_feature_strength and layer.stats.strength >= 0
             assert layer.stats.ppp_map is not None and not layer.reference_partial
+            assert layer.stats.convergence == layer.stats.mean_feature_convergence  # follows "strength"
+            assert layer.stats.convergence[-1] == (8, layer.stats.strength)
     console = Console(record=True, width=200)
     console.print(render_table(report))
     assert "mean-feature estimator" in console.export_text()

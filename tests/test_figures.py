@@ -87,7 +87,8 @@ def test_pngs_decode_with_expected_sizes(written, planted_report):
     from ppp_audit.render.figures import DPI, extent_figure_size, map_figure_size
 
     keys = [f.key for f in written.figures]
-    assert keys == ["ppp_map/stage0", "ppp_map/stage1", "extent/stage0", "extent/stage1", "strength"]
+    assert keys == ["ppp_map/stage0", "ppp_map/stage1", "extent/stage0", "extent/stage1", "strength",
+                    "convergence"]
     expected = {"ppp_map": map_figure_size(2), "extent": extent_figure_size(2)}
     for figure in written.figures:
         path = written.out_dir / figure.filename
@@ -268,9 +269,9 @@ def test_out_writes_json_figures_and_page(cli_audit):
     out, result = cli_audit
     assert (out / "report.json").is_file() and (out / "report.html").is_file()
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert pngs == ["extent_00_layer3.png", "extent_01_layer4.png", "ppp_map_00_layer3.png", "ppp_map_01_layer4.png",
-                    "strength.png"]
-    assert "5 figures and report.html written" in result.stderr
+    assert pngs == ["convergence.png", "extent_00_layer3.png", "extent_01_layer4.png", "ppp_map_00_layer3.png",
+                    "ppp_map_01_layer4.png", "strength.png"]
+    assert "6 figures and report.html written" in result.stderr
 
 
 def test_show_reproduces_the_table(cli_audit):
@@ -339,3 +340,16 @@ def test_report_without_maps_still_renders(planted_report, tmp_path):
     console = Console(record=True, width=100)
     console.print(TerminalHeatmap(report))
     assert console.export_text() == ""
+
+
+def test_audit_reports_convergence_ending_at_the_strength(cli_audit):
+    """End to end: every layer's convergence curve ends at its reported strength, on nested, growing image counts."""
+    import json
+
+    out, _ = cli_audit
+    data = json.loads((out / "report.json").read_text())
+    for result in data["results"]:
+        for layer in result["layers"]:
+            counts = [n for n, _ in layer["convergence"]]
+            assert counts == sorted(set(counts)) and counts[-1] == layer["n"] == data["data"]["num_images"]
+            assert layer["convergence"][-1][1] == layer["strength"]

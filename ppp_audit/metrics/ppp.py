@@ -9,7 +9,7 @@ is sums, so two accumulators merge by adding their state (and ranks all-reduce i
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -93,6 +93,38 @@ def extent_from_profile(energy: Tensor, standard_error: Tensor, ring_px: float, 
             break
         run += 1
     return run * ring_px
+
+
+def convergence_sizes(groups: int) -> list[int]:
+    """How many jackknife groups each convergence point uses: the powers of two below ``groups``, then ``groups``
+    (1, 2, 4, 8 for 8 groups: N/8, N/4, N/2 and N images)."""
+    sizes = [1 << k for k in range(groups.bit_length()) if 1 << k < groups]
+    return sizes + [groups]
+
+
+def convergence_curve(group_sums: Tensor, counts: Tensor,
+                      strength: Callable[[Tensor, int], float]) -> list[tuple[int, float | None]]:
+    """A strength measured on nested subsets of the images: the first 1, 2, 4, ..., K jackknife groups.
+
+    Args:
+        group_sums: Per-group sums of the estimator's samples, shape (K, ...); sample ``i`` is in group ``i mod K``,
+            so the first ``k`` groups hold about ``k/K`` of the images.
+        counts: Images per group, shape (K,).
+        strength: ``(mean over the subset, its image count) -> strength``, the estimator the layer's full strength
+            uses (its noise variances come from all N images: they estimate the same per-image variance, better).
+
+    Returns:
+        ``[(n_images, strength), ...]`` by strictly growing ``n`` (subsets that add only empty groups are merged into
+        the larger one); the strength is ``None`` for a subset of fewer than 2 images. The last point uses every
+        group, so it is the layer's strength.
+    """
+    points = []
+    for k in convergence_sizes(group_sums.shape[0]):
+        n_k = int(counts[:k].sum())
+        if points and points[-1][0] == n_k:  # fewer images than groups: the later groups are empty
+            points.pop()
+        points.append((n_k, strength(group_sums[:k].sum(0) / n_k, n_k) if n_k >= 2 else None))
+    return points
 
 
 def jackknife(estimates: Tensor, full: Tensor) -> Tensor:
@@ -257,6 +289,7 @@ class PPPAccumulator:
             n=n, stride_px=stride_px, channels=channels, height=height, width=width, strength=None,
             strength_ci=None, relative_energy=None, mean_feature_strength=mf,
             mean_feature_ci=mf_ci, profile=None,
+            mean_feature_convergence=convergence_curve(sum_a, counts, lambda mean, n_k: float(mf_strength(mean, n_k))),
         )
         if not self.with_reference:
             # Without a reference the picture is the mean-feature pattern P' (with its dataset-position bias).
@@ -278,6 +311,8 @@ class PPPAccumulator:
         # The strength of each leave-a-group-out replicate, for its jackknife CI.
         rep_energy = reps_d.square().flatten(1).mean(1) - var_d.mean() / n_reps
         stats.strength = ppp_strength(mean_d, var_d, var_b, n)
+        stats.convergence = convergence_curve(st["sum_delta"], counts,
+                                              lambda mean, n_k: ppp_strength(mean, var_d, var_b, n_k))
         stats.strength_ci = _ci(stats.strength, rep_energy.clamp_min(0.0).sqrt() / mist)
         energy = debiased_energy(mean_d, var_d, n)
         stats.relative_energy = float(energy.clamp_min(0.0).sqrt() / (st["sq_b"].mean() / n).sqrt().clamp_min(1e-300))

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ..report import BorderProfile, LayerResult, LayerStats, Report
+    from ..report import BorderProfile, LayerResult, LayerStats, Report, SchemeResult
 
 DPI = 100
 MAP_CMAP = "viridis"
@@ -442,6 +442,80 @@ def _draw_strength(report: "Report"):
     fig.suptitle(f"{model_label(report)}\nPPP strength ± 95% CI · N={n} {report.data.get('kind', '')}".rstrip(),
                  fontsize=10, x=0.02, ha="left", y=0.98, va="top")
     return fig, {"strength": ax}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Convergence in N: one panel per scheme, one line per stage
+# ---------------------------------------------------------------------------------------------------------------------
+
+CONVERGENCE_PANEL_IN = (3.0, 2.6)
+CONVERGENCE_MARGINS_IN = dict(left=0.7, right=1.9, bottom=0.6, top=0.95, gap=0.35)
+
+
+def convergence_figure_size(num_panels: int) -> tuple[float, float]:
+    """Size (inches) of the convergence figure with ``num_panels`` scheme panels."""
+    m, (w, h) = CONVERGENCE_MARGINS_IN, CONVERGENCE_PANEL_IN
+    return m["left"] + num_panels * w + (num_panels - 1) * m["gap"] + m["right"], m["bottom"] + h + m["top"]
+
+
+def _has_convergence(result: "SchemeResult") -> bool:
+    return any(layer.stats.convergence for layer in result.layers)
+
+
+@register_figure("convergence")
+def convergence_figures(report: "Report") -> list[FigureSpec]:
+    """Strength against the number of images (nested subsets N/8 ... N, log2 axis), one panel per scheme; none for
+    reports without ``convergence`` (before schema 1.5)."""
+    panels = [(i, result) for i, result in enumerate(report.results) if _has_convergence(result)]
+    if not panels:
+        return []
+    return [FigureSpec(
+        key="convergence", filename="figures/convergence.png", section="convergence",
+        title="PPP strength against the number of images",
+        alt=f"PPP strength per stage of {report.model.get('name')} measured on N/8, N/4, N/2 and N images, one panel "
+            "per scheme",
+        size_in=convergence_figure_size(len(panels)), draw=lambda: _draw_convergence(report, panels),
+    )]
+
+
+def _draw_convergence(report: "Report", panels: list[tuple[int, "SchemeResult"]]):
+    fig = _new_figure(convergence_figure_size(len(panels)))
+    width_in, height_in = convergence_figure_size(len(panels))
+    m, (w, h) = CONVERGENCE_MARGINS_IN, CONVERGENCE_PANEL_IN
+    axes: dict[str, "Axes"] = {}
+    first = None
+    for k, (_, result) in enumerate(panels):
+        left = m["left"] + k * (w + m["gap"])
+        ax = fig.add_axes([left / width_in, m["bottom"] / height_in, w / width_in, h / height_in], sharey=first)
+        first = first or ax
+        for j, layer in enumerate(result.layers):
+            points = layer.stats.convergence or []
+            xs = [n for n, value in points if value is not None]
+            ys = [value for _, value in points if value is not None]
+            if xs:
+                ax.plot(xs, ys, color=scheme_colour(j), marker=_SCHEME_MARKERS[j % len(_SCHEME_MARKERS)],
+                        markersize=4, linewidth=1.5, label=f"{layer.name} (s={layer.stats.stride_px:g})")
+        ax.set_xscale("log", base=2)
+        sizes = sorted({n for layer in result.layers for n, _ in (layer.stats.convergence or [])})
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("images", fontsize=8)
+        ax.set_title(result.label, fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, linewidth=0.5)
+        axes[result.label] = ax
+    top = max((v for _, r in panels for layer in r.layers for _, v in (layer.stats.convergence or []) if v), default=1)
+    first.set_ylim(0, 1.1 * top)
+    for ax in list(axes.values())[1:]:
+        ax.tick_params(labelleft=False)
+    first.set_ylabel("PPP strength  RMS(P)/RMS(σ)", fontsize=8)
+    fig.legend(*first.get_legend_handles_labels(), loc="upper left", fontsize=7, frameon=False, title="stage",
+               title_fontsize=7,
+               bbox_to_anchor=((width_in - m["right"] + 0.1) / width_in, (m["bottom"] + h) / height_in))
+    n = report.data.get("num_images", "?")
+    fig.suptitle(f"{model_label(report)}\nPPP strength on nested subsets of the N={n} images (points correlated)",
+                 fontsize=10, x=0.02, ha="left", y=0.98, va="top")
+    return fig, axes
 
 
 # ---------------------------------------------------------------------------------------------------------------------

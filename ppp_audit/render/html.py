@@ -130,6 +130,13 @@ def _strength(report: "Report", page: Page) -> str | None:
     return page.gallery("strength")
 
 
+@register_section("convergence", "Convergence in N", order=35)
+def _convergence(report: "Report", page: Page) -> str | None:
+    return page.gallery("convergence", "<p>Each stage's strength measured again on the first N/8, N/4, N/2 and N "
+                        "images: a curve that has levelled off says N was enough. The subsets are nested, so the "
+                        "points are correlated, and the smallest are the noisiest.</p>")
+
+
 @register_section("maps", "PPP maps", order=40)
 def _maps(report: "Report", page: Page) -> str | None:
     return page.gallery("maps", "<p>Channel-RMS of the mean padded-minus-reference features P at each position "
