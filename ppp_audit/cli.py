@@ -27,15 +27,23 @@ from .errors import PPPAuditError
 _GLOBAL_FLAGS = ("--debug", "--version", "--help")
 
 
-def _scheme_names() -> str:
-    """The registered padding schemes, for ``--padding``'s help (imports the registry: only when help is shown)."""
-    from rich.markup import escape
-
+def _registered_schemes() -> list[str] | None:
+    """The registered padding scheme names, or ``None`` when the registry cannot be read (imports it: call only when
+    help or completion asks)."""
     try:
         from .paddings import list_paddings
 
-        names = [info.name for info in list_paddings()]
-    except (Exception, SystemExit):  # noqa: BLE001 - a broken plugin must not break --help
+        return [info.name for info in list_paddings()]
+    except (Exception, SystemExit):  # noqa: BLE001 - a broken plugin must not break --help or print into the shell
+        return None
+
+
+def _scheme_names() -> str:
+    """The registered padding schemes, for ``--padding``'s help."""
+    from rich.markup import escape
+
+    names = _registered_schemes()
+    if names is None:
         return " Schemes: see ppp-audit paddings."
     return f" Registered: {escape(', '.join(names))} (ppp-audit paddings describes them)."
 
@@ -46,12 +54,7 @@ _HELP_AT_HELP_TIME = {"padding": _scheme_names}
 
 def _complete_scheme(incomplete: str) -> list[str]:
     """Shell completion of ``--padding``: the registered schemes starting with what is typed."""
-    try:
-        from .paddings import list_paddings
-
-        return [info.name for info in list_paddings() if info.name.startswith(incomplete)]
-    except (Exception, SystemExit):  # noqa: BLE001 - completion must never print a trace into the shell
-        return []
+    return [name for name in _registered_schemes() or [] if name.startswith(incomplete)]
 
 
 _COMPLETIONS = {"padding": _complete_scheme}
@@ -256,10 +259,8 @@ def _save_interrupted(report, json_out: Optional[str], out: Optional[Path]) -> P
         if json_out and json_out != "-":
             return report.save(json_out)
     except OSError:
-        pass  # the folder went away during the audit: the default folder below still keeps the work
-    from .hub import unused_report_dir
-
-    return report.save(unused_report_dir(report) / REPORT_JSON)
+        pass  # the folder went away during the audit: the fallback folder still keeps the work
+    return _save_fallback(report)
 
 
 def _push(report_dir: Path, **options) -> None:
