@@ -147,8 +147,19 @@ class _Pairs(torch.utils.data.Dataset):
         return torch.full((3, 4, 4), float(i)), i, signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
+@pytest.fixture
+def default_ctrl_c():
+    """Python's own Ctrl-C handler for the test: a shell that starts pytest in the background hands it Ctrl-C already
+    ignored, which the check below would read as the loader's doing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
-def test_image_loader_batches_any_items_in_order(workers):
+def test_image_loader_batches_any_items_in_order(workers, default_ctrl_c):
     loader = image_loader(_Pairs(), batch_size=2, workers=workers, ignore_sigint=True)
     assert len(loader) == 3 and isinstance(loader.dataset, _Pairs)
     batches = list(loader)
