@@ -14,6 +14,7 @@ Data flows one way: model + scheme + windows -> features (crop and window) -> ac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -33,10 +34,12 @@ from .images import (
     image_source, random_sample, skipped_image, too_few_images,
 )
 from .metrics import PPPAccumulator, finite_layers
-from .geometry import DELTA, MEAN_FEATURE, apply_geometry, fit_geometry
+from .context import ContextMatcher
+from .geometry import DELTA, MEAN_FEATURE, apply_geometry, fit_geometry, runs_with_margin
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .progress import ProgressReporter, progress_bar
+from .receptive import Influence, MarginChoice, choose_margin, influence_profiles
 from .report import LayerResult, Report, SchemeResult, SkippedImage, SkippedImages, environment
 
 
@@ -160,32 +163,6 @@ def largest_stride(model: nn.Module) -> int:
     return int(max([f["reduction"] for f in getattr(model, "feature_info", [])] or [32]))
 
 
-def receptive_radii(taps: FeatureTaps, window: int, device: torch.device) -> list[float]:
-    """Empirical receptive-field radius (input px) of the centre position of each tapped layer.
-
-    One forward/backward of a random window per layer: the gradient of the centre output is exactly zero outside the
-    receptive field. A radius of at least ``window / 2`` means "reaches past the window".
-    """
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3, window, window, generator=generator).to(device).requires_grad_(True)
-    radii = []
-    with torch.enable_grad():
-        outputs = taps(x)
-        for i, out in enumerate(outputs):
-            h, w = out.shape[-2:]
-            (grad,) = torch.autograd.grad(out[0, :, h // 2, w // 2].sum(), x, retain_graph=i < len(outputs) - 1)
-            nonzero = grad[0].abs().sum(0) > 0
-            ys, xs = torch.nonzero(nonzero, as_tuple=True)
-            if ys.numel() == 0:
-                radii.append(0.0)
-                continue
-            stride = window / h
-            cy, cx = (h // 2 + 0.5) * stride, (w // 2 + 0.5) * stride
-            reach = torch.stack([cy - ys.min(), ys.max() + 1 - cy, cx - xs.min(), xs.max() + 1 - cx]).max()
-            radii.append(float(reach))
-    return radii
-
-
 def feature_offset(name: str, crop: Tensor, window: Tensor) -> int:
     """Offset (feature px) of the crop's block inside the window's feature map, checked."""
     diff_h, diff_w = window.shape[-2] - crop.shape[-2], window.shape[-1] - crop.shape[-1]
@@ -198,12 +175,13 @@ def feature_offset(name: str, crop: Tensor, window: Tensor) -> int:
     return diff_h // 2
 
 
-def config_source(config: AuditConfig, info: ModelInfo, window: int) -> ImageSource:
+def config_source(config: AuditConfig, info: ModelInfo, window: int, crop: int | None = None) -> ImageSource:
     """The images ``config`` names, resized so a ``window`` crop matches the model's data config (``crop_pct``), or
-    the built-in dead-leaves images seeded with ``config.seed``."""
+    the built-in dead-leaves images seeded with ``config.seed``, their statistics set in pixels for a ``crop`` px
+    crop (so that the margin does not change what the crop sees; default the window's own size)."""
     if config.images:
         return image_source(config.images, split=config.images_split, resize_short=round(window / info.crop_pct))
-    return DeadLeavesSource(seed=config.seed)
+    return DeadLeavesSource(seed=config.seed, scale=crop)
 
 
 def native_summary(model: nn.Module, include_pools: bool = False, example_input: Tensor | None = None) -> PatchSummary:
@@ -361,9 +339,50 @@ class Auditor:
         self.summaries: dict[str, PatchSummary] = {
             scheme: checked_summary(model, scheme, config.include_pools, self.probe) for scheme in config.schemes
         }
+        self._contexts: dict[int, ContextMatcher] = {id(model): ContextMatcher(model)}
         bar.phase("measuring receptive fields")
-        self._radii: dict[int, list[float]] = {id(model): receptive_radii(self.taps, self.window, self.device)}
+        self.margin_choice: MarginChoice | None = None
+        self.probe_window = self.window
+        unit = self.fitted.margin_unit
+        self.margin_cap = max(unit, self.size // unit * unit, self.margin)  # m <= S, or the margin asked for
+        if self.estimator == DELTA and self.margin_cap > self.margin and runs_with_margin(self.taps, self.fitted,
+                                                                                         self.margin_cap):
+            self.probe_window = self.size + 2 * self.margin_cap  # the largest window a margin may need
+        self._influence: dict[int, list[Influence]] = {id(model): self._probe_influence(model, self.taps)}
+        if config.margin is None and self.estimator == DELTA and self.probe_window > self.window:
+            self._choose_margin()
+        self.second_margin = self._second_margin()
         self.normalise = Normalise(info, self.device)
+
+    def _probe_influence(self, model: nn.Module, taps: FeatureTaps) -> list[Influence]:
+        return influence_profiles(taps, self.probe_window, self.device, context=self.context(model),
+                                  in_chans=int(self.probe.shape[1]))
+
+    def _choose_margin(self) -> None:
+        """The smallest margin on the model's grid that leaves at most the tolerance of every fitting layer's
+        influence beyond it (``docs/metrics.md``), moved up to the next one the model runs at where needed."""
+        unit = self.fitted.margin_unit
+        candidates = range(unit, self.margin_cap + 1, unit)
+        choice = choose_margin(self._influence[id(self.model)], candidates, self.config.margin_tolerance)
+        margin = next((m for m in candidates if m >= choice.margin and runs_with_margin(self.taps, self.fitted, m)),
+                      self.margin)
+        if margin != choice.margin:
+            choice = choose_margin(self._influence[id(self.model)], [m for m in candidates if m >= margin],
+                                   self.config.margin_tolerance)
+        self.margin_choice = choice
+        self.fitted = dataclasses.replace(self.fitted, margin=choice.margin)
+        self.margin = choice.margin
+
+    def _second_margin(self) -> int | None:
+        """A smaller margin measured on the same windows when a layer's reference stays partial: the largest on the
+        grid at most half the margin (None when there is no partial layer or no such margin)."""
+        if self.estimator != DELTA or not any(self.partial(self.model)):
+            return None
+        unit = self.fitted.margin_unit
+        smaller = self.margin // 2 // unit * unit
+        while smaller >= unit and not runs_with_margin(self.taps, self.fitted, smaller):
+            smaller -= unit
+        return smaller if smaller >= unit else None
 
     # -- geometry and images ------------------------------------------------------------------------------------------
 
@@ -384,7 +403,7 @@ class Auditor:
 
     def image_source(self) -> ImageSource:
         """The images the config names (resized as the model's data config asks), or the built-in dead leaves."""
-        return config_source(self.config, self.info, self.window)
+        return config_source(self.config, self.info, self.window, self.size)
 
     def loader(self, dataset: Any, batch_size: int, *, graceful: bool = False) -> ImageLoader:
         """Batches of ``dataset`` with the config's workers (which leave Ctrl-C to this process when ``graceful``;
@@ -393,6 +412,20 @@ class Auditor:
         return image_loader(dataset, batch_size=batch_size, workers=self.config.workers,
                             pin_memory=self.device.type == "cuda", ignore_sigint=graceful,
                             skip_unreadable=not self.config.strict_images)
+
+    def margin_summary(self) -> dict[str, Any]:
+        """How the margin was set and what it costs, for the report's ``geometry.margin``."""
+        if self.estimator != DELTA:
+            return {"chosen_by": "none (mean-feature estimator)", "margin": 0}
+        chosen_by = ("--margin" if self.config.margin is not None else
+                     "receptive fields" if self.margin_choice is not None else
+                     f"default (the model runs at no window up to {self.size + 2 * self.margin_cap} px to probe)")
+        sides = [self.size, self.window] + ([self.size + 2 * self.second_margin] if self.second_margin else [])
+        return {"chosen_by": chosen_by, "margin": self.margin, "tolerance": self.config.margin_tolerance,
+                "cap": self.margin_cap, "grid": self.fitted.margin_unit, "probe_window": self.probe_window,
+                "second_margin": self.second_margin,
+                # what one image costs in pixels through the model (crop, window and second window) over the crop's
+                "pixels_per_image": sum(side * side for side in sides) / self.size**2}
 
     # -- padding ------------------------------------------------------------------------------------------------------
 
@@ -413,11 +446,26 @@ class Auditor:
         """Patch ``model`` with ``scheme`` until ``summary.restore()`` (for training loops that unpatch to measure)."""
         return patch_padding(model, scheme, include_pools=self.config.include_pools)
 
-    def radii(self, model: nn.Module, taps: FeatureTaps) -> list[float]:
-        """Receptive radii of ``model``'s taps (computed once per model)."""
-        if id(model) not in self._radii:
-            self._radii[id(model)] = receptive_radii(taps, self.window, self.device)
-        return self._radii[id(model)]
+    def context(self, model: nn.Module | None = None) -> ContextMatcher:
+        """The global modules of ``model`` (default the auditor's), matched between crop and window passes."""
+        model = self.model if model is None else model
+        if id(model) not in self._contexts:
+            self._contexts[id(model)] = ContextMatcher(model)
+        return self._contexts[id(model)]
+
+    def influence(self, model: nn.Module | None = None, taps: FeatureTaps | None = None) -> list[Influence]:
+        """Receptive-field influence of ``model``'s taps, probed at :attr:`probe_window` (once per model)."""
+        model = self.model if model is None else model
+        if id(model) not in self._influence:
+            self._influence[id(model)] = self._probe_influence(model, taps or FeatureTaps(model, self.config.layers))
+        return self._influence[id(model)]
+
+    def partial(self, model: nn.Module | None = None) -> list[bool]:
+        """Per tapped layer, whether more than the tolerance of its influence lies beyond the margin: its
+        padding-free reference is partial (always False for the mean-feature estimator, which has none)."""
+        if self.estimator != DELTA:
+            return [False] * len(self.influence(model))
+        return [inf.beyond(self.margin) > self.config.margin_tolerance for inf in self.influence(model)]
 
     # -- measuring ----------------------------------------------------------------------------------------------------
 
@@ -452,7 +500,10 @@ class Auditor:
         schemes = list(self.schemes if schemes is None else schemes)
         model = self.model if model is None else model.eval().to(device)
         taps = self.taps if model is self.model else FeatureTaps(model, config.layers)
-        radii = self.radii(model, taps)
+        influence = self.influence(model, taps)
+        partial = self.partial(model)
+        context = self.context(model)
+        second = self.second_margin  # a smaller margin measured on the same windows, for the partial layers
         size, margin, window = self.size, self.margin, self.window
         rank, world = rank_and_world()
         bar = progress_bar(progress if rank == 0 else False)
@@ -477,6 +528,8 @@ class Auditor:
         with_reference = self.estimator == DELTA
         accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference) for _ in taps.names]
                         for scheme in schemes}
+        at_second = {scheme: {i: PPPAccumulator(config.groups) for i, p in enumerate(partial) if p}
+                     for scheme in schemes} if second else {}
         seconds = {scheme: 0.0 for scheme in schemes}
         offsets: list[int] = []
         strides: list[float] = []
@@ -501,8 +554,13 @@ class Auditor:
                 for scheme in running:
                     tick = time.perf_counter()
                     with self.patched(scheme, model), autocast(device, config.precision):
-                        feats_crop = extract(crops)
-                        feats_window = extract(windows) if with_reference else None
+                        with context.recording():  # global modules: the crop's footprint at each depth
+                            feats_crop = extract(crops)
+                        with context.matching():  # ... is where the window pass takes their statistics
+                            feats_window = extract(windows) if with_reference else None
+                            cut = margin - (second or 0)
+                            feats_second = (extract(windows[..., cut:cut + size + 2 * second, cut:cut + size + 2 * second])
+                                            if second else None)
                     if not with_reference:  # crop passes only: the mean-feature estimator
                         offsets = offsets or [0] * len(feats_crop)
                         strides = strides or [size / a.shape[-1] for a in feats_crop]
@@ -519,6 +577,9 @@ class Auditor:
                         finite[scheme] = finite_layers(feats_crop, references if with_reference else None)
                     for acc, a, b in zip(accumulators[scheme], feats_crop, references):
                         acc.update(a, b, indices)
+                    for i, acc in at_second.get(scheme, {}).items():
+                        a, off = feats_crop[i], offsets[i] * second // margin
+                        acc.update(a, feats_second[i][..., off:off + a.shape[-2], off:off + a.shape[-1]], indices)
                     seconds[scheme] += time.perf_counter() - tick
                     bar.update(advance=windows.shape[0] / len(running))  # the bar counts images
                 if first_batch:
@@ -562,15 +623,25 @@ class Auditor:
         results = []
         for scheme in schemes:
             layers = []
-            for name, acc, stride, radius in zip(taps.names, accumulators[scheme], strides, radii):
+            for i, (name, acc, stride, reach) in enumerate(zip(taps.names, accumulators[scheme], strides, influence)):
                 if world > 1:
                     acc.all_reduce_()
+                radius = reach.radius_px
                 stats = acc.compute(stride_px=stride, receptive_radius_px=radius if with_reference else None)
                 if not with_reference:  # the report's estimator field says which estimator "strength" is
                     stats.strength, stats.strength_ci = stats.mean_feature_strength, stats.mean_feature_ci
                     stats.convergence = stats.mean_feature_convergence
-                layers.append(LayerResult(name=name, receptive_radius_px=radius,
-                                          reference_partial=with_reference and radius > margin, stats=stats))
+                smaller = None
+                if i in at_second.get(scheme, {}):
+                    if world > 1:
+                        at_second[scheme][i].all_reduce_()
+                    smaller = (second, at_second[scheme][i].compute(stride_px=stride).strength)
+                layers.append(LayerResult(
+                    name=name, receptive_radius_px=radius, reference_partial=partial[i], stats=stats,
+                    influence_beyond_margin=reach.beyond(margin) if with_reference else None,
+                    strength_at_smaller_margin=smaller,
+                    context_matched=[n for n in reach.upstream if n in context.matched],
+                    context_unmatched=[n for n in reach.upstream if n not in context.matched]))
             results.append(SchemeResult(scheme=scheme, patch=self.summaries[scheme].to_dict(), layers=layers))
         if all(layer.stats.non_finite for result in results for layer in result.layers):
             raise _all_non_finite(schemes, on_first_batch=False)
@@ -635,7 +706,8 @@ class Auditor:
             baselines=baselines or {},
             interrupted=interrupted or measurement.interrupted,
             estimator=self.estimator,
-            geometry={"changes": list(self.fitted.changes), **({"rebuilt_with": dict(self.fitted.constructor_kwargs)}
+            geometry={"changes": list(self.fitted.changes), "margin": self.margin_summary(),
+                      **({"rebuilt_with": dict(self.fitted.constructor_kwargs)}
                                                               if self.fitted.constructor_kwargs else {}),
                       **({"set_input_size": self.fitted.input_size} if self.fitted.input_size else {})},
         )
@@ -644,4 +716,4 @@ class Auditor:
 __all__ = ["Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast", "checked_summary",
            "config_source",
            "feature_offset", "ieee_fp32", "largest_stride", "native_summary",
-           "progress_bar", "rank_and_world", "receptive_radii", "resolve_device", "stop_on_ctrl_c"]
+           "progress_bar", "rank_and_world", "resolve_device", "stop_on_ctrl_c"]

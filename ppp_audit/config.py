@@ -117,7 +117,11 @@ class AuditConfig:
         seed: Seed of the built-in images, of the random sample of N from a larger folder or dataset, of a random-init
             model's weights, and of fine-tuning.
         input_size: Crop size S; default the model's pretrained input size.
-        margin: Context m around the crop, a multiple of the largest stride; default twice the largest stride.
+        margin: Context m around the crop, a multiple of the largest stride; default chosen from the model's
+            receptive fields (the smallest margin leaving at most ``margin_tolerance`` of each layer's input influence
+            beyond it, up to ``m = S``; docs/metrics.md).
+        margin_tolerance: Share of a layer's input influence (receptive-field gradient mass) allowed beyond the margin
+            for its padding-free reference to count as full; sets the chosen margin and which layers are partial.
         layers: Module names to tap instead of the stages.
         groups: Jackknife groups for confidence intervals.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (meant for GPUs; CPUs run it too, fp16 slowly).
@@ -154,7 +158,10 @@ class AuditConfig:
     seed: int = setting(0, help="Seed of the built-in images, the sample of N, random init and fine-tuning.",
                         types=(int,))
     input_size: int | None = setting(None, help="Crop size S (default: the model's).", types=(int,))
-    margin: int | None = setting(None, help="Context m around the crop (default: 2x max stride).", types=(int,))
+    margin: int | None = setting(None, help="Context m around the crop (default: chosen from the receptive fields).",
+                                 types=(int,))
+    margin_tolerance: float = setting(
+        0.01, help="Share of a layer's receptive-field influence allowed beyond the margin.", types=(int, float))
     layers: list[str] | None = setting(
         None, help="Comma-separated module names to tap instead of stages.", cli_type=Optional[str], parse=_comma_list,
         metavar="NAMES", types=(list, tuple), items=str)
@@ -196,7 +203,10 @@ class AuditConfig:
         if self.input_size is not None and self.input_size < 1:  # the model-specific minimum: geometry.MIN_MAP_SIDE
             _bad(f"--input-size must be positive (got {self.input_size})", "leave it out for the model's own size")
         if self.margin is not None and self.margin <= 0:
-            _bad(f"--margin must be positive (got {self.margin})", "leave it out for twice the largest stride")
+            _bad(f"--margin must be positive (got {self.margin})", "leave it out to choose it from the receptive fields")
+        if not 0 < self.margin_tolerance < 1:
+            _bad(f"--margin-tolerance must be between 0 and 1 (got {self.margin_tolerance})",
+                 "pass a share such as 0.01 (1 % of the influence beyond the margin)")
         if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
             _bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")
         if self.workers < 0:

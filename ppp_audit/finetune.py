@@ -163,14 +163,14 @@ class _SplitLabels:
 
 
 def make_splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window: int,
-                num_classes: int | None) -> Splits:
+                num_classes: int | None, crop: int | None = None) -> Splits:
     """The held-out split (measured) and the training split (never measured) of the images ``config`` names.
 
     Built-in dead-leaves images ``0..N-1`` are held out and training uses fresh indices from ``N`` on; a folder or
     dataset is split by a seeded shuffle (images too small for the window left out). Labels are checked before any
     image is read.
     """
-    base = config_source(config, info, window)
+    base = config_source(config, info, window, crop)
     if ft.labels == "folder" and not isinstance(base, FolderSource):
         raise PPPAuditError("--labels folder needs an image folder", "pass --images ROOT with one folder per class")
     if ft.labels == "dataset" and not isinstance(base, HFDatasetSource):
@@ -476,7 +476,7 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
     auditor = Auditor(config, model=model, info=info, progress=progress)
     model, info, device = auditor.model, auditor.info, auditor.device
     size, window = auditor.size, auditor.window
-    splits = make_splits(config, ft, info, window, getattr(model, "num_classes", None))
+    splits = make_splits(config, ft, info, window, getattr(model, "num_classes", None), size)
 
     measured = auditor.measure(splits.heldout, progress=progress)
     baselines = auditor.baselines(measured, progress=progress)

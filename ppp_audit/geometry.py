@@ -52,6 +52,8 @@ class Geometry:
             ``{"dynamic_img_size": True}``); empty when the model runs as built.
         input_size: Side to pass to ``model.set_input_size(img_size=...)`` before measuring, or ``None``.
         strides: Each tapped layer's stride in input pixels.
+        margin_unit: The grid margins lie on (every tapped map shifts by whole positions): the largest stride, or a
+            multiple of it that window-like modules need.
     """
 
     size: int
@@ -61,6 +63,7 @@ class Geometry:
     constructor_kwargs: Mapping[str, Any] = field(default_factory=dict)
     input_size: int | None = None
     strides: tuple[int, ...] = ()
+    margin_unit: int = DEFAULT_STRIDE
 
     @property
     def window(self) -> int:
@@ -231,9 +234,21 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
                          "includes that") if isinstance(getattr(model, "pos_embed", None), Tensor) else ""
             changes.append(f"rebuilt with dynamic_img_size=True to run at {fitted_size} and "
                            f"{fitted_size + 2 * fitted_margin} px (built for {own_size} px only){resampled}")
-        return Geometry(fitted_size, fitted_margin, DELTA, tuple(changes), kwargs, None, tuple(strides))
+        return Geometry(fitted_size, fitted_margin, DELTA, tuple(changes), kwargs, None, tuple(strides),
+                        _margin_unit(largest, units))
     return _fit_mean_feature(model, runs, requested_size, requested_margin, own_size, largest, units, strides, place,
                              layers)
+
+
+def runs_with_margin(taps: FeatureTaps, geometry: Geometry, margin: int) -> bool:
+    """Whether the model behind ``taps`` (as :func:`apply_geometry` made it) runs at the window ``S + 2 * margin`` with
+    every tapped map grown by ``margin / stride`` on each side (one forward pass of a zero image per size)."""
+    model = taps.model
+    place = {"in_chans": built_input_size(model)[0], "device": model_device(model), "dtype": _model_dtype(model)}
+    runs = _Runs(taps, place)
+    crop, window = runs(geometry.size), runs(geometry.size + 2 * margin)
+    return not isinstance(crop, str) and not isinstance(window, str) and _aligned(crop, window, margin,
+                                                                                   geometry.strides)
 
 
 def apply_geometry(model: nn.Module, geometry: Geometry) -> nn.Module:
@@ -275,7 +290,7 @@ def _fit_delta(runs: _Runs, strides: Sequence[int], size: int, margin: int, larg
     candidates = [(size, margin), (_nearest(size, largest), margin)]
     if units:
         unit = math.lcm(*units.values())
-        rounded_margin = _round_up(margin, math.lcm(largest, *(u // math.gcd(u, 2) for u in units.values())))
+        rounded_margin = _round_up(margin, _margin_unit(largest, units))
         candidates += [(_nearest(size, unit), rounded_margin), (_nearest(size, math.lcm(unit, largest)), rounded_margin)]
     for crop, context in dict.fromkeys(candidates):  # ordered, without repeats
         crop_shapes = runs(crop)
@@ -408,6 +423,11 @@ def _side(value: object) -> int:
 def _nearest(value: int, unit: int) -> int:
     """The multiple of ``unit`` nearest ``value`` (ties up), at least ``unit``."""
     return max(unit, (value + unit // 2) // unit * unit)
+
+
+def _margin_unit(largest: int, units: Mapping[str, int]) -> int:
+    """The margin grid: the largest stride, and half of each window-like unit (windows grow by 2m)."""
+    return math.lcm(largest, *(u // math.gcd(u, 2) for u in units.values())) if units else largest
 
 
 def _round_up(value: int, unit: int) -> int:

@@ -63,36 +63,46 @@ class DeadLeavesSource:
     """Procedural dead-leaves photos: occluding discs with a scale-invariant size law plus 1/f texture.
 
     Deterministic per ``(seed, index)``, renderable at any size, and spatially stationary (disc centres are uniform
-    over an area larger than the window), so it has no centre bias. Needs no files and no network.
+    over an area larger than the window), so it has no centre bias. With a ``scale`` the picture's statistics are
+    fixed in pixels: disc sizes, disc density and texture are set by ``scale`` alone, so a crop of ``scale`` px looks
+    the same, statistically, whatever the window it is cut from (the margin must not change what the crop sees).
+    Without one they are set relative to each window's own size. Needs no files and no network.
 
     Args:
         seed: Base seed; window ``i`` uses ``(seed, i)``.
-        num_discs: Discs per window.
+        num_discs: Discs per picture of ``scale`` px (per window without a scale), plus its border of the largest
+            disc radius.
+        scale: The side in px (the audit's crop) the picture's statistics are set for; ``None``: the window's side.
     """
 
     seed: int = 0
     num_discs: int = 1200
+    scale: int | None = None
 
     def available(self) -> int | None:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "dead-leaves", "seed": self.seed, "num_discs": self.num_discs}
+        return {"kind": "dead-leaves", "seed": self.seed, "num_discs": self.num_discs,
+                **({"scale": self.scale} if self.scale else {})}
 
     def fits(self, index: int, size: int) -> bool:
         return True
 
     def window(self, index: int, size: int) -> Tensor:
         rng = np.random.default_rng([self.seed, index])
+        scale = self.scale or size
         image = np.empty((size, size, 3), dtype=np.float32)
         image[:] = rng.uniform(0.2, 0.8, size=3)
-        r_min, r_max = max(1.5, size / 96), size / 3
+        r_min, r_max = max(1.5, scale / 96), scale / 3
+        # the same density of disc centres per area as num_discs over (scale + 2 r_max)²: stationary in pixels
+        num_discs = round(self.num_discs * ((size + 2 * r_max) / (scale + 2 * r_max)) ** 2)
         # p(r) ~ r^-3 is the scale-invariant law of natural-image occluders; sample it by inverting its CDF.
-        u = rng.uniform(size=self.num_discs)
+        u = rng.uniform(size=num_discs)
         radii = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
-        centres = rng.uniform(-r_max, size + r_max, size=(self.num_discs, 2))
-        luminance = rng.beta(2.0, 2.0, size=self.num_discs)
-        tint = rng.normal(0.0, 0.15, size=(self.num_discs, 3))
+        centres = rng.uniform(-r_max, size + r_max, size=(num_discs, 2))
+        luminance = rng.beta(2.0, 2.0, size=num_discs)
+        tint = rng.normal(0.0, 0.15, size=(num_discs, 3))
         colours = np.clip(luminance[:, None] * (1.0 + tint), 0.0, 1.0).astype(np.float32)
         pixel_centres = np.arange(size) + 0.5
         # Large discs first, small on top: the same picture as a random order, with far fewer hidden discs drawn.
@@ -108,7 +118,7 @@ class DeadLeavesSource:
             alpha = np.clip(r + 0.5 - np.sqrt(dy2 + dx2), 0.0, 1.0)[..., None]
             patch = image[y0:y1, x0:x1]
             patch += alpha.astype(np.float32) * (colours[k] - patch)
-        image += _pink_noise(rng, size)[..., None] * 0.06
+        image += _pink_noise(rng, size, self.scale)[..., None] * 0.06
         return torch.from_numpy(np.clip(image, 0.0, 1.0)).permute(2, 0, 1).contiguous()
 
 
@@ -123,10 +133,17 @@ def _frequency_radius(big: int) -> np.ndarray:
     return radius
 
 
-def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Unit-variance 1/f noise, cut from a field twice as large so it does not wrap around."""
+def _pink_noise(rng: np.random.Generator, size: int, scale: int | None = None) -> np.ndarray:
+    """Unit-variance 1/f noise, cut from a field twice as large so it does not wrap around.
+
+    With a ``scale``, the spectrum is flat below one cycle per ``2 * scale`` px: a 1/f field's variance grows without
+    bound with its size, so without that floor the normalisation, and with it the texture's contrast at every
+    frequency, would depend on the window's size.
+    """
     big = 2 * size
     radius = _frequency_radius(big)
+    if scale:
+        radius = np.maximum(radius, 1.0 / (2 * scale))
     spectrum = (rng.normal(size=radius.shape) + 1j * rng.normal(size=radius.shape)) / radius
     spectrum[0, 0] = 0.0
     field = np.fft.irfft2(spectrum, s=(big, big))[:size, :size]

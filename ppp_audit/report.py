@@ -20,10 +20,11 @@ from typing import Any
 
 from .errors import ReportFileError
 
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
 ``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
-1.5 per-layer ``convergence`` and ``mean_feature_convergence``;
+1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``influence_beyond_margin``,
+``strength_at_smaller_margin``, ``context_matched``, ``context_unmatched`` and ``geometry.margin``;
 readers accept any 1.x and ignore fields they do not know."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -122,21 +123,59 @@ class LayerStats:
 
 @dataclass
 class LayerResult:
-    """One tapped layer under one scheme: its statistics plus what the reference could see."""
+    """One tapped layer under one scheme: its statistics plus what the reference could see.
+
+    Attributes:
+        name: The tapped layer.
+        receptive_radius_px: Support radius of its centre position's receptive field (input px), global statistics
+            of matched modules left out.
+        reference_partial: More than the margin tolerance of its input influence lies beyond the margin: the
+            window's own padding still reaches its reference.
+        stats: The statistics.
+        influence_beyond_margin: Share of its input influence (gradient mass) beyond the margin; ``None`` without a
+            reference (mean-feature estimator) and in reports before schema 1.6.
+        strength_at_smaller_margin: For a partial layer, ``(m2, strength)`` measured on the same windows against a
+            reference of the smaller margin ``m2``: how far the number moves with the margin.
+        context_matched: Global modules before this layer whose statistics the window pass takes over the crop's
+            footprint (docs/metrics.md).
+        context_unmatched: Global modules before it that could not be matched: its reference still holds the
+            window's larger context.
+    """
 
     name: str
     receptive_radius_px: float
     reference_partial: bool
     stats: LayerStats
+    influence_beyond_margin: float | None = None
+    strength_at_smaller_margin: tuple[int, float | None] | None = None
+    context_matched: list[str] = field(default_factory=list)
+    context_unmatched: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "receptive_radius_px": self.receptive_radius_px,
-                "reference_partial": self.reference_partial, **asdict(self.stats)}
+                "reference_partial": self.reference_partial, "influence_beyond_margin": self.influence_beyond_margin,
+                "strength_at_smaller_margin": (list(self.strength_at_smaller_margin)
+                                               if self.strength_at_smaller_margin else None),
+                "context_matched": list(self.context_matched), "context_unmatched": list(self.context_unmatched),
+                **asdict(self.stats)}
+
+    @property
+    def margin_change(self) -> float | None:
+        """Relative change of the strength from the smaller margin to the margin used (``None`` when not measured)."""
+        if not self.strength_at_smaller_margin:
+            return None
+        smaller, now = self.strength_at_smaller_margin[1], self.stats.strength
+        if smaller is None or now is None or smaller == 0:
+            return None
+        return now / smaller - 1.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LayerResult":
         data = dict(data)
         name, radius, partial = data.pop("name"), data.pop("receptive_radius_px"), data.pop("reference_partial")
+        beyond = data.pop("influence_beyond_margin", None)
+        smaller = data.pop("strength_at_smaller_margin", None)
+        matched, unmatched = data.pop("context_matched", []), data.pop("context_unmatched", [])
         known = {f.name for f in dataclasses.fields(LayerStats)}
         data = {k: v for k, v in data.items() if k in known}  # a newer 1.x may add per-layer fields too
         for key in ("strength_ci", "mean_feature_ci"):
@@ -147,7 +186,9 @@ class LayerResult:
                 data[key] = [tuple(point) for point in data[key]]
         data["profile"] = BorderProfile(**data["profile"]) if data.get("profile") else None
         data["side_profiles"] = {k: BorderProfile(**v) for k, v in data.get("side_profiles", {}).items()}
-        return cls(name=name, receptive_radius_px=radius, reference_partial=partial, stats=LayerStats(**data))
+        return cls(name=name, receptive_radius_px=radius, reference_partial=partial, stats=LayerStats(**data),
+                   influence_beyond_margin=beyond, strength_at_smaller_margin=tuple(smaller) if smaller else None,
+                   context_matched=list(matched), context_unmatched=list(unmatched))
 
 
 class _HeadlineScores:
@@ -294,6 +335,29 @@ class Report:
     @property
     def window(self) -> int:
         return self.input_size + 2 * self.margin
+
+    def partial_note(self) -> str | None:
+        """The footnote of the layers marked partial: what it means and how far each moved between the two margins
+        measured; ``None`` when no layer is partial."""
+        partial = [i for i, layer in enumerate(self.results[0].layers) if layer.reference_partial] if self.results \
+            else []
+        if not partial:
+            return None
+        tolerance = self.geometry.get("margin", {}).get("tolerance")
+        share = f"more than {tolerance:.0%} of" if tolerance is not None else "part of"
+        note = (f"* {share} the receptive field's influence lies beyond the margin m={self.margin}: the padding-free "
+                "reference is partial")
+        moved = []
+        for i in partial:
+            changes = [f"{change:+.0%} ({result.label})"
+                       for result in self.results if (change := result.layers[i].margin_change) is not None]
+            if changes:
+                moved.append(f"{self.results[0].layers[i].name} {', '.join(changes)}")
+        second = next((layer.strength_at_smaller_margin[0] for result in self.results for layer in result.layers
+                       if layer.strength_at_smaller_margin), None)
+        if moved and second is not None:
+            note += f"; strength from m={second} to m={self.margin}: {'; '.join(moved)}"
+        return note
 
     def scheme(self, name: str) -> SchemeResult:
         for result in self.results:

@@ -254,7 +254,8 @@ def format_table(rows: Sequence[LayerCheck]) -> str:
 
     lines = [line(header), *(line(r) for r in body)]
     if any(row.reference_partial for row in rows):
-        lines.append("* receptive field exceeds the margin: the padding-free reference is partial")
+        lines.append("* partial reference: more of the receptive field's influence lies beyond the margin than its "
+                     "tolerance")
     return "\n".join(lines)
 
 

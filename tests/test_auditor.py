@@ -53,7 +53,8 @@ def test_include_pools_reaches_training_predictions_and_saved_models(tmp_path):
                             model=model, info=info)
     ft = report.scheme("circular").finetune
 
-    loader = DataLoader(CropDataset(DeadLeavesSource(seed=0), range(4), report.window, report.input_size),
+    loader = DataLoader(CropDataset(DeadLeavesSource(seed=0, scale=report.input_size), range(4), report.window,
+                                    report.input_size),
                         batch_size=4)
     teacher, _ = predict(model, loader, info=info)
     with_pools, _ = predict(model, loader, info=info, scheme="circular", include_pools=True)

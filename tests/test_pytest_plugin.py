@@ -363,4 +363,4 @@ def test_format_table_marks_only_checked_failures() -> None:
         stage2         4      0.25  [0.2, 0.3]      0.3      ok
         stage3         8      0.35           –      0.3    FAIL
         stage4 *      16         –           –      0.3    FAIL
-        * receptive field exceeds the margin: the padding-free reference is partial""")
+        * partial reference: more of the receptive field's influence lies beyond the margin than its tolerance""")

@@ -74,7 +74,7 @@ def render_table(report: Report) -> "Table":
         notes.append(f"{NON_FINITE}: NaN/inf features from {'; '.join(non_finite)}; their statistics are left out "
                      "(check the weights, or use --precision fp32)")
     if partial_seen:
-        notes.append(f"* receptive field exceeds the margin m={report.margin}: the padding-free reference is partial")
+        notes.append(report.partial_note())
     table.caption = "\n".join(notes)
     table.caption_justify = "left"
     return table

@@ -1,0 +1,184 @@
+"""Receptive fields of the tapped layers, and the margin they call for.
+
+The padding-free reference of a crop position is the window pass's feature there; it is free of the window's own
+padding when the position's input influence stays within the margin ``m`` around the crop. :func:`influence_profiles`
+measures that influence once per model with one backward pass per tapped layer: the gradient of the centre position's
+output (random projections of its channels, one per probe image) with respect to a random probe window. The gradient
+is exactly zero outside the receptive field, which gives the support radius; its absolute mass by distance from the
+centre gives the *influence profile*: the share of the influence that lies beyond each distance. Global statistics of
+matched modules (:mod:`ppp_audit.context`) are detached, since the matched reference takes them over the crop's
+footprint: the local reach is what the margin has to cover.
+
+:func:`choose_margin` picks the smallest margin on the model's grid that leaves at most ``tolerance`` of every
+layer's influence beyond it, among the layers whose influence fits under the cap (``m <= S``); the layers that do not
+fit stay partial, and the report gives each layer's share beyond the margin used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .context import ContextMatcher
+from .models import FeatureTaps
+
+DEFAULT_TOLERANCE = 0.01
+"""Share of a layer's input influence (gradient mass) allowed beyond the margin for its reference to count as full."""
+PROBE_IMAGES = 2
+"""Random probe windows (each with its own random projection of the centre's channels), averaged."""
+
+
+@dataclass(frozen=True)
+class Influence:
+    """How far one tapped layer's centre position reaches into its input.
+
+    Attributes:
+        radius_px: Support radius: the largest distance (input px, Chebyshev, from the position's centre to a pixel's
+            far edge) at which the gradient is non-zero. At least ``window / 2`` means it reaches past the probe.
+        distance_px: Distances ``r`` of the profile: 0, 1, 2, ... input px up to the probe's half-window.
+        share_beyond: Share of the gradient's absolute mass at distances greater than each ``r`` (1 at ``r = 0``,
+            falling to 0 at the radius).
+        window: Side of the probe window, in input px.
+        upstream: The watched modules (global context, :mod:`ppp_audit.context`) this layer's output depends on.
+    """
+
+    radius_px: float
+    distance_px: tuple[float, ...]
+    share_beyond: tuple[float, ...]
+    window: int
+    upstream: tuple[str, ...] = ()
+
+    @property
+    def reaches_past_probe(self) -> bool:
+        """The support reaches the probe window's edge: the share beyond any distance is a lower bound."""
+        return self.radius_px >= self.window / 2
+
+    def beyond(self, distance_px: float) -> float:
+        """Share of the influence beyond ``distance_px`` (0 past the support; the probe's last value past it)."""
+        if distance_px >= self.radius_px:
+            return 0.0
+        index = min(int(math.floor(distance_px)), len(self.share_beyond) - 1)
+        return self.share_beyond[max(index, 0)]
+
+
+def influence_profiles(taps: FeatureTaps, window: int, device: torch.device | str, *,
+                       context: ContextMatcher | None = None, in_chans: int = 3,
+                       images: int = PROBE_IMAGES, seed: int = 0) -> list[Influence]:
+    """The :class:`Influence` of every tapped layer's centre position, probed on a ``window`` px input.
+
+    Args:
+        taps: The model's taps.
+        window: Probe side in input px (the audit's window or larger).
+        device: Where the model is.
+        context: The model's global modules: their matched statistics are detached (local paths only), and each
+            layer's ``upstream`` lists those its output depends on.
+        in_chans: Input channels.
+        images: Probe images, each with its own random projection of the centre's channels.
+        seed: Seed of the probe images and projections (the probe is deterministic).
+
+    Returns:
+        One :class:`Influence` per tapped layer, in tap order.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    dtype = next((p.dtype for p in taps.model.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.randn(images, in_chans, window, window, generator=generator).to(device=device, dtype=dtype)
+    x.requires_grad_(True)
+    local = context.local_only() if context is not None else contextlib.nullcontext()
+    watched = context.modules if context is not None else {}
+    seen: dict[str, Tensor] = {}
+    handles = [module.register_forward_hook(lambda m, a, out, name=name: _keep(seen, name, out))
+               for name, module in watched.items()]
+    profiles = []
+    try:
+        with torch.enable_grad(), local:
+            outputs = taps(x)
+            names = list(seen)
+            for i, out in enumerate(outputs):
+                h, w = out.shape[-2:]
+                weights = torch.randn(images, out.shape[1], generator=generator).to(out.device, out.dtype).sign()
+                centre = (out[:, :, h // 2, w // 2] * weights).sum()
+                # a module is upstream of the layer when the layer's output has a gradient path back to its output
+                grads = torch.autograd.grad(centre, [x, *(seen[n] for n in names)], retain_graph=i < len(outputs) - 1,
+                                            allow_unused=True)
+                mass = grads[0].detach().abs().sum((0, 1)).double()  # (window, window)
+                upstream = tuple(n for n, g in zip(names, grads[1:]) if g is not None)
+                centre_px = ((h // 2 + 0.5) * window / h, (w // 2 + 0.5) * window / w)
+                profiles.append(dataclasses.replace(_profile(mass, centre_px, window), upstream=upstream))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return profiles
+
+
+def _keep(seen: dict[str, Tensor], name: str, output: object) -> None:
+    if isinstance(output, Tensor) and output.requires_grad:
+        seen[name] = output
+
+
+def _profile(mass: Tensor, centre: tuple[float, float], window: int) -> Influence:
+    """Radius and share-beyond profile of one gradient-mass map around ``centre`` (y, x in input px)."""
+    cy, cx = centre
+    ys = torch.arange(mass.shape[0], dtype=torch.float64).view(-1, 1) + 0.5
+    xs = torch.arange(mass.shape[1], dtype=torch.float64).view(1, -1) + 0.5
+    # distance from the centre to each pixel's far edge: a pixel touching the centre is at 1, as for the radius
+    distance = torch.maximum((ys - cy).abs(), (xs - cx).abs()) + 0.5
+    nonzero = mass > 0
+    if not bool(nonzero.any()):
+        return Influence(0.0, (0.0,), (0.0,), window)
+    radius = float(distance[nonzero].max())
+    steps = int(math.ceil(window / 2)) + 1
+    total = float(mass.sum())
+    # mass at distance > r for r = 0, 1, ...: one histogram of the distances, then a reversed cumulative sum
+    bins = distance.ceil().long().clamp_max(steps).flatten()
+    per_bin = torch.zeros(steps + 1, dtype=torch.float64).index_add_(0, bins, mass.flatten())
+    beyond = per_bin.flip(0).cumsum(0).flip(0)[1:] / total  # beyond[r] = mass in bins > r
+    return Influence(radius, tuple(float(r) for r in range(steps)), tuple(beyond.tolist()), window)
+
+
+@dataclass(frozen=True)
+class MarginChoice:
+    """The margin chosen from the model's influence profiles, and what it leaves.
+
+    Attributes:
+        margin: The chosen ``m``.
+        tolerance: Share of influence allowed beyond ``m``.
+        cap: The largest margin considered.
+        fits: Per layer, whether its influence fits under the cap (then its share beyond ``m`` is at most the
+            tolerance).
+        share_beyond: Per layer, the share of influence beyond ``m``.
+    """
+
+    margin: int
+    tolerance: float
+    cap: int
+    fits: tuple[bool, ...]
+    share_beyond: tuple[float, ...]
+
+
+def choose_margin(influences: Sequence[Influence], candidates: Sequence[int], tolerance: float = DEFAULT_TOLERANCE,
+                  ) -> MarginChoice:
+    """The smallest candidate margin leaving at most ``tolerance`` of each layer's influence beyond it, among the
+    layers whose influence fits under the largest candidate (the cap); the smallest candidate when none fits.
+
+    Args:
+        influences: The layers' influence profiles.
+        candidates: Margins the model can run, on its grid (any order); the largest is the cap.
+        tolerance: Share of influence allowed beyond the margin.
+    """
+    ordered = sorted(set(int(c) for c in candidates))
+    if not ordered:
+        raise ValueError("no candidate margin")
+    cap = ordered[-1]
+    fits = tuple(influence.beyond(cap) <= tolerance for influence in influences)
+    fitting = [influence for influence, ok in zip(influences, fits) if ok]
+    margin = next(m for m in ordered if all(influence.beyond(m) <= tolerance for influence in fitting))
+    return MarginChoice(margin, tolerance, cap, fits, tuple(influence.beyond(margin) for influence in influences))
+
+
+__all__ = ["DEFAULT_TOLERANCE", "Influence", "MarginChoice", "choose_margin", "influence_profiles"]
