@@ -336,29 +336,6 @@ class Report:
     def window(self) -> int:
         return self.input_size + 2 * self.margin
 
-    def partial_note(self) -> str | None:
-        """The footnote of the layers marked partial: what it means and how far each moved between the two margins
-        measured; ``None`` when no layer is partial."""
-        partial = [i for i, layer in enumerate(self.results[0].layers) if layer.reference_partial] if self.results \
-            else []
-        if not partial:
-            return None
-        tolerance = self.geometry.get("margin", {}).get("tolerance")
-        share = f"more than {tolerance:.0%} of" if tolerance is not None else "part of"
-        note = (f"* {share} the receptive field's influence lies beyond the margin m={self.margin}: the padding-free "
-                "reference is partial")
-        moved = []
-        for i in partial:
-            changes = [f"{change:+.0%} ({result.label})"
-                       for result in self.results if (change := result.layers[i].margin_change) is not None]
-            if changes:
-                moved.append(f"{self.results[0].layers[i].name} {', '.join(changes)}")
-        second = next((layer.strength_at_smaller_margin[0] for result in self.results for layer in result.layers
-                       if layer.strength_at_smaller_margin), None)
-        if moved and second is not None:
-            note += f"; strength from m={second} to m={self.margin}: {'; '.join(moved)}"
-        return note
-
     def scheme(self, name: str) -> SchemeResult:
         for result in self.results:
             if result.scheme == name:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..report import NATIVE, REPORT_HTML, REPORT_JSON, format_number
-from .tables import render_curve_table, render_finetune_table, render_table
+from .tables import render_curve_table, render_finetune_table, render_reference_table, render_table
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -123,6 +123,17 @@ def _summary(report: "Report", page: Page) -> str:
 @register_section("table", "PPP strength per layer", order=20, fields=("results",))
 def _table(report: "Report", page: Page) -> str:
     return rich_table_html(render_table(report))
+
+
+@register_section("reference", "Padding-free reference: margin and global context", order=25, fields=("geometry",))
+def _reference(report: "Report", page: Page) -> str | None:
+    table = render_reference_table(report)
+    if table is None:
+        return None
+    return ("<p>The margin is the smallest that leaves at most the tolerance of each layer's input influence (the "
+            "gradient mass of its receptive field) beyond it; global modules (squeeze-excitation, GRN, ...) take their "
+            "statistics over the crop's footprint in the window pass. Layers marked * are partial: the strength "
+            "measured again against a smaller margin m2 shows how far they move.</p>" + rich_table_html(table))
 
 
 @register_section("strength", "Strength by stage", order=30)

@@ -73,12 +73,86 @@ def render_table(report: Report) -> "Table":
     if non_finite:
         notes.append(f"{NON_FINITE}: NaN/inf features from {'; '.join(non_finite)}; their statistics are left out "
                      "(check the weights, or use --precision fp32)")
+    margin = margin_note(report)
+    if margin:
+        notes.append(margin)
+    unmatched = sorted({name for result in report.results for layer in result.layers
+                        for name in layer.context_unmatched})
+    if unmatched:
+        notes.append(f"global context not matched: {', '.join(unmatched)} pool over the whole map, so the reference "
+                     "of the layers after them sees the window's larger content (docs/metrics.md)")
     if partial_seen:
-        notes.append(report.partial_note())
+        notes.append(partial_note(report))
     table.caption = "\n".join(notes)
     table.caption_justify = "left"
     return table
 
+
+def margin_note(report: Report) -> str | None:
+    """How the margin was set and what it costs, in one line (``None`` for the mean-feature estimator)."""
+    margin = report.geometry.get("margin") or {}
+    if report.estimator == "mean-feature" or not margin:
+        return None
+    how = margin["chosen_by"]
+    if how == "receptive fields":
+        how = (f"chosen from the receptive fields: at most {100 * margin['tolerance']:g} % of each layer's influence beyond "
+               f"it, for the layers that fit under m <= {margin['cap']}")
+    cost = f"{margin['pixels_per_image']:.1f}x the crop's pixels per image"
+    second = f", a second reference at m={margin['second_margin']}" if margin.get("second_margin") else ""
+    return f"margin m={report.margin} {how}; window {report.window} px{second}: {cost}"
+
+
+def partial_note(report: Report) -> str | None:
+    """The footnote of the layers marked partial: what it means and how far each moved between the two margins
+    measured; ``None`` when no layer is partial."""
+    partial = [i for i, layer in enumerate(report.results[0].layers) if layer.reference_partial] if report.results \
+        else []
+    if not partial:
+        return None
+    tolerance = report.geometry.get("margin", {}).get("tolerance")
+    share = f"more than {100 * tolerance:g} % of" if tolerance is not None else "part of"
+    note = (f"* {share} the receptive field's influence lies beyond the margin m={report.margin}: the padding-free "
+            "reference is partial")
+    moved = []
+    for i in partial:
+        changes = [f"{100 * change:+.0f} % ({result.label})"
+                   for result in report.results if (change := result.layers[i].margin_change) is not None]
+        if changes:
+            moved.append(f"{report.results[0].layers[i].name} {', '.join(changes)}")
+    second = next((layer.strength_at_smaller_margin[0] for result in report.results for layer in result.layers
+                   if layer.strength_at_smaller_margin), None)
+    if moved and second is not None:
+        note += f"; strength from m={second} to m={report.margin}: {'; '.join(moved)}"
+    return note
+
+
+def render_reference_table(report: Report) -> "Table | None":
+    """A rich table of what each layer's padding-free reference could see: receptive reach, share of influence beyond
+    the margin, global modules matched and not, and how far the strength moved from the smaller margin.
+    ``None`` for the mean-feature estimator (no reference)."""
+    from rich.table import Table
+
+    if report.estimator == "mean-feature" or not report.results:
+        return None
+    table = Table(title=f"Padding-free reference · margin m={report.margin} · window {report.window} px",
+                  title_justify="left")
+    for header in ("layer", "stride", "reach px", "influence\nbeyond m", "global context\nmatched",
+                   "global context\nnot matched"):
+        table.add_column(header, justify="left" if header == "layer" else "right")
+    for result in report.results:
+        table.add_column(f"{result.label}\nmoved from m2", justify="right")
+    for i, layer in enumerate(report.results[0].layers):
+        beyond = layer.influence_beyond_margin
+        row = [layer.name + (" *" if layer.reference_partial else ""), f"{layer.stats.stride_px:g}",
+               format_number(layer.receptive_radius_px, 4), "–" if beyond is None else f"{100 * beyond:.2g} %",
+               str(len(layer.context_matched)), ", ".join(layer.context_unmatched) or "0"]
+        for result in report.results:
+            change = result.layers[i].margin_change
+            row.append("–" if change is None else f"{100 * change:+.0f} %")
+        table.add_row(*row)
+    table.caption = "\n".join(note for note in (margin_note(report), partial_note(report)) if note)
+    table.caption_justify = "left"
+    return table
 
 def render_finetune_table(report: Report) -> "Table | None":
     """A rich table of the fine-tuned schemes: PPP strength per layer native / after the swap / after fine-tuning,
