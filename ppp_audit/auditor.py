@@ -32,7 +32,7 @@ from .images import (
     DeadLeavesSource, ImageLoader, ImageSource, IndexedSource, SampledSource, WindowDataset, image_loader,
     image_source, random_sample, skipped_image, too_few_images,
 )
-from .metrics import PPPAccumulator, finite_layers
+from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, finite_layers
 from .geometry import DELTA, MEAN_FEATURE, apply_geometry, fit_geometry
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
@@ -355,6 +355,7 @@ class Auditor:
             self.taps = FeatureTaps(model, config.layers)
         self.size, self.margin = self.fitted.size, self.fitted.margin
         self.estimator = self.fitted.estimator
+        self.mist_layer = choose_mist_layer(self.taps.names, self.taps.strides, config.mist_layer)
         in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
         self.probe = torch.zeros(1, in_chans, self.size, self.size, device=self.device)
         bar.phase("probing padding sites")
@@ -475,8 +476,9 @@ class Auditor:
         loader = self.loader(dataset, config.batch_size, graceful=graceful)
 
         with_reference = self.estimator == DELTA
-        accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference) for _ in taps.names]
-                        for scheme in schemes}
+        accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference,
+                                                mist_counts=MIST_COUNTS if name == self.mist_layer else ())
+                                 for name in taps.names] for scheme in schemes}
         seconds = {scheme: 0.0 for scheme in schemes}
         offsets: list[int] = []
         strides: list[float] = []
