@@ -33,9 +33,9 @@ from .images import (
     DeadLeavesSource, ImageLoader, ImageSource, IndexedSource, SampledSource, WindowDataset, image_loader,
     image_source, random_sample, skipped_image, too_few_images,
 )
-from .metrics import PPPAccumulator, finite_layers
 from .context import ContextMatcher
 from .geometry import DELTA, MEAN_FEATURE, apply_geometry, fit_geometry, runs_with_margin
+from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, finite_layers
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .progress import ProgressReporter, progress_bar
@@ -333,6 +333,7 @@ class Auditor:
             self.taps = FeatureTaps(model, config.layers)
         self.size, self.margin = self.fitted.size, self.fitted.margin
         self.estimator = self.fitted.estimator
+        self.mist_layer = choose_mist_layer(self.taps.names, self.taps.strides, config.mist_layer)
         in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
         self.probe = torch.zeros(1, in_chans, self.size, self.size, device=self.device)
         bar.phase("probing padding sites")
@@ -526,8 +527,9 @@ class Auditor:
         loader = self.loader(dataset, config.batch_size, graceful=graceful)
 
         with_reference = self.estimator == DELTA
-        accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference) for _ in taps.names]
-                        for scheme in schemes}
+        accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference,
+                                                mist_counts=MIST_COUNTS if name == self.mist_layer else ())
+                                 for name in taps.names] for scheme in schemes}
         at_second = {scheme: {i: PPPAccumulator(config.groups) for i, p in enumerate(partial) if p}
                      for scheme in schemes} if second else {}
         seconds = {scheme: 0.0 for scheme in schemes}

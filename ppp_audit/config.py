@@ -136,6 +136,8 @@ class AuditConfig:
         images_split: Split of an ``hfds/`` dataset (``datasets`` syntax: ``validation``, ``train[:256]``).
         strict_images: Fail on the first image that cannot be read (not an image, truncated, an unsupported mode);
             by default such images are skipped and the report counts and names them.
+        mist_layer: The tapped layer whose mean feature and PPP maps after 1, 10, 100 and N images the report keeps
+            (``figures/mist.png``); ``None``: the stride-16 layer, else the middle one. Checked against the taps.
     """
 
     model: str = setting(help="timm model name (name.tag), local-dir:DIR or hf-hub:ID.", metavar="MODEL", types=(str,))
@@ -189,6 +191,9 @@ class AuditConfig:
     strict_images: bool = setting(
         False, help="Fail on the first unreadable image (default: skip it; the report counts and names them).",
         flags=("--strict-images",), types=(bool,))
+    mist_layer: str | None = setting(
+        None, help="Layer shown after 1, 10, 100 and N images in figures/mist.png (default: the stride-16 one, else "
+        "the middle one).", metavar="NAME", types=(str,), parse=lambda v: v or None)
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -23,8 +23,9 @@ from .errors import ReportFileError
 SCHEMA_VERSION = "1.6"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
 ``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
-1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``influence_beyond_margin``,
-``strength_at_smaller_margin``, ``context_matched``, ``context_unmatched`` and ``geometry.margin``;
+1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``mist`` (one layer per scheme),
+``influence_beyond_margin``, ``strength_at_smaller_margin``, ``context_matched``, ``context_unmatched`` and
+``geometry.margin``;
 readers accept any 1.x and ignore fields they do not know."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -87,6 +88,20 @@ class BorderProfile:
 
 
 @dataclass
+class MistSnapshots:
+    """The mask rising out of the mist: one layer's maps after the first ``counts[k]`` images (the last count is N).
+
+    ``mean_feature[k]`` is the channel-averaged mean of the padded features ``A`` over those images; ``ppp[k]`` the
+    channel-RMS of the mean of ``Δ`` (raw, not debiased: one image has no variance), or with the mean-feature estimator
+    of the mean of ``A`` less its per-channel spatial mean. Each map is ``h × w`` (docs/metrics.md).
+    """
+
+    counts: list[int]
+    mean_feature: list[list[list[float]]]
+    ppp: list[list[list[float]]]
+
+
+@dataclass
 class LayerStats:
     """Everything measured for one tapped layer under one padding scheme.
 
@@ -115,6 +130,9 @@ class LayerStats:
     ``None`` in reports before schema 1.5."""
     mean_feature_convergence: list[tuple[int, float | None]] | None = None
     """The same for ``mean_feature_strength``."""
+    mist: MistSnapshots | None = None
+    """Mean feature and PPP maps after 1, 10, 100 and N images; only the audit's mist layer has them (``None``
+    elsewhere, for a non-finite layer and in reports before schema 1.6)."""
 
     @property
     def extent_px(self) -> float | None:
@@ -185,6 +203,9 @@ class LayerResult:
             if data.get(key) is not None:
                 data[key] = [tuple(point) for point in data[key]]
         data["profile"] = BorderProfile(**data["profile"]) if data.get("profile") else None
+        if data.get("mist"):
+            known_mist = {f.name for f in dataclasses.fields(MistSnapshots)}
+            data["mist"] = MistSnapshots(**{k: v for k, v in data["mist"].items() if k in known_mist})
         data["side_profiles"] = {k: BorderProfile(**v) for k, v in data.get("side_profiles", {}).items()}
         return cls(name=name, receptive_radius_px=radius, reference_partial=partial, stats=LayerStats(**data),
                    influence_beyond_margin=beyond, strength_at_smaller_margin=tuple(smaller) if smaller else None,

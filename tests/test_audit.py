@@ -115,7 +115,7 @@ def test_report_json_round_trip(lite0_reports, tmp_path):
     path = report.save(tmp_path / "r" / "report.json")
     assert Report.load(path.parent) == report
     data = report.to_dict()
-    assert data["schema_version"] == "1.5" and data["window"] == 224 + 2 * 64
+    assert data["schema_version"] == "1.6" and data["window"] == 224 + 2 * 64
     assert data["results"][0]["patch"]["native_padding"] == "zeros"
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ppp_audit.engine import AuditConfig, audit
 from ppp_audit.report import Report
@@ -32,3 +33,11 @@ def test_two_process_gloo_audit_matches_single_process(tmp_path):
             assert dl.stats.strength == pytest.approx(sl.stats.strength, rel=1e-5, abs=1e-9), (d.scheme, dl.name)
             assert dl.stats.strength_ci == pytest.approx(sl.stats.strength_ci, rel=1e-5, abs=1e-9)
             assert dl.stats.extent_px == sl.stats.extent_px
+            # Mist snapshots stay per rank and rank 0 writes the report: its first image is window 0, as in one
+            # process; the N point comes from the all-reduced sums.
+            assert (dl.stats.mist is None) == (sl.stats.mist is None) == (dl.name != "layer3")
+            if sl.stats.mist is not None:
+                assert dl.stats.mist.counts == sl.stats.mist.counts == [1, 6]
+                for row in ("mean_feature", "ppp"):
+                    assert torch.tensor(getattr(dl.stats.mist, row)) == pytest.approx(
+                        torch.tensor(getattr(sl.stats.mist, row)), rel=1e-4, abs=1e-5), (d.scheme, row)

@@ -88,7 +88,7 @@ def test_pngs_decode_with_expected_sizes(written, planted_report):
 
     keys = [f.key for f in written.figures]
     assert keys == ["ppp_map/stage0", "ppp_map/stage1", "extent/stage0", "extent/stage1", "strength",
-                    "convergence"]
+                    "convergence", "mist"]
     expected = {"ppp_map": map_figure_size(2), "extent": extent_figure_size(2)}
     for figure in written.figures:
         path = written.out_dir / figure.filename
@@ -269,9 +269,9 @@ def test_out_writes_json_figures_and_page(cli_audit):
     out, result = cli_audit
     assert (out / "report.json").is_file() and (out / "report.html").is_file()
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert pngs == ["convergence.png", "extent_00_layer3.png", "extent_01_layer4.png", "ppp_map_00_layer3.png",
-                    "ppp_map_01_layer4.png", "strength.png"]
-    assert "6 figures and report.html written" in result.stderr
+    assert pngs == ["convergence.png", "extent_00_layer3.png", "extent_01_layer4.png", "mist.png",
+                    "ppp_map_00_layer3.png", "ppp_map_01_layer4.png", "strength.png"]
+    assert "7 figures and report.html written" in result.stderr
 
 
 def test_show_reproduces_the_table(cli_audit):
@@ -329,7 +329,7 @@ def test_report_without_maps_still_renders(planted_report, tmp_path):
     acc = PPPAccumulator(groups=4, with_reference=False)
     acc.update(torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0)))
     stats = acc.compute(8.0)
-    stats.ppp_map, stats.profile, stats.side_profiles = None, None, {}  # a mean-feature layer of schema <= 1.2
+    stats.ppp_map, stats.profile, stats.side_profiles, stats.mist = None, None, {}, None  # mean-feature, schema <= 1.2
     layer = LayerResult(name="stage0", receptive_radius_px=4.0, reference_partial=False, stats=stats)
     base = {k: getattr(planted_report, k) for k in ("environment", "model", "data", "input_size", "margin", "seed",
                                                      "device", "precision")}

@@ -1,35 +1,43 @@
 """Statistics: PPP (docs/metrics.md) as pure functions plus a streaming accumulator."""
 
 from .ppp import (
+    MIST_COUNTS,
+    MIST_STRIDE,
     SIDES,
     BorderProfile,
     LayerStats,
     PPPAccumulator,
     border_rings,
     channel_rms_map,
+    choose_mist_layer,
     convergence_curve,
     convergence_sizes,
     debiased_energy,
     extent_from_profile,
     finite_layers,
     jackknife,
+    mist_maps,
     ppp_strength,
     ring_means,
 )
 
 __all__ = [
+    "MIST_COUNTS",
+    "MIST_STRIDE",
     "SIDES",
     "BorderProfile",
     "LayerStats",
     "PPPAccumulator",
     "border_rings",
     "channel_rms_map",
+    "choose_mist_layer",
     "convergence_curve",
     "convergence_sizes",
     "debiased_energy",
     "extent_from_profile",
     "finite_layers",
     "jackknife",
+    "mist_maps",
     "ppp_strength",
     "ring_means",
 ]

@@ -3,7 +3,9 @@
 The accumulator keeps float64 running sums per element (memory O(C*h*w), independent of N). Sums of the padded-minus-
 reference differences ``Δ`` and of the padded features ``A`` are kept per *jackknife group* (sample ``i`` goes to group
 ``i mod K``), so confidence intervals come from delete-a-group jackknife replicates without storing samples. All state
-is sums, so two accumulators merge by adding their state (and ranks all-reduce it).
+is sums, so two accumulators merge by adding their state (and ranks all-reduce it). The one exception is the *mist*
+snapshots (the maps after the first 1, 10 and 100 images, :data:`MIST_COUNTS`): ``h × w`` maps taken as the images
+arrive, which stay each accumulator's own.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..report import BorderProfile, LayerStats
+from ..errors import ConfigError
+from ..report import BorderProfile, LayerStats, MistSnapshots
 
 SIDES = ("top", "bottom", "left", "right")
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -22,6 +25,10 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 """Two-sided 95 % Student-t quantiles by degrees of freedom (jackknife CIs use K - 1)."""
 NOISE_FLOOR_Z = 2.0
 """A ring of the extent profile counts as signal when its debiased energy exceeds this many jackknife SEs."""
+MIST_COUNTS = (1, 10, 100)
+"""Image counts at which the mist layer's maps are snapshotted (those below N; the N point comes from the sums)."""
+MIST_STRIDE = 16
+"""The stride of the default mist layer (the paper's teaser stage); without one, the middle tapped layer."""
 
 
 def t_quantile_975(dof: int) -> float:
@@ -127,6 +134,38 @@ def convergence_curve(group_sums: Tensor, counts: Tensor,
     return points
 
 
+def mist_maps(mean_a: Tensor, mean_delta: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The two maps of a mist snapshot, from means over the first ``k`` images (each ``(C, h, w)``).
+
+    Args:
+        mean_a: Mean padded features ``A``.
+        mean_delta: Mean ``Δ = A − B``; ``None`` for the mean-feature estimator (no reference).
+
+    Returns:
+        ``(mean_feature, ppp)``, each ``(h, w)``: the channel average of ``mean_a``, and the per-position channel-RMS
+        of ``mean_delta`` (or of ``mean_a`` less its per-channel spatial mean), raw: not debiased, since one image has
+        no variance to debias with.
+    """
+    pattern = mean_a - mean_a.mean(dim=(-2, -1), keepdim=True) if mean_delta is None else mean_delta
+    return mean_a.mean(0), pattern.square().mean(0).sqrt()
+
+
+def choose_mist_layer(names: Sequence[str], strides: Sequence[float], requested: str | None = None) -> str:
+    """The tapped layer whose mist snapshots the report keeps: ``requested``, else the one at stride
+    :data:`MIST_STRIDE`, else the middle one (the later of two).
+
+    Raises:
+        ConfigError: ``requested`` is not one of ``names`` (the message lists them).
+    """
+    if requested is not None:
+        if requested not in names:
+            raise ConfigError(f"--mist-layer '{requested}' is not a tapped layer",
+                              f"pick one of {', '.join(names)}")
+        return requested
+    at_stride = [name for name, stride in zip(names, strides) if stride == MIST_STRIDE]
+    return at_stride[0] if at_stride else names[len(names) // 2]
+
+
 def jackknife(estimates: Tensor, full: Tensor) -> Tensor:
     """Delete-a-group jackknife standard error from per-group leave-out estimates (first dim = groups)."""
     k = estimates.shape[0]
@@ -146,14 +185,22 @@ class PPPAccumulator:
     Args:
         groups: Jackknife groups ``K`` for confidence intervals.
         with_reference: Whether ``B`` is given (Δ estimator); if not, only the mean-feature estimator is available.
+        mist_counts: Image counts at which to snapshot the mist maps (:func:`mist_maps` of the first ``k`` images in
+            arrival order); ``()`` takes none, and ``compute()`` then leaves ``mist`` out.
     """
 
-    def __init__(self, groups: int = 8, with_reference: bool = True) -> None:
+    def __init__(self, groups: int = 8, with_reference: bool = True,
+                 mist_counts: Sequence[int] = MIST_COUNTS) -> None:
         if groups < 2:
             raise ValueError("groups must be >= 2 for a confidence interval")
+        if any(k < 1 for k in mist_counts):
+            raise ValueError(f"mist counts must be positive (got {tuple(mist_counts)})")
         self.groups = groups
         self.with_reference = with_reference
+        self.mist_counts = tuple(sorted(set(mist_counts)))
         self.state: dict[str, Tensor] = {}
+        self.snapshots: dict[int, tuple[Tensor, Tensor]] = {}
+        """Mist maps ``(mean_feature, ppp)`` by image count, on the device (float64)."""
         self.arrived = 0
 
     @property
@@ -194,8 +241,11 @@ class PPPAccumulator:
         # Batch reductions run in float32 (one pass each, no float64 copies of the features); only the running sums
         # are float64, which is where precision over large N is needed.
         a = a.detach().float()
+        b = b.detach().float() if self.with_reference else None
+        delta = a - b if b is not None else None
         if indices is None:
             indices = torch.arange(a.shape[0]) + self.arrived
+        self._snapshot(a, delta)  # before the batch joins the sums: a count may fall inside it
         self.arrived += a.shape[0]
         group = indices.to(a.device) % self.groups
         st = self.state
@@ -203,12 +253,23 @@ class PPPAccumulator:
         self._grouped_add(st["sum_a"], a, group)
         st["sq_a"].add_(a.square().sum(0))
         if self.with_reference:
-            b = b.detach().float()
-            delta = a - b
             self._grouped_add(st["sum_delta"], delta, group)
             st["sq_delta"].add_(delta.square().sum(0))
             st["sum_b"].add_(b.sum(0))
             st["sq_b"].add_(b.square().sum(0))
+
+    def _snapshot(self, a: Tensor, delta: Tensor | None) -> None:
+        """Take the mist snapshots whose count this batch reaches: the sums so far plus the batch's first rows.
+
+        Whether a count is reached is known on the host (``arrived``), so the loop never waits for the device.
+        """
+        first, last = self.arrived, self.arrived + a.shape[0]
+        for k in (k for k in self.mist_counts if first < k <= last):
+            rows = k - first
+            sum_a = self.state["sum_a"].sum(0) + a[:rows].sum(0, dtype=torch.float64)
+            sum_delta = (self.state["sum_delta"].sum(0) + delta[:rows].sum(0, dtype=torch.float64)
+                         if delta is not None else None)
+            self.snapshots[k] = mist_maps(sum_a / k, None if sum_delta is None else sum_delta / k)
 
     def _grouped_add(self, target: Tensor, values: Tensor, group: Tensor) -> None:
         partial = torch.zeros(target.shape, dtype=values.dtype, device=values.device)
@@ -220,7 +281,8 @@ class PPPAccumulator:
         return all(bool(torch.isfinite(t).all()) for t in self.state.values())
 
     def all_reduce_(self) -> "PPPAccumulator":
-        """Sum the state over the ranks of the default ``torch.distributed`` process group."""
+        """Sum the state over the ranks of the default ``torch.distributed`` process group (the mist snapshots stay
+        each rank's own: see :meth:`merge_`)."""
         import torch.distributed as dist
 
         for key in sorted(self.state):
@@ -228,7 +290,14 @@ class PPPAccumulator:
         return self
 
     def merge_(self, other: "PPPAccumulator") -> "PPPAccumulator":
-        """Add another accumulator's state (e.g. from another process); groups stay aligned by construction."""
+        """Add another accumulator's state (e.g. from another process); groups stay aligned by construction.
+
+        The mist snapshots are not sums and stay this accumulator's own (``other``'s only when this one has none):
+        after a merge, as after :meth:`all_reduce_` (each rank keeps its own; rank 0 writes the report), they show the
+        first images one process saw, and only the N point covers every image.
+        """
+        if not self.snapshots:
+            self.snapshots = dict(other.snapshots)
         if not self.state:
             self.state = {k: v.clone() for k, v in other.state.items()}
         else:
@@ -290,6 +359,7 @@ class PPPAccumulator:
             strength_ci=None, relative_energy=None, mean_feature_strength=mf,
             mean_feature_ci=mf_ci, profile=None,
             mean_feature_convergence=convergence_curve(sum_a, counts, lambda mean, n_k: float(mf_strength(mean, n_k))),
+            mist=self._mist(mean_a, n),
         )
         if not self.with_reference:
             # Without a reference the picture is the mean-feature pattern P' (with its dataset-position bias).
@@ -331,6 +401,17 @@ class PPPAccumulator:
                 sq_b = (st["sq_b"] / n).mean(0)[interior].mean()
                 stats.interior_delta_rel = float(sq_d.sqrt() / sq_b.sqrt().clamp_min(1e-300))
         return stats
+
+    def _mist(self, mean_a: Tensor, n: int) -> MistSnapshots | None:
+        """The snapshots below ``n`` images plus the maps of all ``n`` (from the sums); ``None`` without counts."""
+        if not self.mist_counts:
+            return None
+        mean_delta = self.state["sum_delta"].sum(0) / n if self.with_reference else None
+        points = [(k, maps) for k, maps in sorted(self.snapshots.items()) if k < n]
+        points.append((n, mist_maps(mean_a, mean_delta)))
+        return MistSnapshots(counts=[k for k, _ in points],
+                             mean_feature=[feature.float().tolist() for _, (feature, _) in points],
+                             ppp=[ppp.float().tolist() for _, (_, ppp) in points])
 
     @staticmethod
     def _profiles(stats: LayerStats, pos_energy: Tensor, rep_pos: Tensor, stride_px: float) -> Tensor:

@@ -1,4 +1,5 @@
-"""PNG figures of a :class:`~ppp_audit.report.Report` (docs/figures.md): PPP maps, extent curves, strength by stage.
+"""PNG figures of a :class:`~ppp_audit.report.Report` (docs/figures.md): PPP maps, extent curves, strength by stage,
+convergence in N, the mask rising out of the mist.
 
 Figures come from a registry of *figure factories*: ``@register_figure(name)`` on a function ``report ->
 list[FigureSpec]``. A spec names its file and the report section that shows it, and draws lazily, so callers can
@@ -515,6 +516,116 @@ def _draw_convergence(report: "Report", panels: list[tuple[int, "SchemeResult"]]
     n = report.data.get("num_images", "?")
     fig.suptitle(f"{model_label(report)}\nPPP strength on nested subsets of the N={n} images (points correlated)",
                  fontsize=10, x=0.02, ha="left", y=0.98, va="top")
+    return fig, axes
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The mask rising out of the mist: one stage's mean feature and PPP maps after 1, 10, 100 and N images
+# ---------------------------------------------------------------------------------------------------------------------
+
+MIST_PANEL_IN = 1.6
+MIST_MARGINS_IN = dict(left=1.05, right=0.1, bottom=0.6, top=1.05, row_gap=0.12, group_gap=0.45, cbar_gap=0.05,
+                       cbar=0.09, cbar_labels=0.5)
+MIST_SCHEMES = 2
+"""The mist figure shows the native padding and the first compared scheme: two rows each stay readable."""
+
+
+def mist_figure_size(num_columns: int, num_schemes: int) -> tuple[float, float]:
+    """Size (inches) of the mist figure: ``num_columns`` image counts, two rows per scheme."""
+    m = MIST_MARGINS_IN
+    pitch = MIST_PANEL_IN + m["cbar_gap"] + m["cbar"] + m["cbar_labels"]
+    rows_in = num_schemes * (2 * MIST_PANEL_IN + m["row_gap"]) + (num_schemes - 1) * m["group_gap"]
+    return m["left"] + num_columns * pitch + m["right"], m["top"] + rows_in + m["bottom"]
+
+
+def _mist_panels(report: "Report") -> tuple["LayerResult", list[tuple[int, "SchemeResult", "LayerResult"]]] | None:
+    """The first scheme's result for the layer with mist snapshots (the first such in stage order) and up to
+    :data:`MIST_SCHEMES` schemes' results for it, native first; ``None`` when no layer has them (reports before
+    schema 1.6)."""
+    for _, _, panels in _stage_panels(report, lambda stats: stats.mist is not None):
+        chosen = [(i, report.results[i], layer) for i, _, layer in panels][:MIST_SCHEMES]
+        return chosen[0][2], chosen
+    return None
+
+
+def _count_label(count: int, last: bool) -> str:
+    images = "image" if count == 1 else "images"
+    return f"all N={count} {images}" if last else f"first {count} {images}" if count > 1 else "1 image"
+
+
+@register_figure("mist")
+def mist_figures(report: "Report") -> list[FigureSpec]:
+    """The mask rising out of the mist (the paper's teaser): the mist layer's channel-averaged mean feature map and
+    PPP map after the first 1, 10, 100 and all N images, for the native padding and the first compared scheme."""
+    chosen = _mist_panels(report)
+    if chosen is None:
+        return []
+    first, panels = chosen
+    counts = first.stats.mist.counts
+    schemes = " and ".join(result.label for _, result, _ in panels)
+    return [FigureSpec(
+        key="mist", filename="figures/mist.png", section="mist",
+        title=f"The mask rising out of the mist · {first.name} (stride {first.stats.stride_px:g})",
+        alt=f"Mean feature and PPP maps of {report.model.get('name')} at stage {first.name} after "
+            f"{', '.join(str(k) for k in counts)} images, for {schemes}",
+        size_in=mist_figure_size(len(counts), len(panels)), draw=lambda: _draw_mist(report, first, panels),
+    )]
+
+
+def _draw_mist(report: "Report", first: "LayerResult", panels: list[tuple[int, "SchemeResult", "LayerResult"]]):
+    import numpy as np
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
+
+    m = MIST_MARGINS_IN
+    columns = max(len(layer.stats.mist.counts) for _, _, layer in panels)
+    size = mist_figure_size(columns, len(panels))
+    fig = _new_figure(size)
+    pitch = MIST_PANEL_IN + m["cbar_gap"] + m["cbar"] + m["cbar_labels"]
+    mean_feature = report.estimator != "mean-feature"
+    ppp_name = "PPP map" if mean_feature else "P′ map"
+    axes: dict[str, Axes] = {}
+    for g, (scheme_index, result, layer) in enumerate(panels):
+        mist = layer.stats.mist
+        rows = (("mean_feature", "mean feature", mist.mean_feature), ("ppp", ppp_name, mist.ppp))
+        for r, (key, row_name, maps) in enumerate(rows):
+            top_in = m["top"] + g * (2 * MIST_PANEL_IN + m["row_gap"] + m["group_gap"]) + r * (MIST_PANEL_IN
+                                                                                               + m["row_gap"])
+            bottom = 1 - (top_in + MIST_PANEL_IN) / size[1]
+            for c, (count, values) in enumerate(zip(mist.counts, maps)):
+                values = np.asarray(values, dtype=float)
+                left_in = m["left"] + c * pitch
+                ax = fig.add_axes([left_in / size[0], bottom, MIST_PANEL_IN / size[0], MIST_PANEL_IN / size[1]])
+                # Each panel on its own scale: one image's content spans a wider range than the pattern, and a shared
+                # scale would flatten the later panels (their colour bars give the sizes).
+                low = 0.0 if key == "ppp" else float(np.nanmin(values))
+                high = float(np.nanmax(values))
+                norm = Normalize(vmin=low, vmax=high if high > low else low + 1e-12)
+                ax.imshow(values, cmap=MAP_CMAP, norm=norm, origin="upper", interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if g == 0 and r == 0:
+                    ax.set_title(_count_label(count, c == len(mist.counts) - 1), fontsize=9)
+                if c == 0:
+                    ax.set_ylabel(f"{result.label}\n{row_name}", fontsize=8.5, color=scheme_colour(scheme_index))
+                cax = fig.add_axes([(left_in + MIST_PANEL_IN + m["cbar_gap"]) / size[0], bottom, m["cbar"] / size[0],
+                                    MIST_PANEL_IN / size[1]])
+                bar = fig.colorbar(ScalarMappable(norm=norm, cmap=MAP_CMAP), cax=cax)
+                bar.locator = MaxNLocator(nbins=3)
+                bar.update_ticks()
+                cax.tick_params(labelsize=6, length=2)
+                axes[f"{result.scheme}/{key}/{count}"] = ax
+    stats = first.stats
+    fig.suptitle(f"{model_label(report)}\nThe mask rising out of the mist · stage {first.name} (stride "
+                 f"{stats.stride_px:g}, {stats.height}×{stats.width}) · {report.data.get('kind', '')}".rstrip(" ·"),
+                 fontsize=10, x=0.02, ha="left", y=1 - 0.12 / size[1], va="top")
+    pattern = ("channel-RMS of the mean of Δ (padded − padding-free; raw, not debiased)" if mean_feature else
+               "channel-RMS of the mean features less their spatial mean (mean-feature estimator)")
+    fig.text(0.02, 0.1 / size[1],
+             f"top row: channel-averaged mean feature; bottom row: {pattern}. Each panel has its own colour scale "
+             "(its bar): one image's content dominates, over many it cancels and the border pattern stays.",
+             fontsize=7, color="#444444", ha="left", va="bottom", wrap=True)
     return fig, axes
 
 

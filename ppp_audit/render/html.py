@@ -148,6 +148,19 @@ def _convergence(report: "Report", page: Page) -> str | None:
                         "points are correlated, and the smallest are the noisiest.</p>")
 
 
+@register_section("mist", "The mask rising out of the mist", order=37)
+def _mist(report: "Report", page: Page) -> str | None:
+    pattern = ("the PPP map: channel-RMS of the mean padded-minus-reference features, raw (one image has no variance "
+               "to debias with)" if report.estimator != "mean-feature" else "the channel-RMS of the mean features "
+               "less their per-channel spatial mean (the mean-feature estimator)")
+    return page.gallery("mist", "<p>One stage's channel-averaged mean feature map (top row of each padding) and "
+                        f"{html.escape(pattern)} (bottom row), after the first image, the first 10 and 100, and all N. "
+                        "In one image the picture is the image's content: the mist. Averaged over more images the "
+                        "content cancels, and what stays at the border is the position pattern the padding leaves: "
+                        "the mask. Each panel has its own colour scale, so its bar gives the sizes; the maps come "
+                        "from the first images measured (of one process under torchrun).</p>")
+
+
 @register_section("maps", "PPP maps", order=40)
 def _maps(report: "Report", page: Page) -> str | None:
     return page.gallery("maps", "<p>Channel-RMS of the mean padded-minus-reference features P at each position "
