@@ -340,7 +340,7 @@ class Auditor:
         self.summaries: dict[str, PatchSummary] = {
             scheme: checked_summary(model, scheme, config.include_pools, self.probe) for scheme in config.schemes
         }
-        self._contexts: dict[int, ContextMatcher] = {id(model): ContextMatcher(model)}
+        self._contexts: dict[int, ContextMatcher] = {id(model): ContextMatcher(model, config.match_context)}
         bar.phase("measuring receptive fields")
         self.margin_choice: MarginChoice | None = None
         self.probe_window = self.window
@@ -451,7 +451,7 @@ class Auditor:
         """The global modules of ``model`` (default the auditor's), matched between crop and window passes."""
         model = self.model if model is None else model
         if id(model) not in self._contexts:
-            self._contexts[id(model)] = ContextMatcher(model)
+            self._contexts[id(model)] = ContextMatcher(model, self.config.match_context)
         return self._contexts[id(model)]
 
     def influence(self, model: nn.Module | None = None, taps: FeatureTaps | None = None) -> list[Influence]:

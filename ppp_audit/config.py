@@ -120,6 +120,9 @@ class AuditConfig:
         margin: Context m around the crop, a multiple of the largest stride; default chosen from the model's
             receptive fields (the smallest margin leaving at most ``margin_tolerance`` of each layer's input influence
             beyond it, up to ``m = S``; docs/metrics.md).
+        match_context: Let the window pass take the statistics of global modules (squeeze-excitation, GRN, ...)
+            over the crop's footprint, so that the reference does not see more content than the crop
+            (docs/metrics.md); ``False`` to see what that changes.
         margin_tolerance: Share of a layer's input influence (receptive-field gradient mass) allowed beyond the margin
             for its padding-free reference to count as full; sets the chosen margin and which layers are partial.
         layers: Module names to tap instead of the stages.
@@ -162,8 +165,12 @@ class AuditConfig:
     input_size: int | None = setting(None, help="Crop size S (default: the model's).", types=(int,))
     margin: int | None = setting(None, help="Context m around the crop (default: chosen from the receptive fields).",
                                  types=(int,))
+    match_context: bool = setting(
+        True, help="Pool squeeze-excitation and GRN statistics over the crop's footprint in the window pass.",
+        cli=False, types=(bool,))
     margin_tolerance: float = setting(
-        0.01, help="Share of a layer's receptive-field influence allowed beyond the margin.", types=(int, float))
+        0.01, help="Share of a layer's receptive-field influence allowed beyond the margin.", cli=False,
+        types=(int, float))
     layers: list[str] | None = setting(
         None, help="Comma-separated module names to tap instead of stages.", cli_type=Optional[str], parse=_comma_list,
         metavar="NAMES", types=(list, tuple), items=str)
@@ -210,7 +217,7 @@ class AuditConfig:
         if self.margin is not None and self.margin <= 0:
             _bad(f"--margin must be positive (got {self.margin})", "leave it out to choose it from the receptive fields")
         if not 0 < self.margin_tolerance < 1:
-            _bad(f"--margin-tolerance must be between 0 and 1 (got {self.margin_tolerance})",
+            _bad(f"margin_tolerance must be between 0 and 1 (got {self.margin_tolerance})",
                  "pass a share such as 0.01 (1 % of the influence beyond the margin)")
         if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
             _bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")

@@ -203,16 +203,18 @@ class ContextMatcher:
 
     Args:
         model: The model (its modules are found once, here).
+        match: Match the registered modules; ``False`` leaves every global module unmatched (to see what matching
+            changes: ``AuditConfig(match_context=False)``).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, match: bool = True) -> None:
         self.modules: dict[str, nn.Module] = {name: module for name, module in model.named_modules()
                                               if name and is_global(module)}
         # of nested global modules only the outermost counts (e.g. a CBAM, not its channel attention)
         self.modules = {name: module for name, module in self.modules.items()
                         if not any(name.startswith(outer + ".") for outer in self.modules)}
-        self.matched = [name for name, module in self.modules.items() if is_matched(module)]
-        self.unmatched = [name for name, module in self.modules.items() if not is_matched(module)]
+        self.matched = [name for name, module in self.modules.items() if match and is_matched(module)]
+        self.unmatched = [name for name in self.modules if name not in self.matched]
         self._sides: dict[str, tuple[int, int]] = {}
 
     @contextlib.contextmanager

@@ -127,7 +127,8 @@ def test_saved_weights_reload_into_timm_with_same_outputs(distilled, lite0):
     patch_padding(reloaded, "reflect")
     teacher, info = lite0
     window = report.window
-    loader = DataLoader(CropDataset(DeadLeavesSource(seed=0), range(8), window, report.input_size), batch_size=8)
+    loader = DataLoader(CropDataset(DeadLeavesSource(seed=0, scale=report.input_size), range(8), window,
+                                    report.input_size), batch_size=8)
     teacher_logits, _ = predict(teacher, loader, info=info)
     logits, _ = predict(reloaded, loader, info=info)
     assert heldout_metrics(logits, teacher_logits) == ft.after  # bit-identical outputs on the held-out crops
