@@ -1,7 +1,7 @@
 """Audit throughput vs bare forward throughput of the same model on the same inputs, in one run.
 
 The audit needs, per image and per padding, one forward pass of the crop (S²) and one of the window ((S+2m)²) through
-the tapped stages. The overhead factor is
+the tapped stages, and one of a second, smaller window when a layer's reference stays partial (docs/metrics.md). The overhead factor is
 
     audit loop time / (forward passes the audit needs x bare forward time of those passes)
 
@@ -28,9 +28,9 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bare_forward_seconds(taps, crops, windows, repeats: int, device: torch.device, precision: str = "fp32") -> float:
-    """Mean seconds of the passes one audit batch needs for one padding: crops + windows through the taps, with the
-    audit's own precision (autocast on CUDA)."""
+def bare_forward_seconds(taps, inputs, repeats: int, device: torch.device, precision: str = "fp32") -> float:
+    """Mean seconds of the passes one audit batch needs for one padding: each of ``inputs`` (crops, windows and the
+    second windows, if any) through the taps, with the audit's own precision (autocast on CUDA)."""
     from ppp_audit.auditor import autocast
 
     def sync() -> None:
@@ -38,11 +38,11 @@ def bare_forward_seconds(taps, crops, windows, repeats: int, device: torch.devic
             torch.cuda.synchronize(device)
 
     with torch.inference_mode(), autocast(device, precision):
-        taps(crops), taps(windows)  # warm-up
+        [taps(x) for x in inputs]  # warm-up
         sync()
         start = time.perf_counter()
         for _ in range(repeats):
-            taps(crops), taps(windows)
+            [taps(x) for x in inputs]
         sync()
     return (time.perf_counter() - start) / repeats
 
@@ -68,9 +68,8 @@ class PreloadedSource:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ppp_audit.auditor import resolve_device
+    from ppp_audit.auditor import Auditor, resolve_device
     from ppp_audit.engine import AuditConfig, audit
-    from ppp_audit.geometry import apply_geometry, fit_geometry
     from ppp_audit.images import DeadLeavesSource
     from ppp_audit.models import FeatureTaps, build_model
 
@@ -78,17 +77,19 @@ def run(args: argparse.Namespace) -> dict:
     model, info = build_model(args.model, pretrained=False, device=device)
     config = AuditConfig(model=args.model, pretrained=False, num_images=args.num_images, batch_size=args.batch_size,
                          device=str(device), paddings=args.paddings, workers=args.workers, precision=args.precision,
-                         input_size=args.input_size)
-    fitted = fit_geometry(model, info.input_size, config.input_size, config.margin)  # the sizes the audit runs at
-    model = apply_geometry(model, fitted).eval().to(device)
-    size, margin = fitted.size, fitted.margin
+                         input_size=args.input_size, margin=args.margin)
+    auditor = Auditor(config, model=model, info=info)  # the sizes and margins the audit runs at
+    model, size, margin, second = auditor.model, auditor.size, auditor.margin, auditor.second_margin
     # The same inputs, memory format and precision as the audit's own passes.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=memory_format)
-    source = DeadLeavesSource()
+    source = DeadLeavesSource(scale=size)
     windows = torch.stack([source.window(i, size + 2 * margin) for i in range(args.batch_size)]).to(device)
     windows = windows.contiguous(memory_format=memory_format)
-    crops = windows[..., margin:margin + size, margin:margin + size]
+    inputs = [windows[..., margin:margin + size, margin:margin + size], windows]
+    if second:
+        cut = margin - second
+        inputs.append(windows[..., cut:cut + size + 2 * second, cut:cut + size + 2 * second])
     taps = FeatureTaps(model)
 
     images = PreloadedSource(source, args.num_images, size + 2 * margin) if args.preload else None
@@ -100,9 +101,9 @@ def run(args: argparse.Namespace) -> dict:
     for _ in range(args.rounds):
         # Bare forward measured right before and right after each audit, averaged: a machine whose speed drifts
         # (other load, clocks) then biases neither side; over several rounds the median round is reported.
-        bare_before = bare_forward_seconds(taps, crops, windows, args.repeats, device, args.precision)
+        bare_before = bare_forward_seconds(taps, inputs, args.repeats, device, args.precision)
         report = audit(config, model=model, info=info, source=images)
-        bare_after = bare_forward_seconds(taps, crops, windows, args.repeats, device, args.precision)
+        bare_after = bare_forward_seconds(taps, inputs, args.repeats, device, args.precision)
         bare_s = (bare_before + bare_after) / 2
         loop_s = sum(report.timings[f"{label}_s"] for label in labels)
         rounds.append((loop_s / (batches * len(labels) * bare_s), bare_before, bare_after, report, loop_s))
@@ -115,6 +116,8 @@ def run(args: argparse.Namespace) -> dict:
         "device": str(device),
         "precision": args.precision,
         "input_size": size,
+        "margin": margin,
+        "second_margin": second,
         "batch_size": args.batch_size,
         "num_images": args.num_images,
         "preload": args.preload,
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--input-size", type=int, default=None, help="crop size S (default: the model's)")
+    parser.add_argument("--margin", type=int, default=None, help="margin m (default: chosen from the receptive fields)")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="bare forward passes timed before and after an audit")
     parser.add_argument("--rounds", type=int, default=1,
@@ -177,7 +181,9 @@ def main() -> None:
     print(f"{result['model']} on {result['device']} ({result['precision']}), S={result['input_size']}, "
           f"batch {result['batch_size']}, N={result['num_images']}{' preloaded' if result['preload'] else ''}, "
           f"paddings {', '.join(result['paddings'])}")
-    print(f"  bare forward (crop + window passes): {result['bare_forward_images_per_s']:.2f} images/s "
+    passes = "crop + window + second window" if result["second_margin"] else "crop + window"
+    print(f"  S={result['input_size']} m={result['margin']} second m={result['second_margin']}")
+    print(f"  bare forward ({passes} passes): {result['bare_forward_images_per_s']:.2f} images/s "
           f"(after/before the audit: {result['bare_forward_drift']:.2f})")
     print(f"  audit loop:                          {result['audit_images_per_s']:.2f} images x paddings / s")
     spread = (f"; rounds {result['overhead_factor_loop_range'][0]:.3f} to {result['overhead_factor_loop_range'][1]:.3f}"

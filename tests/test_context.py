@@ -98,18 +98,44 @@ def test_padding_free_model_with_squeeze_excitation_matches_to_float_precision()
     assert _delta(model, matched=False) > 1e-3  # the window's gates see more content: not padding, yet Δ ≠ 0
 
 
+class FramedSource:
+    """Noise windows whose surroundings are brighter than the crop (as a photo's centred subject differs from its
+    background): the content around the crop differs systematically from the crop's own."""
+
+    def window(self, index: int, size: int) -> torch.Tensor:
+        window = torch.rand(3, size, size, generator=torch.Generator().manual_seed(index))
+        frame = (size - 32) // 2
+        if frame > 0:
+            window[:, :frame] += 0.5
+            window[:, size - frame:] += 0.5
+        return window.clamp(0, 1)
+
+    def available(self) -> int | None:
+        return None
+
+    def describe(self) -> dict:
+        return {"kind": "framed-noise"}
+
+    def fits(self, index: int, size: int) -> bool:
+        return True
+
+
 def test_audit_of_padding_free_squeeze_excitation_gives_zero():
-    model = ValidSE().eval()
     info = ModelInfo(name="valid-se", architecture="valid-se", weights="random-init", input_size=32, mean=MEAN,
                      std=STD, crop_pct=1.0)
-    config = AuditConfig(model="valid-se", num_images=8, batch_size=8, input_size=32, margin=32,
-                         layers=["se", "conv2"], device="cpu")
-    report = audit(config, model=model, info=info)
-    for layer in report.scheme("native").layers:
-        assert layer.stats.strength < 1e-5, layer.name
-        assert layer.context_matched == ["se"] and layer.context_unmatched == []
-        # the probe follows local paths: the reach is the two convolutions', not the whole window
-        assert layer.receptive_radius_px < 8
+    strengths = {}
+    for match in (True, False):
+        config = AuditConfig(model="valid-se", num_images=8, batch_size=8, input_size=32, margin=32,
+                             layers=["se", "conv2"], device="cpu", match_context=match)
+        report = audit(config, model=ValidSE().eval(), info=info, source=FramedSource())
+        strengths[match] = [layer.stats.strength for layer in report.scheme("native").layers]
+        for layer in report.scheme("native").layers:
+            assert layer.context_matched == (["se"] if match else [])
+            assert layer.context_unmatched == ([] if match else ["se"])
+            if match:  # the probe follows local paths: the reach is the two convolutions', not the whole window
+                assert layer.receptive_radius_px < 8
+    assert max(strengths[True]) < 1e-5
+    assert min(strengths[False]) > 0.05  # without matching, the brighter surroundings pass for padding
 
 
 def test_efficientnet_b0_reports_matched_and_unmatched_modules_per_layer():
