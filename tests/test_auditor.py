@@ -135,8 +135,8 @@ def test_cli_options_are_the_config_fields():
             name = f.metadata["cli_name"] or f.name
             assert name in params, name
             assert params[name].help == f.metadata["help"], name
-    assert "groups" not in params  # a Python-only setting
-    assert {f.name for f in dataclasses.fields(AuditConfig)} - {f.name for f in cli_fields(AuditConfig)} == {"groups"}
+    assert not {"groups", "match_context", "margin_tolerance"} & set(params)  # Python-only settings
+    assert {f.name for f in dataclasses.fields(AuditConfig)} - {f.name for f in cli_fields(AuditConfig)} == {"groups", "match_context", "margin_tolerance"}
 
 
 def test_an_unreadable_image_gives_the_same_line_with_and_without_workers(tmp_path):
