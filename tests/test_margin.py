@@ -127,3 +127,20 @@ def test_partial_layer_gets_a_second_margin_and_the_report_says_how_far_it_moved
     second, strength = last.strength_at_smaller_margin
     assert second == 4 and strength is not None and last.margin_change is not None
     assert f"from m=4 to m=12: blocks {100 * last.margin_change:+.0f} % (native" in partial_note(report)
+
+
+def test_page_and_table_show_the_reference_of_each_layer(tmp_path):
+    from rich.console import Console
+
+    from ppp_audit.render.html import Page, render_html
+    from ppp_audit.render.tables import render_reference_table
+
+    config = AuditConfig(model="box", num_images=4, batch_size=4, input_size=16, layers=["blocks.1", "blocks"],
+                         device="cpu")
+    report = audit(config, model=BoxStack().eval(), info=INFO, source=CentredSource())
+    console = Console(width=200, record=True)
+    console.print(render_reference_table(report))
+    text = console.export_text()
+    assert "margin m=12" in text and "blocks *" in text and "second reference at m=4" in text
+    page = render_html(report, Page(figures=[], out_dir=tmp_path))
+    assert "Padding-free reference: margin and global context" in page and "influence" in page
