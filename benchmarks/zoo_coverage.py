@@ -38,20 +38,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from ppp_audit.sweep import parameter_count
+
 OUTCOMES = ("measured (delta)", "measured (mean-feature)", "refused", "failed", "traceback", "timeout")
-
-
-def parameter_count(name: str) -> int | None:
-    """Parameters of ``name`` built on the meta device (no memory, no weights); ``None`` if it cannot be built."""
-    import timm
-    import torch
-
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False)
-        return sum(p.numel() for p in model.parameters())
-    except Exception:  # noqa: BLE001 - a model that cannot even be built is reported by its audit run
-        return None
 
 
 def smallest_per_module() -> list[tuple[str, str, int | None]]:

@@ -468,6 +468,73 @@ def demo_command(**values: Any) -> None:
     _run_audit(config, values["json_out"], values["out"], values["progress"], overwrite=values["overwrite"])
 
 
+_SWEEP_SETTINGS = tuple(f.name for f in cli_fields(AuditConfig) if f.name != "model")
+
+
+@_command("sweep", [
+    inspect.Parameter("names", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+        Optional[list[str]], typer.Argument(metavar="PATTERN_OR_NAME...",
+                                            help="timm model names or patterns ('resnet*'), expanded as "
+                                                 "timm.list_models does.")]),
+    _option("model_list", Optional[list[Path]], None, "--model-list", metavar="FILE",
+            help="A text file of model names or patterns, one per line (repeatable)."),
+    _option("out", Path, ..., "--out", metavar="DIR", help="The sweep folder: one run folder per model and settings."),
+    *config_parameters(AuditConfig, *_SWEEP_SETTINGS),
+    _option("skip_existing", bool, True, "--skip-existing/--no-skip-existing",
+            help="Skip models whose run is already in DIR."),
+    _option("force", bool, False, "--force", help="Redo every model (same as --no-skip-existing)."),
+    _option("retry_failed", bool, False, "--retry-failed", help="Redo the models recorded as failed."),
+    _option("timeout", float, 1800.0, "--timeout", metavar="SECONDS", help="Time limit per model."),
+    _option("pages", bool, True, "--pages/--no-pages", help="Write each model's figures and report.html."),
+    _option("progress", bool, True, "--progress/--no-progress",
+            help="Show the sweep's progress on stderr (a line per model when stderr is not a terminal)."),
+])
+def sweep_command(**values: Any) -> None:
+    """Audit many models with the same settings, resumably, each in its own process (docs/leaderboard.md).
+
+    Shards by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS or a Slurm array; `ppp-audit leaderboard DIR`
+    then makes the table.
+    """
+    from .progress import ProgressReporter
+    from .report import check_report_folder
+    from .sweep import expand_models, read_model_list, run_sweep, sweep_rank, sweep_settings
+
+    names = list(values.pop("names") or [])
+    for file in values.pop("model_list") or []:
+        names += read_model_list(file)
+    if not names:
+        raise PPPAuditError("no models to sweep", "name models or patterns, e.g. ppp-audit sweep 'resnet*' --out DIR")
+    timeout = values.pop("timeout")
+    if timeout <= 0:
+        raise PPPAuditError(f"--timeout must be positive (got {timeout:g})", "pass seconds per model, e.g. 600")
+    config = config_from_cli(AuditConfig, values, *_SWEEP_SETTINGS, model="sweep")  # the shared settings, checked
+    models = expand_models(names, pretrained=config.pretrained)
+    rank, world = sweep_rank()
+    out = values["out"]
+    check_report_folder(out)  # writable, checked before the first model rather than after it
+    share = f" (rank {rank} of {world}: {len(models[rank::world])} of them)" if world > 1 else ""
+    _say(f"sweeping {len(models)} model{'' if len(models) == 1 else 's'}{share} into {out}")
+    reporter = ProgressReporter(values["progress"])
+    total = len(models[rank::world])
+
+    def on_model(record) -> None:
+        if not reporter.live and values["progress"]:  # in a log, one line per finished model
+            seconds = f" in {record.seconds:.0f} s" if record.seconds is not None else ""
+            why = f": {record.reason}" if record.status == "failed" else ""
+            _say(f"{record.model}: {record.status}{seconds}{why}")
+
+    summary = run_sweep(models, sweep_settings(config), out, rank=rank, world=world,
+                        skip_existing=values["skip_existing"] and not values["force"],
+                        retry_failed=values["retry_failed"], timeout_s=timeout, pages=values["pages"],
+                        progress=reporter, on_model=on_model)
+    counts = (f"{len(summary.done)} done, {len(summary.failed)} failed, {len(summary.skipped)} already there, of "
+              f"{total}")
+    if summary.interrupted:
+        raise _fail(f"interrupted: {counts}; the model in progress is not recorded — run the same command again to "
+                    "resume", 130)
+    _say(f"sweep: {counts} — `ppp-audit leaderboard {out}` makes the table")
+
+
 @app.command("show", cls=_Command)
 @_guarded
 def show_command(
