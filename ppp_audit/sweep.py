@@ -169,6 +169,8 @@ def _run_child(config: AuditConfig, folder: str, pages: bool, results: "multipro
         results.put(("done", None))
     except PPPAuditError as exc:
         results.put(("failed", f"{exc.message}" + (f" — {exc.hint}" if exc.hint else "")))
+    except KeyboardInterrupt:  # the sweep's Ctrl-C reaches its children too: the sweep stops and records nothing
+        return
     except BaseException as exc:  # noqa: BLE001 - every failure is one model's, recorded with its reason
         import torch
 

@@ -48,7 +48,8 @@ class FakeRunner:
 def swept(tmp_path_factory):
     """A real sweep of 3 tiny random-init models through the CLI, one process each."""
     out = tmp_path_factory.mktemp("sweep")
-    result = runner.invoke(app, ["sweep", *MODELS, *SETTINGS, "--out", str(out)])
+    settings = [arg for arg in SETTINGS if arg != "--no-progress"]  # progress on, in a log: a line per model
+    result = runner.invoke(app, ["sweep", *MODELS, *settings, "--out", str(out)])
     return out, result
 
 
@@ -56,6 +57,7 @@ def test_sweep_writes_one_run_per_model(swept):
     out, result = swept
     assert result.exit_code == 0, result.output
     assert "sweeping 3 models" in result.stderr and "3 done, 0 failed" in result.stderr
+    assert all(f"{model}: done in " in result.stderr for model in MODELS)
     records = {record.model: record for record in iter_records(out)}
     assert set(records) == set(MODELS)
     for model, record in records.items():
