@@ -2,7 +2,7 @@
 
 ``ppp-audit MODEL [options]`` audits a model (the ``audit`` command is the default, so ``ppp-audit resnet50 --padding
 reflect`` works as written); ``ppp-audit demo`` runs the offline default; ``ppp-audit paddings`` lists schemes;
-``ppp-audit push`` sends a saved report to the Hugging Face Hub.
+``ppp-audit push`` sends a saved report to the Hugging Face Hub; ``ppp-audit leaderboard DIR`` ranks a sweep.
 """
 
 from __future__ import annotations
@@ -587,6 +587,59 @@ def push_command(*, report_dir: Path, repo_id: Optional[str], model_pr: bool, mo
     if push is None:
         raise PPPAuditError("nothing to push to", "pass a dataset REPO_ID and/or --model-pr")
     _push(report_dir, **push)
+
+
+@_command("leaderboard", [
+    inspect.Parameter("sweep_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        Path, typer.Argument(metavar="DIR", help="A sweep folder (the --out of ppp-audit sweep, holding runs/).")]),
+    _option("join", Optional[Path], None, "--join", metavar="FILE",
+            help="A CSV with a model column (e.g. timm's results-imagenet.csv): its other columns are added by model "
+            "name."),
+    _option("top", int, 20, "--top", metavar="N", help="Rows of the terminal table (0: none)."),
+    _option("push_to_hub", Optional[str], None, metavar="REPO_ID",
+            help="Dataset repo to push the leaderboard and its card to (written locally first)."),
+    *_PUSH_SETTINGS,
+])
+def leaderboard_command(*, sweep_dir: Path, join: Optional[Path], top: int, push_to_hub: Optional[str],
+                        private: bool, revision: Optional[str], create_pr: bool) -> None:
+    """Rank a sweep: one row per model and padding scheme of every finished run, written as DIR/leaderboard.csv,
+    .parquet and .html (sortable table, strength against parameters); failed runs are listed, not ranked."""
+    import shlex
+
+    from rich.console import Console
+
+    from .leaderboard import push_leaderboard, write_leaderboard
+    from .render import full_width
+    from .render.tables import render_leaderboard_table
+
+    if push_to_hub is None and (private or revision or create_pr):
+        raise PPPAuditError("--private/--revision/--create-pr need a push target", "add --push-to-hub REPO_ID")
+    if top < 0:
+        raise PPPAuditError(f"--top must be 0 or more (got {top})", "pass the number of rows to show, 0 for none")
+    if push_to_hub is not None:
+        from .hub import check_repo_ids
+
+        check_repo_ids(push_to_hub)
+    files = write_leaderboard(sweep_dir, join)
+    if top:
+        console, table = Console(), render_leaderboard_table(files.board, top)
+        with full_width(console, [table]):
+            console.print(table)
+    names = ", ".join(path.name for path in files.paths)
+    _say(f"{files.board.describe()}: {names} written to {files.folder}")
+    if push_to_hub is None:
+        return
+    if not sys.stderr.isatty():  # logs and CI: upload bars would leave half lines next to our messages
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    again = ["ppp-audit", "leaderboard", str(sweep_dir), *(["--join", str(join)] if join else []),
+             "--push-to-hub", push_to_hub, *(["--revision", revision] if revision else []),
+             *(["--create-pr"] if create_pr else [])]
+    result = push_leaderboard(files, push_to_hub, private=private or None, revision=revision, create_pr=create_pr,
+                              later=shlex.join(again))
+    done = "pushed the leaderboard to" if result.changed else "unchanged, already on the Hub:"
+    _say(f"{done} {result.url}")
 
 
 @app.command("paddings", cls=_Command)

@@ -9,6 +9,9 @@ Two targets, one call (:func:`push_report`):
 * a **pull request on the model's repo** that adds the headline scores (PPP strength at the last stage and the
   maximum over stages, per scheme) to the model card's ``model-index`` evaluation results.
 
+:func:`push_dataset_files` commits other files to a dataset repo the same way (a sweep's leaderboard,
+:mod:`ppp_audit.leaderboard`), and :func:`push_error` is the one explanation of a failed push for both.
+
 The report is on disk before any network call; every failure is a :class:`~ppp_audit.errors.HubPushError` that says
 where the report is and how to push it later. ``huggingface_hub`` is imported lazily; the token comes from its usual
 resolution (``HF_TOKEN``, ``hf auth login``) and never appears in a message.
@@ -23,7 +26,7 @@ import re
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import HubPushError, PPPAuditError
 from .hubenv import is_offline
@@ -49,7 +52,7 @@ class PushResult:
     """What a push wrote.
 
     Attributes:
-        report_dir: The local folder that was pushed.
+        report_dir: The local folder that was pushed (a report's, or a sweep's for a leaderboard).
         repo_id: The dataset repo, or ``None`` when only a model PR was opened.
         path_in_repo: The report's folder in the dataset repo (``MODEL/SCHEMES``).
         files: Paths written to the dataset repo in the commit (report files, ``index.json``, ``README.md``).
@@ -182,7 +185,9 @@ def _weights_label(weights: str | None) -> str:
     return weights
 
 
-def _data_label(data: dict[str, Any]) -> str:
+def data_label(data: dict[str, Any]) -> str:
+    """The images of a report's ``data`` as cards and tables name them, never by a local path (``folder photos``,
+    ``owner/beans#full (validation)``, ``dead-leaves``)."""
     kind = data.get("kind", "images")
     if kind == "folder" and data.get("path"):
         return f"folder {Path(data['path']).name}"
@@ -203,7 +208,7 @@ def index_entry(report: dict[str, Any] | Report, path_in_repo: str, files: list[
         "architecture": report.model.get("architecture"),
         "weights": report.model.get("weights"),
         "headline": headline(report),
-        "data": {"kind": report.data.get("kind"), "label": _data_label(report.data),
+        "data": {"kind": report.data.get("kind"), "label": data_label(report.data),
                  "num_images": report.data.get("num_images")},
         "input_size": report.input_size,
         "margin": report.margin,
@@ -318,7 +323,7 @@ def eval_results(report: dict[str, Any] | Report, source_url: str | None = None)
     dataset_type = {"dead-leaves": "ppp-audit/dead-leaves", "folder": "imagefolder"}.get(kind, str(kind))
     if kind == "hf-dataset" and not report.data.get("local"):
         dataset_type = report.data["name"]  # a Hub dataset id: the model-index convention
-    dataset_name = {"dead-leaves": "dead-leaves (ppp-audit built-in images)"}.get(kind, _data_label(report.data))
+    dataset_name = {"dead-leaves": "dead-leaves (ppp-audit built-in images)"}.get(kind, data_label(report.data))
     results = []
     for row in headline(report):
         for metric_type, key, what in (("ppp_strength_last_stage", "last_strength", "at the last stage"),
@@ -340,7 +345,7 @@ def _summary(report: Report) -> str:
              for row in headline(report)]
     return (f"PPP strength of {report.model['name']} ({_weights_label(report.model.get('weights'))}) — "
             + "; ".join(parts)
-            + f". N={report.data.get('num_images')} {_data_label(report.data)}, S={report.input_size}, "
+            + f". N={report.data.get('num_images')} {data_label(report.data)}, S={report.input_size}, "
             f"m={report.margin}, ppp-audit {report.environment.get('ppp_audit')}."
             + (f" {report.skipped_images.count} of {report.skipped_images.tried} images were skipped as unreadable."
                if report.skipped_images else ""))
@@ -608,26 +613,105 @@ def push_report(
             source = result.url if result.repo_id and not result.pr_url else None
             pr_url = _open_model_pr(api, report, model_repo, source)
             result = replace(result, model_repo_id=model_repo, model_pr_url=pr_url)
-    except PPPAuditError as exc:
-        raise HubPushError(_scrub(f"{stage} failed: {exc.message} (report saved at {folder})", token),
-                           _scrub(f"{exc.hint}; then run `{later}`", token)) from None
     except Exception as exc:  # noqa: BLE001 - any failure must still say where the report is
-        what, fix = _explain(exc)
-        done = f"; the dataset push succeeded ({result.url})" if result.repo_id and stage.startswith("pull") else ""
-        raise HubPushError(_scrub(f"{stage} failed: {what}{done} (report saved at {folder})", token),
-                           _scrub(f"{fix}; then run `{later}`", token)) from None
+        done = f"the dataset push succeeded ({result.url})" if result.repo_id and stage.startswith("pull") else None
+        raise push_error(exc, stage, saved=f"report saved at {folder}", later=later, token=token, done=done) from None
     return result
+
+
+def push_error(exc: Exception, stage: str, *, saved: str, later: str, token: str | None = None,
+               done: str | None = None) -> HubPushError:
+    """The one-line error of a failed push: what failed and why (:func:`_explain`; a :class:`PPPAuditError` says it
+    itself), what is kept locally, and the command to try again, with any token scrubbed.
+
+    Args:
+        exc: The failure.
+        stage: What was being done (``push to me/ppp-audits``).
+        saved: Where the local copy is (``report saved at DIR``).
+        later: The command that repeats the push.
+        token: The token given explicitly, if any (the resolved one is scrubbed too).
+        done: What had succeeded before the failure, if anything.
+    """
+    what, fix = (exc.message, exc.hint) if isinstance(exc, PPPAuditError) else _explain(exc)
+    done_text = f"; {done}" if done else ""
+    return HubPushError(_scrub(f"{stage} failed: {what}{done_text} ({saved})", token),
+                        _scrub(f"{fix}; then run `{later}`", token))
+
+
+def push_dataset_files(
+    files: dict[str, Path | bytes],
+    repo_id: str,
+    *,
+    local_dir: Path,
+    later: str,
+    saved: str,
+    card: Callable[[str | None], str] | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    token: str | None = None,
+    endpoint: str | None = None,
+    commit_message: str,
+    commit_description: str | None = None,
+) -> PushResult:
+    """Commit ``files`` to a dataset repo in one commit (created if missing), as :func:`push_report` commits a report.
+
+    Args:
+        files: Path in the repo -> a local file or the bytes to write.
+        repo_id: The dataset repo.
+        local_dir: The local folder the files come from.
+        later: The command that repeats the push (named in every error).
+        saved: What is kept locally, for the errors (``leaderboard saved at DIR``).
+        card: Makes ``README.md`` from the one at the branch head (``None`` when there is none); ``None`` leaves the
+            card alone.
+        private: Create the repo private (ignored if it exists).
+        revision: The branch to commit to (default ``main``).
+        create_pr: Open a pull request instead of committing to the branch.
+        token: A token; default: ``huggingface_hub``'s resolution.
+        endpoint: Hub URL; default ``HF_ENDPOINT`` or huggingface.co.
+        commit_message: The commit's summary.
+        commit_description: The commit's description.
+
+    Raises:
+        HubPushError: Offline, rejected or failed; the message says ``saved`` and ``later``.
+    """
+    check_repo_ids(repo_id)
+    if is_offline():
+        raise HubPushError(f"HF_HUB_OFFLINE is set: nothing was pushed; {saved}", f"when online, run `{later}`")
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(endpoint=_endpoint(endpoint), token=token)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+        contents = dict(files)
+        if card is not None:
+            with tempfile.TemporaryDirectory(prefix="ppp-audit-hub-") as cache:
+                contents[CARD_FILE] = card(_read_text(api, repo_id, CARD_FILE, "dataset", head, cache)).encode()
+        operations = [CommitOperationAdd(path, str(data) if isinstance(data, Path) else data)
+                      for path, data in contents.items()]
+        info = api.create_commit(repo_id, operations, repo_type="dataset", revision=revision, create_pr=create_pr,
+                                 commit_message=commit_message, commit_description=commit_description,
+                                 parent_commit=None if create_pr else head)  # a card read at `head`: see _push_dataset
+    except Exception as exc:  # noqa: BLE001 - any failure must still say where the files are
+        raise push_error(exc, f"push to {repo_id}", saved=saved, later=later, token=token) from None
+    url = info.pr_url or f"{api.endpoint}/datasets/{repo_id}/tree/{revision or 'main'}"
+    return PushResult(report_dir=local_dir, repo_id=repo_id, files=tuple(contents),
+                      commit_url=info.commit_url, pr_url=info.pr_url, url=url, changed=info.oid != head)
 
 
 __all__ = [
     "PushResult",
     "check_repo_ids",
+    "data_label",
     "default_report_dir",
     "eval_results",
     "headline",
     "index_entry",
     "merge_index",
     "model_repo_for",
+    "push_dataset_files",
+    "push_error",
     "push_report",
     "render_card",
     "report_subdir",

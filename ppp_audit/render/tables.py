@@ -9,10 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..report import LayerStats, Report, format_number
+from ..report import LayerStats, Report, format_number, scheme_label
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+    from ..leaderboard import Leaderboard
 
 
 NON_FINITE = "non-finite"
@@ -332,4 +334,45 @@ def render_baselines(report: Report) -> list["Table"]:
     return tables
 
 
-__all__ = ["render_baselines", "render_curve_table", "render_finetune_table", "render_table"]
+LEADERBOARD_LOST_LISTED = 3
+"""How many failed (or unreadable) runs the leaderboard table's caption names; the files list them all."""
+
+
+def render_leaderboard_table(board: "Leaderboard", top: int = 20) -> "Table":
+    """The top of a sweep's leaderboard (:mod:`ppp_audit.leaderboard`): its ``top`` rows by PPP strength at the last
+    stage, highest first, with the runs that gave no rows counted (and the first named) in the caption."""
+    from rich.table import Table
+
+    rows = board.top(top)
+    where = f" · {board.root.name}" if board.root is not None else ""
+    table = Table(title=f"PPP leaderboard{where} · top {len(rows)} of {len(board.rows)} rows by last-stage strength",
+                  title_justify="left")
+    for header in ("#", "model", "weights", "padding", "last stage\nstrength [95% CI]", "max\n(stage)",
+                   "vs native", "params", "N", "S / m"):
+        table.add_column(header, justify="left" if header in ("model", "weights", "padding") else "right")
+    for rank, row in enumerate(rows, 1):
+        ci = (f" [{format_number(row['last_strength_low'])}, {format_number(row['last_strength_high'])}]"
+              if row["last_strength_low"] is not None else "")
+        top_stage = format_number(row["max_strength"]) + (f" ({row['max_layer']})" if row["max_layer"] else "")
+        change = "–" if row["change_vs_native"] is None else f"{100 * row['change_vs_native']:+.0f} %"
+        params = "–" if not row["params"] else f"{row['params'] / 1e6:.3g}M"
+        table.add_row(str(rank), row["model"], row["weights"] or "–", scheme_label(row["scheme"], row["padding"]),
+                      format_number(row["last_strength"]) + ci, top_stage, change, params,
+                      str(row["num_images"]), f"{row['input_size']} / {row['margin']}")
+    notes = [board.describe()]
+    for what, runs in (("failed", board.failed), ("unreadable", board.unreadable)):
+        if runs:
+            named = "; ".join(f"{run.model}: {run.reason}" for run in runs[:LEADERBOARD_LOST_LISTED])
+            more = f"; and {len(runs) - LEADERBOARD_LOST_LISTED} more" if len(runs) > LEADERBOARD_LOST_LISTED else ""
+            notes.append(f"{len(runs)} {what}: {named}{more}")
+    if board.join is not None:
+        missing = f"; no row for {', '.join(board.join.unmatched)}" if board.join.unmatched else ""
+        notes.append(f"joined {', '.join(board.join.columns)} from {board.join.file} ({board.join.matched} models "
+                     f"matched{missing})")
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    return table
+
+
+__all__ = ["render_baselines", "render_curve_table", "render_finetune_table", "render_leaderboard_table",
+           "render_table"]
