@@ -70,6 +70,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("last_strength", "float", "PPP strength at the last tapped stage"),
     Column("last_strength_low", "float", "its 95 % confidence interval, low end"),
     Column("last_strength_high", "float", "its 95 % confidence interval, high end"),
+    Column("last_relative_energy", "float", "the last stage's pattern size relative to its features' own size "
+           "(`RMS(P) / RMS(B)`): robust where features barely vary with the content, as deep layers at random init, "
+           "whose strength divides by a tiny spread; empty with the mean-feature estimator"),
     Column("max_layer", "str", "the stage with the highest strength"),
     Column("max_strength", "float", "PPP strength, maximum over the stages"),
     Column("max_strength_low", "float", "its 95 % confidence interval, low end"),
@@ -221,6 +224,7 @@ def scheme_rows(report: Report, record: RunRecord, root: Path | None = None) -> 
             "last_strength": last_strength,
             "last_strength_low": _finite(last_ci[0]),
             "last_strength_high": _finite(last_ci[1]),
+            "last_relative_energy": _finite(last.stats.relative_energy) if last is not None else None,
             "max_layer": top.name if top is not None else None,
             "max_strength": _finite(result.max_strength),
             "max_strength_low": _finite(top_ci[0]),

@@ -232,7 +232,8 @@ def test_parquet_and_csv_load_with_pandas_and_datasets(written):
     assert str(typed["params"].dtype) == "Int64" and typed["report_html"].isna().sum() == sum(
         row["report_html"] is None for row in board.rows)
 
-    table = datasets.load_dataset("parquet", data_files=str(written.parquet), split="train")
+    table = datasets.load_dataset("parquet", data_files=str(written.parquet), split="train",
+                                  cache_dir=str(written.parquet.parent / ".datasets-cache"))  # no stale cache
     assert table.column_names == board.columns and table.num_rows == len(board.rows)
     assert table.features["params"].dtype == "int64" and table.features["last_strength"].dtype == "float64"
     for loaded, row in zip(table, board.rows, strict=True):
@@ -538,7 +539,7 @@ def test_push_makes_a_dataset_that_datasets_loads(hub, sweep, tmp_path):  # noqa
         (clone / name).parent.mkdir(parents=True, exist_ok=True)
         (clone / name).write_bytes(data)
     (clone / "decoy.parquet").write_bytes(files[LEADERBOARD_PARQUET])
-    loaded = datasets.load_dataset(str(clone), split="train")
+    loaded = datasets.load_dataset(str(clone), split="train", cache_dir=str(tmp_path / "cache"))  # no stale cache
     assert loaded.info.builder_name == "parquet" and loaded.num_rows == len(board.rows)
     assert loaded.column_names == board.columns and loaded["model"] == [row["model"] for row in board.rows]
     assert TOKEN not in result.output
