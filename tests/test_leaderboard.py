@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from cli_helpers import fails, runner
+from cli_helpers import fails, run_without_torch, runner
 from test_hub import TOKEN, hub  # noqa: F401 - the loopback Hub fixture, shared with the report pushes
 
 from ppp_audit.cli import app
@@ -476,20 +475,7 @@ def test_leaderboard_needs_no_torch_and_an_offline_push_keeps_the_files(sweep, t
     """A fresh process writes the leaderboard without torch or timm; offline, the push says where it is and how to
     push later."""
     out = _copy(sweep, tmp_path)
-    code = (
-        "import sys\n"
-        "from ppp_audit.cli import main\n"
-        f"sys.argv = ['ppp-audit', 'leaderboard', {str(out)!r}, '--push-to-hub', 'me/ppp-board']\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit as exc:\n"
-        "    print('exit', exc.code)\n"
-        "heavy = [m for m in ('torch', 'timm', 'matplotlib') if m in sys.modules]\n"
-        "assert heavy == [], heavy\n"
-    )
-    env = {**os.environ, "PYTHONPATH": SOURCE, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_without_torch(["leaderboard", out, "--push-to-hub", "me/ppp-board"], env={"HF_HUB_OFFLINE": "1"})
     assert "exit 1" in proc.stdout
     line = " ".join(proc.stderr.split())
     assert f"HF_HUB_OFFLINE is set: nothing was pushed; leaderboard saved at {out}" in line

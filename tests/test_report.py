@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_without_torch
 
 import ppp_audit
 from ppp_audit.errors import ReportFileError
@@ -68,20 +69,7 @@ def test_reading_reports_imports_no_torch():
 def test_push_command_imports_no_torch(tmp_path):
     """`ppp-audit push` (offline here, so it stops before the network) loads the report without torch or timm."""
     _report(_result(NATIVE, [0.5, 0.25]), _result("reflect", [0.1, 0.05])).save(tmp_path / REPORT_JSON)
-    code = (
-        "import sys\n"
-        "from ppp_audit.cli import main\n"
-        f"sys.argv = ['ppp-audit', 'push', {str(tmp_path)!r}, 'me/ppp-audits']\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit as exc:\n"
-        "    print('exit', exc.code)\n"
-        "heavy = [m for m in ('torch', 'timm') if m in sys.modules]\n"
-        "assert heavy == [], heavy\n"
-    )
-    env = {**os.environ, "PYTHONPATH": SOURCE, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_without_torch(["push", tmp_path, "me/ppp-audits"], env={"HF_HUB_OFFLINE": "1"})
     assert "exit 1" in proc.stdout and "HF_HUB_OFFLINE is set: nothing was pushed" in proc.stderr
 
 
