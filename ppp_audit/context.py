@@ -13,8 +13,10 @@ The receptive-field probe (:mod:`ppp_audit.receptive`) runs with the pooled stat
 (:meth:`ContextMatcher.local_only`): the matched reference depends on the window's pixels only through the local
 paths and through statistics of the footprint, so the local reach is what the margin has to cover.
 
-Matching is a per-class forward in :data:`CONTEXT_MATCHES`, keyed by class name (the timm classes are built in; a
-plugin registers more under the entry-point group ``ppp_audit.context_matches``).
+Matching is a per-class forward in :data:`CONTEXT_MATCHES`, keyed by the class's qualified name (``module.Class``;
+the timm classes are built in; a plugin registers more under the entry-point group ``ppp_audit.context_matches``).
+A class that shares a matched class's short name but not its module (timm has two ``SEModule``) is not matched by
+accident: it is listed as unmatched.
 Modules known to pool globally without a matching forward (CBAM, gather-excite, global context, non-local attention,
 ViT attention, ...) are listed as unmatched, per tapped layer, in the report.
 """
@@ -39,8 +41,9 @@ def _last_two(module: nn.Module) -> tuple[int, int]:
 
 CONTEXT_MATCHES: Registry[ContextForward] = Registry(
     "global-context match", entry_point_group="ppp_audit.context_matches", metadata={"spatial_dims": _last_two})
-"""Matching forwards by the class name they replicate (so the timm classes need not be imported here, and a subclass
-of another name is not matched by accident); ``spatial_dims`` gives a module's two spatial input dimensions."""
+"""Matching forwards by the qualified name of the class they replicate (``timm.layers.squeeze_excite.SEModule``; the
+timm classes need not be imported here, and a subclass is not matched by accident); ``spatial_dims`` gives a
+module's two spatial input dimensions."""
 
 UNMATCHED_GLOBAL = frozenset({
     "ChannelAttn", "LightChannelAttn", "GatherExcite", "GlobalContext", "SplitAttn", "NonLocalAttn",
@@ -56,7 +59,7 @@ def register_context_match(*class_names: str, spatial_dims: Callable[[nn.Module]
     """Register a matching forward for modules of the named classes.
 
     Args:
-        class_names: The classes this forward replicates.
+        class_names: The classes this forward replicates, by qualified name (``module.Class``).
         spatial_dims: The input's two spatial dimensions for a module (default the last two).
     """
     def decorate(forward: ContextForward) -> ContextForward:
@@ -109,7 +112,7 @@ class Pooling:
 # -- the timm classes -------------------------------------------------------------------------------------------------
 
 
-@register_context_match("SqueezeExcite")  # timm.models._efficientnet_blocks: efficientnet, mobilenetv3, ...
+@register_context_match("timm.models._efficientnet_blocks.SqueezeExcite")  # efficientnet, mobilenetv3, ...
 def _squeeze_excite(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     x_se = module.conv_expand(module.act1(module.conv_reduce(pool.mean(x))))
     return x * module.gate(x_se)
@@ -122,24 +125,24 @@ def _squeeze(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     return x_se
 
 
-@register_context_match("SEModule")  # timm.layers.squeeze_excite: seresnext, regnety, nfnet, ...
+@register_context_match("timm.layers.squeeze_excite.SEModule")  # seresnext, regnety, nfnet, ...
 def _se_module(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     x_se = module.fc2(module.act(module.bn(module.fc1(_squeeze(module, x, pool)))))
     return x * module.gate(x_se)
 
 
-@register_context_match("EffectiveSEModule")  # vovnet's eSE
+@register_context_match("timm.layers.squeeze_excite.EffectiveSEModule")  # vovnet's eSE
 def _effective_se(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     return x * module.gate(module.fc(_squeeze(module, x, pool)))
 
 
-@register_context_match("SqueezeExciteCl", spatial_dims=lambda module: (1, 2))  # channels-last SE
+@register_context_match("timm.layers.squeeze_excite.SqueezeExciteCl", spatial_dims=lambda module: (1, 2))
 def _squeeze_excite_cl(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     x_se = module.fc2(module.act(module.fc1(pool.mean(x))))
     return x * module.gate(x_se)
 
 
-@register_context_match("EcaModule", "CecaModule")  # efficient channel attention (ecaresnet, ...)
+@register_context_match("timm.layers.eca.EcaModule", "timm.layers.eca.CecaModule")  # ecaresnet, ...
 def _eca(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     import torch.nn.functional as F
 
@@ -154,7 +157,7 @@ def _eca(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     return x * module.gate(y).view(x.shape[0], -1, 1, 1).expand_as(x)
 
 
-@register_context_match("SelectiveKernelAttn")  # sknet: attention over paths from the pooled sum of the paths
+@register_context_match("timm.layers.selective_kernel.SelectiveKernelAttn")  # sknet: attention over the paths
 def _selective_kernel_attn(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     import torch
 
@@ -167,7 +170,7 @@ def _grn_dims(module: nn.Module) -> tuple[int, int]:
     return tuple(module.spatial_dim)  # type: ignore[return-value]
 
 
-@register_context_match("GlobalResponseNorm", spatial_dims=_grn_dims)  # ConvNeXt-V2
+@register_context_match("timm.layers.grn.GlobalResponseNorm", spatial_dims=_grn_dims)  # ConvNeXt-V2
 def _global_response_norm(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
     import torch
 
@@ -176,19 +179,31 @@ def _global_response_norm(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor
     return x + torch.addcmul(module.bias.view(module.wb_shape), module.weight.view(module.wb_shape), x * x_n)
 
 
+@register_context_match("timm.models.senet.SEModule")  # legacy_seresnet, legacy_senet
+def _senet_se_module(module: nn.Module, x: Tensor, pool: Pooling) -> Tensor:
+    return x * module.sigmoid(module.fc2(module.relu(module.fc1(pool.mean(x)))))
+
+
 # -- finding and matching them ---------------------------------------------------------------------------------------
+
+
+def qualified_name(module: nn.Module) -> str:
+    """``module.Class`` of a module's class: the key of :data:`CONTEXT_MATCHES`."""
+    return f"{type(module).__module__}.{type(module).__qualname__}"
 
 
 def is_matched(module: nn.Module) -> bool:
     """A registered matching forward replicates this module."""
-    return type(module).__name__ in CONTEXT_MATCHES
+    return qualified_name(module) in CONTEXT_MATCHES
 
 
 def is_global(module: nn.Module) -> bool:
     """The module pools or attends over its whole input map (matched or not)."""
-    name = type(module).__name__
-    if name in CONTEXT_MATCHES:
+    if is_matched(module):
         return True
+    name = type(module).__name__
+    if name in {key.rsplit(".", 1)[-1] for key in CONTEXT_MATCHES.names()}:
+        return True  # a class named as a matched one (timm has two SEModule): the same kind, its forward unknown
     if name in UNMATCHED_GLOBAL:
         size = getattr(module, "output_size", 1)  # an adaptive pool to a grid larger than 1x1 is local-ish
         return size in (1, (1, 1), None) or name not in ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d")
@@ -241,14 +256,10 @@ class ContextMatcher:
     def matching(self) -> Iterator[None]:
         """Pool every matched module's statistics over the crop's footprint during the window pass.
 
-        Raises:
-            RuntimeError: No crop pass was recorded before (a bug in the caller: the footprint is unknown).
+        Modules the crop pass did not run (a head after the last tapped stage, skipped by ``forward_intermediates``)
+        are left as they are: the window pass does not reach them either.
         """
-        missing = [name for name in self.matched if name not in self._sides]
-        if missing:
-            raise RuntimeError(f"no crop pass recorded the footprint of {missing[0]}: run the crop pass under "
-                               "recording() first")
-        with self._replaced(lambda name, dims: Pooling(dims, *self._sides[name])):
+        with self._replaced(lambda name, dims: Pooling(dims, *self._sides[name]), only=set(self._sides)):
             yield
 
     @contextlib.contextmanager
@@ -258,12 +269,15 @@ class ContextMatcher:
             yield
 
     @contextlib.contextmanager
-    def _replaced(self, pooling: Callable[[str, tuple[int, int]], Pooling]) -> Iterator[None]:
+    def _replaced(self, pooling: Callable[[str, tuple[int, int]], Pooling],
+                  only: set[str] | None = None) -> Iterator[None]:
         replaced = []
         try:
             for name in self.matched:
+                if only is not None and name not in only:
+                    continue
                 module = self.modules[name]
-                forward = CONTEXT_MATCHES.get(type(module).__name__)
+                forward = CONTEXT_MATCHES.get(qualified_name(module))
                 pool = pooling(name, _spatial_dims(module))
                 # an instance attribute shadows the class's forward for this module only, until deleted
                 module.forward = lambda x, module=module, forward=forward, pool=pool: forward(module, x, pool)
@@ -275,8 +289,8 @@ class ContextMatcher:
 
 
 def _spatial_dims(module: nn.Module) -> tuple[int, int]:
-    return CONTEXT_MATCHES.entry(type(module).__name__).metadata["spatial_dims"](module)
+    return CONTEXT_MATCHES.entry(qualified_name(module)).metadata["spatial_dims"](module)
 
 
-__all__ = ["CONTEXT_MATCHES", "UNMATCHED_GLOBAL", "ContextForward", "ContextMatcher", "Pooling", "is_global", "is_matched",
-           "register_context_match"]
+__all__ = ["CONTEXT_MATCHES", "UNMATCHED_GLOBAL", "ContextForward", "ContextMatcher", "Pooling", "is_global",
+           "is_matched", "qualified_name", "register_context_match"]

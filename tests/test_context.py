@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ppp_audit.context import CONTEXT_MATCHES, ContextMatcher, Pooling
+from ppp_audit.context import CONTEXT_MATCHES, ContextMatcher, Pooling, is_global, is_matched, qualified_name
 from ppp_audit.engine import AuditConfig, audit
 from ppp_audit.models import ModelInfo
 
@@ -21,6 +21,7 @@ def _matched_instances() -> list[tuple[nn.Module, torch.Tensor]]:
     from timm.layers.selective_kernel import SelectiveKernelAttn
     from timm.layers.squeeze_excite import SqueezeExciteCl
     from timm.models._efficientnet_blocks import SqueezeExcite
+    from timm.models.senet import SEModule as LegacySEModule
 
     torch.manual_seed(0)
     grn_last, grn_first = GlobalResponseNorm(16), GlobalResponseNorm(16, channels_last=False)
@@ -39,14 +40,15 @@ def _matched_instances() -> list[tuple[nn.Module, torch.Tensor]]:
         (SelectiveKernelAttn(16, num_paths=2), torch.randn(2, 2, 16, 9, 11)),
         (grn_last, nchw.permute(0, 2, 3, 1)),
         (grn_first, nchw),
+        (LegacySEModule(16, reduction=4), nchw),
     ]
 
 
-@pytest.mark.parametrize("index", range(10))
+@pytest.mark.parametrize("index", range(11))
 def test_matched_forward_equals_the_module_over_the_whole_map(index):
     module, x = _matched_instances()[index]
     module.eval()
-    entry = CONTEXT_MATCHES.entry(type(module).__name__)
+    entry = CONTEXT_MATCHES.entry(qualified_name(module))
     dims = entry.metadata["spatial_dims"](module)
     with torch.no_grad():
         expected = module(x)
@@ -58,8 +60,28 @@ def test_matched_forward_equals_the_module_over_the_whole_map(index):
 
 
 def test_every_built_in_match_is_tested():
-    tested = {type(module).__name__ for module, _ in _matched_instances()}
+    tested = {qualified_name(module) for module, _ in _matched_instances()}
     assert set(CONTEXT_MATCHES.names()) == tested
+
+
+def test_a_class_named_as_a_matched_one_is_global_but_not_matched():
+    class SEModule(nn.Module):  # not timm's: same name, unknown forward
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * torch.sigmoid(x.mean((2, 3), keepdim=True))
+
+    module = SEModule()
+    assert is_global(module) and not is_matched(module)
+    holder = nn.Sequential(nn.Conv2d(3, 3, 1), module)
+    assert ContextMatcher(holder).unmatched == ["1"]
+
+
+def test_matching_leaves_modules_the_crop_pass_did_not_run():
+    model = ValidSE().eval()
+    context = ContextMatcher(model)
+    x = torch.rand(1, 3, 40, 40)
+    with torch.no_grad(), context.matching():  # nothing recorded (the crop pass stopped before it): as it is
+        matched = model(x)
+    torch.testing.assert_close(matched, model(x).detach())
 
 
 class ValidSE(nn.Module):
