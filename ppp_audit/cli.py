@@ -478,11 +478,12 @@ _SWEEP_SETTINGS = tuple(f.name for f in cli_fields(AuditConfig) if f.name != "mo
                                                  "timm.list_models does.")]),
     _option("model_list", Optional[list[Path]], None, "--model-list", metavar="FILE",
             help="A text file of model names or patterns, one per line (repeatable)."),
-    _option("out", Path, ..., "--out", metavar="DIR", help="The sweep folder: one run folder per model and settings."),
+    _option("out", Optional[Path], None, "--out", metavar="DIR",
+            help="The sweep folder (needed): one run folder per model and settings."),
     *config_parameters(AuditConfig, *_SWEEP_SETTINGS),
-    _option("skip_existing", bool, True, "--skip-existing/--no-skip-existing",
-            help="Skip models whose run is already in DIR."),
-    _option("force", bool, False, "--force", help="Redo every model (same as --no-skip-existing)."),
+    _option("skip_existing", bool, True, "--skip-existing",
+            help="Skip models whose run is already in DIR (the default; --force redoes them)."),
+    _option("force", bool, False, "--force", help="Redo every model, done or not."),
     _option("retry_failed", bool, False, "--retry-failed", help="Redo the models recorded as failed."),
     _option("timeout", float, 1800.0, "--timeout", metavar="SECONDS", help="Time limit per model."),
     _option("pages", bool, True, "--pages/--no-pages", help="Write each model's figures and report.html."),
@@ -492,18 +493,21 @@ _SWEEP_SETTINGS = tuple(f.name for f in cli_fields(AuditConfig) if f.name != "mo
 def sweep_command(**values: Any) -> None:
     """Audit many models with the same settings, resumably, each in its own process (docs/leaderboard.md).
 
-    Shards by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS or a Slurm array; `ppp-audit leaderboard DIR`
-    then makes the table.
+    Processes share the models by RANK/WORLD_SIZE (torchrun), SLURM_PROCID/SLURM_NTASKS or a Slurm array.
+    `ppp-audit leaderboard DIR` then makes the table.
     """
     from .progress import ProgressReporter
     from .report import check_report_folder
     from .sweep import expand_models, read_model_list, run_sweep, sweep_rank, sweep_settings
 
+    if values["out"] is None:
+        raise PPPAuditError("a sweep needs --out DIR", "name the folder its runs go to, e.g. --out sweep/")
     names = list(values.pop("names") or [])
     for file in values.pop("model_list") or []:
         names += read_model_list(file)
     if not names:
         raise PPPAuditError("no models to sweep", "name models or patterns, e.g. ppp-audit sweep 'resnet*' --out DIR")
+    values.pop("skip_existing")  # the default; --force turns it off
     timeout = values.pop("timeout")
     if timeout <= 0:
         raise PPPAuditError(f"--timeout must be positive (got {timeout:g})", "pass seconds per model, e.g. 600")
@@ -524,7 +528,7 @@ def sweep_command(**values: Any) -> None:
             _say(f"{record.model}: {record.status}{seconds}{why}")
 
     summary = run_sweep(models, sweep_settings(config), out, rank=rank, world=world,
-                        skip_existing=values["skip_existing"] and not values["force"],
+                        skip_existing=not values["force"],
                         retry_failed=values["retry_failed"], timeout_s=timeout, pages=values["pages"],
                         progress=reporter, on_model=on_model)
     counts = (f"{len(summary.done)} done, {len(summary.failed)} failed, {len(summary.skipped)} already there, of "

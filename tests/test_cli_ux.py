@@ -18,7 +18,7 @@ from ppp_audit.report import Report
 
 runner = CliRunner()
 TINY = ["resnet10t", "--no-pretrained", "--input-size", "64", "--margin", "32", "-b", "1", "--device", "cpu"]
-COMMANDS = ([], ["audit"], ["demo"], ["show"], ["push"], ["paddings"])
+COMMANDS = ([], ["audit"], ["demo"], ["show"], ["push"], ["paddings"], ["sweep"], ["leaderboard"])
 
 
 # ---- help, version, completion -------------------------------------------------------------------------------------

@@ -193,3 +193,7 @@ def test_records_are_json_with_the_settings(swept):
     record = next(iter_records(out))
     data = json.loads((record.folder / "run.json").read_text())
     assert data["settings"]["paddings"] == ["reflect"] and data["status"] == DONE and "folder" not in data
+
+
+def test_a_sweep_needs_its_folder():
+    fails(["sweep", "test_resnet"], "a sweep needs --out DIR")
