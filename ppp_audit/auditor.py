@@ -34,7 +34,7 @@ from .images import (
     image_source, random_sample, skipped_image, too_few_images,
 )
 from .context import ContextMatcher
-from .geometry import DELTA, MEAN_FEATURE, apply_geometry, fit_geometry, runs_with_margin
+from .geometry import DELTA, apply_geometry, fit_geometry, runs_with_margin
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, finite_layers
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding

@@ -38,7 +38,7 @@ from ppp_audit.leaderboard import (
     stride_column,
     write_leaderboard,
 )
-from ppp_audit.report import NATIVE, REPORT_JSON, Report
+from ppp_audit.report import NATIVE, REPORT_JSON
 from ppp_audit.runs import DONE, FAILED, RunRecord, iter_records, run_folder, write_record
 
 SOURCE = str(Path(__file__).resolve().parents[1])
