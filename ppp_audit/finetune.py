@@ -541,6 +541,11 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                         splits.labels_of(splits.heldout)),
             config.batch_size)
         order = _training_order(splits.pool, ft.steps * ft.batch_size, config.seed)
+        # Tiling consistency on a 2S x 2S image of S x S tiles (the size the model is trained at) where the window
+        # holds one, else on the crop in S/2 tiles.
+        tile = size if window >= TILES * size else size // TILES
+        tiling_loader = auditor.loader(CropDataset(splits.heldout, range(splits.heldout.available()), window,
+                                                   TILES * tile), config.batch_size)
 
         def train_loader(whole: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
             return auditor.loader(CropDataset(splits.train, order, window, size, splits.labels_of(splits.train),
@@ -550,7 +555,8 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                     "include_pools": config.include_pools, "train_data": splits.train.describe(),
                     "heldout_data": splits.heldout.describe(),
                     **({"classes": splits.classes} if splits.classes else {}),
-                    **({"repair_layers": consistency.layers, "tiles": TILES} if consistency else {})}
+                    **({"repair_layers": consistency.layers, "tiling": {"image_px": TILES * tile, "tile_px": tile}}
+                       if consistency else {})}
 
         kw = dict(info=info, device=device, precision=config.precision)
         teacher_logits, heldout_labels = predict(model, heldout_loader, **kw)
@@ -581,7 +587,7 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                     return None
                 taps = auditor.taps if net is model else FeatureTaps(net, config.layers)
                 with auditor.patched(scheme, net), torch.inference_mode():
-                    return tiling_consistency(taps, heldout_loader, normalise=auditor.normalise, device=device,
+                    return tiling_consistency(taps, tiling_loader, normalise=auditor.normalise, device=device,
                                               precision=config.precision)
 
             before = heldout_now(model)

@@ -112,9 +112,9 @@ class ConsistencyTerm:
 @torch.no_grad()
 def tiling_consistency(taps: FeatureTaps, crops: Iterable[tuple[Tensor, Tensor]], *, normalise: Normalise,
                        device: torch.device, precision: str = "fp32", tiles: int = TILES) -> list[float | None]:
-    """Per tapped layer, ``RMS(f(x) - stitch(f(tiles of x))) / RMS(f(x))`` over the held-out ``crops``.
+    """Per tapped layer, ``RMS(f(x) - stitch(f(tiles of x))) / RMS(f(x))`` over the held-out images ``crops``.
 
-    Each crop is cut into ``tiles x tiles`` non-overlapping tiles, each tile runs through the model on its own (its
+    Each image is cut into ``tiles x tiles`` non-overlapping tiles, each tile runs through the model on its own (its
     padding where the crop had neighbours), and the tiles' feature maps are stitched back together: a model whose
     features depend only on pixels within their tile gives 0. ``None`` for a layer whose tile maps do not tile the
     crop's map (the tile side is no multiple of the layer's stride); all ``None`` when the padding cannot pad the
@@ -122,7 +122,9 @@ def tiling_consistency(taps: FeatureTaps, crops: Iterable[tuple[Tensor, Tensor]]
 
     Args:
         taps: Taps of the model as it is to be measured (patched by the caller where needed).
-        crops: Batches of ``(crops in [0, 1], labels)``.
+        crops: Batches of ``(images in [0, 1], labels)``; the fine-tune audit passes the centre ``2S x 2S`` of each
+            held-out window (tiles of the crop size ``S``), or the ``S x S`` crop (tiles of ``S/2``) when the window
+            is smaller.
         normalise: The model's input normalisation.
         device: Where the model runs.
         precision: ``fp32`` or an autocast precision.
