@@ -449,8 +449,10 @@ def audit_command(**values: Any) -> None:
     finetune = None
     if values["finetune_steps"]:
         finetune = config_from_cli(FinetuneConfig, values)
-    elif values["labels"] or values["save_weights"] or values["measure_every"]:
-        raise PPPAuditError("--labels, --measure-every and --save-weights need fine-tuning", "add --finetune-steps K")
+    elif values["labels"] or values["save_weights"] or values["measure_every"] or values["repair"] or \
+            values["repair_compare"] or values["repair_layers"]:
+        raise PPPAuditError("--labels, --measure-every, --save-weights and --repair need fine-tuning",
+                            "add --finetune-steps K")
     _run_audit(config, values["json_out"], values["out"], values["progress"], push, finetune=finetune,
                overwrite=values["overwrite"])
 

@@ -297,6 +297,14 @@ class FinetuneConfig:
         train_images: Size of the training pool, cycled in seeded shuffles; ``None``: fresh built-in images every step,
             or every non-held-out image of a folder (``--train-images``).
         save_weights: Folder to save each fine-tuned model in, as ``DIR/SCHEME`` (``--save-weights``).
+        repair: Add the consistency term to the objective (docs/repair.md): the student's features of the padded crop
+            at the repaired layers should equal the original model's features of the same positions computed from the
+            whole window; with no ``--padding`` the model keeps its native padding (``--repair``).
+        repair_weight: Weight λ of the consistency term (``--repair-weight``).
+        repair_layers: Audited layers the consistency term covers; ``None``: every audited layer
+            (``--repair-layers``).
+        repair_compare: Also run a plain fine-tune with the same steps, optimiser, data and seed, and report it
+            beside the repair (``--repair-compare``).
     """
 
     steps: int = setting(
@@ -324,6 +332,18 @@ class FinetuneConfig:
     save_weights: str | None = setting(
         None, help="Save each fine-tuned model as timm safetensors in DIR/SCHEME.", metavar="DIR", panel=_FT,
         types=(str,), parse=lambda v: str(v) if v else None)
+    repair: bool = setting(
+        False, help="Repair PPP: also train the padded crop's features to match the original model's features of the "
+        "whole window (docs/repair.md); without --padding the native padding is kept.", flags=("--repair",),
+        panel=_FT, types=(bool,))
+    repair_weight: float = setting(1.0, help="Weight λ of the repair's consistency term.", metavar="λ", panel=_FT,
+                                   types=(int, float))
+    repair_layers: list[str] | None = setting(
+        None, help="Comma-separated audited layers the repair covers (default: all audited layers).",
+        cli_type=Optional[str], parse=_comma_list, metavar="NAMES", panel=_FT, types=(list, tuple), items=str)
+    repair_compare: bool = setting(
+        False, help="With --repair, also run a plain fine-tune (same steps, optimiser, data, seed) to compare.",
+        flags=("--repair-compare",), panel=_FT, types=(bool,))
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -348,6 +368,15 @@ class FinetuneConfig:
             _bad(f"--measure-every must be >= 0 (got {self.measure_every})", "0 measures only before and after")
         if self.train_images is not None and self.train_images < 1:
             _bad(f"--train-images must be positive (got {self.train_images})", "leave it out for fresh images")
+        if not (self.repair_weight >= 0 and math.isfinite(self.repair_weight)):
+            _bad(f"--repair-weight must be a finite number >= 0 (got {self.repair_weight})", "pass e.g. --repair-weight 1")
+        if not self.repair and (self.repair_compare or self.repair_layers is not None):
+            flag = "--repair-compare" if self.repair_compare else "--repair-layers"
+            _bad(f"{flag} needs --repair", "add --repair, or leave it out")
+        if self.repair_layers is not None:
+            self.repair_layers = list(dict.fromkeys(self.repair_layers))
+            if not self.repair_layers:
+                _bad("--repair-layers names no layer", "name audited layers, or leave it out for all of them")
         from timm.optim import list_optimizers
 
         if self.optimizer.lower() not in list_optimizers():

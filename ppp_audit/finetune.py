@@ -43,9 +43,11 @@ from .progress import ProgressReporter, progress_bar
 from .config import BN_MODES, DISTILL_LOSSES, LABEL_SOURCES, AuditConfig, FinetuneConfig
 from .errors import AuditInterrupted, ImageSourceError, PPPAuditError
 from .images import FolderSource, HFDatasetSource, ImageSource, IndexedSource, usable_order
-from .models import ModelInfo, build_model
+from .geometry import DELTA
+from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
-from .report import CurvePoint, FinetuneResult, LayerResult, Report
+from .repair import TILES, ConsistencyTerm, tiling_consistency
+from .report import NATIVE, CurvePoint, FinetuneResult, LayerResult, Report
 
 SAVED_RECORD_KEY = "ppp_audit"
 """Key of the fine-tune record in a saved model's ``config.json`` (and prefix of its safetensors metadata)."""
@@ -119,20 +121,23 @@ class CropDataset(Dataset):
         window: Window size ``S + 2m``.
         size: Crop size ``S``.
         labels: Class of each index of ``source``, or ``None``.
+        whole: Give the whole windows instead (the repair's consistency term needs the context); their centre crops
+            are the crops.
     """
 
     def __init__(self, source: ImageSource, indices: Sequence[int], window: int, size: int,
-                 labels: Callable[[int], int] | None = None) -> None:
+                 labels: Callable[[int], int] | None = None, whole: bool = False) -> None:
         self.source, self.indices, self.window, self.size, self.labels = source, indices, window, size, labels
-        self.offset = (window - size) // 2
+        self.offset = 0 if whole else (window - size) // 2
+        self.side = window if whole else size
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         index = self.indices[i]
-        crop = self.source.window(index, self.window)[:, self.offset:self.offset + self.size,
-                                                      self.offset:self.offset + self.size]
+        crop = self.source.window(index, self.window)[:, self.offset:self.offset + self.side,
+                                                      self.offset:self.offset + self.side]
         return crop.contiguous(), (self.labels(index) if self.labels else -1)
 
 
@@ -241,19 +246,21 @@ class TrainLog:
 
     losses: list[float]
     seconds: float
+    consistency: list[float] = dataclasses.field(default_factory=list)
 
 
 def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Tensor]], config: FinetuneConfig, *,
              info: ModelInfo, teacher: nn.Module | None = None, device: str | torch.device = "cpu",
              precision: str = "fp32", seed: int = 0, measure: Callable[[int], None] | None = None,
              progress: bool | ProgressReporter = False,
-             include_pools: bool = False) -> TrainLog:
+             include_pools: bool = False, consistency: ConsistencyTerm | None = None) -> TrainLog:
     """Train ``student`` in place with its padding swapped to ``scheme``; the patch is undone on return.
 
     Args:
         student: The model to fine-tune (unpatched; it is patched only while training).
-        scheme: Padding scheme to train with.
-        loader: Batches of ``(crops in [0, 1], labels)``; at least ``config.steps`` of them.
+        scheme: Padding scheme to train with (``native``: the model's own, unpatched).
+        loader: Batches of ``(crops in [0, 1], labels)``; at least ``config.steps`` of them. With ``consistency``,
+            batches of whole windows, whose centre crops are trained on.
         config: Objective, optimiser and BatchNorm mode.
         info: The model's :class:`ModelInfo` (normalisation).
         teacher: The original model, whose logits are distilled (needed unless ``config.labels``).
@@ -265,13 +272,19 @@ def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Ten
         progress: Show a progress bar on stderr.
         include_pools: Patch pools too (as the audit does with ``include_pools``), so the model trained is the model
             measured.
+        consistency: The repair's consistency term (docs/repair.md), added with weight ``config.repair_weight``;
+            needed when ``config.repair``.
     """
     from timm.optim import create_optimizer_v2
 
     if config.labels is None and teacher is None:
         raise ValueError("distillation needs the teacher (original) model")
+    if config.repair != (consistency is not None):
+        raise ValueError("a repair needs its consistency term, and only a repair takes one")
     device = torch.device(device)
-    get_padding(scheme)
+    native = scheme == NATIVE
+    if not native:
+        get_padding(scheme)
     torch.manual_seed(seed)
     optimizer = create_optimizer_v2(student, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                     momentum=config.momentum)
@@ -280,28 +293,41 @@ def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Ten
     if teacher is not None:
         teacher.eval()
     losses: list[float] = []
+    terms: list[float] = []
     started = time.perf_counter()
-    summary: PatchSummary | None = patch_padding(student, scheme, include_pools=include_pools)
+
+    def patch() -> PatchSummary | None:
+        return None if native else patch_padding(student, scheme, include_pools=include_pools)
+
+    summary = patch()
+    what = "repairing" if consistency else "fine-tuning"
     try:
         set_train_mode(student, config.bn)
         batches = iter(loader)
         with progress_bar(progress) as bar:
-            task = bar.add_task(f"fine-tuning with {scheme}", total=config.steps)
+            task = bar.add_task(f"{what} with {scheme}", total=config.steps)
             for step in range(1, config.steps + 1):
                 try:
-                    crops, labels = next(batches)
+                    pixels, labels = next(batches)
                 except StopIteration:
                     raise ValueError(f"the loader ran out after {step - 1} of {config.steps} steps") from None
-                x = normalise(crops)
+                inputs = normalise(pixels)
+                x = inputs if consistency is None else _centre(inputs, consistency.margin)
                 with autocast(device, precision):
-                    logits = student(x)
+                    with consistency.capture(student) if consistency else contextlib.nullcontext([]) as features:
+                        logits = student(x)
                     if config.labels is None:
                         with torch.no_grad():
                             target = teacher(x)
+                    references = consistency.references(inputs, features) if consistency else []
                 if config.labels is None:
                     loss = distillation_loss(logits, target, config.distill_loss, config.temperature)
                 else:
                     loss = F.cross_entropy(logits.float(), labels.to(device))
+                if consistency is not None:
+                    term = consistency(features, references)
+                    loss = loss + config.repair_weight * term
+                    terms.append(float(term.detach()))
                 if not torch.isfinite(loss):
                     raise PPPAuditError(f"the training loss became {float(loss.detach())} at step {step}",
                                         "lower --lr, or use --precision fp32")
@@ -310,18 +336,25 @@ def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Ten
                 scaler.step(optimizer)
                 scaler.update()
                 losses.append(float(loss.detach()))
-                bar.update(task, advance=1, description=f"fine-tuning with {scheme} · loss {losses[-1]:.4g}")
+                bar.update(task, advance=1, description=f"{what} with {scheme} · loss {losses[-1]:.4g}")
                 if measure and config.measure_every and step % config.measure_every == 0 and step < config.steps:
-                    summary.restore()
+                    if summary is not None:
+                        summary.restore()
                     summary = None
                     measure(step)
-                    summary = patch_padding(student, scheme, include_pools=include_pools)
+                    summary = patch()
                     set_train_mode(student, config.bn)
     finally:
         if summary is not None:
             summary.restore()
         student.eval()
-    return TrainLog(losses=losses, seconds=time.perf_counter() - started)
+    return TrainLog(losses=losses, seconds=time.perf_counter() - started, consistency=terms)
+
+
+def _centre(windows: Tensor, margin: int) -> Tensor:
+    """The centre crops of normalised windows, contiguous (the pixels, and the memory layout, of a crop batch)."""
+    side = windows.shape[-1] - 2 * margin
+    return windows[..., margin:margin + side, margin:margin + side].contiguous()
 
 
 @torch.no_grad()
@@ -421,7 +454,12 @@ def load_finetuned(path: str | Path, *, model: str | None = None,
         if model is None:
             raise PPPAuditError(f"loading the bare file '{path}' needs its architecture", "pass model='NAME'")
         net, info = build_model(model, weights=path, device=device)
-    return net, info, patch_padding(net, scheme, include_pools=bool(record.get("include_pools", False)))
+    include_pools = bool(record.get("include_pools", False))
+    if scheme == NATIVE:  # repaired with its own padding: nothing to apply
+        from .auditor import native_summary
+
+        return net, info, native_summary(net, include_pools)
+    return net, info, patch_padding(net, scheme, include_pools=include_pools)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -468,14 +506,16 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
 def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model: nn.Module | None,
                     info: ModelInfo | None, progress: ProgressReporter) -> Report:
     ft = finetune_config
-    if not config.paddings:
-        raise PPPAuditError("fine-tuning needs a padding scheme to swap to", "add e.g. --padding reflect")
+    if not config.paddings and not ft.repair:
+        raise PPPAuditError("fine-tuning needs a padding scheme to swap to",
+                            "add e.g. --padding reflect (or --repair to repair the native padding)")
     for name in config.paddings:
         get_padding(name)
     started = time.perf_counter()
     auditor = Auditor(config, model=model, info=info, progress=progress)
     model, info, device = auditor.model, auditor.info, auditor.device
     size, window = auditor.size, auditor.window
+    consistency = _consistency_term(auditor, ft) if ft.repair else None
     splits = make_splits(config, ft, info, window, getattr(model, "num_classes", None), size)
 
     measured = auditor.measure(splits.heldout, progress=progress)
@@ -501,12 +541,22 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                         splits.labels_of(splits.heldout)),
             config.batch_size)
         order = _training_order(splits.pool, ft.steps * ft.batch_size, config.seed)
-        train_loader = auditor.loader(
-            CropDataset(splits.train, order, window, size, splits.labels_of(splits.train)), ft.batch_size)
+        # Tiling consistency on a 2S x 2S image of S x S tiles (the size the model is trained at) where the window
+        # holds one, else on the crop in S/2 tiles.
+        tile = size if window >= TILES * size else size // TILES
+        tiling_loader = auditor.loader(CropDataset(splits.heldout, range(splits.heldout.available()), window,
+                                                   TILES * tile), config.batch_size)
+
+        def train_loader(whole: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
+            return auditor.loader(CropDataset(splits.train, order, window, size, splits.labels_of(splits.train),
+                                              whole=whole), ft.batch_size)
+
         settings = {**ft.settings(), "seed": config.seed, "precision": config.precision,
                     "include_pools": config.include_pools, "train_data": splits.train.describe(),
                     "heldout_data": splits.heldout.describe(),
-                    **({"classes": splits.classes} if splits.classes else {})}
+                    **({"classes": splits.classes} if splits.classes else {}),
+                    **({"repair_layers": consistency.layers, "tiling": {"image_px": TILES * tile, "tile_px": tile}}
+                       if consistency else {})}
 
         kw = dict(info=info, device=device, precision=config.precision)
         teacher_logits, heldout_labels = predict(model, heldout_loader, **kw)
@@ -517,33 +567,59 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
             original = {k: v for k, v in heldout_metrics(teacher_logits, teacher_logits, labels, **metric_kw).items()
                         if k.startswith("label")}
 
-        for result in measured.results[1:]:
+        # A repair without --padding repairs the native padding; otherwise each scheme is swapped to and tuned.
+        for result in (measured.results[1:] or measured.results[:1]):
             scheme = result.scheme
-            current = f"while fine-tuning with '{scheme}'"
-            student = copy.deepcopy(model)
 
-            def heldout_now() -> dict[str, float]:
-                with auditor.patched(scheme, student):
-                    logits, _ = predict(student, heldout_loader, **kw)
+            def heldout_now(net: nn.Module) -> dict[str, float]:
+                with auditor.patched(scheme, net):
+                    logits, _ = predict(net, heldout_loader, **kw)
                 return heldout_metrics(logits, teacher_logits, labels, **metric_kw)
 
-            def measure_now() -> tuple[list[LayerResult], dict[str, float]]:
-                now = auditor.measure(splits.heldout, schemes=[scheme], model=student, progress=progress)
+            def measure_now(net: nn.Module) -> tuple[list[LayerResult], dict[str, float]]:
+                now = auditor.measure(splits.heldout, schemes=[scheme], model=net, progress=progress)
                 if now.interrupted:
                     raise KeyboardInterrupt
-                return now.results[0].layers, heldout_now()
+                return now.results[0].layers, heldout_now(net)
 
-            before = heldout_now()
+            def tiling_now(net: nn.Module) -> list[float | None] | None:
+                if consistency is None:
+                    return None
+                taps = auditor.taps if net is model else FeatureTaps(net, config.layers)
+                with auditor.patched(scheme, net), torch.inference_mode():
+                    return tiling_consistency(taps, tiling_loader, normalise=auditor.normalise, device=device,
+                                              precision=config.precision)
+
+            before = heldout_now(model)
+            plain = None
+            if ft.repair and ft.repair_compare:
+                current = f"while fine-tuning with '{scheme}' (the plain fine-tune beside the repair)"
+                plain_config = dataclasses.replace(ft, repair=False, repair_compare=False, repair_layers=None,
+                                                   measure_every=0)
+                student = copy.deepcopy(model)
+                log = finetune(student, scheme, train_loader(), plain_config,
+                               teacher=model if ft.labels is None else None, seed=config.seed, progress=progress,
+                               include_pools=config.include_pools, **kw)
+                plain_layers, plain_after = measure_now(student)
+                train_loss, every = _downsample(log.losses)
+                plain = FinetuneResult(
+                    steps=ft.steps, settings={**settings, **plain_config.settings()}, layers=plain_layers,
+                    before=before, after=plain_after, original=original, train_loss=train_loss,
+                    train_loss_every=every, seconds=log.seconds, tiling_after=tiling_now(student))
+                del student
+
+            current = f"while {'repairing' if ft.repair else 'fine-tuning'} with '{scheme}'"
+            student = copy.deepcopy(model)
             curve = [_curve_point(0, result.layers, before)] if ft.measure_every else []
 
             def on_measure(step: int) -> None:
-                layers, metrics = measure_now()
+                layers, metrics = measure_now(student)
                 curve.append(_curve_point(step, layers, metrics))
 
-            log = finetune(student, scheme, train_loader, ft, teacher=model if ft.labels is None else None,
-                           seed=config.seed, measure=on_measure, progress=progress,
-                           include_pools=config.include_pools, **kw)
-            after_layers, after = measure_now()
+            log = finetune(student, scheme, train_loader(whole=consistency is not None), ft,
+                           teacher=model if ft.labels is None else None, seed=config.seed, measure=on_measure,
+                           progress=progress, include_pools=config.include_pools, consistency=consistency, **kw)
+            after_layers, after = measure_now(student)
             if ft.measure_every:
                 curve.append(_curve_point(ft.steps, after_layers, after))
             weights = None
@@ -554,6 +630,8 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
             tuned[scheme] = FinetuneResult(
                 steps=ft.steps, settings=settings, layers=after_layers, before=before, after=after, original=original,
                 curve=curve, train_loss=train_loss, train_loss_every=every, weights=weights, seconds=log.seconds,
+                consistency_loss=_downsample(log.consistency)[0] if log.consistency else [],
+                tiling_before=tiling_now(model), tiling_after=tiling_now(student), plain=plain,
             )
             del student
     except KeyboardInterrupt:
@@ -561,3 +639,11 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
             f"stopped by Ctrl-C {current}; the audit before fine-tuning is complete, fine-tuning results cover "
             f"{', '.join(tuned) if tuned else 'no scheme'}")) from None
     return report()
+
+
+def _consistency_term(auditor: Auditor, ft: FinetuneConfig) -> ConsistencyTerm:
+    """The repair's consistency term against the auditor's (original) model, checked before any image is read."""
+    if auditor.estimator != DELTA:
+        raise PPPAuditError("--repair needs the padding-free reference of a margin, which this model cannot run with "
+                            f"at --input-size {auditor.size}", "use another --input-size, or leave --repair out")
+    return ConsistencyTerm(auditor.taps, auditor.context(), ft.repair_layers, auditor.margin, auditor.probe)

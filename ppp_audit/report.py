@@ -20,12 +20,13 @@ from typing import Any
 
 from .errors import ReportFileError
 
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
 ``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
 1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``mist`` (one layer per scheme),
 ``influence_beyond_margin``, ``strength_at_smaller_margin``, ``context_matched``, ``context_unmatched`` and
-``geometry.margin``;
+``geometry.margin``, 1.7 the repair's fields of ``finetune`` (``plain``, ``tiling_before``, ``tiling_after``,
+``consistency_loss``; docs/repair.md);
 readers accept any 1.x and ignore fields they do not know."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -653,6 +654,12 @@ class FinetuneResult(_HeadlineScores):
     ``before``/``after`` hold held-out metrics right after the swap and after training: ``agreement_top1`` (share of
     held-out images where the top-1 class equals the original model's), ``distill_loss`` (the distillation loss
     against the original model), and with labels ``label_accuracy``/``label_loss``.
+
+    A repair (``settings["repair"]``, docs/repair.md) also holds the consistency term of its steps
+    (``consistency_loss``, downsampled as ``train_loss``), the tiling consistency per layer of the model before and
+    after it (``tiling_before``/``tiling_after``: ``RMS(f(x) - stitched tiles) / RMS(f(x))`` on the held-out crops,
+    ``None`` where tiles do not fit), and with ``--repair-compare`` the plain fine-tune of the same budget
+    (``plain``, a :class:`FinetuneResult` of its own).
     """
 
     steps: int
@@ -666,17 +673,37 @@ class FinetuneResult(_HeadlineScores):
     train_loss_every: int = 1
     weights: str | None = None
     seconds: float = 0.0
+    consistency_loss: list[float] = field(default_factory=list)
+    tiling_before: list[float | None] | None = None
+    tiling_after: list[float | None] | None = None
+    plain: "FinetuneResult | None" = None
+
+    @property
+    def repaired(self) -> bool:
+        """Whether the objective held the repair's consistency term."""
+        return bool(self.settings.get("repair"))
+
+    @staticmethod
+    def last_tiling(values: list[float | None] | None) -> float | None:
+        """The tiling consistency of the last layer that has one (``None`` without any)."""
+        return next((v for v in reversed(values or []) if v is not None), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "settings": self.settings, "last_strength": self.last_strength,
-                "max_strength": self.max_strength, "before": self.before, "after": self.after,
-                "original": self.original, "curve": [asdict(point) for point in self.curve],
-                "train_loss": self.train_loss, "train_loss_every": self.train_loss_every, "weights": self.weights,
-                "seconds": self.seconds, "layers": [layer.to_dict() for layer in self.layers]}
+        out = {"steps": self.steps, "settings": self.settings, "last_strength": self.last_strength,
+               "max_strength": self.max_strength, "before": self.before, "after": self.after,
+               "original": self.original, "curve": [asdict(point) for point in self.curve],
+               "train_loss": self.train_loss, "train_loss_every": self.train_loss_every, "weights": self.weights,
+               "seconds": self.seconds, "layers": [layer.to_dict() for layer in self.layers]}
+        if self.repaired or self.tiling_after is not None:
+            out.update(consistency_loss=self.consistency_loss, tiling_before=self.tiling_before,
+                       tiling_after=self.tiling_after, plain=self.plain.to_dict() if self.plain else None)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FinetuneResult":
-        data = {k: v for k, v in data.items() if k not in ("last_strength", "max_strength")}
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer 1.x writer's fields are ignored
         data["layers"] = [LayerResult.from_dict(layer) for layer in data["layers"]]
         data["curve"] = [CurvePoint(**point) for point in data.get("curve", [])]
+        data["plain"] = cls.from_dict(data["plain"]) if data.get("plain") else None
         return cls(**data)

@@ -689,3 +689,53 @@ def _draw_formation(report: "Report", result: "SchemeResult"):
     fig.suptitle(f"{model_label(report)}\n{result.scheme} padding: PPP while fine-tuning · held-out N={n}",
                  fontsize=10, x=0.02, ha="left", y=0.98, va="top")
     return fig, {"formation": ax}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PPP repair (docs/repair.md): strength per stage before, after a plain fine-tune and after the repair
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def repair_curves(result: "SchemeResult") -> list[tuple[str, list[float | None]]]:
+    """(label, strength per stage) of a repaired scheme: before (right after the swap, or native), after the plain
+    fine-tune of ``--repair-compare`` when there is one, and after the repair."""
+    tune = result.finetune
+    curves = [("before", [layer.stats.strength for layer in result.layers])]
+    if tune.plain is not None:
+        curves.append((f"plain +{tune.plain.steps}", [layer.stats.strength for layer in tune.plain.layers]))
+    curves.append((f"repaired +{tune.steps}", [layer.stats.strength for layer in tune.layers]))
+    return curves
+
+
+@register_figure("repair")
+def repair_figures(report: "Report") -> list[FigureSpec]:
+    """One figure per repaired scheme: PPP strength per stage before, after a plain fine-tune and after the repair."""
+    return [FigureSpec(
+        key=f"repair/{result.scheme}", filename=f"figures/repair_{_slug(result.scheme)}.png", section="repair",
+        title=f"PPP repair with {result.scheme} padding",
+        alt=f"PPP strength per stage of {report.model.get('name')} with {result.scheme} padding before, after a plain "
+            "fine-tune and after the repair",
+        size_in=STRENGTH_SIZE_IN, draw=lambda result=result: _draw_repair(report, result),
+    ) for result in report.results if result.finetune is not None and result.finetune.repaired]
+
+
+def _draw_repair(report: "Report", result: "SchemeResult"):
+    fig = _new_figure(STRENGTH_SIZE_IN)
+    ax = fig.add_axes([0.11, 0.2, 0.62, 0.66])
+    layers = result.layers
+    for i, (label, strengths) in enumerate(repair_curves(result)):
+        points = [(j, v) for j, v in enumerate(strengths) if v is not None]
+        ax.plot([j for j, _ in points], [v for _, v in points], label=label, color=scheme_colour(i),
+                marker=_SCHEME_MARKERS[i % len(_SCHEME_MARKERS)], markersize=5, linewidth=1.5)
+    ax.set_xticks(range(len(layers)), [f"{layer.name}\n(s={layer.stats.stride_px:g})" for layer in layers],
+                  fontsize=7)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("PPP strength  RMS(P)/RMS(σ)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="model",
+              title_fontsize=8)
+    n = report.data.get("num_images", "?")
+    fig.suptitle(f"{model_label(report)}\n{result.scheme} padding: PPP before and after repair · held-out N={n}",
+                 fontsize=10, x=0.02, ha="left", y=0.98, va="top")
+    return fig, {"repair": ax}

@@ -202,6 +202,14 @@ def _finetune(report: "Report", page: Page) -> str | None:
     return "".join(rich_table_html(t) for t in tables) + (page.gallery("finetune") or "")
 
 
+@register_section("repair", "PPP repair", order=75)
+def _repair(report: "Report", page: Page) -> str | None:
+    return page.gallery("repair", "<p>PPP strength per stage before, after a plain fine-tune of the same budget "
+                        "(<code>--repair-compare</code>) and after the repair, on the held-out images; the fine-tune "
+                        "table above gives the numbers, held-out agreement and tiling consistency "
+                        "(docs/repair.md).</p>")
+
+
 @register_section("other_figures", "Other figures", order=90)
 def _other_figures(report: "Report", page: Page) -> str | None:
     known = set(SECTIONS)

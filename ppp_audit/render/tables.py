@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..report import LayerStats, Report, format_number, scheme_label
+from ..report import (
+    NATIVE, FinetuneResult, LayerResult, LayerStats, Report, SchemeResult, format_number, scheme_label,
+)
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -156,9 +158,28 @@ def render_reference_table(report: Report) -> "Table | None":
     table.caption_justify = "left"
     return table
 
+def _finetune_columns(result: SchemeResult) -> list[tuple[str, list[LayerResult], Any, dict[str, float],
+                                                          list[float | None] | None]]:
+    """The columns of one tuned scheme: ``(header, layers, headline scores, held-out metrics, tiling)``: right after
+    the swap (left out for a repair of the native padding: that is the first column), then the plain fine-tune of a
+    repair's comparison, then the fine-tuned (or repaired) model."""
+    tune = result.finetune
+    columns = []
+    if result.scheme != NATIVE:
+        columns.append((f"{result.scheme}\nafter swap", result.layers, result, tune.before, tune.tiling_before))
+    if tune.plain is not None:
+        plain = tune.plain
+        columns.append((f"{result.scheme}\n+{plain.steps} plain", plain.layers, plain, plain.after, plain.tiling_after))
+    label = "repair" if tune.repaired else "steps"
+    columns.append((f"{result.scheme}\n+{tune.steps} {label}", tune.layers, tune, tune.after, tune.tiling_after))
+    return columns
+
+
 def render_finetune_table(report: Report) -> "Table | None":
-    """A rich table of the fine-tuned schemes: PPP strength per layer native / after the swap / after fine-tuning,
-    then held-out top-1 agreement with the original model and distillation loss. ``None`` without fine-tuning."""
+    """A rich table of the fine-tuned schemes: PPP strength per layer native / after the swap / after fine-tuning
+    (with a repair: after the plain fine-tune of ``--repair-compare`` and after the repair), then held-out top-1
+    agreement with the original model, distillation loss and, for repairs, tiling consistency. ``None`` without
+    fine-tuning."""
     from rich.table import Table
 
     tuned = [r for r in report.results if r.finetune is not None]
@@ -166,29 +187,29 @@ def render_finetune_table(report: Report) -> "Table | None":
         return None
     native = report.results[0]
     settings = tuned[0].finetune.settings
-    title = (f"Fine-tune after the padding swap · {report.model['name']} · {tuned[0].finetune.steps} steps "
-             f"{settings.get('objective', '')} {settings.get('optimizer', '')} lr={settings.get('lr', '')} "
-             f"batch={settings.get('batch_size', '')} BN {settings.get('bn', '')} · "
+    repaired = any(r.finetune.repaired for r in tuned)
+    kind = f"repair λ={settings.get('repair_weight', '')} + " if repaired else ""
+    title = (f"Fine-tune {'(PPP repair)' if repaired else 'after the padding swap'} · {report.model['name']} · "
+             f"{tuned[0].finetune.steps} steps {kind}{settings.get('objective', '')} {settings.get('optimizer', '')} "
+             f"lr={settings.get('lr', '')} batch={settings.get('batch_size', '')} BN {settings.get('bn', '')} · "
              f"held-out N={report.data['num_images']}")
     table = Table(title=title, title_justify="left")
     table.add_column("layer")
     table.add_column("stride", justify="right")
     table.add_column(f"{native.scheme}\nbefore swap", justify="right")
-    for result in tuned:
-        table.add_column(f"{result.scheme}\nafter swap", justify="right")
-        table.add_column(f"{result.scheme}\n+{result.finetune.steps} steps", justify="right")
+    columns = [column for result in tuned for column in _finetune_columns(result)]
+    for header, *_ in columns:
+        table.add_column(header, justify="right")
 
     for i, layer in enumerate(native.layers):
         row = [layer.name + (" *" if layer.reference_partial else ""), f"{layer.stats.stride_px:g}",
                _strength_cell(layer.stats)]
-        for result in tuned:
-            row += [_strength_cell(result.layers[i].stats), _strength_cell(result.finetune.layers[i].stats)]
+        row += [_strength_cell(layers[i].stats) for _, layers, *_ in columns]
         table.add_row(*row)
     table.add_section()
     for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
         row = [label, "", format_number(getattr(native, attr))]
-        for result in tuned:
-            row += [format_number(getattr(result, attr)), format_number(getattr(result.finetune, attr))]
+        row += [format_number(getattr(scores, attr)) for _, _, scores, *_ in columns]
         table.add_row(*row, style="bold")
     table.add_section()
     metrics = [("top-1 agreement", "agreement_top1", 1.0), ("distill loss", "distill_loss", 0.0)]
@@ -196,11 +217,17 @@ def render_finetune_table(report: Report) -> "Table | None":
         metrics.append(("label accuracy", "label_accuracy", tuned[0].finetune.original.get("label_accuracy")))
     for label, key, original in metrics:
         row = [f"held-out {label}", "", format_number(original)]
-        for result in tuned:
-            row += [format_number(result.finetune.before.get(key)), format_number(result.finetune.after.get(key))]
+        row += [format_number(values.get(key)) for _, _, _, values, _ in columns]
+        table.add_row(*row)
+    if repaired:
+        row = ["tiling consistency (last)", "", format_number(FinetuneResult.last_tiling(
+            next((r.finetune.tiling_before for r in tuned if r.scheme == NATIVE), None)))]
+        row += [format_number(FinetuneResult.last_tiling(tiling)) for *_, tiling in columns]
         table.add_row(*row)
     table.caption = ("strength = RMS(P) / RMS(σ) ± 95% CI on held-out images; agreement and loss are against the "
-                     "original (unpatched) model's logits")
+                     "original (unpatched) model's logits"
+                     + ("; tiling consistency = RMS(f(crop) - f(2×2 tiles stitched)) / RMS(f(crop)), last layer that "
+                        "tiles (docs/repair.md)" if repaired else ""))
     table.caption_justify = "left"
     return table
 
