@@ -416,7 +416,6 @@ def strength_figures(report: "Report") -> list[FigureSpec]:
 def _draw_strength(report: "Report"):
     fig = _new_figure(STRENGTH_SIZE_IN)
     ax = fig.add_axes([0.11, 0.2, 0.62, 0.66])
-    names = [layer.name for layer in report.results[0].layers]
     count = len(report.results)
     for i, result in enumerate(report.results):
         xs, ys, lows, highs = [], [], [], []
@@ -431,14 +430,7 @@ def _draw_strength(report: "Report"):
             highs.append(high - stats.strength)
         ax.errorbar(xs, ys, yerr=[lows, highs], label=result.label, color=scheme_colour(i),
                     marker=_SCHEME_MARKERS[i % len(_SCHEME_MARKERS)], markersize=5, capsize=3, linewidth=1.5)
-    strides = [f"{layer.name}\n(s={layer.stats.stride_px:g})" for layer in report.results[0].layers]
-    ax.set_xticks(range(len(names)), strides, fontsize=7)
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("PPP strength  RMS(P)/RMS(σ)", fontsize=8)
-    ax.tick_params(axis="y", labelsize=7)
-    ax.grid(alpha=0.3, linewidth=0.5)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="padding",
-              title_fontsize=8)
+    _style_strength_axes(ax, report.results[0].layers, legend_title="padding")
     n = report.data.get("num_images", "?")
     fig.suptitle(f"{model_label(report)}\nPPP strength ± 95% CI · N={n} {report.data.get('kind', '')}".rstrip(),
                  fontsize=10, x=0.02, ha="left", y=0.98, va="top")
@@ -719,6 +711,18 @@ def repair_figures(report: "Report") -> list[FigureSpec]:
     ) for result in report.results if result.finetune is not None and result.finetune.repaired]
 
 
+def _style_strength_axes(ax: "Axes", layers: list["LayerResult"], legend_title: str) -> None:
+    """The axes of a strength-by-stage plot: one tick per stage (name and stride), strength from 0, the legend outside."""
+    ax.set_xticks(range(len(layers)), [f"{layer.name}\n(s={layer.stats.stride_px:g})" for layer in layers],
+                  fontsize=7)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("PPP strength  RMS(P)/RMS(σ)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title=legend_title,
+              title_fontsize=8)
+
+
 def _draw_repair(report: "Report", result: "SchemeResult"):
     fig = _new_figure(STRENGTH_SIZE_IN)
     ax = fig.add_axes([0.11, 0.2, 0.62, 0.66])
@@ -727,14 +731,7 @@ def _draw_repair(report: "Report", result: "SchemeResult"):
         points = [(j, v) for j, v in enumerate(strengths) if v is not None]
         ax.plot([j for j, _ in points], [v for _, v in points], label=label, color=scheme_colour(i),
                 marker=_SCHEME_MARKERS[i % len(_SCHEME_MARKERS)], markersize=5, linewidth=1.5)
-    ax.set_xticks(range(len(layers)), [f"{layer.name}\n(s={layer.stats.stride_px:g})" for layer in layers],
-                  fontsize=7)
-    ax.set_ylim(bottom=0)
-    ax.set_ylabel("PPP strength  RMS(P)/RMS(σ)", fontsize=8)
-    ax.tick_params(axis="y", labelsize=7)
-    ax.grid(alpha=0.3, linewidth=0.5)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="model",
-              title_fontsize=8)
+    _style_strength_axes(ax, layers, legend_title="model")
     n = report.data.get("num_images", "?")
     fig.suptitle(f"{model_label(report)}\n{result.scheme} padding: PPP before and after repair · held-out N={n}",
                  fontsize=10, x=0.02, ha="left", y=0.98, va="top")
