@@ -33,7 +33,7 @@ from .hubenv import is_offline
 from .report import NATIVE, REPORT_HTML, REPORT_JSON, Report, format_number, report_file, scheme_label
 
 if TYPE_CHECKING:
-    from huggingface_hub import EvalResult, HfApi
+    from huggingface_hub import DatasetCard, EvalResult, HfApi
 
 INDEX_FILE = "index.json"
 CARD_FILE = "README.md"
@@ -298,16 +298,22 @@ def render_card(index: dict[str, Any], existing: str | None = None) -> str:
         metadata = DatasetCardData(pretty_name="PPP audit reports", tags=CARD_TAGS, viewer=False)
         existing = f"---\n{metadata.to_yaml()}\n---\n{_CARD_INTRO}"
     card = DatasetCard(existing)
-    card.data["tags"] = list(dict.fromkeys([*(card.data.get("tags") or []), *CARD_TAGS]))
-    block = render_index_markdown(index)
+    merge_card(card, render_index_markdown(index), INDEX_BEGIN, INDEX_END, CARD_TAGS)
+    return str(card)
+
+
+def merge_card(card: "DatasetCard", block: str, begin_marker: str, end_marker: str, tags: list[str]) -> None:
+    """Update ``card`` in place: ``tags`` added to its own, and the generated ``block`` (which starts with
+    ``begin_marker`` and ends with ``end_marker``) put where the previous one was, else appended; the card's other
+    metadata and text are kept."""
+    card.data["tags"] = list(dict.fromkeys([*(card.data.get("tags") or []), *tags]))
     text = card.text
-    begin, end = text.find(INDEX_BEGIN), text.find(INDEX_END)
+    begin, end = text.find(begin_marker), text.find(end_marker)
     if begin != -1 and end > begin:
-        text = text[:begin] + block + text[end + len(INDEX_END):]
+        text = text[:begin] + block + text[end + len(end_marker):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     card.text = text
-    return str(card)
 
 
 def eval_results(report: dict[str, Any] | Report, source_url: str | None = None) -> list[EvalResult]:

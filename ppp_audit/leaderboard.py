@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .errors import PPPAuditError, ReportFileError
-from .hub import data_label, push_dataset_files
+from .hub import data_label, merge_card, push_dataset_files
 from .report import NATIVE, REPORT_HTML, Report, format_number, scheme_label
 from .runs import FAILED, RUN_JSON, RUNS, RunRecord, iter_records
 
@@ -933,17 +933,9 @@ def render_leaderboard_card(board: Leaderboard, repo_id: str, existing: str | No
         metadata = DatasetCardData(pretty_name="PPP leaderboard", tags=CARD_TAGS, configs=[ours])
         existing = f"---\n{metadata.to_yaml()}\n---\n{_CARD_INTRO}"
     card = DatasetCard(existing)
-    card.data["tags"] = list(dict.fromkeys([*(card.data.get("tags") or []), *CARD_TAGS]))
     others = [config for config in card.data.get("configs") or [] if config.get("config_name") != "default"]
     card.data["configs"] = [ours, *others]
-    block = _card_block(board, repo_id)
-    text = card.text
-    begin, end = text.find(CARD_BEGIN), text.find(CARD_END)
-    if begin != -1 and end > begin:
-        text = text[:begin] + block + text[end + len(CARD_END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    card.text = text
+    merge_card(card, _card_block(board, repo_id), CARD_BEGIN, CARD_END, CARD_TAGS)
     return str(card)
 
 
