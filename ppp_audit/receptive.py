@@ -41,23 +41,17 @@ class Influence:
     Attributes:
         radius_px: Support radius: the largest distance (input px, Chebyshev, from the position's centre to a pixel's
             far edge) at which the gradient is non-zero. At least ``window / 2`` means it reaches past the probe.
-        distance_px: Distances ``r`` of the profile: 0, 1, 2, ... input px up to the probe's half-window.
-        share_beyond: Share of the gradient's absolute mass at distances greater than each ``r`` (1 at ``r = 0``,
+        share_beyond: Share of the gradient's absolute mass at distances greater than ``r`` = 0, 1, 2, ... input px
+            (index ``r``, up to the probe's half-window; 1 at ``r = 0``,
             falling to 0 at the radius).
         window: Side of the probe window, in input px.
         upstream: The watched modules (global context, :mod:`ppp_audit.context`) this layer's output depends on.
     """
 
     radius_px: float
-    distance_px: tuple[float, ...]
     share_beyond: tuple[float, ...]
     window: int
     upstream: tuple[str, ...] = ()
-
-    @property
-    def reaches_past_probe(self) -> bool:
-        """The support reaches the probe window's edge: the share beyond any distance is a lower bound."""
-        return self.radius_px >= self.window / 2
 
     def beyond(self, distance_px: float) -> float:
         """Share of the influence beyond ``distance_px`` (0 past the support; the probe's last value past it)."""
@@ -130,7 +124,7 @@ def _profile(mass: Tensor, centre: tuple[float, float], window: int) -> Influenc
     distance = torch.maximum((ys - cy).abs(), (xs - cx).abs()) + 0.5
     nonzero = mass > 0
     if not bool(nonzero.any()):
-        return Influence(0.0, (0.0,), (0.0,), window)
+        return Influence(0.0, (0.0,), window)
     radius = float(distance[nonzero].max())
     steps = int(math.ceil(window / 2)) + 1
     total = float(mass.sum())
@@ -138,7 +132,7 @@ def _profile(mass: Tensor, centre: tuple[float, float], window: int) -> Influenc
     bins = distance.ceil().long().clamp_max(steps).flatten()
     per_bin = torch.zeros(steps + 1, dtype=torch.float64).index_add_(0, bins, mass.flatten())
     beyond = per_bin.flip(0).cumsum(0).flip(0)[1:] / total  # beyond[r] = mass in bins > r
-    return Influence(radius, tuple(float(r) for r in range(steps)), tuple(beyond.tolist()), window)
+    return Influence(radius, tuple(beyond.tolist()), window)
 
 
 @dataclass(frozen=True)

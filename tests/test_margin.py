@@ -80,8 +80,8 @@ def test_probe_finds_the_exact_receptive_field():
 
 
 def test_choose_margin_covers_fitting_layers_and_leaves_the_others_partial():
-    near = Influence(10.0, tuple(float(r) for r in range(11)), tuple(1.0 - r / 10 for r in range(11)), 96)
-    far = Influence(48.0, tuple(float(r) for r in range(49)), tuple(1.0 - r / 100 for r in range(49)), 96)
+    near = Influence(10.0, tuple(1.0 - r / 10 for r in range(11)), 96)
+    far = Influence(48.0, tuple(1.0 - r / 100 for r in range(49)), 96)
     choice = choose_margin([near, far], [4, 8, 12, 16], tolerance=0.05)
     assert choice.margin == 12  # near: 1 - 12/10 < 0 <= 0.05 at 12, 0.2 > 0.05 at 8
     assert choice.fits == (True, False) and choice.cap == 16
