@@ -34,7 +34,7 @@ from .images import (
     image_source, random_sample, skipped_image, too_few_images,
 )
 from .context import ContextMatcher
-from .geometry import DELTA, apply_geometry, fit_geometry, runs_with_margin
+from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, finite_layers
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
@@ -346,8 +346,8 @@ class Auditor:
         self.probe_window = self.window
         unit = self.fitted.margin_unit
         self.margin_cap = max(unit, self.size // unit * unit, self.margin)  # m <= S, or the margin asked for
-        if self.estimator == DELTA and self.margin_cap > self.margin and runs_with_margin(self.taps, self.fitted,
-                                                                                         self.margin_cap):
+        self._runs_with_margin = MarginCheck(self.taps, self.fitted)
+        if self.estimator == DELTA and self.margin_cap > self.margin and self._runs_with_margin(self.margin_cap):
             self.probe_window = self.size + 2 * self.margin_cap  # the largest window a margin may need
         self._influence: dict[int, list[Influence]] = {id(model): self._probe_influence(model, self.taps)}
         if config.margin is None and self.estimator == DELTA and self.probe_window > self.window:
@@ -365,7 +365,7 @@ class Auditor:
         unit = self.fitted.margin_unit
         candidates = range(unit, self.margin_cap + 1, unit)
         choice = choose_margin(self._influence[id(self.model)], candidates, self.config.margin_tolerance)
-        margin = next((m for m in candidates if m >= choice.margin and runs_with_margin(self.taps, self.fitted, m)),
+        margin = next((m for m in candidates if m >= choice.margin and self._runs_with_margin(m)),
                       self.margin)
         if margin != choice.margin:
             choice = choose_margin(self._influence[id(self.model)], [m for m in candidates if m >= margin],
@@ -381,7 +381,7 @@ class Auditor:
             return None
         unit = self.fitted.margin_unit
         smaller = self.margin // 2 // unit * unit
-        while smaller >= unit and not runs_with_margin(self.taps, self.fitted, smaller):
+        while smaller >= unit and not self._runs_with_margin(smaller):
             smaller -= unit
         return smaller if smaller >= unit else None
 

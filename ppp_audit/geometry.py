@@ -240,15 +240,22 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
                              layers)
 
 
-def runs_with_margin(taps: FeatureTaps, geometry: Geometry, margin: int) -> bool:
-    """Whether the model behind ``taps`` (as :func:`apply_geometry` made it) runs at the window ``S + 2 * margin`` with
-    every tapped map grown by ``margin / stride`` on each side (one forward pass of a zero image per size)."""
-    model = taps.model
-    place = {"in_chans": built_input_size(model)[0], "device": model_device(model), "dtype": _model_dtype(model)}
-    runs = _Runs(taps, place)
-    crop, window = runs(geometry.size), runs(geometry.size + 2 * margin)
-    return not isinstance(crop, str) and not isinstance(window, str) and _aligned(crop, window, margin,
-                                                                                   geometry.strides)
+class MarginCheck:
+    """Which margins the model behind ``taps`` (as :func:`apply_geometry` made it) runs at, for a fitted geometry:
+    ``check(m)`` is whether the window ``S + 2m`` runs with every tapped map grown by ``m / stride`` on each side.
+    Each size is probed once (a forward pass of one zero image), however many margins are asked about.
+    """
+
+    def __init__(self, taps: FeatureTaps, geometry: Geometry) -> None:
+        model = taps.model
+        place = {"in_chans": built_input_size(model)[0], "device": model_device(model), "dtype": _model_dtype(model)}
+        self.runs, self.geometry = _Runs(taps, place), geometry
+
+    def __call__(self, margin: int) -> bool:
+        size = self.geometry.size
+        crop, window = self.runs(size), self.runs(size + 2 * margin)
+        return not isinstance(crop, str) and not isinstance(window, str) and _aligned(crop, window, margin,
+                                                                                       self.geometry.strides)
 
 
 def apply_geometry(model: nn.Module, geometry: Geometry) -> nn.Module:
