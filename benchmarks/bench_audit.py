@@ -1,7 +1,8 @@
 """Audit throughput vs bare forward throughput of the same model on the same inputs, in one run.
 
 The audit needs, per image and per padding, one forward pass of the crop (S²) and one of the window ((S+2m)²) through
-the tapped stages, and one of a second, smaller window when a layer's reference stays partial (docs/metrics.md). The overhead factor is
+the tapped stages, and one of a second, smaller window when a layer's reference stays partial (docs/metrics.md).
+The overhead factor is
 
     audit loop time / (forward passes the audit needs x bare forward time of those passes)
 

@@ -560,9 +560,8 @@ class Auditor:
                             feats_crop = extract(crops)
                         with context.matching():  # ... is where the window pass takes their statistics
                             feats_window = extract(windows) if with_reference else None
-                            cut = margin - (second or 0)
-                            feats_second = (extract(windows[..., cut:cut + size + 2 * second, cut:cut + size + 2 * second])
-                                            if second else None)
+                            cut, side = margin - (second or 0), size + 2 * (second or 0)
+                            feats_second = extract(windows[..., cut:cut + side, cut:cut + side]) if second else None
                     if not with_reference:  # crop passes only: the mean-feature estimator
                         offsets = offsets or [0] * len(feats_crop)
                         strides = strides or [size / a.shape[-1] for a in feats_crop]

@@ -215,7 +215,8 @@ class AuditConfig:
         if self.input_size is not None and self.input_size < 1:  # the model-specific minimum: geometry.MIN_MAP_SIDE
             _bad(f"--input-size must be positive (got {self.input_size})", "leave it out for the model's own size")
         if self.margin is not None and self.margin <= 0:
-            _bad(f"--margin must be positive (got {self.margin})", "leave it out to choose it from the receptive fields")
+            _bad(f"--margin must be positive (got {self.margin})",
+                 "leave it out to choose it from the receptive fields")
         if not 0 < self.margin_tolerance < 1:
             _bad(f"margin_tolerance must be between 0 and 1 (got {self.margin_tolerance})",
                  "pass a share such as 0.01 (1 % of the influence beyond the margin)")
@@ -369,7 +370,8 @@ class FinetuneConfig:
         if self.train_images is not None and self.train_images < 1:
             _bad(f"--train-images must be positive (got {self.train_images})", "leave it out for fresh images")
         if not (self.repair_weight >= 0 and math.isfinite(self.repair_weight)):
-            _bad(f"--repair-weight must be a finite number >= 0 (got {self.repair_weight})", "pass e.g. --repair-weight 1")
+            _bad(f"--repair-weight must be a finite number >= 0 (got {self.repair_weight})",
+                 "pass e.g. --repair-weight 1")
         if not self.repair and (self.repair_compare or self.repair_layers is not None):
             flag = "--repair-compare" if self.repair_compare else "--repair-layers"
             _bad(f"{flag} needs --repair", "add --repair, or leave it out")

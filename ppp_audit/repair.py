@@ -54,7 +54,8 @@ class ConsistencyTerm:
         names = taps.names
         unknown = [name for name in layers or () if name not in names]
         if unknown:
-            raise PPPAuditError(f"--repair-layers: '{unknown[0]}' is not an audited layer (audited: {', '.join(names)})",
+            raise PPPAuditError(f"--repair-layers: '{unknown[0]}' is not an audited layer "
+                                f"(audited: {', '.join(names)})",
                                 "name audited layers, or choose the audited ones with --layers")
         self.taps, self.context, self.margin = taps, context, margin
         self.layers = list(layers) if layers else names

@@ -80,7 +80,9 @@ def _closest_hint(name: str, pretrained: bool) -> str:
     close = difflib.get_close_matches(stem, candidates, n=3, cutoff=0.5)
     close += [c for c in candidates if stem and fnmatch.fnmatch(c, f"*{stem}*")][:3 - len(close)]
     close = list(dict.fromkeys(close))
-    return f"closest: {', '.join(close)}" if close else "list them with `python -c \"import timm; print(timm.list_models())\"`"
+    if close:
+        return f"closest: {', '.join(close)}"
+    return "list them with `python -c \"import timm; print(timm.list_models())\"`"
 
 
 def read_model_list(path: str | Path) -> list[str]:

@@ -712,7 +712,8 @@ def repair_figures(report: "Report") -> list[FigureSpec]:
 
 
 def _style_strength_axes(ax: "Axes", layers: list["LayerResult"], legend_title: str) -> None:
-    """The axes of a strength-by-stage plot: one tick per stage (name and stride), strength from 0, the legend outside."""
+    """The axes of a strength-by-stage plot: one tick per stage (name and stride), strength from 0, the legend
+    outside."""
     ax.set_xticks(range(len(layers)), [f"{layer.name}\n(s={layer.stats.stride_px:g})" for layer in layers],
                   fontsize=7)
     ax.set_ylim(bottom=0)

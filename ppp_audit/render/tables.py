@@ -99,8 +99,8 @@ def margin_note(report: Report) -> str | None:
         return None
     how = margin["chosen_by"]
     if how == "receptive fields":
-        how = (f"chosen from the receptive fields: at most {100 * margin['tolerance']:g} % of each layer's influence beyond "
-               f"it, for the layers that fit under m <= {margin['cap']}")
+        how = (f"chosen from the receptive fields: at most {100 * margin['tolerance']:g} % of each layer's influence "
+               f"beyond it, for the layers that fit under m <= {margin['cap']}")
     cost = f"{margin['pixels_per_image']:.1f}x the crop's pixels per image"
     second = f", a second reference at m={margin['second_margin']}" if margin.get("second_margin") else ""
     return f"margin m={report.margin} {how}; window {report.window} px{second}: {cost}"
@@ -109,8 +109,8 @@ def margin_note(report: Report) -> str | None:
 def partial_note(report: Report) -> str | None:
     """The footnote of the layers marked partial: what it means and how far each moved between the two margins
     measured; ``None`` when no layer is partial."""
-    partial = [i for i, layer in enumerate(report.results[0].layers) if layer.reference_partial] if report.results \
-        else []
+    layers = report.results[0].layers if report.results else []
+    partial = [i for i, layer in enumerate(layers) if layer.reference_partial]
     if not partial:
         return None
     tolerance = report.geometry.get("margin", {}).get("tolerance")
