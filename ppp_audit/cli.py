@@ -500,7 +500,7 @@ def sweep_command(**values: Any) -> None:
     """
     from .progress import ProgressReporter
     from .report import check_report_folder
-    from .sweep import expand_models, read_model_list, run_sweep, sweep_rank, sweep_settings
+    from .sweep import expand_models, read_model_list, run_sweep, shard, sweep_rank, sweep_settings
 
     if values["out"] is None:
         raise PPPAuditError("a sweep needs --out DIR", "name the folder its runs go to, e.g. --out sweep/")
@@ -518,15 +518,14 @@ def sweep_command(**values: Any) -> None:
     rank, world = sweep_rank()
     out = values["out"]
     check_report_folder(out)  # writable, checked before the first model rather than after it
-    share = f" (rank {rank} of {world}: {len(models[rank::world])} of them)" if world > 1 else ""
+    share = f" (rank {rank} of {world}: {len(shard(models, rank, world))} of them)" if world > 1 else ""
     _say(f"sweeping {len(models)} model{'' if len(models) == 1 else 's'}{share} into {out}")
     reporter = ProgressReporter(values["progress"])
-    total = len(models[rank::world])
 
     def on_model(record) -> None:
         if not reporter.live and values["progress"]:  # in a log, one line per finished model
             seconds = f" in {record.seconds:.0f} s" if record.seconds is not None else ""
-            why = f": {record.reason}" if record.status == "failed" else ""
+            why = f": {record.reason}" if record.reason else ""
             _say(f"{record.model}: {record.status}{seconds}{why}")
 
     summary = run_sweep(models, sweep_settings(config), out, rank=rank, world=world,
@@ -534,7 +533,7 @@ def sweep_command(**values: Any) -> None:
                         retry_failed=values["retry_failed"], timeout_s=timeout, pages=values["pages"],
                         progress=reporter, on_model=on_model)
     counts = (f"{len(summary.done)} done, {len(summary.failed)} failed, {len(summary.skipped)} already there, of "
-              f"{total}")
+              f"{len(summary.models)}")
     if summary.interrupted:
         raise _fail(f"interrupted: {counts}; the model in progress is not recorded — run the same command again to "
                     "resume", 130)

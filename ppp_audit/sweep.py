@@ -30,8 +30,11 @@ from typing import Any, Callable, Sequence
 from .config import AuditConfig
 from .errors import PPPAuditError
 from .progress import ProgressReporter, progress_bar
-from .runs import DONE, FAILED, RunRecord, read_record, run_folder, write_record
+from .report import REPORT_JSON
+from .runs import DONE, FAILED, RUN_JSON, RunRecord, read_record, run_folder, write_record
 
+OUT_OF_MEMORY = "oom"
+"""What a run reports on CUDA out of memory: the sweep tries the model again with half the batch."""
 DEFAULT_TIMEOUT_S = 1800.0
 """Seconds one model may take before it is stopped and recorded as failed."""
 _DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
@@ -163,31 +166,31 @@ def _run_child(config: AuditConfig, folder: str, pages: bool, results: "multipro
         from .engine import audit
 
         report = audit(config, progress=False)
-        report.save(Path(folder) / "report.json")
+        report.save(Path(folder) / REPORT_JSON)
         if pages:
             from .render import write_outputs
 
             write_outputs(report, folder, overwrite=True)
-        results.put(("done", None))
+        results.put((DONE, None))
     except PPPAuditError as exc:
-        results.put(("failed", f"{exc.message}" + (f" — {exc.hint}" if exc.hint else "")))
+        results.put((FAILED, f"{exc.message}" + (f" — {exc.hint}" if exc.hint else "")))
     except KeyboardInterrupt:  # the sweep's Ctrl-C reaches its children too: the sweep stops and records nothing
         return
     except BaseException as exc:  # noqa: BLE001 - every failure is one model's, recorded with its reason
         import torch
 
         if isinstance(exc, torch.cuda.OutOfMemoryError):
-            results.put(("oom", "CUDA out of memory"))
+            results.put((OUT_OF_MEMORY, "CUDA out of memory"))
             return
         (Path(folder) / "error.txt").write_text(traceback.format_exc())
         lines = str(exc).strip().splitlines()
         what = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
-        results.put(("failed", f"unexpected error ({what}); the trace is in error.txt"))
+        results.put((FAILED, f"unexpected error ({what}); the trace is in error.txt"))
 
 
 def audit_in_process(config: AuditConfig, folder: Path, *, timeout_s: float, pages: bool) -> tuple[str, str | None]:
-    """Run one audit in a spawned process under a time limit: ``("done", None)``, ``("failed", reason)`` or
-    ``("oom", reason)``. The caller's Ctrl-C stops the child and reaches the caller."""
+    """Run one audit in a spawned process under a time limit: ``(DONE, None)``, ``(FAILED, reason)`` or
+    ``(OUT_OF_MEMORY, reason)``. The caller's Ctrl-C stops the child and reaches the caller."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     child = context.Process(target=_run_child, args=(config, str(folder), pages, results), daemon=True)
@@ -297,7 +300,7 @@ def _audit_model(model: str, settings: dict[str, Any], out: Path, rank: int, tim
     """Audit one model into its run folder (halving the batch on CUDA out of memory) and write its record."""
     folder = run_folder(out, model, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "run.json").unlink(missing_ok=True)  # unfinished until the new record is written
+    (folder / RUN_JSON).unlink(missing_ok=True)  # unfinished until the new record is written
     family, params = model_family(model), parameter_count(model)
     batch = int(settings.get("batch_size", 16))
     started = time.perf_counter()
@@ -306,14 +309,12 @@ def _audit_model(model: str, settings: dict[str, Any], out: Path, rank: int, tim
         attempts += 1
         config = AuditConfig(model=model, **{**settings, "batch_size": batch})
         status, reason = audit_runner(config, folder, timeout_s=timeout_s, pages=pages)
-        if status != "oom":
+        if status != OUT_OF_MEMORY:
             break
         if batch == 1:
             status, reason = FAILED, "CUDA out of memory with batch size 1"
             break
         batch = max(1, batch // 2)
-    if status == DONE and batch != settings.get("batch_size"):
-        reason = f"batch size {batch} after CUDA out of memory"
     record = RunRecord(model=model, settings=settings, status=status, reason=None if status == DONE else reason,
                        seconds=time.perf_counter() - started, family=family, params=params, rank=rank,
                        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), attempts=attempts)
