@@ -30,8 +30,8 @@ from torch import Tensor
 from .config import NATIVE, AuditConfig
 from .errors import FeatureError, ImageSourceError, NothingToPatchError, PPPAuditError
 from .images import (
-    DeadLeavesSource, ImageLoader, ImageSource, IndexedSource, SampledSource, WindowDataset, image_loader,
-    image_source, random_sample, skipped_image, too_few_images,
+    DeadLeavesSource, DeviceLoader, ImageLoader, ImageSource, IndexedSource, SampledSource, WindowCache, WindowDataset,
+    image_loader, image_source, random_sample, skipped_image, too_few_images,
 )
 from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry
@@ -175,13 +175,30 @@ def feature_offset(name: str, crop: Tensor, window: Tensor) -> int:
     return diff_h // 2
 
 
+def images_on_device(config: AuditConfig) -> bool:
+    """Whether ``config``'s images are made and decoded on its device (``images_on``: ``auto`` is a GPU's yes)."""
+    if config.images_on == "auto":
+        return resolve_device(config.device).type == "cuda"
+    return config.images_on == "device"
+
+
+def window_cache_bytes(device: torch.device) -> int:
+    """How many bytes of windows an audit keeps on ``device`` between passes (:class:`~ppp_audit.images.WindowCache`):
+    a quarter of the GPU's free memory up to 4 GiB; 1 GiB of host memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return min(4 * 2**30, free // 4)
+    return 2**30
+
+
 def config_source(config: AuditConfig, info: ModelInfo, window: int, crop: int | None = None) -> ImageSource:
     """The images ``config`` names, resized so a ``window`` crop matches the model's data config (``crop_pct``), or
     the built-in dead-leaves images seeded with ``config.seed``, their statistics set in pixels for a ``crop`` px
-    crop (so that the margin does not change what the crop sees; default the window's own size)."""
+    crop (so that the margin does not change what the crop sees; default the window's own size), drawn by the
+    ``torch`` renderer when images are made on the device (:func:`images_on_device`), else by the ``numpy`` one."""
     if config.images:
         return image_source(config.images, split=config.images_split, resize_short=round(window / info.crop_pct))
-    return DeadLeavesSource(seed=config.seed, scale=crop)
+    return DeadLeavesSource(seed=config.seed, scale=crop, renderer="torch" if images_on_device(config) else "numpy")
 
 
 def native_summary(model: nn.Module, include_pools: bool = False, example_input: Tensor | None = None) -> PatchSummary:
@@ -354,6 +371,9 @@ class Auditor:
             self._choose_margin()
         self.second_margin = self._second_margin()
         self.normalise = Normalise(info, self.device)
+        self.images_on_device = images_on_device(config)
+        self._source: tuple[int, ImageSource] | None = None
+        self._caches: dict[int, tuple[ImageSource, WindowCache]] = {}
 
     def _probe_influence(self, model: nn.Module, taps: FeatureTaps) -> list[Influence]:
         return influence_profiles(taps, self.probe_window, self.device, context=self.context(model),
@@ -403,8 +423,29 @@ class Auditor:
         return windows[..., m:m + s, m:m + s]
 
     def image_source(self) -> ImageSource:
-        """The images the config names (resized as the model's data config asks), or the built-in dead leaves."""
-        return config_source(self.config, self.info, self.window, self.size)
+        """The images the config names (resized as the model's data config asks), or the built-in dead leaves; made
+        once per auditor and window size (a folder lists its files once)."""
+        if self._source is None or self._source[0] != self.window:
+            self._source = (self.window, config_source(self.config, self.info, self.window, self.size))
+        return self._source[1]
+
+    def window_loader(self, dataset: WindowDataset, *, graceful: bool = False) -> ImageLoader | DeviceLoader:
+        """Batches of ``dataset``'s windows for the measuring loop: made on the device when the config says so
+        (:func:`images_on_device`; the source's windows kept there between passes while they fit), else read by
+        :meth:`loader`."""
+        if not self.images_on_device:
+            return self.loader(dataset, self.config.batch_size, graceful=graceful)
+        return DeviceLoader(dataset, batch_size=self.config.batch_size, device=self.device,
+                            skip_unreadable=not self.config.strict_images)
+
+    def cached(self, source: ImageSource) -> ImageSource:
+        """``source`` with its windows kept on the device between measurements (one :class:`WindowCache` per
+        source object; the source itself when images are not made on the device)."""
+        if not self.images_on_device:
+            return source
+        if id(source) not in self._caches or self._caches[id(source)][0] is not source:
+            self._caches[id(source)] = (source, WindowCache(source, window_cache_bytes(self.device)))
+        return self._caches[id(source)][1]
 
     def loader(self, dataset: Any, batch_size: int, *, graceful: bool = False) -> ImageLoader:
         """Batches of ``dataset`` with the config's workers (which leave Ctrl-C to this process when ``graceful``;
@@ -510,8 +551,8 @@ class Auditor:
         bar = progress_bar(progress if rank == 0 else False)
         bar.phase("preparing images")
 
-        source = random_sample(self.image_source() if source is None else source, config.num_images, config.seed,
-                               window, skip_unreadable=not config.strict_images)
+        source = random_sample(self.cached(self.image_source() if source is None else source), config.num_images,
+                               config.seed, window, skip_unreadable=not config.strict_images)
         unreadable = list(source.unreadable) if isinstance(source, SampledSource) else []  # found while sampling
         available = source.available()
         num_images = min(config.num_images, available) if available else config.num_images
@@ -524,7 +565,7 @@ class Auditor:
             raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
         num_windows = num_images
         dataset = WindowDataset(source, range(rank, num_windows, world), window)
-        loader = self.loader(dataset, config.batch_size, graceful=graceful)
+        loader = self.window_loader(dataset, graceful=graceful)
 
         with_reference = self.estimator == DELTA
         accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference,
@@ -646,7 +687,9 @@ class Auditor:
             results.append(SchemeResult(scheme=scheme, patch=self.summaries[scheme].to_dict(), layers=layers))
         if all(layer.stats.non_finite for result in results for layer in result.layers):
             raise _all_non_finite(schemes, on_first_batch=False)
-        return Measurement(results=results, data={**source.describe(), "num_images": num_images}, seconds=seconds,
+        data = {**source.describe(), "num_images": num_images,
+                **({"images_on": str(device)} if self.images_on_device else {})}
+        return Measurement(results=results, data=data, seconds=seconds,
                            loop_s=loop_s, interrupted=interrupted, source=measured_source, skipped=record)
 
     # -- baselines and the report -------------------------------------------------------------------------------------
@@ -715,6 +758,6 @@ class Auditor:
 
 
 __all__ = ["Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast", "checked_summary",
-           "config_source",
+           "config_source", "images_on_device", "window_cache_bytes",
            "feature_offset", "ieee_fp32", "largest_stride", "native_summary",
            "progress_bar", "rank_and_world", "resolve_device", "stop_on_ctrl_c"]

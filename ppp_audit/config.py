@@ -22,6 +22,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 BN_MODES = ("frozen", "train")
 DISTILL_LOSSES = ("kl", "mse")
 LABEL_SOURCES = ("folder", "dataset")
+IMAGES_ON = ("auto", "host", "device")
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, ...] = (), cli_name: str | None = None,
@@ -128,7 +129,12 @@ class AuditConfig:
         layers: Module names to tap instead of the stages.
         groups: Jackknife groups for confidence intervals.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (meant for GPUs; CPUs run it too, fp16 slowly).
-        workers: DataLoader worker processes for image loading.
+        workers: DataLoader worker processes for image loading (host images only).
+        images_on: Where images are made and decoded (docs/images.md, "On the device"): ``host`` (the NumPy
+            dead-leaves renderer, PIL, ``workers`` processes), ``device`` (tensor ops on ``device``: the ``torch``
+            dead-leaves renderer, JPEG decoding, windows kept there when they fit), or ``auto``: ``device`` when
+            ``device`` is a GPU, else ``host``. The two dead-leaves renderers make different pictures of the same
+            statistics; the report's ``data.renderer`` says which.
         compile: A ``torch.compile`` backend (e.g. ``inductor``) for the feature passes; ``None``: eager. Each padding
             and input size compiles once (recompiles are cached), so it pays off for large N.
         include_pools: Let the schemes also replace the padding of pools (max-pools pad with -inf, average pools
@@ -179,6 +185,10 @@ class AuditConfig:
                              help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).",
                              types=(str,))
     workers: int = setting(0, help="DataLoader workers for image loading.", types=(int,))
+    images_on: str = setting(
+        "auto", metavar="WHERE", types=(str,),
+        help="Where images are made and decoded: host (NumPy/PIL, --workers), device (tensor ops on --device: "
+        "built-in images, JPEG), or auto (device on a GPU).")
     compile: str | None = setting(
         None, help="torch.compile the feature passes with this backend (e.g. inductor); pays off for large N.",
         metavar="BACKEND", types=(str,))
@@ -222,6 +232,8 @@ class AuditConfig:
                  "pass a share such as 0.01 (1 % of the influence beyond the margin)")
         if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
             _bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")
+        if self.images_on not in IMAGES_ON:
+            _bad(f"unknown --images-on '{self.images_on}'", f"use one of {', '.join(IMAGES_ON)}")
         if self.workers < 0:
             _bad(f"--workers must be >= 0 (got {self.workers})", "0 reads images in this process; e.g. --workers 4")
         if not 0 <= self.seed < 2**64:

@@ -27,8 +27,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .config import HFDS_PREFIX, parse_hfds
+from .device_images import decode_jpegs, disc_count, fit_window, is_jpeg, render_dead_leaves
 from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError
 from .report import SkippedImage
+
+RENDERERS = ("numpy", "torch")
+"""The renderers of the built-in dead-leaves images (:class:`DeadLeavesSource`)."""
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
 
@@ -68,35 +72,54 @@ class DeadLeavesSource:
     the same, statistically, whatever the window it is cut from (the margin must not change what the crop sees).
     Without one they are set relative to each window's own size. Needs no files and no network.
 
+    Two renderers draw the same laws. ``numpy`` (the default, unchanged since schema 1.6) paints with NumPy in the
+    calling process; ``torch`` (:func:`~ppp_audit.device_images.render_dead_leaves`) paints batches with tensor ops on
+    any device, with random numbers that are the same on every device. They give different pictures of the same
+    statistics (``tests/test_device_images.py`` checks that PPP strengths agree within their CIs); the report's
+    ``data.renderer`` says which one made an audit's images.
+
     Args:
         seed: Base seed; window ``i`` uses ``(seed, i)``.
         num_discs: Discs per picture of ``scale`` px (per window without a scale), plus its border of the largest
             disc radius.
         scale: The side in px (the audit's crop) the picture's statistics are set for; ``None``: the window's side.
+        renderer: ``numpy`` or ``torch`` (see above).
     """
 
     seed: int = 0
     num_discs: int = 1200
     scale: int | None = None
+    renderer: str = "numpy"
+
+    def __post_init__(self) -> None:
+        if self.renderer not in RENDERERS:
+            raise ValueError(f"unknown dead-leaves renderer '{self.renderer}' (renderers: {', '.join(RENDERERS)})")
 
     def available(self) -> int | None:
         return None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "dead-leaves", "seed": self.seed, "num_discs": self.num_discs,
-                **({"scale": self.scale} if self.scale else {})}
+                **({"scale": self.scale} if self.scale else {}),
+                **({"renderer": self.renderer} if self.renderer != "numpy" else {})}
 
     def fits(self, index: int, size: int) -> bool:
         return True
 
+    def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+        """Windows ``indices`` as one batch on ``device`` (the ``torch`` renderer draws them there)."""
+        if self.renderer == "torch":
+            return render_dead_leaves(self.seed, indices, size, scale=self.scale, num_discs=self.num_discs,
+                                      device=device)
+        return torch.stack([self.window(index, size) for index in indices]).to(device)
+
     def window(self, index: int, size: int) -> Tensor:
+        if self.renderer == "torch":
+            return self.windows([index], size, torch.device("cpu"))[0]
         rng = np.random.default_rng([self.seed, index])
-        scale = self.scale or size
         image = np.empty((size, size, 3), dtype=np.float32)
         image[:] = rng.uniform(0.2, 0.8, size=3)
-        r_min, r_max = max(1.5, scale / 96), scale / 3
-        # the same density of disc centres per area as num_discs over (scale + 2 r_max)²: stationary in pixels
-        num_discs = round(self.num_discs * ((size + 2 * r_max) / (scale + 2 * r_max)) ** 2)
+        num_discs, r_min, r_max = disc_count(self.num_discs, size, self.scale)
         # p(r) ~ r^-3 is the scale-invariant law of natural-image occluders; sample it by inverting its CDF.
         u = rng.uniform(size=num_discs)
         radii = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
@@ -250,6 +273,19 @@ def _deep_greyscale(img: Any, name: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(grey)).unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
+def check_window_fits(name: str, width: int, height: int, size: int) -> None:
+    """Refuse an image smaller than the window (images are never upscaled).
+
+    Raises:
+        ImageSourceError: The short side is below ``size``.
+    """
+    if min(width, height) < size:
+        raise ImageSourceError(
+            f"image '{name}' is {width}x{height}, smaller than the {size}x{size} window",
+            "use larger images, or a smaller --input-size / --margin",
+        )
+
+
 def load_window(file: str | Path | IO[bytes], name: str, size: int, resize_short: int = 0) -> Tensor:
     """The centre ``size x size`` window of an image file: what every file-backed source hands out.
 
@@ -267,21 +303,56 @@ def load_window(file: str | Path | IO[bytes], name: str, size: int, resize_short
         ImageSourceError: The file is not an image, cannot be decoded, has too many pixels or an unsupported mode,
             or is smaller than the window.
     """
-    from torchvision.transforms.functional import center_crop, resize
-
     with open_image(file, name) as img:
-        width, height = img.size
-        short = min(width, height)
-        if short < size:
-            raise ImageSourceError(
-                f"image '{name}' is {width}x{height}, smaller than the {size}x{size} window",
-                "use larger images, or a smaller --input-size / --margin",
-            )
+        check_window_fits(name, *img.size, size)
         tensor = image_array(img, name)
-    target = max(size, min(short, resize_short or short))
-    if target != short:
-        tensor = resize(tensor, [target], antialias=True)
-    return center_crop(tensor, [size, size]).clamp_(0.0, 1.0)
+    return fit_window(tensor, size, resize_short)
+
+
+def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: int, resize_short: int,
+                   device: torch.device) -> Tensor:
+    """Windows of encoded images as one batch on ``device``, cut as :func:`load_window` cuts them.
+
+    JPEG files (known by their bytes) are decoded on ``device`` in one call (:func:`~ppp_audit.device_images.
+    decode_jpegs`: nvJPEG on CUDA), then resized and centre-cropped there; other formats, and JPEGs that decoder
+    refuses (CMYK, corrupt), are read by :func:`load_window` (PIL). Pixels differ from PIL's by the decoders'
+    rounding only (up to a few 1/255 on CUDA; tests/test_device_images.py measures the CPU decoder).
+
+    Args:
+        files: ``(path or open binary file, name)`` per image; names are what errors say.
+        size: Window side.
+        resize_short: As in :func:`load_window`.
+        device: Where to decode.
+
+    Raises:
+        ImageSourceError: The first image that cannot be read, or that is smaller than the window.
+    """
+    encoded = []
+    for file, name in files:
+        try:
+            data = file.read() if hasattr(file, "read") else Path(file).read_bytes()
+        except OSError as exc:
+            raise ImageSourceError.unreadable(name, _one_line(exc) or type(exc).__name__) from None
+        encoded.append(data)
+    jpeg = [k for k, data in enumerate(encoded) if is_jpeg(data)]
+    decoded = dict(zip(jpeg, decode_jpegs([encoded[k] for k in jpeg], device))) if jpeg else {}
+    windows = []
+    for k, (_, name) in enumerate(files):
+        pixels = decoded.get(k)
+        if pixels is None:  # not a JPEG, or one the device decoder refuses: PIL reads it (or says why it cannot)
+            windows.append(load_window(io.BytesIO(encoded[k]), name, size, resize_short).to(device))
+            continue
+        check_window_fits(name, pixels.shape[-1], pixels.shape[-2], size)
+        windows.append(fit_window(pixels.float().div_(255.0), size, resize_short))
+    return torch.stack(windows)
+
+
+def read_windows(source: ImageSource, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+    """Windows ``indices`` of ``source`` as one batch on ``device``: made there by sources that can (their
+    ``windows`` method: the ``torch`` dead-leaves renderer, JPEG decoding), read one by one and moved otherwise."""
+    if hasattr(source, "windows"):
+        return source.windows(indices, size, device)
+    return torch.stack([source.window(index, size) for index in indices]).to(device)
 
 
 @dataclass(frozen=True)
@@ -324,6 +395,11 @@ class FolderSource:
     def window(self, index: int, size: int) -> Tensor:
         path = self.files[index % len(self.files)]
         return load_window(path, str(path), size, self.resize_short)
+
+    def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+        """Windows ``indices`` as one batch on ``device``, JPEG files decoded there (:func:`decode_windows`)."""
+        return decode_windows([(path, str(path)) for path in (self.files[i % len(self.files)] for i in indices)],
+                              size, self.resize_short, device)
 
     def fits(self, index: int, size: int) -> bool:
         path = self.files[index % len(self.files)]
@@ -439,6 +515,10 @@ class HFDatasetSource:
     def window(self, index: int, size: int) -> Tensor:
         file, name = self._file(index)
         return load_window(file, name, size, self.resize_short)
+
+    def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+        """Windows ``indices`` as one batch on ``device``, JPEG images decoded there (:func:`decode_windows`)."""
+        return decode_windows([self._file(index) for index in indices], size, self.resize_short, device)
 
     def classes(self) -> tuple[list[int], list[str]]:
         """Class index of every row and the class names, from the dataset's first ``datasets.ClassLabel`` column.
@@ -573,6 +653,9 @@ class IndexedSource:
 
     def window(self, index: int, size: int) -> Tensor:
         return self.base.window(self.indices[index], size)
+
+    def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+        return read_windows(self.base, [self.indices[index] for index in indices], size, device)
 
     def available(self) -> int | None:
         return None if self.unlimited else len(self.indices)
@@ -801,6 +884,103 @@ class ImageLoader:
                 self.skipped.append(failure)
             if loaded.batch is not None:
                 yield loaded.batch
+
+
+class DeviceLoader:
+    """Batches of a :class:`WindowDataset`'s windows made on ``device`` (:func:`read_windows`), in order, as
+    ``(indices, windows)``: what :class:`ImageLoader` hands out, with the same errors and skips, but no worker
+    processes and no copies from the host.
+
+    A batch with an image that cannot be read is read again one image at a time, so that the error names that image
+    and, with ``skip_unreadable``, the others are kept.
+
+    Attributes:
+        dataset: The dataset the batches come from.
+        skip_unreadable: Whether unreadable images are skipped.
+        skipped: The items the current (or last) pass skipped, in dataset order.
+    """
+
+    def __init__(self, dataset: WindowDataset, *, batch_size: int, device: torch.device,
+                 skip_unreadable: bool = False) -> None:
+        self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.skip_unreadable = skip_unreadable
+        self.skipped: list[ItemFailure] = []
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        self.skipped = []
+        dataset = self.dataset
+        for start in range(0, len(dataset), self.batch_size):
+            positions = range(start, min(start + self.batch_size, len(dataset)))
+            indices = [dataset.indices[p] for p in positions]
+            try:
+                yield torch.tensor(indices), read_windows(dataset.source, indices, dataset.size, self.device)
+                continue
+            except PPPAuditError:
+                pass
+            kept, windows = [], []
+            for position, index in zip(positions, indices):
+                try:
+                    windows.append(read_windows(dataset.source, [index], dataset.size, self.device))
+                except PPPAuditError as error:
+                    if not (self.skip_unreadable and isinstance(error, ImageSourceError) and error.image is not None):
+                        raise
+                    self.skipped.append(ItemFailure(position, error))
+                    continue
+                kept.append(index)
+            if kept:
+                yield torch.tensor(kept), torch.cat(windows)
+
+
+class WindowCache:
+    """A source whose windows, once made on a device by :func:`read_windows`, are kept there (up to
+    ``budget_bytes``), so that later passes over the same sample (fine-tuning's re-measurements) do not decode or
+    render them again. Everything else, ``window`` included (read on the host, by DataLoader workers too), is the
+    base source's; a pickled copy holds no windows. The :class:`~ppp_audit.auditor.Auditor` keeps one per source it
+    measures on the device.
+
+    Args:
+        base: The source.
+        budget_bytes: The most bytes of windows to keep; windows past it are made again on every pass.
+    """
+
+    def __init__(self, base: ImageSource, budget_bytes: int) -> None:
+        self.base, self.budget_bytes = base, budget_bytes
+        self._kept: dict[tuple[int, int, str], Tensor] = {}
+        self._bytes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_kept": {}, "_bytes": 0}
+
+    def window(self, index: int, size: int) -> Tensor:
+        return self.base.window(index, size)
+
+    def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+        keys = [(index, size, str(device)) for index in indices]
+        missing = [key[0] for key in keys if key not in self._kept]
+        if missing:
+            made = read_windows(self.base, missing, size, device)
+            for index, window in zip(missing, made):
+                if self._bytes + window.nbytes > self.budget_bytes:
+                    break
+                self._kept[(index, size, str(device))] = window.clone()
+                self._bytes += window.nbytes
+            if len(missing) == len(keys):
+                return made
+            made_by_index = dict(zip(missing, made))
+            return torch.stack([self._kept[key] if key in self._kept else made_by_index[key[0]] for key in keys])
+        return torch.stack([self._kept[key] for key in keys])
+
+    def available(self) -> int | None:
+        return self.base.available()
+
+    def describe(self) -> dict[str, Any]:
+        return self.base.describe()
+
+    def fits(self, index: int, size: int) -> bool:
+        return self.base.fits(index, size)
 
 
 class _Loaded(NamedTuple):

@@ -1,0 +1,293 @@
+"""Images made and decoded with tensor ops on the audit's device, in batches (docs/images.md, "On the device").
+
+A GPU runs the crop and window passes of thousands of windows a second; one CPU core renders about 20 dead-leaves
+windows or decodes about 7 photos in that time. This module keeps the GPU fed, and runs the same code on the CPU
+(``device="cpu"``), which is how the tests check it:
+
+* :func:`render_dead_leaves` draws the built-in dead-leaves pictures with tensor ops: the same laws as
+  :class:`~ppp_audit.images.DeadLeavesSource`'s NumPy renderer (a uniform background, discs with radii ``p(r) ~ r^-3``
+  painted large to small with a one-pixel anti-aliased edge, Beta(2, 2) luminance with a colour tint, 1/f texture
+  with its floor at ``2 * scale`` px), so its pictures match that renderer's *statistically*, not pixel for pixel.
+  Its random numbers come from a counter-based hash (:func:`counter_bits`) of ``(seed, index, stream, counter)`` in
+  integer tensor ops, which give the same bits on every device: window ``i`` of seed ``s`` is the same picture on
+  the CPU and on a GPU (up to float rounding of ``sqrt``/``log``/FFT), in any batch.
+* :func:`decode_windows` decodes a batch of encoded images (JPEG with ``torchvision.io.decode_jpeg`` on the device,
+  nvJPEG on CUDA; anything else, and any JPEG it cannot decode, with PIL as :func:`~ppp_audit.images.load_window`
+  does), then resizes and centre-crops on the device as the PIL path does.
+* :class:`DeviceLoader` hands out batches of windows already on the device, with the interface of
+  :class:`~ppp_audit.images.ImageLoader` (skipped unreadable images included); :class:`WindowCache` keeps the decoded
+  windows of a small enough sample on the device, so that later passes (fine-tuning's re-measurements, baselines)
+  do not decode them again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import ImageSourceError, PPPAuditError
+
+if TYPE_CHECKING:
+    from .images import ImageSource, ItemFailure, WindowDataset
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Counter-based random numbers: the same on every device
+# ---------------------------------------------------------------------------------------------------------------------
+
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+def _mul32(x: Tensor, k: int) -> Tensor:
+    """``(x * k) mod 2**32`` for int64 ``x`` in ``[0, 2**32)``, computed in two halves so that no product overflows
+    int64 (whose wrap-around torch does not promise on every device)."""
+    return (x * (k & 0xFFFF) + (((x * (k >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash with full avalanche (Wellons' ``lowbias32``), on int64 tensors in ``[0, 2**32)``."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def stream_keys(seed: int, indices: Tensor, stream: int) -> Tensor:
+    """One 32-bit key per image for random stream ``stream`` of window ``indices`` (int64, any device) of ``seed``
+    (any integer in ``[0, 2**64)``)."""
+    key = _mix32(torch.full_like(indices, seed & _MASK32))
+    key = _mix32(key ^ ((seed >> 32) & _MASK32))
+    key = _mix32(key ^ (indices & _MASK32))
+    key = _mix32(key ^ ((indices >> 32) & _MASK32))
+    return _mix32(key ^ stream)
+
+
+def counter_bits(keys: Tensor, count: int) -> Tensor:
+    """``count`` 32-bit random integers per key: shape ``(*keys.shape, count)``, int64 in ``[0, 2**32)``."""
+    # The counter is hashed before it meets the key: with ``key ^ counter`` two streams whose keys differ in low bits
+    # only would hand out the same numbers in a permuted order; now they share isolated values by chance, no more.
+    counter = _mix32(torch.arange(count, device=keys.device, dtype=torch.int64) ^ _GOLDEN)
+    return _mix32(keys.unsqueeze(-1) ^ counter)
+
+
+def counter_uniform(keys: Tensor, count: int) -> Tensor:
+    """``count`` uniform float32 numbers in the open interval (0, 1) per key (24 random bits each)."""
+    return ((counter_bits(keys, count) >> 8).to(torch.float32) + 0.5) * 2.0**-24
+
+
+def counter_normal_pair(keys: Tensor, keys2: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Two independent sets of ``count`` standard normal float32 numbers per key (Box-Muller on two uniform
+    streams)."""
+    radius = torch.sqrt(-2.0 * torch.log(counter_uniform(keys, count)))
+    angle = (2.0 * math.pi) * counter_uniform(keys2, count)
+    return radius * torch.cos(angle), radius * torch.sin(angle)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The dead-leaves renderer
+# ---------------------------------------------------------------------------------------------------------------------
+
+TILE = 16
+"""Side of the square tiles the renderer paints: each disc is composited only into the tiles its edge can reach."""
+
+# Random streams of one picture (fixed: changing one changes every picture of every seed).
+_BACKGROUND, _RADIUS, _CENTRE_Y, _CENTRE_X, _LUMINANCE, _TINT, _NOISE = 0, 1, 2, 3, 4, 7, 9
+
+
+def disc_count(num_discs: int, size: int, scale: int | None) -> tuple[int, float, float]:
+    """Discs per window of ``size`` px and the radius range: what both renderers draw (the same density of disc
+    centres per area as ``num_discs`` over ``(scale + 2 r_max)²``, so stationary in pixels)."""
+    scale = scale or size
+    r_min, r_max = max(1.5, scale / 96), scale / 3
+    return round(num_discs * ((size + 2 * r_max) / (scale + 2 * r_max)) ** 2), r_min, r_max
+
+
+def render_dead_leaves(seed: int, indices: Sequence[int] | Tensor, size: int, *, scale: int | None = None,
+                       num_discs: int = 1200, device: torch.device | str = "cpu",
+                       max_elements: int | None = None) -> Tensor:
+    """Dead-leaves windows ``indices`` of ``seed``, rendered with tensor ops on ``device``.
+
+    The laws of :class:`~ppp_audit.images.DeadLeavesSource` (see the module docstring); the random numbers are the
+    same on every device, and window ``i`` does not depend on the other windows of the batch.
+
+    Args:
+        seed: Base seed.
+        indices: Window indices.
+        size: Window side in px.
+        scale: The side the picture's statistics are set for (as ``DeadLeavesSource.scale``); ``None``: ``size``.
+        num_discs: As ``DeadLeavesSource.num_discs``.
+        device: Where to render.
+        max_elements: Largest intermediate tensor, in elements (bounds memory; default 2**26 on the CPU, 2**28 on
+            other devices).
+
+    Returns:
+        Float32 tensor ``(len(indices), 3, size, size)`` in [0, 1] on ``device``.
+    """
+    device = torch.device(device)
+    indices = torch.as_tensor(indices, dtype=torch.int64).to(device).reshape(-1)
+    budget = max_elements or (2**26 if device.type == "cpu" else 2**28)
+    # Images in chunks: the noise field alone holds 2 * (2 size)² numbers per image.
+    per_image = 8 * (2 * size) ** 2
+    step = max(1, budget // per_image)
+    return torch.cat([_render_chunk(seed, indices[i:i + step], size, scale, num_discs, budget)
+                      for i in range(0, len(indices), step)]) if len(indices) else \
+        torch.empty(0, 3, size, size, device=device)
+
+
+def _render_chunk(seed: int, indices: Tensor, size: int, scale: int | None, num_discs: int, budget: int) -> Tensor:
+    count, r_min, r_max = disc_count(num_discs, size, scale)
+    keys = {stream: stream_keys(seed, indices, stream) for stream in range(_NOISE + 2)}
+    background = 0.2 + 0.6 * counter_uniform(keys[_BACKGROUND], 3)  # (B, 3)
+    u = counter_uniform(keys[_RADIUS], count)
+    radii = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5  # p(r) ~ r^-3, by inverting its CDF
+    centre_y = -r_max + (size + 2 * r_max) * counter_uniform(keys[_CENTRE_Y], count)
+    centre_x = -r_max + (size + 2 * r_max) * counter_uniform(keys[_CENTRE_X], count)
+    # Beta(2, 2) is the law of the median of three uniforms.
+    luminance = torch.stack([counter_uniform(keys[_LUMINANCE + j], count) for j in range(3)]).median(dim=0).values
+    tint_a, tint_b = counter_normal_pair(keys[_TINT], keys[_TINT + 1], 2 * count)
+    tint = 0.15 * torch.cat([tint_a, tint_b], dim=-1)[..., :3 * count].reshape(-1, count, 3)
+    colours = (luminance.unsqueeze(-1) * (1.0 + tint)).clamp_(0.0, 1.0)
+    # Large discs first, small on top (as the NumPy renderer paints them).
+    order = torch.argsort(radii, dim=1, descending=True, stable=True)
+    radii, centre_y, centre_x = (t.gather(1, order) for t in (radii, centre_y, centre_x))
+    colours = colours.gather(1, order.unsqueeze(-1).expand(-1, -1, 3))
+    image = _paint_discs(background, centre_y, centre_x, radii, colours, size, budget)
+    image += 0.06 * _pink_noise(keys[_NOISE], keys[_NOISE + 1], size, scale).unsqueeze(1)
+    return image.clamp_(0.0, 1.0)
+
+
+def _paint_discs(background: Tensor, centre_y: Tensor, centre_x: Tensor, radii: Tensor, colours: Tensor, size: int,
+                 budget: int) -> Tensor:
+    """Discs composited in order (each one over the ones before) on their backgrounds: ``(B, 3, size, size)``.
+
+    Each disc is listed in the tiles its anti-aliased edge can reach; every tile then composites its list at once:
+    ``pixel = background * prod_k (1 - a_k) + sum_k colour_k a_k prod_{j > k} (1 - a_j)``, which is painting them one
+    after the other, in one pass.
+    """
+    device = background.device
+    batch, count = radii.shape
+    tiles_per_side = -(-size // TILE)
+    tiles_per_image = tiles_per_side**2
+    # Tiles a disc can touch: pixel p (centre p + 0.5) has coverage > 0 when |p + 0.5 - c| < r + 0.5.
+    first_y = torch.floor((centre_y - radii - 1.0) / TILE).clamp_(min=0).long()
+    last_y = torch.floor((centre_y + radii) / TILE).clamp_(max=tiles_per_side - 1).long()
+    first_x = torch.floor((centre_x - radii - 1.0) / TILE).clamp_(min=0).long()
+    last_x = torch.floor((centre_x + radii) / TILE).clamp_(max=tiles_per_side - 1).long()
+    rows, cols = (last_y - first_y + 1).clamp_(min=0), (last_x - first_x + 1).clamp_(min=0)
+    per_disc = (rows * cols).reshape(-1)
+    # One (disc, tile) pair per tile a disc touches, in disc order; a stable sort by tile keeps that order per tile.
+    disc = torch.repeat_interleave(torch.arange(batch * count, device=device), per_disc)
+    within = torch.arange(disc.numel(), device=device) - (torch.cumsum(per_disc, 0) - per_disc)[disc]
+    cols_of = cols.reshape(-1)[disc]
+    tile_y = first_y.reshape(-1)[disc] + within // cols_of
+    tile_x = first_x.reshape(-1)[disc] + within % cols_of
+    tile = (disc // count) * tiles_per_image + tile_y * tiles_per_side + tile_x
+    tile, order = torch.sort(tile, stable=True)
+    disc = disc[order]
+    listed = torch.bincount(tile, minlength=batch * tiles_per_image)
+    slot = torch.arange(tile.numel(), device=device) - (torch.cumsum(listed, 0) - listed)[tile]
+    longest = int(listed.max()) if tile.numel() else 0
+    table = torch.full((batch * tiles_per_image, max(longest, 1)), -1, dtype=torch.int64, device=device)
+    table[tile, slot] = disc
+
+    flat_y, flat_x, flat_r = centre_y.reshape(-1), centre_x.reshape(-1), radii.reshape(-1)
+    flat_colours = colours.reshape(-1, 3)
+    out = background.repeat_interleave(tiles_per_image, dim=0)[:, :, None, None].expand(-1, -1, TILE, TILE).clone()
+    pixel = torch.arange(TILE, device=device, dtype=torch.float32) + 0.5
+    # Tiles with discs, fewest first, in chunks of similar list lengths (a chunk is padded to its longest list).
+    busy = torch.nonzero(listed, as_tuple=True)[0]
+    busy = busy[torch.argsort(listed[busy], stable=True)]
+    lengths = listed[busy].tolist()
+    per_slot = 6 * TILE * TILE  # elements of the (tiles, list, TILE, TILE) intermediates alive at once, per slot
+    start = 0
+    while start < len(busy):
+        end = min(len(busy), start + max(1, budget // (per_slot * lengths[start])))
+        while end - start > 1 and (end - start) * lengths[end - 1] * per_slot > budget:
+            end = start + (end - start) // 2
+        ids, length = busy[start:end], lengths[end - 1]
+        listed_discs = table[ids, :length]
+        present = listed_discs >= 0
+        which = listed_discs.clamp(min=0)
+        ty, tx = (ids % tiles_per_image) // tiles_per_side, ids % tiles_per_side
+        dy = (ty * TILE).float()[:, None, None] + pixel[None, None, :] - flat_y[which][:, :, None]  # (n, L, T)
+        dx = (tx * TILE).float()[:, None, None] + pixel[None, None, :] - flat_x[which][:, :, None]
+        distance = torch.sqrt(dy[..., :, None] ** 2 + dx[..., None, :] ** 2)  # (n, L, T, T)
+        alpha = (flat_r[which][:, :, None, None] + 0.5 - distance).clamp_(0.0, 1.0) * present[:, :, None, None]
+        # covered_after[k] = prod_{j > k} (1 - a_j): how much of disc k shows through the discs painted over it.
+        through = torch.flip(torch.cumprod(torch.flip(1.0 - alpha, [1]), 1), [1])
+        after = torch.cat([through[:, 1:], torch.ones_like(through[:, :1])], dim=1)
+        painted = torch.einsum("nlyx,nlc->ncyx", alpha * after, flat_colours[which])
+        out[ids] = out[ids] * through[:, :1] + painted
+        start = end
+    image = out.reshape(batch, tiles_per_side, tiles_per_side, 3, TILE, TILE).permute(0, 3, 1, 4, 2, 5)
+    return image.reshape(batch, 3, tiles_per_side * TILE, tiles_per_side * TILE)[..., :size, :size].contiguous()
+
+
+def _pink_noise(keys: Tensor, keys2: Tensor, size: int, scale: int | None) -> Tensor:
+    """Unit-variance 1/f noise per key, ``(B, size, size)``, cut from a field twice as large so it does not wrap
+    around; with a ``scale`` its spectrum is flat below one cycle per ``2 * scale`` px (as the NumPy renderer's)."""
+    big = 2 * size
+    fy = torch.fft.fftfreq(big, device=keys.device)[:, None]
+    fx = torch.fft.rfftfreq(big, device=keys.device)[None, :]
+    radius = torch.sqrt(fy**2 + fx**2)
+    radius[0, 0] = 1.0
+    if scale:
+        radius = radius.clamp(min=1.0 / (2 * scale))
+    real, imag = counter_normal_pair(keys, keys2, radius.numel())
+    spectrum = torch.complex(real, imag).reshape(-1, *radius.shape) / radius
+    spectrum[:, 0, 0] = 0.0
+    field = torch.fft.irfft2(spectrum, s=(big, big))[:, :size, :size]
+    field = field - field.mean(dim=(1, 2), keepdim=True)
+    return field / (field.std(dim=(1, 2), keepdim=True, correction=0) + 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Photos: JPEG decoded on the device, resized and cut there
+# ---------------------------------------------------------------------------------------------------------------------
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def is_jpeg(data: bytes) -> bool:
+    """Whether ``data`` starts like a JPEG file (by its bytes: a file's suffix may lie)."""
+    return data[:3] == _JPEG_MAGIC
+
+
+def decode_jpegs(encoded: Sequence[bytes], device: torch.device | str) -> list[Tensor | None]:
+    """JPEG files decoded to RGB uint8 ``(3, H, W)`` tensors on ``device`` (nvJPEG on CUDA, in one batched call),
+    ``None`` for each one the decoder refuses (corrupt, CMYK, ...: the caller reads those with PIL, which names the
+    problem or decodes them)."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(item), dtype=torch.uint8) for item in encoded]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
+        try:
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:  # one bad file fails the batch: decode one by one to find it
+            decoded: list[Tensor | None] = []
+            for item in data:
+                try:
+                    decoded.append(decode_jpeg(item, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    decoded.append(None)
+            return decoded
+
+
+def fit_window(pixels: Tensor, size: int, resize_short: int = 0) -> Tensor:
+    """The centre ``size x size`` window of an image (float ``(3, H, W)`` in [0, 1], any device), resized first
+    (antialiased) so its short side is ``resize_short`` (the window size wins if larger; ``0`` keeps the image's
+    size). The image's short side must be at least ``size``: it is never upscaled."""
+    from torchvision.transforms.functional import center_crop, resize
+
+    short = min(pixels.shape[-2:])
+    target = max(size, min(short, resize_short or short))
+    if target != short:
+        pixels = resize(pixels, [target], antialias=True)
+    return center_crop(pixels, [size, size]).clamp_(0.0, 1.0)
