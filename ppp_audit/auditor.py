@@ -35,7 +35,7 @@ from .images import (
 )
 from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry
-from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, finite_layers
+from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments, finite_layers
 from .models import FeatureTaps, ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .progress import ProgressReporter, progress_bar
@@ -568,10 +568,12 @@ class Auditor:
         loader = self.window_loader(dataset, graceful=graceful)
 
         with_reference = self.estimator == DELTA
+        moments = compiled_moments(config.compile) if config.compile else None  # statistics fused with the passes
         accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference,
-                                                mist_counts=MIST_COUNTS if name == self.mist_layer else ())
+                                                mist_counts=MIST_COUNTS if name == self.mist_layer else (),
+                                                moments=moments)
                                  for name in taps.names] for scheme in schemes}
-        at_second = {scheme: {i: PPPAccumulator(config.groups) for i, p in enumerate(partial) if p}
+        at_second = {scheme: {i: PPPAccumulator(config.groups, moments=moments) for i, p in enumerate(partial) if p}
                      for scheme in schemes} if second else {}
         seconds = {scheme: 0.0 for scheme in schemes}
         offsets: list[int] = []

@@ -134,3 +134,18 @@ def test_ring_helpers():
     mean, var = torch.ones(3, 4, 5), torch.full((3, 4, 5), 2.0)
     assert channel_rms_map(mean, var, 4).allclose(torch.full((4, 5), math.sqrt(0.5)))
     assert float(debiased_energy(mean, var, 2)) == 0.0
+
+
+def test_compiled_batch_moments_give_the_eager_sums():
+    from ppp_audit.metrics import batch_moments, compiled_moments
+
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4, 5, 5).bfloat16(), torch.randn(6, 4, 5, 5)
+    group = torch.tensor([0, 1, 2, 0, 1, 2])
+    eager, compiled = batch_moments(a, b, group, 3), compiled_moments("aot_eager")(a, b, group, 3)
+    assert sorted(eager) == sorted(compiled) == ["sq_a", "sq_b", "sq_delta", "sum_a", "sum_b", "sum_delta"]
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-6, atol=1e-6)
+    delta = a.float() - b
+    torch.testing.assert_close(eager["sum_delta"][1], delta[1] + delta[4])
+    torch.testing.assert_close(eager["sq_b"], b.square().sum(0))

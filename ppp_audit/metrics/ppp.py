@@ -179,6 +179,40 @@ def jackknife(estimates: Tensor, full: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def batch_moments(a: Tensor, b: Tensor | None, group: Tensor, groups: int) -> dict[str, Tensor]:
+    """One batch's addition to :class:`PPPAccumulator`'s sums (float32: one pass per reduction, no float64 copies of
+    the features; only the running sums are float64, which is where precision over large N is needed).
+
+    A pure function of its inputs, so that it can be compiled (``torch.compile`` fuses its reductions: see
+    :func:`compiled_moments`).
+
+    Args:
+        a: Padded features (B, C, h, w), any float dtype.
+        b: Their padding-free reference, or ``None`` (mean-feature estimator only).
+        group: Each sample's jackknife group (B,), on ``a``'s device.
+        groups: Number of groups.
+
+    Returns:
+        ``sum_a`` and, with a reference, ``sum_delta`` per group (groups, C, h, w); ``sq_a`` and ``sq_delta``,
+        ``sum_b`` and ``sq_b`` over the batch (C, h, w).
+    """
+    a = a.float()
+    moments = {"sum_a": torch.zeros(groups, *a.shape[1:], device=a.device).index_add_(0, group, a),
+               "sq_a": a.square().sum(0)}
+    if b is not None:
+        b = b.float()
+        delta = a - b
+        moments.update(sum_delta=torch.zeros(groups, *a.shape[1:], device=a.device).index_add_(0, group, delta),
+                       sq_delta=delta.square().sum(0), sum_b=b.sum(0), sq_b=b.square().sum(0))
+    return moments
+
+
+def compiled_moments(backend: str) -> Callable[..., dict[str, Tensor]]:
+    """:func:`batch_moments` compiled with ``torch.compile`` (what ``--compile BACKEND`` uses for the statistics):
+    on a GPU, inductor fuses its reductions into a few kernels instead of about ten passes over each feature map."""
+    return torch.compile(batch_moments, backend=backend)
+
+
 class PPPAccumulator:
     """Streams padded features ``A`` and padding-free references ``B`` of one layer into running float64 sums.
 
@@ -187,10 +221,13 @@ class PPPAccumulator:
         with_reference: Whether ``B`` is given (Δ estimator); if not, only the mean-feature estimator is available.
         mist_counts: Image counts at which to snapshot the mist maps (:func:`mist_maps` of the first ``k`` images in
             arrival order); ``()`` takes none, and ``compute()`` then leaves ``mist`` out.
+        moments: The batch reductions (default :func:`batch_moments`; :func:`compiled_moments` is the same function
+            compiled).
     """
 
     def __init__(self, groups: int = 8, with_reference: bool = True,
-                 mist_counts: Sequence[int] = MIST_COUNTS) -> None:
+                 mist_counts: Sequence[int] = MIST_COUNTS, moments: Callable[..., dict[str, Tensor]] | None = None
+                 ) -> None:
         if groups < 2:
             raise ValueError("groups must be >= 2 for a confidence interval")
         if any(k < 1 for k in mist_counts):
@@ -202,6 +239,7 @@ class PPPAccumulator:
         self.snapshots: dict[int, tuple[Tensor, Tensor]] = {}
         """Mist maps ``(mean_feature, ppp)`` by image count, on the device (float64)."""
         self.arrived = 0
+        self.moments = moments or batch_moments
 
     @property
     def n(self) -> int:
@@ -238,27 +276,18 @@ class PPPAccumulator:
                 f"reference shape {None if b is None else tuple(b.shape)} != feature shape {tuple(a.shape)}")
         if not self.state:
             self._init(a)
-        # Batch reductions run in float32 (one pass each, no float64 copies of the features); only the running sums
-        # are float64, which is where precision over large N is needed.
-        a = a.detach().float()
-        b = b.detach().float() if self.with_reference else None
-        delta = a - b if b is not None else None
         if indices is None:
             indices = torch.arange(a.shape[0]) + self.arrived
-        self._snapshot(a, delta)  # before the batch joins the sums: a count may fall inside it
-        self.arrived += a.shape[0]
         group = indices.to(a.device) % self.groups
+        self._snapshot(a, b)  # before the batch joins the sums: a count may fall inside it
+        self.arrived += a.shape[0]
         st = self.state
         st["count"].index_add_(0, group, torch.ones_like(group, dtype=torch.float64))
-        self._grouped_add(st["sum_a"], a, group)
-        st["sq_a"].add_(a.square().sum(0))
-        if self.with_reference:
-            self._grouped_add(st["sum_delta"], delta, group)
-            st["sq_delta"].add_(delta.square().sum(0))
-            st["sum_b"].add_(b.sum(0))
-            st["sq_b"].add_(b.square().sum(0))
+        for key, value in self.moments(a.detach(), b.detach() if self.with_reference else None, group,
+                                       self.groups).items():
+            st[key].add_(value)
 
-    def _snapshot(self, a: Tensor, delta: Tensor | None) -> None:
+    def _snapshot(self, a: Tensor, b: Tensor | None) -> None:
         """Take the mist snapshots whose count this batch reaches: the sums so far plus the batch's first rows.
 
         Whether a count is reached is known on the host (``arrived``), so the loop never waits for the device.
@@ -267,13 +296,9 @@ class PPPAccumulator:
         for k in (k for k in self.mist_counts if first < k <= last):
             rows = k - first
             sum_a = self.state["sum_a"].sum(0) + a[:rows].sum(0, dtype=torch.float64)
-            sum_delta = (self.state["sum_delta"].sum(0) + delta[:rows].sum(0, dtype=torch.float64)
-                         if delta is not None else None)
+            delta = a[:rows].float() - b[:rows].float() if self.with_reference else None
+            sum_delta = self.state["sum_delta"].sum(0) + delta.sum(0, dtype=torch.float64) if delta is not None else None
             self.snapshots[k] = mist_maps(sum_a / k, None if sum_delta is None else sum_delta / k)
-
-    def _grouped_add(self, target: Tensor, values: Tensor, group: Tensor) -> None:
-        partial = torch.zeros(target.shape, dtype=values.dtype, device=values.device)
-        target.add_(partial.index_add_(0, group, values))
 
     def is_finite(self) -> bool:
         """False when any NaN/inf reached the sums (checked once at the end, not per batch: no host syncs; the

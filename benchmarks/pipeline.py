@@ -1,0 +1,200 @@
+"""The whole audit pipeline against the two-forward limit, in one run (docs/performance.md, "GPU").
+
+An audit of one padding needs, per image, a forward pass of the crop and one of the window (and one of a second, smaller
+window when a layer's reference stays partial). The *two-forward limit* is the images/s of those bare passes on the
+same inputs, precision and memory format. This script measures, one after the other in the same process:
+
+    (a) the bare forwards (the limit);
+    (b) the audit with its windows already on the device (preloaded);
+    (c) the audit with the built-in images made on the device (``--images-on device``: the torch renderer);
+    (d) the audit of a folder of JPEG files decoded on the device (written first, from the built-in images);
+
+and prints images/s, the fraction of the limit each reaches (wall time of the measuring loop, synchronised), the share
+of the loop the statistics take (accumulator updates alone, on one batch's features), and peak GPU memory.
+
+    python benchmarks/pipeline.py --model resnet50 --precision bf16 --batch-size 256 --num-images 4096 --device cuda
+    python benchmarks/pipeline.py --model resnet10t --input-size 64 --batch-size 4 --num-images 8 --device cpu  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench_audit import bare_forward_seconds
+
+
+class DeviceWindows:
+    """Windows made before the clock starts and kept on the device: the audit then costs its passes and statistics."""
+
+    def __init__(self, source, count: int, size: int, device: torch.device) -> None:
+        from ppp_audit.images import read_windows
+
+        self.stack = torch.cat([read_windows(source, range(i, min(i + 64, count)), size, device)
+                                for i in range(0, count, 64)])
+        self.description = {**source.describe(), "preloaded": count}
+
+    def windows(self, indices, size: int, device: torch.device) -> torch.Tensor:
+        return self.stack[torch.as_tensor(list(indices), device=self.stack.device)].to(device)
+
+    def window(self, index: int, size: int) -> torch.Tensor:
+        return self.stack[index].cpu()
+
+    def available(self) -> int:
+        return len(self.stack)
+
+    def describe(self) -> dict:
+        return self.description
+
+    def fits(self, index: int, size: int) -> bool:
+        return True
+
+
+def write_jpegs(folder: Path, count: int, side: int, seed: int = 0) -> None:
+    """``count`` JPEG files of ``side`` px, from the built-in images (quality 90, as photos are usually saved)."""
+    from PIL import Image
+
+    from ppp_audit.device_images import render_dead_leaves
+
+    for start in range(0, count, 32):
+        batch = render_dead_leaves(seed, range(start, min(start + 32, count)), side)
+        for k, image in enumerate((batch * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()):
+            Image.fromarray(image).save(folder / f"{start + k:06d}.jpg", quality=90)
+
+
+def statistics_seconds(auditor, windows: torch.Tensor, repeats: int) -> float:
+    """Seconds of the accumulator updates of one batch (crop and window features already computed), per batch."""
+    from ppp_audit.auditor import autocast
+    from ppp_audit.metrics import PPPAccumulator
+
+    device = auditor.device
+    with torch.inference_mode(), autocast(device, auditor.config.precision):
+        crops = auditor.crop(windows)
+        feats_crop, feats_window = auditor.taps(crops), auditor.taps(windows)
+    pairs = []
+    for a, b in zip(feats_crop, feats_window):
+        off = (b.shape[-1] - a.shape[-1]) // 2
+        pairs.append((a, b[..., off:off + a.shape[-2], off:off + a.shape[-1]]))
+    accumulators = [PPPAccumulator(auditor.config.groups) for _ in pairs]
+    indices = torch.arange(windows.shape[0])
+
+    def run() -> None:
+        for acc, (a, b) in zip(accumulators, pairs):
+            acc.update(a, b, indices)
+
+    run()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ppp_audit.auditor import Auditor, resolve_device
+    from ppp_audit.engine import AuditConfig, audit
+    from ppp_audit.models import build_model
+
+    device = resolve_device(args.device)
+    model, info = build_model(args.model, pretrained=False, device=device)
+    common = dict(model=args.model, pretrained=False, batch_size=args.batch_size, device=str(device),
+                  precision=args.precision, input_size=args.input_size, margin=args.margin, images_on="device")
+    config = AuditConfig(num_images=args.num_images, **common)
+    auditor = Auditor(config, model=model, info=info)
+    model, size, margin, second, window = auditor.model, auditor.size, auditor.margin, auditor.second_margin, \
+        auditor.window
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    source = auditor.image_source()
+    batch = torch.cat([source.windows(range(args.batch_size), window, device)]).contiguous(memory_format=memory_format)
+    batch = auditor.normalise(batch)
+    inputs = [auditor.crop(batch), batch]
+    if second:
+        cut = margin - second
+        inputs.append(batch[..., cut:cut + size + 2 * second, cut:cut + size + 2 * second])
+
+    rows: dict[str, dict] = {}
+    reset_peak(device)
+    bare_s = bare_forward_seconds(auditor.taps, inputs, args.repeats, device, args.precision)
+    limit = args.batch_size / bare_s
+    rows["a_bare_forwards"] = {"images_per_s": limit, "fraction_of_limit": 1.0, "peak_cuda_mib": peak_mib(device)}
+
+    def audited(name: str, **kwargs) -> None:
+        reset_peak(device)
+        started = time.perf_counter()
+        report = audit(AuditConfig(**{**common, "num_images": args.num_images, **kwargs.pop("config", {})}),
+                       model=model, info=info, **kwargs)
+        wall = time.perf_counter() - started
+        per_s = report.data["num_images"] / report.timings["loop_s"]
+        rows[name] = {"images_per_s": per_s, "fraction_of_limit": per_s / limit, "loop_s": report.timings["loop_s"],
+                      "total_s": wall, "num_images": report.data["num_images"], "peak_cuda_mib": peak_mib(device)}
+
+    preloaded = DeviceWindows(source, args.num_images, window, device)
+    audited("b_preloaded", source=preloaded)
+    del preloaded
+    audited("c_built_in_on_device")
+    with tempfile.TemporaryDirectory() as folder:
+        count = min(args.jpeg_images, args.num_images)
+        started = time.perf_counter()
+        write_jpegs(Path(folder), count, round(window / info.crop_pct) + 8)
+        written_s = time.perf_counter() - started
+        audited("d_jpeg_folder_on_device", config={"images": folder, "num_images": count})
+        rows["d_jpeg_folder_on_device"]["files_written_s"] = written_s
+    stats_s = statistics_seconds(auditor, batch, args.repeats)
+    return {"model": args.model, "device": str(device), "precision": args.precision, "batch_size": args.batch_size,
+            "num_images": args.num_images, "input_size": size, "margin": margin, "second_margin": second,
+            "passes": len(inputs), "limit_images_per_s": limit, "statistics_share": stats_s / bare_s,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet50")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num-images", type=int, default=4096)
+    parser.add_argument("--jpeg-images", type=int, default=1024, help="JPEG files written and audited for (d)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--input-size", type=int, default=None)
+    parser.add_argument("--margin", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the bare forwards and statistics")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args()
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['model']} on {result['device_name']} ({result['precision']}), S={result['input_size']} "
+          f"m={result['margin']} second m={result['second_margin']} ({result['passes']} passes), "
+          f"batch {result['batch_size']}, N={result['num_images']}")
+    print(f"  two-forward limit {result['limit_images_per_s']:.1f} images/s; statistics "
+          f"{100 * result['statistics_share']:.1f} % of the forward time")
+    for name, row in result["rows"].items():
+        memory = f", peak {row['peak_cuda_mib']:.0f} MiB" if row["peak_cuda_mib"] is not None else ""
+        total = f", {row['total_s']:.1f} s in all for N={row['num_images']}" if "total_s" in row else ""
+        print(f"  {name:26s} {row['images_per_s']:10.1f} images/s  {100 * row['fraction_of_limit']:5.1f} % of the "
+              f"limit{memory}{total}")
+
+
+if __name__ == "__main__":
+    main()
