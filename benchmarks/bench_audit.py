@@ -48,6 +48,15 @@ def bare_forward_seconds(taps, inputs, repeats: int, device: torch.device, preci
     return (time.perf_counter() - start) / repeats
 
 
+def passes_per_batch(report, labels: list[str], bare_s: float, crop_s: float) -> float:
+    """Bare seconds of the passes one batch needs: the crop, window (and second window) passes of every padding,
+    or, when the paddings share one window pass (``geometry.reference_shared``), a crop pass per padding and one of the
+    rest."""
+    if report.geometry.get("reference_shared"):
+        return len(labels) * crop_s + (bare_s - crop_s)
+    return len(labels) * bare_s
+
+
 class PreloadedSource:
     """Windows rendered before the clock starts, so the factors measure the audit, not the image source."""
 
@@ -98,6 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     batches = -(-args.num_images // args.batch_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    crop_s = bare_forward_seconds(taps, inputs[:1], args.repeats, device, args.precision) if args.paddings else 0.0
     rounds = []
     for _ in range(args.rounds):
         # Bare forward measured right before and right after each audit, averaged: a machine whose speed drifts
@@ -107,11 +117,12 @@ def run(args: argparse.Namespace) -> dict:
         bare_after = bare_forward_seconds(taps, inputs, args.repeats, device, args.precision)
         bare_s = (bare_before + bare_after) / 2
         loop_s = sum(report.timings[f"{label}_s"] for label in labels)
-        rounds.append((loop_s / (batches * len(labels) * bare_s), bare_before, bare_after, report, loop_s))
+        rounds.append((loop_s / (batches * passes_per_batch(report, labels, bare_s, crop_s)), bare_before, bare_after,
+                       report, loop_s))
     factors = sorted(r[0] for r in rounds)
     _, bare_before, bare_after, report, loop_s = sorted(rounds, key=lambda r: r[0])[(len(rounds) - 1) // 2]
     bare_s = (bare_before + bare_after) / 2
-    needed_s = batches * len(labels) * bare_s
+    needed_s = batches * passes_per_batch(report, labels, bare_s, crop_s)
     return {
         "model": args.model,
         "device": str(device),

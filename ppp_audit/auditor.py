@@ -276,6 +276,8 @@ class Measurement:
         source: The (sampled) source that was measured, for baselines on the same images; without the images that
             could not be read.
         skipped: The images skipped because they cannot be read (``None``: none was).
+        reference_shared: One native window pass per batch gave every scheme's reference
+            (:meth:`Auditor.shares_reference`).
     """
 
     results: list[SchemeResult]
@@ -285,6 +287,7 @@ class Measurement:
     interrupted: str | None = None
     source: ImageSource | None = field(default=None, repr=False)
     skipped: SkippedImages | None = None
+    reference_shared: bool = False
 
     @property
     def num_images(self) -> int:
@@ -509,6 +512,20 @@ class Auditor:
             return [False] * len(self.influence(model))
         return [inf.beyond(self.margin) > self.config.margin_tolerance for inf in self.influence(model)]
 
+    def shares_reference(self, schemes: Sequence[str], model: nn.Module | None = None) -> bool:
+        """Whether one window pass, with the model's native padding, can give every scheme's padding-free reference.
+
+        The reference is the crop's block of the window's features, which the window's own border does not reach
+        (up to ``margin_tolerance`` of the influence) when no layer is partial: then it does not depend on the
+        padding, and measuring it once per batch instead of once per scheme saves a window pass per extra scheme.
+        It does when a layer is partial, when the model has global modules (squeeze-excitation, GRN, ...: their
+        statistics span the window, padded border included, and matched ones take the crop pass's statistics, which
+        are the scheme's), or when a scheme changes map sizes.
+        """
+        if self.estimator != DELTA or len(schemes) < 2 or any(self.partial(model)) or self.context(model).modules:
+            return False
+        return all(get_padding(scheme).keeps_shape for scheme in schemes if scheme != NATIVE)
+
     # -- measuring ----------------------------------------------------------------------------------------------------
 
     def measure(self, source: ImageSource | None = None, *, schemes: Sequence[str] | None = None,
@@ -568,6 +585,7 @@ class Auditor:
         loader = self.window_loader(dataset, graceful=graceful)
 
         with_reference = self.estimator == DELTA
+        shared = self.shares_reference(schemes, model)
         moments = compiled_moments(config.compile) if config.compile else None  # statistics fused with the passes
         accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference,
                                                 mist_counts=MIST_COUNTS if name == self.mist_layer else (),
@@ -596,15 +614,21 @@ class Auditor:
                 windows = self.normalise(batch).contiguous(memory_format=memory_format)
                 crops = self.crop(windows)
                 finite: dict[str, list[bool]] = {}
+                if shared:  # one native window pass is every scheme's reference (shares_reference)
+                    tick = time.perf_counter()
+                    with autocast(device, config.precision):
+                        feats_window, feats_second = extract(windows), None
+                    seconds[schemes[0]] += time.perf_counter() - tick
                 for scheme in running:
                     tick = time.perf_counter()
                     with self.patched(scheme, model), autocast(device, config.precision):
                         with context.recording():  # global modules: the crop's footprint at each depth
                             feats_crop = extract(crops)
                         with context.matching():  # ... is where the window pass takes their statistics
-                            feats_window = extract(windows) if with_reference else None
-                            cut, side = margin - (second or 0), size + 2 * (second or 0)
-                            feats_second = extract(windows[..., cut:cut + side, cut:cut + side]) if second else None
+                            if not shared:
+                                feats_window = extract(windows) if with_reference else None
+                                cut, side = margin - (second or 0), size + 2 * (second or 0)
+                                feats_second = extract(windows[..., cut:cut + side, cut:cut + side]) if second else None
                     if not with_reference:  # crop passes only: the mean-feature estimator
                         offsets = offsets or [0] * len(feats_crop)
                         strides = strides or [size / a.shape[-1] for a in feats_crop]
@@ -691,8 +715,8 @@ class Auditor:
             raise _all_non_finite(schemes, on_first_batch=False)
         data = {**source.describe(), "num_images": num_images,
                 **({"images_on": str(device)} if self.images_on_device else {})}
-        return Measurement(results=results, data=data, seconds=seconds,
-                           loop_s=loop_s, interrupted=interrupted, source=measured_source, skipped=record)
+        return Measurement(results=results, data=data, seconds=seconds, loop_s=loop_s, interrupted=interrupted,
+                           source=measured_source, skipped=record, reference_shared=shared)
 
     # -- baselines and the report -------------------------------------------------------------------------------------
 
@@ -753,6 +777,7 @@ class Auditor:
             interrupted=interrupted or measurement.interrupted,
             estimator=self.estimator,
             geometry={"changes": list(self.fitted.changes), "margin": self.margin_summary(),
+                      "reference_shared": measurement.reference_shared,
                       **({"rebuilt_with": dict(self.fitted.constructor_kwargs)}
                                                               if self.fitted.constructor_kwargs else {}),
                       **({"set_input_size": self.fitted.input_size} if self.fitted.input_size else {})},

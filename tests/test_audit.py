@@ -199,3 +199,48 @@ def test_tf32_is_switched_off_with_the_flags_of_older_torch_too(monkeypatch):
     with ieee_fp32(True):
         assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
     assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+
+
+def _padded_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+    ).eval()
+
+
+def test_schemes_share_one_window_pass_when_the_reference_does_not_depend_on_the_padding(monkeypatch):
+    from ppp_audit.auditor import Auditor
+
+    model = _padded_cnn()
+    passes = []
+    model[0].register_forward_hook(lambda m, a, out: passes.append(out.shape[-1]))
+    config = AuditConfig(model="padded", num_images=8, batch_size=8, input_size=32, margin=32, layers=["1", "3", "5"],
+                         device="cpu", paddings=["reflect", "circular"])
+    auditor = Auditor(config, model=model, info=_info("padded", 32))
+    passes.clear()
+    shared = auditor.measure()
+    assert shared.reference_shared is True
+    assert sorted(passes) == [32, 32, 32, 96]  # three crop passes, one window pass
+    assert audit(config, model=model, info=_info("padded", 32)).geometry["reference_shared"] is True
+    monkeypatch.setattr(Auditor, "shares_reference", lambda self, schemes, model=None: False)
+    passes.clear()
+    separate = auditor.measure()
+    assert sorted(passes) == [32, 32, 32, 96, 96, 96] and separate.reference_shared is False
+    # The window's border does not reach the crop's block: the references, and so every number, are the same.
+    for a, b in zip(shared.results, separate.results):
+        for la, lb in zip(a.layers, b.layers):
+            assert la.stats.strength == pytest.approx(lb.stats.strength, rel=1e-6), (a.scheme, la.name)
+
+
+def test_a_partial_layer_a_global_module_or_a_single_scheme_keeps_a_window_pass_per_scheme(monkeypatch):
+    from ppp_audit.auditor import Auditor
+
+    config = AuditConfig(model="padded", input_size=32, margin=32, layers=["1"], device="cpu", paddings=["reflect"])
+    auditor = Auditor(config, model=_padded_cnn(), info=_info("padded", 32))
+    assert auditor.shares_reference(auditor.schemes) and not auditor.shares_reference(["native"])
+    monkeypatch.setattr(auditor, "partial", lambda model=None: [True])
+    assert not auditor.shares_reference(auditor.schemes)
+    with_se = Auditor(AuditConfig(model="seresnext26d_32x4d", pretrained=False, input_size=64, margin=64,
+                                  num_images=2, device="cpu", paddings=["reflect"]))
+    assert with_se.context().modules and not with_se.shares_reference(with_se.schemes)
