@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
     model, info = build_model(args.model, pretrained=False, device=device)
     config = AuditConfig(model=args.model, pretrained=False, num_images=args.num_images, batch_size=args.batch_size,
                          device=str(device), paddings=args.paddings, workers=args.workers, precision=args.precision,
-                         input_size=args.input_size, margin=args.margin)
+                         input_size=args.input_size, margin=args.margin, images_on=args.images_on)
     auditor = Auditor(config, model=model, info=info)  # the sizes and margins the audit runs at
     model, size, margin, second = auditor.model, auditor.size, auditor.margin, auditor.second_margin
     # The same inputs, memory format and precision as the audit's own passes.
@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=None, help="crop size S (default: the model's)")
     parser.add_argument("--margin", type=int, default=None, help="margin m (default: chosen from the receptive fields)")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--images-on", default="auto", choices=["auto", "host", "device"],
+                        help="where the images are made (auto: on the device when it is a GPU)")
     parser.add_argument("--repeats", type=int, default=3, help="bare forward passes timed before and after an audit")
     parser.add_argument("--rounds", type=int, default=1,
                         help="audits (each between two bare-forward timings); the median round is reported")
@@ -173,7 +175,7 @@ def main() -> None:
         for n in (args.num_images, 4 * args.num_images):
             cmd = [sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
                    "--num-images", str(n), "--device", args.device, "--repeats", "1", "--json",
-                   "--workers", str(args.workers),
+                   "--workers", str(args.workers), "--images-on", args.images_on,
                    "--precision", args.precision, *(["--paddings", *args.paddings] if args.paddings else []),
                    *(["--input-size", str(args.input_size)] if args.input_size else [])]
             done = subprocess.run(cmd, capture_output=True, text=True)

@@ -17,6 +17,9 @@ def max_relative_difference(reference, other, floor: float) -> tuple[float, list
     """The largest ``|other - reference| / max(reference, floor)`` over schemes and layers, and the rows compared."""
     rows = []
     worst = 0.0
+    images = [{k: v for k, v in report.data.items() if k != "images_on"} for report in (reference, other)]
+    if images[0] != images[1]:  # where they were made may differ; what was made may not
+        raise ValueError(f"the reports measured different images: {images[0]} and {images[1]}")
     if [r.scheme for r in reference.results] != [r.scheme for r in other.results]:
         raise ValueError("the reports audit different padding schemes")
     for ref_result, other_result in zip(reference.results, other.results):

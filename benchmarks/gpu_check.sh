@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU check, for any CUDA machine (< 5 minutes): CUDA results match CPU results, then benchmark numbers on the GPU.
-#   bash benchmarks/gpu_check.sh            (from the repo root, with ppp-audit installed)
+# GPU check, for any CUDA machine (about 5 minutes on one H200): CUDA results match CPU results, then the whole
+# pipeline against the two-forward limit, and a 50,000-image audit.
+#   bash benchmarks/gpu_check.sh            (from the repo root, with ppp-audit installed; results also in $OUT)
 # GPU_CHECK_DEVICE=cpu GPU_CHECK_SMOKE=1 runs every step on the CPU at toy sizes: how the tests keep this script working
 # on machines without a GPU (tests/test_benchmarks.py).
 set -euo pipefail
@@ -9,12 +10,14 @@ device=${GPU_CHECK_DEVICE:-cuda}
 if [ -n "${GPU_CHECK_SMOKE:-}" ]; then
   check=(resnet10t --input-size 64 -n 8 -b 4)
   models=(resnet10t)
-  bench=(--batch-size 4 --num-images 8 --input-size 64 --repeats 1)
+  pipeline=(--batch-size 4 --num-images 8 --jpeg-images 8 --input-size 64 --repeats 1)
+  large=(resnet10t --input-size 64 -n 16 -b 8)
   memory=(--batch-size 4 --num-images 4 --input-size 64)
 else
   check=(resnet18 --input-size 128 -n 32 -b 16)
-  models=(resnet50 tf_efficientnet_lite0)
-  bench=(--batch-size 64 --num-images 512 --rounds 3)
+  models=(resnet50 tf_efficientnet_lite0 convnext_tiny)
+  pipeline=(--batch-size 256 --num-images 2048 --jpeg-images 512)
+  large=(resnet50 -n 50000 -b 256)
   memory=(--batch-size 64 --num-images 256)
 fi
 if [ "$device" != cpu ]; then
@@ -24,20 +27,38 @@ assert torch.cuda.is_available(), "no CUDA device"
 print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__)
 PY
 fi
+# 1. Agreement. The same images on both sides: the torch renderer makes the same pictures on every device, and the
+#    NumPy one runs on the host for both.
 common=("${check[@]}" --no-pretrained -p reflect -p circular --no-progress)
-ppp-audit "${common[@]}" --device cpu --json "$out/cpu.json" > /dev/null
-ppp-audit "${common[@]}" --device "$device" --json "$out/device.json" > /dev/null
-ppp-audit "${common[@]}" --device "$device" --precision bf16 --json "$out/device_bf16.json" > /dev/null
+ppp-audit "${common[@]}" --device cpu --images-on device --json "$out/cpu.json" > /dev/null
+ppp-audit "${common[@]}" --device "$device" --images-on device --json "$out/device.json" > /dev/null
+ppp-audit "${common[@]}" --device "$device" --images-on device --precision bf16 --json "$out/device_bf16.json" \
+  > /dev/null
+ppp-audit "${common[@]}" --device cpu --images-on host --json "$out/cpu_host.json" > /dev/null
+ppp-audit "${common[@]}" --device "$device" --images-on host --json "$out/device_host.json" > /dev/null
 agreement=0
 python benchmarks/compare_reports.py "$out/cpu.json" "$out/device.json:1e-3" "$out/device_bf16.json:0.1" || agreement=$?
-# --preload: the factors measure the audit itself; then one run with the images rendered by DataLoader workers.
-workers=$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))
+python benchmarks/compare_reports.py "$out/cpu_host.json" "$out/device_host.json:1e-3" || agreement=$?
+# 2. The pipeline: bare forwards, preloaded, built-in images on the device, a JPEG folder (bf16), per model.
 for model in "${models[@]}"; do
-  python benchmarks/bench_audit.py --model "$model" "${bench[@]}" --device "$device" --preload
-  python benchmarks/bench_audit.py --model "$model" "${bench[@]}" --device "$device" --precision bf16 --preload
+  python benchmarks/pipeline.py --model "$model" "${pipeline[@]}" --device "$device" --precision bf16 \
+    | tee -a "$out/pipeline.txt"
 done
-python benchmarks/bench_audit.py --model "${models[0]}" "${bench[@]}" --device "$device" --precision bf16 \
-  --workers "$workers"
+python benchmarks/pipeline.py --model "${models[0]}" "${pipeline[@]}" --device "$device" --precision fp32 \
+  | tee -a "$out/pipeline.txt"
+# 3. A large audit of one scheme, built-in images, bf16: wall time of the whole command.
+started=$(date +%s.%N)
+ppp-audit "${large[@]}" --no-pretrained --device "$device" --precision bf16 --no-progress --json "$out/large.json" \
+  > /dev/null
+python - "$out/large.json" "$started" <<'PY'
+import json, sys, time
+report = json.load(open(sys.argv[1]))
+wall, t = time.time() - float(sys.argv[2]), report["timings"]
+print(f"large audit: N={report['data']['num_images']} in {wall:.1f} s wall (command), {t['total_s']:.1f} s audit, "
+      f"{t['loop_s']:.1f} s measuring loop ({report['data']['num_images'] / t['loop_s']:.0f} images/s)")
+PY
+# 4. The host path and memory: host-rendered images with DataLoader workers; peak memory at N and 4N.
+workers=$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))
 python benchmarks/bench_audit.py --model "${models[0]}" "${memory[@]}" --device "$device" --memory-scaling \
   --workers "$workers"
 if [ "$agreement" -ne 0 ]; then echo "GPU check FAILED: $device results disagree with CPU (see above)"; exit 1; fi

@@ -12,7 +12,7 @@ same inputs, precision and memory format. This script measures, one after the ot
 and prints images/s, the fraction of the limit each reaches (wall time of the measuring loop, synchronised), the share
 of the loop the statistics take (accumulator updates alone, on one batch's features), and peak GPU memory.
 
-    python benchmarks/pipeline.py --model resnet50 --precision bf16 --batch-size 256 --num-images 4096 --device cuda
+    python benchmarks/pipeline.py --model resnet50 --precision bf16 --batch-size 256 --num-images 2048 --device cuda
     python benchmarks/pipeline.py --model resnet10t --input-size 64 --batch-size 4 --num-images 8 --device cpu  # smoke
 """
 
@@ -55,14 +55,15 @@ class DeviceWindows:
         return True
 
 
-def write_jpegs(folder: Path, count: int, side: int, seed: int = 0) -> None:
-    """``count`` JPEG files of ``side`` px, from the built-in images (quality 90, as photos are usually saved)."""
+def write_jpegs(folder: Path, count: int, side: int, device: torch.device, seed: int = 0) -> None:
+    """``count`` JPEG files of ``side`` px, from the built-in images rendered on ``device`` (quality 90, as photos are
+    usually saved)."""
     from PIL import Image
 
     from ppp_audit.device_images import render_dead_leaves
 
     for start in range(0, count, 32):
-        batch = render_dead_leaves(seed, range(start, min(start + 32, count)), side)
+        batch = render_dead_leaves(seed, range(start, min(start + 32, count)), side, device=device).cpu()
         for k, image in enumerate((batch * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()):
             Image.fromarray(image).save(folder / f"{start + k:06d}.jpg", quality=90)
 
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         count = min(args.jpeg_images, args.num_images)
         started = time.perf_counter()
-        write_jpegs(Path(folder), count, round(window / info.crop_pct) + 8)
+        write_jpegs(Path(folder), count, round(window / info.crop_pct) + 8, device)
         written_s = time.perf_counter() - started
         audited("d_jpeg_folder_on_device", config={"images": folder, "num_images": count})
         rows["d_jpeg_folder_on_device"]["files_written_s"] = written_s
@@ -171,8 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-images", type=int, default=4096)
-    parser.add_argument("--jpeg-images", type=int, default=1024, help="JPEG files written and audited for (d)")
+    parser.add_argument("--num-images", type=int, default=2048)
+    parser.add_argument("--jpeg-images", type=int, default=512, help="JPEG files written and audited for (d)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--input-size", type=int, default=None)

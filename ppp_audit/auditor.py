@@ -376,7 +376,7 @@ class Auditor:
         self.normalise = Normalise(info, self.device)
         self.images_on_device = images_on_device(config)
         self._source: tuple[int, ImageSource] | None = None
-        self._caches: dict[int, tuple[ImageSource, WindowCache]] = {}
+        self._caches: dict[int, tuple[ImageSource, WindowCache | None]] = {}
 
     def _probe_influence(self, model: nn.Module, taps: FeatureTaps) -> list[Influence]:
         return influence_profiles(taps, self.probe_window, self.device, context=self.context(model),
@@ -442,11 +442,17 @@ class Auditor:
                             skip_unreadable=not self.config.strict_images)
 
     def cached(self, source: ImageSource) -> ImageSource:
-        """``source`` with its windows kept on the device between measurements (one :class:`WindowCache` per
-        source object; the source itself when images are not made on the device)."""
+        """``source``, with its windows kept on the device from its second measurement on (one :class:`WindowCache`
+        per source object, filled in the second pass and read from the third: fine-tuning measures its held-out
+        images again and again). A source measured once (a plain audit) is read as it is, so the audit's memory
+        does not grow with N; so is every source when images are not made on the device."""
         if not self.images_on_device:
             return source
-        if id(source) not in self._caches or self._caches[id(source)][0] is not source:
+        seen = self._caches.get(id(source))
+        if seen is None or seen[0] is not source:
+            self._caches[id(source)] = (source, None)
+            return source
+        if seen[1] is None:
             self._caches[id(source)] = (source, WindowCache(source, window_cache_bytes(self.device)))
         return self._caches[id(source)][1]
 
