@@ -198,7 +198,9 @@ def config_source(config: AuditConfig, info: ModelInfo, window: int, crop: int |
     ``torch`` renderer when images are made on the device (:func:`images_on_device`), else by the ``numpy`` one."""
     if config.images:
         return image_source(config.images, split=config.images_split, resize_short=round(window / info.crop_pct))
-    return DeadLeavesSource(seed=config.seed, scale=crop, renderer="torch" if images_on_device(config) else "numpy")
+    on_device = images_on_device(config)
+    return DeadLeavesSource(seed=config.seed, scale=crop, renderer="torch" if on_device else "numpy",
+                            compile=config.compile if on_device else None)
 
 
 def native_summary(model: nn.Module, include_pools: bool = False, example_input: Tensor | None = None) -> PatchSummary:

@@ -22,16 +22,14 @@ windows or decodes about 7 photos in that time. This module keeps the GPU fed, a
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from .errors import ImageSourceError, PPPAuditError
-
-if TYPE_CHECKING:
-    from .images import ImageSource, ItemFailure, WindowDataset
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Counter-based random numbers: the same on every device
@@ -41,42 +39,57 @@ _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 
 
-def _mul32(x: Tensor, k: int) -> Tensor:
-    """``(x * k) mod 2**32`` for int64 ``x`` in ``[0, 2**32)``, computed in two halves so that no product overflows
-    int64 (whose wrap-around torch does not promise on every device)."""
-    return (x * (k & 0xFFFF) + (((x * (k >> 16)) & 0xFFFF) << 16)) & _MASK32
+def _int32(value: int) -> int:
+    """A 32-bit pattern as the signed int32 value with the same bits."""
+    value &= _MASK32
+    return value - 2**32 if value >= 2**31 else value
+
+
+_M1, _M2 = _int32(0x7FEB352D), _int32(0x846CA68B)
+
+
+def _shift(x: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int32 bit patterns (torch's ``>>`` is arithmetic: it copies the sign bit)."""
+    return (x >> bits) & ((1 << (32 - bits)) - 1)
 
 
 def _mix32(x: Tensor) -> Tensor:
-    """A 32-bit integer hash with full avalanche (Wellons' ``lowbias32``), on int64 tensors in ``[0, 2**32)``."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+    """A 32-bit integer hash with full avalanche (Wellons' ``lowbias32``) on int32 tensors, read as bit patterns.
+
+    int32 products wrap modulo 2**32 on every device torch runs on (two's complement hardware), which is the
+    arithmetic the hash needs; ``tests/test_device_images.py`` checks the bits against a pure-Python reference, and
+    ``benchmarks/gpu_check.sh`` compares CPU and CUDA audits of the same seeds. One int32 op per step keeps the
+    renderer's memory traffic, what bounds it on a GPU, low.
+    """
+    x = x ^ _shift(x, 16)
+    x = x * _M1
+    x = x ^ _shift(x, 15)
+    x = x * _M2
+    return x ^ _shift(x, 16)
 
 
 def stream_keys(seed: int, indices: Tensor, stream: int) -> Tensor:
-    """One 32-bit key per image for random stream ``stream`` of window ``indices`` (int64, any device) of ``seed``
-    (any integer in ``[0, 2**64)``)."""
-    key = _mix32(torch.full_like(indices, seed & _MASK32))
-    key = _mix32(key ^ ((seed >> 32) & _MASK32))
-    key = _mix32(key ^ (indices & _MASK32))
-    key = _mix32(key ^ ((indices >> 32) & _MASK32))
+    """One 32-bit key (int32) per image for random stream ``stream`` of window ``indices`` (int64, any device) of
+    ``seed`` (any integer in ``[0, 2**64)``)."""
+    low, high = (indices & _MASK32).to(torch.int32), ((indices >> 32) & _MASK32).to(torch.int32)
+    key = _mix32(torch.full_like(low, _int32(seed)))
+    key = _mix32(key ^ _int32(seed >> 32))
+    key = _mix32(key ^ low)
+    key = _mix32(key ^ high)
     return _mix32(key ^ stream)
 
 
 def counter_bits(keys: Tensor, count: int) -> Tensor:
-    """``count`` 32-bit random integers per key: shape ``(*keys.shape, count)``, int64 in ``[0, 2**32)``."""
+    """``count`` 32-bit random patterns per key: shape ``(*keys.shape, count)``, int32."""
     # The counter is hashed before it meets the key: with ``key ^ counter`` two streams whose keys differ in low bits
     # only would hand out the same numbers in a permuted order; now they share isolated values by chance, no more.
-    counter = _mix32(torch.arange(count, device=keys.device, dtype=torch.int64) ^ _GOLDEN)
+    counter = _mix32(torch.arange(count, device=keys.device, dtype=torch.int32) ^ _int32(_GOLDEN))
     return _mix32(keys.unsqueeze(-1) ^ counter)
 
 
 def counter_uniform(keys: Tensor, count: int) -> Tensor:
     """``count`` uniform float32 numbers in the open interval (0, 1) per key (24 random bits each)."""
-    return ((counter_bits(keys, count) >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    return (_shift(counter_bits(keys, count), 8).to(torch.float32) + 0.5) * 2.0**-24
 
 
 def counter_normal_pair(keys: Tensor, keys2: Tensor, count: int) -> tuple[Tensor, Tensor]:
@@ -91,7 +104,7 @@ def counter_normal_pair(keys: Tensor, keys2: Tensor, count: int) -> tuple[Tensor
 # The dead-leaves renderer
 # ---------------------------------------------------------------------------------------------------------------------
 
-TILE = 16
+TILE = 8
 """Side of the square tiles the renderer paints: each disc is composited only into the tiles its edge can reach."""
 
 # Random streams of one picture (fixed: changing one changes every picture of every seed).
@@ -108,7 +121,7 @@ def disc_count(num_discs: int, size: int, scale: int | None) -> tuple[int, float
 
 def render_dead_leaves(seed: int, indices: Sequence[int] | Tensor, size: int, *, scale: int | None = None,
                        num_discs: int = 1200, device: torch.device | str = "cpu",
-                       max_elements: int | None = None) -> Tensor:
+                       max_elements: int | None = None, compile: str | None = None) -> Tensor:
     """Dead-leaves windows ``indices`` of ``seed``, rendered with tensor ops on ``device``.
 
     The laws of :class:`~ppp_audit.images.DeadLeavesSource` (see the module docstring); the random numbers are the
@@ -123,6 +136,8 @@ def render_dead_leaves(seed: int, indices: Sequence[int] | Tensor, size: int, *,
         device: Where to render.
         max_elements: Largest intermediate tensor, in elements (bounds memory; default 2**26 on the CPU, 2**28 on
             other devices).
+        compile: A ``torch.compile`` backend for the renderer's elementwise work (:func:`compiled_kernels`: on a GPU
+            inductor fuses the hash and the compositing into a few kernels); ``None``: eager.
 
     Returns:
         Float32 tensor ``(len(indices), 3, size, size)`` in [0, 1] on ``device``.
@@ -133,12 +148,14 @@ def render_dead_leaves(seed: int, indices: Sequence[int] | Tensor, size: int, *,
     # Images in chunks: the noise field alone holds 2 * (2 size)² numbers per image.
     per_image = 8 * (2 * size) ** 2
     step = max(1, budget // per_image)
-    return torch.cat([_render_chunk(seed, indices[i:i + step], size, scale, num_discs, budget)
+    kernels = compiled_kernels(compile) if compile else EAGER
+    return torch.cat([_render_chunk(seed, indices[i:i + step], size, scale, num_discs, budget, kernels)
                       for i in range(0, len(indices), step)]) if len(indices) else \
         torch.empty(0, 3, size, size, device=device)
 
 
-def _render_chunk(seed: int, indices: Tensor, size: int, scale: int | None, num_discs: int, budget: int) -> Tensor:
+def _render_chunk(seed: int, indices: Tensor, size: int, scale: int | None, num_discs: int, budget: int,
+                  kernels: Kernels) -> Tensor:
     count, r_min, r_max = disc_count(num_discs, size, scale)
     keys = {stream: stream_keys(seed, indices, stream) for stream in range(_NOISE + 2)}
     background = 0.2 + 0.6 * counter_uniform(keys[_BACKGROUND], 3)  # (B, 3)
@@ -155,20 +172,20 @@ def _render_chunk(seed: int, indices: Tensor, size: int, scale: int | None, num_
     order = torch.argsort(radii, dim=1, descending=True, stable=True)
     radii, centre_y, centre_x = (t.gather(1, order) for t in (radii, centre_y, centre_x))
     colours = colours.gather(1, order.unsqueeze(-1).expand(-1, -1, 3))
-    image = _paint_discs(background, centre_y, centre_x, radii, colours, size, budget)
-    image += 0.06 * _pink_noise(keys[_NOISE], keys[_NOISE + 1], size, scale).unsqueeze(1)
+    image = paint_discs(background, centre_y, centre_x, radii, colours, size, budget, kernels)
+    image += 0.06 * pink_noise(keys[_NOISE], keys[_NOISE + 1], size, scale, kernels).unsqueeze(1)
     return image.clamp_(0.0, 1.0)
 
 
-def _paint_discs(background: Tensor, centre_y: Tensor, centre_x: Tensor, radii: Tensor, colours: Tensor, size: int,
-                 budget: int) -> Tensor:
+def paint_discs(background: Tensor, centre_y: Tensor, centre_x: Tensor, radii: Tensor, colours: Tensor, size: int,
+                budget: int, kernels: Kernels | None = None) -> Tensor:
     """Discs composited in order (each one over the ones before) on their backgrounds: ``(B, 3, size, size)``.
 
-    Each disc is listed in the tiles its anti-aliased edge can reach; every tile then composites its list at once:
-    ``pixel = background * prod_k (1 - a_k) + sum_k colour_k a_k prod_{j > k} (1 - a_j)``, which is painting them one
-    after the other, in one pass.
+    Each disc is listed in the tiles its anti-aliased edge can reach, top one first; every tile then composites its
+    list at once: ``pixel = background * prod_k (1 - a_k) + sum_k colour_k a_k prod_{j above k} (1 - a_j)``, which is
+    painting them one after the other, in one pass (a running product down the list).
     """
-    device = background.device
+    device, kernels = background.device, kernels or EAGER
     batch, count = radii.shape
     tiles_per_side = -(-size // TILE)
     tiles_per_image = tiles_per_side**2
@@ -178,71 +195,118 @@ def _paint_discs(background: Tensor, centre_y: Tensor, centre_x: Tensor, radii: 
     first_x = torch.floor((centre_x - radii - 1.0) / TILE).clamp_(min=0).long()
     last_x = torch.floor((centre_x + radii) / TILE).clamp_(max=tiles_per_side - 1).long()
     rows, cols = (last_y - first_y + 1).clamp_(min=0), (last_x - first_x + 1).clamp_(min=0)
-    per_disc = (rows * cols).reshape(-1)
-    # One (disc, tile) pair per tile a disc touches, in disc order; a stable sort by tile keeps that order per tile.
-    disc = torch.repeat_interleave(torch.arange(batch * count, device=device), per_disc)
-    within = torch.arange(disc.numel(), device=device) - (torch.cumsum(per_disc, 0) - per_disc)[disc]
+    # One (disc, tile) pair per tile a disc touches, top disc first (discs come in painting order, so reversed); a
+    # stable sort by tile keeps that order within each tile.
+    per_disc = (rows * cols).reshape(-1).flip(0)
+    disc = torch.repeat_interleave(torch.arange(batch * count - 1, -1, -1, device=device), per_disc)
+    within = torch.arange(disc.numel(), device=device) - torch.repeat_interleave(torch.cumsum(per_disc, 0) - per_disc,
+                                                                                per_disc)
     cols_of = cols.reshape(-1)[disc]
-    tile_y = first_y.reshape(-1)[disc] + within // cols_of
-    tile_x = first_x.reshape(-1)[disc] + within % cols_of
-    tile = (disc // count) * tiles_per_image + tile_y * tiles_per_side + tile_x
+    tile = ((disc // count) * tiles_per_image + (first_y.reshape(-1)[disc] + within // cols_of) * tiles_per_side
+            + first_x.reshape(-1)[disc] + within % cols_of)
     tile, order = torch.sort(tile, stable=True)
     disc = disc[order]
     listed = torch.bincount(tile, minlength=batch * tiles_per_image)
     slot = torch.arange(tile.numel(), device=device) - (torch.cumsum(listed, 0) - listed)[tile]
-    longest = int(listed.max()) if tile.numel() else 0
-    table = torch.full((batch * tiles_per_image, max(longest, 1)), -1, dtype=torch.int64, device=device)
-    table[tile, slot] = disc
-
-    flat_y, flat_x, flat_r = centre_y.reshape(-1), centre_x.reshape(-1), radii.reshape(-1)
-    flat_colours = colours.reshape(-1, 3)
-    out = background.repeat_interleave(tiles_per_image, dim=0)[:, :, None, None].expand(-1, -1, TILE, TILE).clone()
-    pixel = torch.arange(TILE, device=device, dtype=torch.float32) + 0.5
-    # Tiles with discs, fewest first, in chunks of similar list lengths (a chunk is padded to its longest list).
     busy = torch.nonzero(listed, as_tuple=True)[0]
     busy = busy[torch.argsort(listed[busy], stable=True)]
-    lengths = listed[busy].tolist()
-    per_slot = 6 * TILE * TILE  # elements of the (tiles, list, TILE, TILE) intermediates alive at once, per slot
+    lengths = listed[busy].tolist()  # the one host sync: chunk sizes
+    # Per listed slot: centre, radius and colour; an empty slot is a disc of radius -1 (coverage 0 everywhere).
+    table = torch.full((batch * tiles_per_image, max(lengths[-1] if lengths else 1, 1)), batch * count,
+                       dtype=torch.int64, device=device)
+    table[tile, slot] = disc
+    flat_y = torch.cat([centre_y.reshape(-1), centre_y.new_zeros(1)])
+    flat_x = torch.cat([centre_x.reshape(-1), centre_x.new_zeros(1)])
+    flat_r = torch.cat([radii.reshape(-1), radii.new_full((1,), -1.0)])
+    flat_colours = torch.cat([colours.reshape(-1, 3), colours.new_zeros(1, 3)])
+
+    out = background.repeat_interleave(tiles_per_image, dim=0)[:, :, None, None].expand(-1, -1, TILE, TILE).clone()
+    # Busy tiles, fewest discs first, in chunks of similar list lengths (a chunk is padded to its longest list).
+    per_slot = 4 * TILE * TILE  # elements of the (tiles, list, TILE, TILE) intermediates alive at once, per slot
     start = 0
     while start < len(busy):
         end = min(len(busy), start + max(1, budget // (per_slot * lengths[start])))
         while end - start > 1 and (end - start) * lengths[end - 1] * per_slot > budget:
             end = start + (end - start) // 2
         ids, length = busy[start:end], lengths[end - 1]
-        listed_discs = table[ids, :length]
-        present = listed_discs >= 0
-        which = listed_discs.clamp(min=0)
+        which = table[ids, :length]
         ty, tx = (ids % tiles_per_image) // tiles_per_side, ids % tiles_per_side
-        dy = (ty * TILE).float()[:, None, None] + pixel[None, None, :] - flat_y[which][:, :, None]  # (n, L, T)
-        dx = (tx * TILE).float()[:, None, None] + pixel[None, None, :] - flat_x[which][:, :, None]
-        distance = torch.sqrt(dy[..., :, None] ** 2 + dx[..., None, :] ** 2)  # (n, L, T, T)
-        alpha = (flat_r[which][:, :, None, None] + 0.5 - distance).clamp_(0.0, 1.0) * present[:, :, None, None]
-        # covered_after[k] = prod_{j > k} (1 - a_j): how much of disc k shows through the discs painted over it.
-        through = torch.flip(torch.cumprod(torch.flip(1.0 - alpha, [1]), 1), [1])
-        after = torch.cat([through[:, 1:], torch.ones_like(through[:, :1])], dim=1)
-        painted = torch.einsum("nlyx,nlc->ncyx", alpha * after, flat_colours[which])
-        out[ids] = out[ids] * through[:, :1] + painted
+        out[ids] = kernels.composite_tiles((ty * TILE).float(), (tx * TILE).float(), flat_y[which], flat_x[which],
+                                           flat_r[which], flat_colours[which], out[ids])
         start = end
     image = out.reshape(batch, tiles_per_side, tiles_per_side, 3, TILE, TILE).permute(0, 3, 1, 4, 2, 5)
     return image.reshape(batch, 3, tiles_per_side * TILE, tiles_per_side * TILE)[..., :size, :size].contiguous()
 
 
-def _pink_noise(keys: Tensor, keys2: Tensor, size: int, scale: int | None) -> Tensor:
+def noise_spectrum(keys: Tensor, keys2: Tensor, amplitude: Tensor) -> Tensor:
+    """Complex Gaussian coefficients times ``amplitude`` (an rfft grid), per key, as real pairs: shape
+    ``(B, *amplitude.shape, 2)`` (``torch.view_as_complex`` makes it the spectrum). A pure function of its inputs, so
+    that ``torch.compile`` can fuse the hash, Box-Muller and scaling into one kernel."""
+    count = amplitude.numel()
+    radius = torch.sqrt(-2.0 * torch.log(counter_uniform(keys, count))) * amplitude.reshape(-1)
+    angle = (2.0 * math.pi) * counter_uniform(keys2, count)
+    return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1).reshape(
+        -1, *amplitude.shape, 2)
+
+
+def pink_noise(keys: Tensor, keys2: Tensor, size: int, scale: int | None, kernels: Kernels | None = None) -> Tensor:
     """Unit-variance 1/f noise per key, ``(B, size, size)``, cut from a field twice as large so it does not wrap
     around; with a ``scale`` its spectrum is flat below one cycle per ``2 * scale`` px (as the NumPy renderer's)."""
+    kernels = kernels or EAGER
     big = 2 * size
     fy = torch.fft.fftfreq(big, device=keys.device)[:, None]
     fx = torch.fft.rfftfreq(big, device=keys.device)[None, :]
     radius = torch.sqrt(fy**2 + fx**2)
-    radius[0, 0] = 1.0
     if scale:
         radius = radius.clamp(min=1.0 / (2 * scale))
-    real, imag = counter_normal_pair(keys, keys2, radius.numel())
-    spectrum = torch.complex(real, imag).reshape(-1, *radius.shape) / radius
-    spectrum[:, 0, 0] = 0.0
+    amplitude = 1.0 / radius
+    amplitude[0, 0] = 0.0  # no DC: the field has mean 0
+    spectrum = torch.view_as_complex(kernels.noise_spectrum(keys, keys2, amplitude))
     field = torch.fft.irfft2(spectrum, s=(big, big))[:, :size, :size]
     field = field - field.mean(dim=(1, 2), keepdim=True)
     return field / (field.std(dim=(1, 2), keepdim=True, correction=0) + 1e-12)
+
+
+def composite_tiles(origin_y: Tensor, origin_x: Tensor, centre_y: Tensor, centre_x: Tensor, radii: Tensor,
+                    colours: Tensor, under: Tensor) -> Tensor:
+    """Tiles with their listed discs painted over ``under``: ``(n, 3, TILE, TILE)``.
+
+    Args:
+        origin_y: Top pixel row of each tile (n,), float.
+        origin_x: Left pixel column of each tile (n,), float.
+        centre_y: Disc centres (n, L), top disc first.
+        centre_x: Disc centres (n, L).
+        radii: Disc radii (n, L); a radius of -1 is an empty slot.
+        colours: Disc colours (n, L, 3).
+        under: What the tiles show before (n, 3, TILE, TILE).
+    """
+    pixel = torch.arange(TILE, device=under.device, dtype=torch.float32) + 0.5
+    dy2 = (origin_y[:, None, None] + pixel - centre_y[:, :, None]).square()  # (n, L, T)
+    dx2 = (origin_x[:, None, None] + pixel - centre_x[:, :, None]).square()
+    coverage = (radii[:, :, None, None] + 0.5 - (dy2[..., :, None] + dx2[..., None, :]).sqrt()).clamp(0.0, 1.0)
+    # How much of each disc shows through the ones above it: the product of (1 - a) down to it (slot 0: nothing
+    # above); the last entry is what shows of ``under``.
+    shown = torch.cumprod(torch.cat([torch.ones_like(coverage[:, :1]), 1.0 - coverage], dim=1), dim=1)
+    painted = torch.einsum("nlyx,nlc->ncyx", shown[:, :-1] * coverage, colours)
+    return painted + under * shown[:, -1:]
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The renderer's pure tensor functions, eager or compiled (``--compile BACKEND`` on the device)."""
+
+    noise_spectrum: Callable[..., Tensor]
+    composite_tiles: Callable[..., Tensor]
+
+
+EAGER = Kernels(noise_spectrum, composite_tiles)
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_kernels(backend: str) -> Kernels:
+    """:data:`EAGER`'s functions compiled with ``torch.compile`` (dynamic shapes: batch and list lengths vary)."""
+    return Kernels(torch.compile(noise_spectrum, backend=backend, dynamic=True),
+                   torch.compile(composite_tiles, backend=backend, dynamic=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import re
 import signal
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator, NamedTuple, Protocol, Sequence
 
@@ -84,12 +84,14 @@ class DeadLeavesSource:
             disc radius.
         scale: The side in px (the audit's crop) the picture's statistics are set for; ``None``: the window's side.
         renderer: ``numpy`` or ``torch`` (see above).
+        compile: A ``torch.compile`` backend for the ``torch`` renderer (how it runs, not what it draws).
     """
 
     seed: int = 0
     num_discs: int = 1200
     scale: int | None = None
     renderer: str = "numpy"
+    compile: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.renderer not in RENDERERS:
@@ -110,7 +112,7 @@ class DeadLeavesSource:
         """Windows ``indices`` as one batch on ``device`` (the ``torch`` renderer draws them there)."""
         if self.renderer == "torch":
             return render_dead_leaves(self.seed, indices, size, scale=self.scale, num_discs=self.num_discs,
-                                      device=device)
+                                      device=device, compile=self.compile)
         return torch.stack([self.window(index, size) for index in indices]).to(device)
 
     def window(self, index: int, size: int) -> Tensor:
@@ -892,7 +894,9 @@ class DeviceLoader:
     processes and no copies from the host.
 
     A batch with an image that cannot be read is read again one image at a time, so that the error names that image
-    and, with ``skip_unreadable``, the others are kept.
+    and, with ``skip_unreadable``, the others are kept. On CUDA each batch is made on a side stream: the next batch
+    is made while the GPU still runs the passes the loop queued for the last one (the loop's stream waits for it
+    before its own next passes).
 
     Attributes:
         dataset: The dataset the batches come from.
@@ -905,9 +909,23 @@ class DeviceLoader:
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
         self.skip_unreadable = skip_unreadable
         self.skipped: list[ItemFailure] = []
+        self._stream: Any = None
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
+
+    def _read(self, indices: list[int]) -> Tensor:
+        dataset = self.dataset
+        if self.device.type != "cuda":
+            return read_windows(dataset.source, indices, dataset.size, self.device)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._stream):
+            windows = read_windows(dataset.source, indices, dataset.size, self.device)
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self._stream)
+        windows.record_stream(current)  # the allocator must not reuse it while the loop's stream reads it
+        return windows
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         self.skipped = []
@@ -916,14 +934,16 @@ class DeviceLoader:
             positions = range(start, min(start + self.batch_size, len(dataset)))
             indices = [dataset.indices[p] for p in positions]
             try:
-                yield torch.tensor(indices), read_windows(dataset.source, indices, dataset.size, self.device)
-                continue
+                windows = self._read(indices)
             except PPPAuditError:
                 pass
-            kept, windows = [], []
+            else:
+                yield torch.tensor(indices), windows
+                continue
+            kept, parts = [], []
             for position, index in zip(positions, indices):
                 try:
-                    windows.append(read_windows(dataset.source, [index], dataset.size, self.device))
+                    parts.append(self._read([index]))
                 except PPPAuditError as error:
                     if not (self.skip_unreadable and isinstance(error, ImageSourceError) and error.image is not None):
                         raise
@@ -931,7 +951,7 @@ class DeviceLoader:
                     continue
                 kept.append(index)
             if kept:
-                yield torch.tensor(kept), torch.cat(windows)
+                yield torch.tensor(kept), torch.cat(parts)
 
 
 class WindowCache:

@@ -300,6 +300,7 @@ def test_hub_reachable_answers_quickly():
     (["--seed", str(2**64)], "--seed must be between 0 and 2**64 - 1"),
     (["--compile", "bogus_backend"], "--compile: unknown torch.compile backend 'bogus_backend' — use one of inductor"),
     (["--device", "cudax"], "unknown device 'cudax'"),
+    (["--images-on", "gpu"], "unknown --images-on 'gpu' — use one of auto, host, device"),
 ])
 def test_bad_settings_are_one_line(args, cause):
     fails([*TINY, *args], cause)

@@ -41,8 +41,12 @@ def test_counter_bits_equal_the_python_reference_bit_for_bit():
         key = _lowbias32(seed & 0xFFFFFFFF)
         for part in ((seed >> 32) & 0xFFFFFFFF, index & 0xFFFFFFFF, (index >> 32) & 0xFFFFFFFF, 9):
             key = _lowbias32(key ^ part)
-        assert int(keys[row]) == key
-        assert bits[row].tolist() == [_lowbias32(key ^ _lowbias32(c ^ 0x9E3779B9)) for c in range(6)]
+        assert int(keys[row]) & 0xFFFFFFFF == key
+        assert [b & 0xFFFFFFFF for b in bits[row].tolist()] == \
+            [_lowbias32(key ^ _lowbias32(c ^ 0x9E3779B9)) for c in range(6)]
+    big = torch.tensor([2**31 - 1, -5, 123456789, -(2**31)], dtype=torch.int32)  # products that wrap
+    assert [b & 0xFFFFFFFF for b in counter_bits(big, 3).reshape(-1).tolist()] == \
+        [_lowbias32((k & 0xFFFFFFFF) ^ _lowbias32(c ^ 0x9E3779B9)) for k in big.tolist() for c in range(3)]
 
 
 def test_counter_uniforms_are_uniform_and_independent():
@@ -68,6 +72,9 @@ def test_renderer_is_deterministic_per_seed_and_index_in_any_batch():
     assert float((render_dead_leaves(4, [4], 48, scale=32) - alone).abs().mean()) > 0.05
     source = DeadLeavesSource(seed=3, scale=32, renderer="torch")
     torch.testing.assert_close(source.window(4, 48), batch[4], rtol=0, atol=1e-6)
+    # --compile compiles the renderer's kernels: how it runs, not what it draws (aot_eager needs no C++ compiler)
+    compiled = render_dead_leaves(3, range(6), 48, scale=32, compile="aot_eager")
+    torch.testing.assert_close(compiled, batch, rtol=0, atol=1e-6)
     assert source.describe()["renderer"] == "torch" and "renderer" not in DeadLeavesSource().describe()
 
 
@@ -220,3 +227,22 @@ def test_auditor_keeps_windows_between_measurements_of_one_source():
 def test_images_on_is_validated():
     with pytest.raises(ConfigError, match="--images-on"):
         AuditConfig(model="resnet10t", images_on="gpu")
+
+
+def test_tiled_compositing_equals_painting_the_discs_one_after_another():
+    from ppp_audit.device_images import paint_discs
+
+    rng = np.random.default_rng(0)
+    count, size = 40, 37  # not a multiple of the tile
+    radii = np.sort(rng.uniform(0.5, 12.0, count))[::-1].copy()
+    centres = rng.uniform(-6, size + 6, (count, 2))
+    colours = rng.uniform(0, 1, (count, 3))
+    background = np.array([0.3, 0.5, 0.7])
+    painted = paint_discs(*(torch.tensor(v, dtype=torch.float32)[None] for v in
+                            (background, centres[:, 0], centres[:, 1], radii, colours)), size, budget=2**12)
+    image = np.zeros((size, size, 3)) + background
+    pixel = np.arange(size) + 0.5
+    for (cy, cx), r, colour in zip(centres, radii, colours):  # the NumPy renderer's painter's algorithm
+        alpha = np.clip(r + 0.5 - np.sqrt((pixel[:, None] - cy) ** 2 + (pixel[None, :] - cx) ** 2), 0, 1)[..., None]
+        image += alpha * (colour - image)
+    assert np.abs(painted[0].permute(1, 2, 0).numpy() - image).max() < 1e-5
