@@ -171,8 +171,8 @@ def _pink_noise(rng: np.random.Generator, size: int, scale: int | None = None) -
         radius = np.maximum(radius, 1.0 / (2 * scale))
     spectrum = (rng.normal(size=radius.shape) + 1j * rng.normal(size=radius.shape)) / radius
     spectrum[0, 0] = 0.0
-    field = np.fft.irfft2(spectrum, s=(big, big))[:size, :size]
-    return ((field - field.mean()) / (field.std() + 1e-12)).astype(np.float32)
+    noise = np.fft.irfft2(spectrum, s=(big, big))[:size, :size]
+    return ((noise - noise.mean()) / (noise.std() + 1e-12)).astype(np.float32)
 
 
 def image_fits(file: str | Path | IO[bytes], size: int, name: str | None = None) -> bool:

@@ -149,3 +149,30 @@ def test_compiled_batch_moments_give_the_eager_sums():
     delta = a.float() - b
     torch.testing.assert_close(eager["sum_delta"][1], delta[1] + delta[4])
     torch.testing.assert_close(eager["sq_b"], b.square().sum(0))
+
+
+@pytest.mark.parametrize("rows", [16, 13])  # a multiple of the groups (a reshape) and not (a scatter)
+def test_grouped_sum_of_consecutive_rows_equals_the_scatter(rows):
+    from ppp_audit.metrics.ppp import grouped_sum
+
+    x = torch.randn(rows, 3, 4, 4)
+    for first in (0, 5):
+        scatter = grouped_sum(x, (torch.arange(rows) + first) % 8, 8)
+        torch.testing.assert_close(grouped_sum(x, first, 8), scatter, rtol=1e-6, atol=1e-6)
+        group_of_row_9 = (first + 9) % 8
+        torch.testing.assert_close(scatter[group_of_row_9], sum(x[r] for r in range(rows) if (first + r) % 8 ==
+                                                                group_of_row_9))
+
+
+def test_accumulator_reads_the_same_whatever_order_the_samples_come_in():
+    torch.manual_seed(1)
+    a, b = torch.randn(32, 4, 6, 6), torch.randn(32, 4, 6, 6)
+    in_order, shuffled = PPPAccumulator(8, mist_counts=()), PPPAccumulator(8, mist_counts=())
+    for start in range(0, 32, 8):  # consecutive batches: the reshape path
+        in_order.update(a[start:start + 8], b[start:start + 8], torch.arange(start, start + 8))
+    order = torch.randperm(32)
+    for start in range(0, 32, 8):  # the same samples, scattered: the index_add path
+        rows = order[start:start + 8]
+        shuffled.update(a[rows], b[rows], rows)
+    for key in in_order.state:
+        torch.testing.assert_close(in_order.state[key], shuffled.state[key], rtol=1e-6, atol=1e-6)
