@@ -57,6 +57,13 @@ wall, t = time.time() - float(sys.argv[2]), report["timings"]
 print(f"large audit: N={report['data']['num_images']} in {wall:.1f} s wall (command), {t['total_s']:.1f} s audit, "
       f"{t['loop_s']:.1f} s measuring loop ({report['data']['num_images'] / t['loop_s']:.0f} images/s)")
 PY
+# 3b. Optional (GPU_CHECK_COMPILE=1; compiling takes a minute or more): does --compile inductor pay?
+if [ -n "${GPU_CHECK_COMPILE:-}" ]; then
+  ppp-audit "${large[@]}" --no-pretrained --device "$device" --precision bf16 --compile inductor --no-progress \
+    --json "$out/large_compiled.json" > /dev/null
+  python -c "import json,sys; t=json.load(open(sys.argv[1]))['timings']; print(f\"compiled: {t['total_s']:.1f} s audit, \
+{t['loop_s']:.1f} s loop\")" "$out/large_compiled.json"
+fi
 # 4. The host path and memory: host-rendered images with DataLoader workers; peak memory at N and 4N.
 workers=$(( $(nproc) > 2 ? $(nproc) / 2 : 1 ))
 python benchmarks/bench_audit.py --model "${models[0]}" "${memory[@]}" --device "$device" --memory-scaling \

@@ -74,3 +74,9 @@ def test_gpu_check_script_runs_every_step_on_cpu(tmp_path):
     for row in ("a_bare_forwards", "b_preloaded", "c_built_in_on_device", "d_jpeg_folder_on_device"):
         assert pipeline.count(row) == 2, row  # bf16 and fp32
     assert "% of the limit" in pipeline and "large audit: N=16 in" in done.stdout
+
+
+def test_image_timing_runs():
+    done = _run("image_timing.py", "--count", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("dead leaves") == 2 and "torchvision.io" in done.stdout
