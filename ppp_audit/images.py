@@ -317,8 +317,8 @@ def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: in
 
     JPEG files (known by their bytes) are decoded on ``device`` in one call (:func:`~ppp_audit.device_images.
     decode_jpegs`: nvJPEG on CUDA), then resized and centre-cropped there; other formats, and JPEGs that decoder
-    refuses (CMYK, corrupt), are read by :func:`load_window` (PIL). Pixels differ from PIL's by the decoders'
-    rounding only (up to a few 1/255 on CUDA; tests/test_device_images.py measures the CPU decoder).
+    refuses (CMYK, corrupt), are read by :func:`load_window` (PIL). On the CPU the pixels equal PIL's
+    (tests/test_device_images.py); nvJPEG may round its IDCT and colour conversion differently.
 
     Args:
         files: ``(path or open binary file, name)`` per image; names are what errors say.

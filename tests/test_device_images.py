@@ -246,3 +246,23 @@ def test_tiled_compositing_equals_painting_the_discs_one_after_another():
         alpha = np.clip(r + 0.5 - np.sqrt((pixel[:, None] - cy) ** 2 + (pixel[None, :] - cx) ** 2), 0, 1)[..., None]
         image += alpha * (colour - image)
     assert np.abs(painted[0].permute(1, 2, 0).numpy() - image).max() < 1e-5
+
+
+def test_fine_tuning_measures_device_images_again_from_the_cache(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ppp_audit.cli import app
+
+    out = tmp_path / "report.json"
+    args = ["resnet10t", "--no-pretrained", "-p", "reflect", "--finetune-steps", "4", "--measure-every", "2",
+            "--finetune-batch-size", "2", "-n", "4", "-b", "4", "--input-size", "64", "--margin", "32",
+            "--images-on", "device", "--device", "cpu", "--json", str(out), "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["data"]["renderer"] == "torch" and data["data"]["images_on"] == "cpu"
+    ft = data["results"][1]["finetune"]
+    assert ft["settings"]["train_data"]["renderer"] == "torch"  # trained on the same renderer's pictures
+    assert len(ft["curve"]) >= 2
