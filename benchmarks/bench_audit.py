@@ -58,17 +58,25 @@ def passes_per_batch(report, labels: list[str], bare_s: float, crop_s: float) ->
 
 
 class PreloadedSource:
-    """Windows rendered before the clock starts, so the factors measure the audit, not the image source."""
+    """Windows made before the clock starts and kept on ``device``, so the factors measure the audit, not the image
+    source (``windows`` hands out slices of them; ``window`` a host copy)."""
 
-    def __init__(self, source, count: int, size: int) -> None:
-        self.windows = [source.window(i, size) for i in range(count)]
+    def __init__(self, source, count: int, size: int, device: torch.device | str = "cpu") -> None:
+        from ppp_audit.images import read_windows
+
+        device = torch.device(device)
+        self.stack = torch.cat([read_windows(source, range(i, min(i + 64, count)), size, device)
+                                for i in range(0, count, 64)])
         self.description = {**source.describe(), "preloaded": count}
 
+    def windows(self, indices, size: int, device: torch.device) -> torch.Tensor:
+        return self.stack[torch.as_tensor(list(indices), device=self.stack.device)].to(device)
+
     def window(self, index: int, size: int) -> torch.Tensor:
-        return self.windows[index]
+        return self.stack[index].cpu()
 
     def available(self) -> int:
-        return len(self.windows)
+        return len(self.stack)
 
     def describe(self) -> dict:
         return self.description
@@ -102,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         inputs.append(windows[..., cut:cut + size + 2 * second, cut:cut + size + 2 * second])
     taps = FeatureTaps(model)
 
-    images = PreloadedSource(source, args.num_images, size + 2 * margin) if args.preload else None
+    images = PreloadedSource(source, args.num_images, size + 2 * margin, device) if args.preload else None
     labels = ["native", *args.paddings]
     batches = -(-args.num_images // args.batch_size)
     if device.type == "cuda":

@@ -27,33 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench_audit import bare_forward_seconds
-
-
-class DeviceWindows:
-    """Windows made before the clock starts and kept on the device: the audit then costs its passes and statistics."""
-
-    def __init__(self, source, count: int, size: int, device: torch.device) -> None:
-        from ppp_audit.images import read_windows
-
-        self.stack = torch.cat([read_windows(source, range(i, min(i + 64, count)), size, device)
-                                for i in range(0, count, 64)])
-        self.description = {**source.describe(), "preloaded": count}
-
-    def windows(self, indices, size: int, device: torch.device) -> torch.Tensor:
-        return self.stack[torch.as_tensor(list(indices), device=self.stack.device)].to(device)
-
-    def window(self, index: int, size: int) -> torch.Tensor:
-        return self.stack[index].cpu()
-
-    def available(self) -> int:
-        return len(self.stack)
-
-    def describe(self) -> dict:
-        return self.description
-
-    def fits(self, index: int, size: int) -> bool:
-        return True
+from bench_audit import PreloadedSource, bare_forward_seconds
 
 
 def write_jpegs(folder: Path, count: int, side: int, device: torch.device, seed: int = 0) -> None:
@@ -153,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
 
     sync(device)
     started = time.perf_counter()
-    preloaded = DeviceWindows(source, args.num_images, window, device)
+    preloaded = PreloadedSource(source, args.num_images, window, device)
     sync(device)
     render_per_s = args.num_images / (time.perf_counter() - started)  # the built-in images alone, batches of 64
     audited("b_preloaded", source=preloaded)

@@ -36,12 +36,17 @@ class BorderBias(nn.Module):
         return x + mask * (self.amplitude + self.noise * torch.randn(x.shape[0], 1, 1, 1))
 
 
-def _valid_vgg() -> nn.Sequential:
+def _small_cnn(padding: int) -> nn.Sequential:
+    """Three 3x3 convolutions (the second with stride 2), all with ``padding``."""
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=0), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=0), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=0), nn.ReLU(),
+        nn.Conv2d(3, 8, 3, padding=padding), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=padding), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=padding), nn.ReLU(),
     ).eval()
+
+
+def _valid_vgg() -> nn.Sequential:
+    return _small_cnn(padding=0)
 
 
 def test_padding_free_model_has_zero_ppp():
@@ -202,11 +207,7 @@ def test_tf32_is_switched_off_with_the_flags_of_older_torch_too(monkeypatch):
 
 
 def _padded_cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-    ).eval()
+    return _small_cnn(padding=1)
 
 
 def test_schemes_share_one_window_pass_when_the_reference_does_not_depend_on_the_padding(monkeypatch):
