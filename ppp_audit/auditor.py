@@ -31,7 +31,7 @@ from .config import NATIVE, AuditConfig
 from .errors import FeatureError, ImageSourceError, NothingToPatchError, PPPAuditError
 from .images import (
     DeadLeavesSource, DeviceLoader, ImageLoader, ImageSource, IndexedSource, SampledSource, WindowCache, WindowDataset,
-    image_loader, image_source, random_sample, skipped_image, too_few_images,
+    image_loader, image_source, made_on_device, random_sample, skipped_image, too_few_images,
 )
 from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry
@@ -175,11 +175,18 @@ def feature_offset(name: str, crop: Tensor, window: Tensor) -> int:
     return diff_h // 2
 
 
-def images_on_device(config: AuditConfig) -> bool:
-    """Whether ``config``'s images are made and decoded on its device (``images_on``: ``auto`` is a GPU's yes)."""
-    if config.images_on == "auto":
-        return resolve_device(config.device).type == "cuda"
-    return config.images_on == "device"
+def images_on_device(config: AuditConfig, source: ImageSource | None = None) -> bool:
+    """Whether ``config``'s images (``source``; ``None``: the built-in ones) are made and decoded on its device.
+
+    ``images_on="auto"`` is yes on a GPU for the sources a device makes itself (:func:`~ppp_audit.images.
+    made_on_device`: the built-in images, a folder of JPEG files); a folder of PNGs, say, stays on the host, where
+    ``--workers`` processes decode it.
+    """
+    if config.images_on != "auto":
+        return config.images_on == "device"
+    if resolve_device(config.device).type != "cuda":
+        return False
+    return source is None or made_on_device(source)
 
 
 def window_cache_bytes(device: torch.device) -> int:
@@ -376,7 +383,6 @@ class Auditor:
             self._choose_margin()
         self.second_margin = self._second_margin()
         self.normalise = Normalise(info, self.device)
-        self.images_on_device = images_on_device(config)
         self._source: tuple[int, ImageSource] | None = None
         self._caches: dict[int, tuple[ImageSource, WindowCache | None]] = {}
 
@@ -434,21 +440,21 @@ class Auditor:
             self._source = (self.window, config_source(self.config, self.info, self.window, self.size))
         return self._source[1]
 
-    def window_loader(self, dataset: WindowDataset, *, graceful: bool = False) -> ImageLoader | DeviceLoader:
-        """Batches of ``dataset``'s windows for the measuring loop: made on the device when the config says so
-        (:func:`images_on_device`; the source's windows kept there between passes while they fit), else read by
-        :meth:`loader`."""
-        if not self.images_on_device:
+    def window_loader(self, dataset: WindowDataset, *, on_device: bool,
+                      graceful: bool = False) -> ImageLoader | DeviceLoader:
+        """Batches of ``dataset``'s windows for the measuring loop: made on the device (``on_device``, from
+        :func:`images_on_device`), else read by :meth:`loader`."""
+        if not on_device:
             return self.loader(dataset, self.config.batch_size, graceful=graceful)
         return DeviceLoader(dataset, batch_size=self.config.batch_size, device=self.device,
                             skip_unreadable=not self.config.strict_images)
 
-    def cached(self, source: ImageSource) -> ImageSource:
+    def cached(self, source: ImageSource, *, on_device: bool) -> ImageSource:
         """``source``, with its windows kept on the device from its second measurement on (one :class:`WindowCache`
         per source object, filled in the second pass and read from the third: fine-tuning measures its held-out
         images again and again). A source measured once (a plain audit) is read as it is, so the audit's memory
-        does not grow with N; so is every source when images are not made on the device."""
-        if not self.images_on_device:
+        does not grow with N; so is every source whose images are not made on the device (``on_device``)."""
+        if not on_device:
             return source
         seen = self._caches.get(id(source))
         if seen is None or seen[0] is not source:
@@ -576,8 +582,10 @@ class Auditor:
         bar = progress_bar(progress if rank == 0 else False)
         bar.phase("preparing images")
 
-        source = random_sample(self.cached(self.image_source() if source is None else source), config.num_images,
-                               config.seed, window, skip_unreadable=not config.strict_images)
+        source = self.image_source() if source is None else source
+        on_device = images_on_device(config, source)
+        source = random_sample(self.cached(source, on_device=on_device), config.num_images, config.seed, window,
+                               skip_unreadable=not config.strict_images)
         unreadable = list(source.unreadable) if isinstance(source, SampledSource) else []  # found while sampling
         available = source.available()
         num_images = min(config.num_images, available) if available else config.num_images
@@ -590,7 +598,7 @@ class Auditor:
             raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
         num_windows = num_images
         dataset = WindowDataset(source, range(rank, num_windows, world), window)
-        loader = self.window_loader(dataset, graceful=graceful)
+        loader = self.window_loader(dataset, on_device=on_device, graceful=graceful)
 
         with_reference = self.estimator == DELTA
         shared = self.shares_reference(schemes, model)
@@ -722,7 +730,7 @@ class Auditor:
         if all(layer.stats.non_finite for result in results for layer in result.layers):
             raise _all_non_finite(schemes, on_first_batch=False)
         data = {**source.describe(), "num_images": num_images,
-                **({"images_on": str(device)} if self.images_on_device else {})}
+                **({"images_on": str(device)} if on_device else {})}
         return Measurement(results=results, data=data, seconds=seconds, loop_s=loop_s, interrupted=interrupted,
                            source=measured_source, skipped=record, reference_shared=shared)
 

@@ -133,7 +133,7 @@ class AuditConfig:
         images_on: Where images are made and decoded (docs/images.md, "On the device"): ``host`` (the NumPy
             dead-leaves renderer, PIL, ``workers`` processes), ``device`` (tensor ops on ``device``: the ``torch``
             dead-leaves renderer, JPEG decoding, windows kept there when they fit), or ``auto``: ``device`` when
-            ``device`` is a GPU, else ``host``. The two dead-leaves renderers make different pictures of the same
+            ``device`` is a GPU and the images are the built-in ones or a folder of JPEG files, else ``host``. The two dead-leaves renderers make different pictures of the same
             statistics; the report's ``data.renderer`` says which.
         compile: A ``torch.compile`` backend (e.g. ``inductor``) for the feature passes; ``None``: eager. Each padding
             and input size compiles once (recompiles are cached), so it pays off for large N.
@@ -188,7 +188,7 @@ class AuditConfig:
     images_on: str = setting(
         "auto", metavar="WHERE", types=(str,),
         help="Where images are made and decoded: host (NumPy/PIL, --workers), device (tensor ops on --device: "
-        "built-in images, JPEG), or auto (device on a GPU).")
+        "built-in images, JPEG), or auto (device on a GPU for built-in images and JPEG folders).")
     compile: str | None = setting(
         None, help="torch.compile the feature passes with this backend (e.g. inductor); pays off for large N.",
         metavar="BACKEND", types=(str,))

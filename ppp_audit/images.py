@@ -688,6 +688,24 @@ class SampledSource(IndexedSource):
         return {**self.base.describe(), "sample": sample}
 
 
+JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
+
+
+def made_on_device(source: ImageSource) -> bool:
+    """Whether a device makes ``source``'s windows itself (what ``--images-on auto`` sends to a GPU): the built-in
+    images of the ``torch`` renderer, a folder of JPEG files (by suffix), or any other source with a ``windows``
+    method; seen through samples, splits and caches. Other folders and datasets are decoded on the host."""
+    while isinstance(source, (IndexedSource, WindowCache)):
+        source = source.base
+    if isinstance(source, DeadLeavesSource):
+        return source.renderer == "torch"
+    if isinstance(source, FolderSource):
+        return all(path.suffix.lower() in JPEG_SUFFIXES for path in source.files)
+    if isinstance(source, HFDatasetSource):
+        return False
+    return hasattr(source, "windows")
+
+
 def usable_order(source: ImageSource, size: int, seed: int,
                  unreadable: list[SkippedImage] | None = None) -> Iterator[int | None]:
     """A finite source's indices in seeded random order, ``None`` in place of each image too small for a ``size``

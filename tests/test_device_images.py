@@ -266,3 +266,25 @@ def test_fine_tuning_measures_device_images_again_from_the_cache(tmp_path):
     ft = data["results"][1]["finetune"]
     assert ft["settings"]["train_data"]["renderer"] == "torch"  # trained on the same renderer's pictures
     assert len(ft["curve"]) >= 2
+
+
+def test_auto_sends_to_a_gpu_only_what_a_device_makes_itself(photo_folder, tmp_path, monkeypatch):
+    import ppp_audit.auditor as auditor_module
+    from ppp_audit.auditor import images_on_device
+    from ppp_audit.images import made_on_device, random_sample
+
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    for path in photo_folder.glob("*.jpg"):
+        (jpegs / path.name).write_bytes(path.read_bytes())
+    assert made_on_device(DeadLeavesSource(renderer="torch")) and not made_on_device(DeadLeavesSource())
+    assert made_on_device(FolderSource(jpegs)) and not made_on_device(FolderSource(photo_folder))  # it holds a PNG
+    assert made_on_device(random_sample(FolderSource(jpegs), 3, seed=0, size=64))  # seen through the sample
+    config = AuditConfig(model="resnet10t", device="cuda")
+    monkeypatch.setattr(auditor_module, "resolve_device", lambda device: torch.device("cuda"))
+    assert images_on_device(config) and images_on_device(config, FolderSource(jpegs))
+    assert not images_on_device(config, FolderSource(photo_folder))  # PNGs: PIL with --workers on the host
+    forced = AuditConfig(model="resnet10t", device="cuda", images_on="device")
+    assert images_on_device(forced, FolderSource(photo_folder))
+    monkeypatch.setattr(auditor_module, "resolve_device", lambda device: torch.device("cpu"))
+    assert not images_on_device(config) and images_on_device(AuditConfig(model="resnet10t", images_on="device"))
