@@ -914,7 +914,9 @@ class DeviceLoader:
     A batch with an image that cannot be read is read again one image at a time, so that the error names that image
     and, with ``skip_unreadable``, the others are kept. On CUDA each batch is made on a side stream: the next batch
     is made while the GPU still runs the passes the loop queued for the last one (the loop's stream waits for it
-    before its own next passes).
+    before its own next passes). The side stream does not wait for the loop's: a source whose ``windows`` reads
+    device tensors must have finished writing them (rendering, decoding and cached windows read none the loop
+    writes).
 
     Attributes:
         dataset: The dataset the batches come from.
