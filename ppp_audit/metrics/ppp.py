@@ -235,6 +235,13 @@ def _consecutive(indices: Tensor) -> bool:
     return bool((indices[1:] - indices[:-1] == 1).all())
 
 
+def _on_device(indices: Tensor, device: torch.device) -> Tensor:
+    """``indices`` on ``device`` without making the host wait for the device (pinned memory, an asynchronous copy)."""
+    if device.type == "cuda" and indices.device.type == "cpu":
+        return indices.pin_memory().to(device, non_blocking=True)
+    return indices.to(device)
+
+
 class PPPAccumulator:
     """Streams padded features ``A`` and padding-free references ``B`` of one layer into running float64 sums.
 
@@ -300,9 +307,15 @@ class PPPAccumulator:
             self._init(a)
         if indices is None:
             indices = torch.arange(a.shape[0]) + self.arrived
-        group = indices.to(a.device) % self.groups
-        # Consecutive indices (the usual batch; known on the host when they are there): the groups are a reshape.
-        first = int(indices[0]) % self.groups if _consecutive(indices) else group
+        # Consecutive indices (the usual batch; known on the host when they are there): the groups are a reshape,
+        # and the group of each row is made on the device. Copying host indices there the plain way would wait for
+        # the device (a pageable host-to-GPU copy synchronises the stream) on every update of every layer.
+        if _consecutive(indices):
+            first = int(indices[0]) % self.groups
+            group = (torch.arange(a.shape[0], device=a.device) + first) % self.groups
+        else:
+            group = _on_device(indices, a.device) % self.groups
+            first = group
         self._snapshot(a, b)  # before the batch joins the sums: a count may fall inside it
         self.arrived += a.shape[0]
         st = self.state
