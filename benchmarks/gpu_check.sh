@@ -42,20 +42,26 @@ python benchmarks/compare_reports.py "$out/cpu_host.json" "$out/device_host.json
 # 2. The pipeline: bare forwards, preloaded, built-in images on the device, a JPEG folder (bf16), per model.
 for model in "${models[@]}"; do
   python benchmarks/pipeline.py --model "$model" "${pipeline[@]}" --device "$device" --precision bf16 \
-    | tee -a "$out/pipeline.txt"
+    --save "$out/pipeline.jsonl" | tee -a "$out/pipeline.txt"
 done
 python benchmarks/pipeline.py --model "${models[0]}" "${pipeline[@]}" --device "$device" --precision fp32 \
-  | tee -a "$out/pipeline.txt"
+  --save "$out/pipeline.jsonl" | tee -a "$out/pipeline.txt"
 # 3. A large audit of one scheme, built-in images, bf16: wall time of the whole command.
 started=$(date +%s.%N)
 ppp-audit "${large[@]}" --no-pretrained --device "$device" --precision bf16 --no-progress --json "$out/large.json" \
   > /dev/null
-python - "$out/large.json" "$started" <<'PY'
+python - "$out/large.json" "$started" "$out/pipeline.jsonl" <<'PY'
 import json, sys, time
 report = json.load(open(sys.argv[1]))
 wall, t = time.time() - float(sys.argv[2]), report["timings"]
 print(f"large audit: N={report['data']['num_images']} in {wall:.1f} s wall (command), {t['total_s']:.1f} s audit, "
       f"{t['loop_s']:.1f} s measuring loop ({report['data']['num_images'] / t['loop_s']:.0f} images/s)")
+# The issue's acceptance, as measured here (the pipeline's first bf16 row is the first model's).
+first = json.loads(open(sys.argv[3]).readline())
+built_in = first["rows"]["c_built_in_on_device"]["fraction_of_limit"]
+print(f"acceptance: {first['model']} {first['precision']} audit with the built-in images at {100 * built_in:.1f} % of "
+      f"the two-forward limit (>= 80 %: {'yes' if built_in >= 0.8 else 'no'}); "
+      f"{report['data']['num_images']}-image audit in {wall:.1f} s (< 30 s: {'yes' if wall < 30 else 'no'})")
 PY
 # 3b. Optional (GPU_CHECK_COMPILE=1; compiling takes a minute or more): does --compile inductor pay?
 if [ -n "${GPU_CHECK_COMPILE:-}" ]; then

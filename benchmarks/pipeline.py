@@ -160,8 +160,12 @@ def main() -> None:
     parser.add_argument("--margin", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the bare forwards and statistics")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--save", type=Path, default=None, help="also append the result as one JSON line to this file")
     args = parser.parse_args()
     result = run(args)
+    if args.save:
+        with args.save.open("a") as lines:
+            lines.write(json.dumps(result) + "\n")
     if args.json:
         print(json.dumps(result))
         return
