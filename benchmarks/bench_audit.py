@@ -34,18 +34,31 @@ def bare_forward_seconds(taps, inputs, repeats: int, device: torch.device, preci
     second windows, if any) through the taps, with the audit's own precision (autocast on CUDA)."""
     from ppp_audit.auditor import autocast
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     with torch.inference_mode(), autocast(device, precision):
         [taps(x) for x in inputs]  # warm-up
-        sync()
+        sync(device)
         start = time.perf_counter()
         for _ in range(repeats):
             [taps(x) for x in inputs]
-        sync()
+        sync(device)
     return (time.perf_counter() - start) / repeats
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels (a GPU runs ahead of the host; timings must include them)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start counting peak GPU memory afresh (nothing on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mib(device: torch.device) -> float | None:
+    """Peak GPU memory since :func:`reset_peak`, in MiB; ``None`` on the CPU."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def passes_per_batch(report, labels: list[str], bare_s: float, crop_s: float) -> float:
@@ -106,15 +119,13 @@ def run(args: argparse.Namespace) -> dict:
     windows = windows.contiguous(memory_format=memory_format)
     inputs = [windows[..., margin:margin + size, margin:margin + size], windows]
     if second:
-        cut = margin - second
-        inputs.append(windows[..., cut:cut + size + 2 * second, cut:cut + size + 2 * second])
+        inputs.append(auditor.second_window(windows))
     taps = FeatureTaps(model)
 
     images = PreloadedSource(source, args.num_images, size + 2 * margin, device) if args.preload else None
     labels = ["native", *args.paddings]
     batches = -(-args.num_images // args.batch_size)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak(device)
     crop_s = bare_forward_seconds(taps, inputs[:1], args.repeats, device, args.precision) if args.paddings else 0.0
     rounds = []
     for _ in range(args.rounds):
@@ -152,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
         "overhead_factor_total": report.timings["total_s"] / needed_s,
         "one_off_s": report.timings["total_s"] - loop_s,
         "peak_rss_mib": peak_rss_mib(),
-        "peak_cuda_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_cuda_mib": peak_mib(device),
     }
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from bench_audit import PreloadedSource, bare_forward_seconds
+from bench_audit import PreloadedSource, bare_forward_seconds, peak_mib, reset_peak, sync
 
 
 def write_jpegs(folder: Path, count: int, side: int, device: torch.device, seed: int = 0) -> None:
@@ -45,7 +45,7 @@ def write_jpegs(folder: Path, count: int, side: int, device: torch.device, seed:
 
 def statistics_seconds(auditor, windows: torch.Tensor, repeats: int) -> float:
     """Seconds of the accumulator updates of one batch (crop and window features already computed), per batch."""
-    from ppp_audit.auditor import autocast
+    from ppp_audit.auditor import autocast, feature_offset
     from ppp_audit.metrics import PPPAccumulator
 
     device = auditor.device
@@ -53,8 +53,8 @@ def statistics_seconds(auditor, windows: torch.Tensor, repeats: int) -> float:
         crops = auditor.crop(windows)
         feats_crop, feats_window = auditor.taps(crops), auditor.taps(windows)
     pairs = []
-    for a, b in zip(feats_crop, feats_window):
-        off = (b.shape[-1] - a.shape[-1]) // 2
+    for name, a, b in zip(auditor.taps.names, feats_crop, feats_window):
+        off = feature_offset(name, a, b)
         pairs.append((a, b[..., off:off + a.shape[-2], off:off + a.shape[-1]]))
     accumulators = [PPPAccumulator(auditor.config.groups) for _ in pairs]
     indices = torch.arange(windows.shape[0])
@@ -70,20 +70,6 @@ def statistics_seconds(auditor, windows: torch.Tensor, repeats: int) -> float:
         run()
     sync(device)
     return (time.perf_counter() - start) / repeats
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_mib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -102,12 +88,9 @@ def run(args: argparse.Namespace) -> dict:
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     model.to(memory_format=memory_format)
     source = auditor.image_source()
-    batch = torch.cat([source.windows(range(args.batch_size), window, device)]).contiguous(memory_format=memory_format)
-    batch = auditor.normalise(batch)
-    inputs = [auditor.crop(batch), batch]
-    if second:
-        cut = margin - second
-        inputs.append(batch[..., cut:cut + size + 2 * second, cut:cut + size + 2 * second])
+    batch = auditor.normalise(source.windows(range(args.batch_size), window, device))
+    batch = batch.contiguous(memory_format=memory_format)
+    inputs = [auditor.crop(batch), batch, *([auditor.second_window(batch)] if second else [])]
 
     rows: dict[str, dict] = {}
     reset_peak(device)

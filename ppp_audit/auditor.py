@@ -433,6 +433,12 @@ class Auditor:
         m, s = self.margin, self.size
         return windows[..., m:m + s, m:m + s]
 
+    def second_window(self, windows: Tensor) -> Tensor:
+        """The centre ``(S + 2 m2)²`` blocks of a batch of windows, ``m2`` the :attr:`second_margin` (which must be
+        set): the windows of the second, smaller margin measured for partial layers."""
+        cut, side = self.margin - self.second_margin, self.size + 2 * self.second_margin
+        return windows[..., cut:cut + side, cut:cut + side]
+
     def image_source(self) -> ImageSource:
         """The images the config names (resized as the model's data config asks), or the built-in dead leaves; made
         once per auditor and window size (a folder lists its files once)."""
@@ -643,8 +649,7 @@ class Auditor:
                         with context.matching():  # ... is where the window pass takes their statistics
                             if not shared:
                                 feats_window = extract(windows) if with_reference else None
-                                cut, side = margin - (second or 0), size + 2 * (second or 0)
-                                feats_second = extract(windows[..., cut:cut + side, cut:cut + side]) if second else None
+                                feats_second = extract(self.second_window(windows)) if second else None
                     if not with_reference:  # crop passes only: the mean-feature estimator
                         offsets = offsets or [0] * len(feats_crop)
                         strides = strides or [size / a.shape[-1] for a in feats_crop]

@@ -209,7 +209,9 @@ def paint_discs(background: Tensor, centre_y: Tensor, centre_x: Tensor, radii: T
     slot = torch.arange(tile.numel(), device=device) - (torch.cumsum(listed, 0) - listed)[tile]
     busy = torch.nonzero(listed, as_tuple=True)[0]
     busy = busy[torch.argsort(listed[busy], stable=True)]
-    lengths = listed[busy].tolist()  # the one host sync: chunk sizes
+    # Chunk sizes are read on the host (as repeat_interleave and nonzero read sizes above): the renderer waits for
+    # its own stream, a DeviceLoader's side stream on CUDA, not for the measuring loop's.
+    lengths = listed[busy].tolist()
     # Per listed slot: centre, radius and colour; an empty slot is a disc of radius -1 (coverage 0 everywhere).
     table = torch.full((batch * tiles_per_image, max(lengths[-1] if lengths else 1, 1)), batch * count,
                        dtype=torch.int64, device=device)

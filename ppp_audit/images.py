@@ -113,7 +113,7 @@ class DeadLeavesSource:
         if self.renderer == "torch":
             return render_dead_leaves(self.seed, indices, size, scale=self.scale, num_discs=self.num_discs,
                                       device=device, compile=self.compile)
-        return torch.stack([self.window(index, size) for index in indices]).to(device)
+        return stack_windows(self, indices, size, device)
 
     def window(self, index: int, size: int) -> Tensor:
         if self.renderer == "torch":
@@ -354,6 +354,11 @@ def read_windows(source: ImageSource, indices: Sequence[int], size: int, device:
     ``windows`` method: the ``torch`` dead-leaves renderer, JPEG decoding), read one by one and moved otherwise."""
     if hasattr(source, "windows"):
         return source.windows(indices, size, device)
+    return stack_windows(source, indices, size, device)
+
+
+def stack_windows(source: ImageSource, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+    """Windows ``indices`` of ``source`` read one by one on the host (``window``), as one batch moved to ``device``."""
     return torch.stack([source.window(index, size) for index in indices]).to(device)
 
 

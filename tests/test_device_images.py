@@ -92,7 +92,8 @@ def _picture_statistics(windows: torch.Tensor) -> dict[str, float]:
 
 
 def test_torch_renderer_matches_the_numpy_renderer_statistically():
-    numpy_source, torch_source = DeadLeavesSource(seed=5, scale=64), DeadLeavesSource(seed=5, scale=64, renderer="torch")
+    numpy_source = DeadLeavesSource(seed=5, scale=64)
+    torch_source = DeadLeavesSource(seed=5, scale=64, renderer="torch")
     reference = _picture_statistics(torch.stack([numpy_source.window(i, 96) for i in range(48)]))
     drawn = _picture_statistics(torch_source.windows(range(48), 96, CPU))
     for name, value in reference.items():

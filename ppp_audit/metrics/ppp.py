@@ -230,9 +230,9 @@ def compiled_moments(backend: str) -> Callable[..., dict[str, Tensor]]:
 
 def _consecutive(indices: Tensor) -> bool:
     """Whether host-side ``indices`` run consecutively (a device tensor is not read: that would wait for the device)."""
-    if indices.device.type != "cpu" or indices.numel() < 2:
-        return indices.device.type == "cpu" and indices.numel() == 1
-    return bool((indices[1:] - indices[:-1] == 1).all())
+    if indices.device.type != "cpu":
+        return False
+    return bool((indices[1:] - indices[:-1] == 1).all())  # one index (no differences) is consecutive
 
 
 def _on_device(indices: Tensor, device: torch.device) -> Tensor:
@@ -311,16 +311,15 @@ class PPPAccumulator:
         # and the group of each row is made on the device. Copying host indices there the plain way would wait for
         # the device (a pageable host-to-GPU copy synchronises the stream) on every update of every layer.
         if _consecutive(indices):
-            first = int(indices[0]) % self.groups
-            group = (torch.arange(a.shape[0], device=a.device) + first) % self.groups
+            grouping: Tensor | int = int(indices[0]) % self.groups  # the first row's group (batch_moments)
+            group = (torch.arange(a.shape[0], device=a.device) + grouping) % self.groups
         else:
-            group = _on_device(indices, a.device) % self.groups
-            first = group
+            group = grouping = _on_device(indices, a.device) % self.groups
         self._snapshot(a, b)  # before the batch joins the sums: a count may fall inside it
         self.arrived += a.shape[0]
         st = self.state
         st["count"].index_add_(0, group, torch.ones_like(group, dtype=torch.float64))
-        for key, value in self.moments(a.detach(), b.detach() if self.with_reference else None, first,
+        for key, value in self.moments(a.detach(), b.detach() if self.with_reference else None, grouping,
                                        self.groups).items():
             st[key].add_(value)
 
@@ -333,8 +332,10 @@ class PPPAccumulator:
         for k in (k for k in self.mist_counts if first < k <= last):
             rows = k - first
             sum_a = self.state["sum_a"].sum(0) + a[:rows].sum(0, dtype=torch.float64)
-            delta = a[:rows].float() - b[:rows].float() if self.with_reference else None
-            sum_delta = self.state["sum_delta"].sum(0) + delta.sum(0, dtype=torch.float64) if delta is not None else None
+            sum_delta = None
+            if self.with_reference:
+                delta = a[:rows].float() - b[:rows].float()
+                sum_delta = self.state["sum_delta"].sum(0) + delta.sum(0, dtype=torch.float64)
             self.snapshots[k] = mist_maps(sum_a / k, None if sum_delta is None else sum_delta / k)
 
     def is_finite(self) -> bool:
