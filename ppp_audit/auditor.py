@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -37,6 +36,7 @@ from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments, finite_layers
 from .models import FeatureTaps, ModelInfo, build_model
+from .launch import local_rank, process_rank
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .progress import ProgressReporter, progress_bar
 from .receptive import Influence, MarginChoice, choose_margin, influence_profiles
@@ -52,7 +52,7 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA if available (this process's local rank's GPU under torchrun), else CPU."""
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            return torch.device("cuda", local_rank())
         return torch.device("cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise PPPAuditError(f"device '{device}' requested but CUDA is not available", "use --device cpu or auto")
@@ -128,7 +128,7 @@ def rank_and_world() -> tuple[int, int]:
     """This process's rank and the world size when launched by ``torchrun`` (initialising the process group)."""
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _, world = process_rank()
     if world == 1:
         return 0, 1
     if not dist.is_initialized():

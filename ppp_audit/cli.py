@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import os
 import sys
 import types
@@ -20,7 +21,7 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .config import AuditConfig, FinetuneConfig, cli_fields
+from .config import AuditConfig, FinetuneConfig, cli_fields, option_flag
 from .errors import PPPAuditError
 
 
@@ -87,9 +88,31 @@ class _Command(_FlagHelp, TyperCommand):
     """A command whose help shows flags as flags (:class:`_FlagHelp`)."""
 
 
+_USAGE_ERRORS = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+"""What a command line that cannot be parsed raises: click's errors, or those of the click typer >= 0.25 carries."""
+
+
 class _AuditByDefault(_FlagHelp, TyperGroup):
     """Routes ``ppp-audit MODEL ...`` to the ``audit`` command when MODEL is not a command name (after any of the
     app's own flags: ``ppp-audit --debug resnet50 -p reflect``); bare ``ppp-audit`` prints the help and exits 0."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """As click's, but a usage error (``-n abc``, an option the command lacks) is one line, as every other error
+        is, not a box of help."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _USAGE_ERRORS as exc:
+            message = " ".join(exc.format_message().split())
+            where = getattr(exc, "ctx", None)
+            hint = f" — `{where.command_path} --help` lists the options" if where is not None else ""
+            raise SystemExit(_fail(message + hint, getattr(exc, "exit_code", 2)).exit_code) from None
+        except (click.Abort, typer.Abort):
+            _say("aborted")
+            raise SystemExit(1) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not args and not ctx.resilient_parsing:
@@ -159,7 +182,9 @@ _saved_reports: list[Path] = []
 
 
 def _debugging() -> bool:
-    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    from .launch import env_flag
+
+    return env_flag(DEBUG_ENV)
 
 
 def _remember(path: Path | str) -> Path:
@@ -173,7 +198,7 @@ def _check_outputs(json_out: Optional[str], out: Optional[Path], overwrite: bool
     from .report import check_report_folder, check_report_path
 
     if json_out and json_out != "-":
-        check_report_path(json_out)
+        check_report_path(json_out, overwrite=overwrite)
     if out is not None:
         check_report_folder(out, overwrite=overwrite)
 
@@ -182,7 +207,9 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: b
                push: Optional[dict] = None, finetune=None, overwrite: bool = False, **audit_kwargs) -> None:
     from .engine import audit
     from .errors import AuditInterrupted
+    from .launch import process_rank
 
+    rank, _ = process_rank()  # a rank variable that cannot be meant fails now, not after the audit
     _check_outputs(json_out, out, overwrite)
     try:
         if finetune is None:
@@ -198,7 +225,7 @@ def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: b
         _saved_reports.clear()  # the line below says where it is
         raise _fail(f"interrupted: {stopped.report.interrupted}. Report saved to {saved} "
                     f"(`ppp-audit show {saved}` renders it)", 130) from None
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 writes and prints the (all-reduced) report
+    if rank != 0:  # under torchrun, rank 0 writes and prints the (all-reduced) report
         return
     try:
         _deliver(report, json_out, out, push)
@@ -212,7 +239,7 @@ def _deliver(report, json_out: Optional[str], out: Optional[Path], push: Optiona
     """Save, print, draw and push a finished report; the JSON reaches the disk before anything else can fail."""
     from rich.console import Console
 
-    from .render import REPORT_JSON, print_report
+    from .render import print_report, save_report
 
     if out is None and push:
         from .hub import unused_report_dir
@@ -220,7 +247,7 @@ def _deliver(report, json_out: Optional[str], out: Optional[Path], push: Optiona
         out = unused_report_dir(report)
     saved = None
     if out is not None:
-        saved = _remember(report.save(Path(out) / REPORT_JSON))
+        saved = _remember(save_report(report, out))
         _say(f"report saved to {saved}")
     if json_out == "-":
         sys.stdout.write(report.to_json() + "\n")
@@ -251,11 +278,11 @@ def _save_fallback(report) -> Path:
 
 def _save_interrupted(report, json_out: Optional[str], out: Optional[Path]) -> Path:
     """Where the report of an interrupted audit goes: ``--out``, else the ``--json`` file, else the default folder."""
-    from .render import REPORT_JSON
+    from .render import save_report
 
     try:
         if out is not None:
-            return report.save(Path(out) / REPORT_JSON)
+            return save_report(report, out)
         if json_out and json_out != "-":
             return report.save(json_out)
     except OSError:
@@ -317,6 +344,9 @@ def _write_outputs(report, out: Path, **kwargs) -> None:
         _say(f"{drawn} figure{'' if drawn == 1 else 's'}{page} written to {outputs.out_dir}")
     else:
         _say(f"figures and page already in {outputs.out_dir} (--overwrite redraws them)")
+    if outputs.kept:
+        kept = ", ".join(f"{theirs} (drawn as {ours})" for theirs, ours in outputs.kept.items())
+        _say(f"kept files ppp-audit did not write: {kept}")
 
 
 def _guarded(func):
@@ -354,6 +384,17 @@ def _where_saved(line: str = "") -> str:
     return f" (the report is saved at {_saved_reports[-1]})"
 
 
+def _cli_default(f: dataclasses.Field) -> Any:
+    """A config field's default on the command line (``inspect.Parameter.empty`` for a required argument)."""
+    if f.metadata["cli_default"] is not dataclasses.MISSING:
+        return f.metadata["cli_default"]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return inspect.Parameter.empty
+
+
 def config_parameters(config_class: type, *names: str) -> list[inspect.Parameter]:
     """typer parameters for the CLI fields of a config (:func:`ppp_audit.config.cli_fields`): the command line is
     derived from the one table of options, so a setting's flag, help and default cannot drift from the config."""
@@ -364,14 +405,7 @@ def config_parameters(config_class: type, *names: str) -> list[inspect.Parameter
         annotation = meta["cli_type"] or hints[f.name]
         if typing.get_origin(annotation) in (types.UnionType, typing.Union):  # typer reads Optional[X]
             annotation = Optional[next(a for a in typing.get_args(annotation) if a is not type(None))]
-        if meta["cli_default"] is not dataclasses.MISSING:
-            default = meta["cli_default"]
-        elif f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = inspect.Parameter.empty
+        default = _cli_default(f)
         if default is inspect.Parameter.empty:
             info = typer.Argument(help=meta["help"], metavar=meta["metavar"] or f.name.upper())
         else:
@@ -408,7 +442,8 @@ _OUTPUT = [
             help="Show each phase on stderr: live on a terminal; in a log, a line per phase and a heartbeat "
             "(runs over a minute)."),
     _option("overwrite", bool, False, "--overwrite",
-            help="Replace the report already in the --out folder (and the figures the new one does not draw)."),
+            help="Replace the report already at --out or --json (and the figures ppp-audit drew for it that the new "
+            "one does not draw; files ppp-audit did not write are never replaced)."),
 ]
 _MODEL_PR = _option("model_pr", bool, False, "--model-pr",
                     help="Open a pull request on the model's repo adding the scores to its card.")
@@ -449,10 +484,12 @@ def audit_command(**values: Any) -> None:
     finetune = None
     if values["finetune_steps"]:
         finetune = config_from_cli(FinetuneConfig, values)
-    elif values["labels"] or values["save_weights"] or values["measure_every"] or values["repair"] or \
-            values["repair_compare"] or values["repair_layers"]:
-        raise PPPAuditError("--labels, --measure-every, --save-weights and --repair need fine-tuning",
-                            "add --finetune-steps K")
+    else:  # a fine-tuning option without fine-tuning would be ignored without a word (and never checked)
+        given = [option_flag(f) for f in cli_fields(FinetuneConfig)
+                 if values[f.metadata["cli_name"] or f.name] != _cli_default(f)]
+        if given:
+            raise PPPAuditError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} fine-tuning",
+                                "add --finetune-steps K")
     _run_audit(config, values["json_out"], values["out"], values["progress"], push, finetune=finetune,
                overwrite=values["overwrite"])
 
@@ -500,7 +537,9 @@ def sweep_command(**values: Any) -> None:
     """
     from .progress import ProgressReporter
     from .report import check_report_folder
-    from .sweep import expand_models, read_model_list, run_sweep, shard, sweep_rank, sweep_settings
+    from .launch import sweep_share
+    from .runs import check_sweep_folder, run_folder
+    from .sweep import check_shared_settings, expand_models, read_model_list, run_sweep, shard, sweep_settings
 
     if values["out"] is None:
         raise PPPAuditError("a sweep needs --out DIR", "name the folder its runs go to, e.g. --out sweep/")
@@ -511,13 +550,18 @@ def sweep_command(**values: Any) -> None:
         raise PPPAuditError("no models to sweep", "name models or patterns, e.g. ppp-audit sweep 'resnet*' --out DIR")
     values.pop("skip_existing")  # the default; --force turns it off
     timeout = values.pop("timeout")
-    if timeout <= 0:
-        raise PPPAuditError(f"--timeout must be positive (got {timeout:g})", "pass seconds per model, e.g. 600")
+    if not 0 < timeout < math.inf:  # also false for nan
+        raise PPPAuditError(f"--timeout must be a positive number of seconds (got {timeout:g})",
+                            "pass seconds per model, e.g. 600")
+    rank, world = sweep_share()
     config = config_from_cli(AuditConfig, values, *_SWEEP_SETTINGS, model="sweep")  # the shared settings, checked
-    models = expand_models(names, pretrained=config.pretrained)
-    rank, world = sweep_rank()
     out = values["out"]
-    check_report_folder(out)  # writable, checked before the first model rather than after it
+    # Writable and no single audit's report, checked before the first model rather than after it.
+    check_report_folder(out, replace_hint="a sweep folder holds run folders: choose another folder for the sweep")
+    check_shared_settings(config)
+    models = expand_models(names, pretrained=config.pretrained)
+    settings = sweep_settings(config)
+    check_sweep_folder(out, [run_folder(out, model, settings) for model in shard(models, rank, world)])
     share = f" (rank {rank} of {world}: {len(shard(models, rank, world))} of them)" if world > 1 else ""
     _say(f"sweeping {len(models)} model{'' if len(models) == 1 else 's'}{share} into {out}")
     reporter = ProgressReporter(values["progress"])
@@ -528,12 +572,13 @@ def sweep_command(**values: Any) -> None:
             why = f": {record.reason}" if record.reason else ""
             _say(f"{record.model}: {record.status}{seconds}{why}")
 
-    summary = run_sweep(models, sweep_settings(config), out, rank=rank, world=world,
+    summary = run_sweep(models, settings, out, rank=rank, world=world,
                         skip_existing=not values["force"],
                         retry_failed=values["retry_failed"], timeout_s=timeout, pages=values["pages"],
                         progress=reporter, on_model=on_model)
-    counts = (f"{len(summary.done)} done, {len(summary.failed)} failed, {len(summary.skipped)} already there, of "
-              f"{len(summary.models)}")
+    claimed = f", {len(summary.claimed)} being audited by another sweep" if summary.claimed else ""
+    counts = (f"{len(summary.done)} done, {len(summary.failed)} failed, {len(summary.skipped)} already there"
+              f"{claimed}, of {len(summary.models)}")
     if summary.interrupted:
         raise _fail(f"interrupted: {counts}; the model in progress is not recorded — run the same command again to "
                     "resume", 130)

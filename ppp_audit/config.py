@@ -23,14 +23,29 @@ BN_MODES = ("frozen", "train")
 DISTILL_LOSSES = ("kl", "mse")
 LABEL_SOURCES = ("folder", "dataset")
 IMAGES_ON = ("auto", "host", "device")
+MAX_SIDE = 4096
+"""Largest crop size and margin (px): 4x timm's largest pretrained input size (1024 px). Beyond it a window would not
+fit in any device's memory, so a larger value is a typo (failing later as a failed allocation)."""
+MAX_BATCH = 4096
+"""Largest batch (windows or training crops per pass): any device is busy long before it, and a bigger batch is a typo
+that would fail as a failed allocation."""
+MAX_IMAGES = 1_000_000
+"""Largest N (and training pool): a few hundred windows already pin PPP down; a bigger N is a typo that would run for
+days."""
+MAX_STEPS = 1_000_000
+"""Most fine-tuning steps: PPP forms (or not) within thousands; a bigger count is a typo that would run for days."""
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, ...] = (), cli_name: str | None = None,
             metavar: str | None = None, panel: str | None = None, cli: bool = True, cli_type: Any = None,
             cli_default: Any = dataclasses.MISSING, parse: Callable[[Any], Any] | None = None,
             types: tuple[type, ...] | None = None, items: type | None = None,
+            minimum: float | None = None, maximum: float | None = None, above: float | None = None,
+            below: float | None = None, unit: str = "", hint: str | None = None,
             default_factory: Callable[[], Any] | None = None) -> Any:
-    """A config field with what the CLI and the type check need.
+    """A config field with what the CLI, the type check and the range check (:func:`check_ranges`) need.
+
+    A number field's value must be finite and within its bounds; an upper bound is also said in the help text.
 
     Args:
         default: The Python default.
@@ -46,19 +61,39 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, 
         types: Accepted Python types of the value (checked on creation); ``None`` is always accepted for optional
             fields (default ``None``).
         items: For list fields, the type of each item.
+        minimum: Smallest value allowed (inclusive).
+        maximum: Largest value allowed (inclusive).
+        above: The value must be greater than this (an exclusive lower bound).
+        below: The value must be less than this (an exclusive upper bound).
+        unit: Unit of the bounds in messages and help (``"px"``).
+        hint: How to fix a value out of range (default: pass the default value).
         default_factory: For mutable defaults.
     """
+    upper = next((f"{word} {_number(bound)}" for word, bound in (("at most", maximum), ("below", below))
+                  if bound is not None), None)
+    if upper is not None:  # the lower bounds are what anyone expects (positive sizes); the upper ones are not
+        help = f"{help.rstrip('.')}; {upper}{' ' + unit if unit else ''}."
     metadata = {"help": help, "flags": flags, "cli_name": cli_name, "metavar": metavar, "panel": panel, "cli": cli,
-                "cli_type": cli_type, "cli_default": cli_default, "parse": parse, "types": types, "items": items}
+                "cli_type": cli_type, "cli_default": cli_default, "parse": parse, "types": types, "items": items,
+                "minimum": minimum, "maximum": maximum, "above": above, "below": below, "unit": unit, "hint": hint}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
+def _number(bound: float) -> str:
+    """A bound as help and messages write it: ``2**64 - 1``, not ``18446744073709551615``."""
+    if isinstance(bound, int) and bound >= 2**32 and bound & (bound + 1) == 0:
+        return f"2**{bound.bit_length()} - 1"
+    return str(bound)
+
+
 def _comma_list(text: str | None) -> list[str] | None:
-    """``"a, b,"`` -> ``["a", "b"]``; empty -> ``None``."""
-    names = [name.strip() for name in (text or "").split(",") if name.strip()]
-    return names or None
+    """``"a, b,"`` -> ``["a", "b"]``; ``None`` (not given) -> ``None``. Text that names nothing (``" , "``) is an
+    empty list, for the config to refuse: read as "not given" it would silently mean every layer."""
+    if text is None:
+        return None
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def _parse_baseline_options(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -88,6 +123,37 @@ def check_types(config: Any) -> None:
                 f"pass a {expected}"
             _bad(f"{type(config).__name__}.{f.name} must be a {expected} (got {type(value).__name__} {value!r})",
                  example)
+
+
+def option_flag(f: dataclasses.Field) -> str:
+    """How messages name a setting: its first command-line flag, or its field name where the CLI does not offer it."""
+    if not f.metadata["cli"]:
+        return f.name
+    return (f.metadata["flags"] or (f"--{f.name.replace('_', '-')}",))[0].split("/")[0]
+
+
+def check_ranges(config: Any) -> None:
+    """Refuse a number that is not finite or out of its field's bounds (:func:`setting`), with one line naming the
+    setting and the bound it breaks. Every number is checked finite first, as comparisons cannot refuse NaN
+    (``nan < 0`` is false): a NaN or inf, or a size beyond any window's, would otherwise reach the audit and fail late
+    for a misleading reason (a NaN loss, a failed allocation). Call after :func:`check_types`."""
+    for f in dataclasses.fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        minimum, maximum, above, below = (meta.get(key) for key in ("minimum", "maximum", "above", "below"))
+        unit = f" {meta['unit']}" if meta.get("unit") else ""
+        checks = (("a finite number", not isinstance(value, float) or math.isfinite(value)),
+                  (f"at least {_number(minimum)}{unit}", minimum is None or value >= minimum),
+                  (f"above {_number(above)}{unit}", above is None or value > above),
+                  (f"at most {_number(maximum)}{unit}", maximum is None or value <= maximum),
+                  (f"below {_number(below)}{unit}", below is None or value < below))
+        broken = next((bound for bound, ok in checks if not ok), None)
+        if broken is not None:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            hint = meta.get("hint") or (f"pass e.g. {option_flag(f)} {default}" if default is not None else
+                                        "leave it out for the default")
+            _bad(f"{option_flag(f)} must be {broken} (got {value})", hint)
 
 
 def _check_compile_backend(backend: str) -> None:
@@ -163,28 +229,39 @@ class AuditConfig:
         help="Image folder (recursive), or hfds/NAME\\[#CONFIG]: a Hugging Face dataset, by Hub id or local folder "
         "(needs pip install 'ppp-audit\\[hf]'; a local folder named hfds is ./hfds/...). Default: built-in dead-leaves "
         "images.")
-    num_images: int = setting(64, help="Windows to average over (N).", flags=("--num-images", "-n"), types=(int,))
-    batch_size: int = setting(16, help="Windows per forward pass.", flags=("--batch-size", "-b"), types=(int,))
+    num_images: int = setting(64, help="Windows to average over (N).", flags=("--num-images", "-n"), types=(int,),
+                              minimum=2, maximum=MAX_IMAGES,
+                              hint="a variance needs two images, and a few hundred pin PPP down; e.g. -n 64")
+    batch_size: int = setting(16, help="Windows per forward pass.", flags=("--batch-size", "-b"), types=(int,),
+                              minimum=1, maximum=MAX_BATCH)
     device: str = setting("auto", help="auto, cpu, cuda or cuda:K.", metavar="DEVICE", types=(str,))
     seed: int = setting(0, help="Seed of the built-in images, the sample of N, random init and fine-tuning.",
-                        types=(int,))
-    input_size: int | None = setting(None, help="Crop size S (default: the model's).", types=(int,))
+                        types=(int,), minimum=0, maximum=2**64 - 1,
+                        hint="seeds are unsigned 64-bit integers; pass e.g. --seed 0")
+    # the model-specific lower bound of the crop (geometry.MIN_MAP_SIDE x the largest stride) is checked on the model
+    input_size: int | None = setting(None, help="Crop size S (default: the model's).", types=(int,), minimum=1,
+                                     maximum=MAX_SIDE, unit="px",
+                                     hint="leave it out for the model's own size (timm's largest is 1024 px)")
     margin: int | None = setting(None, help="Context m around the crop (default: chosen from the receptive fields).",
-                                 types=(int,))
+                                 types=(int,), minimum=1, maximum=MAX_SIDE, unit="px",
+                                 hint="leave it out to choose it from the receptive fields")
     match_context: bool = setting(
         True, help="Pool squeeze-excitation and GRN statistics over the crop's footprint in the window pass.",
         cli=False, types=(bool,))
     margin_tolerance: float = setting(
         0.01, help="Share of a layer's receptive-field influence allowed beyond the margin.", cli=False,
-        types=(int, float))
+        types=(int, float), above=0, below=1,
+        hint="pass a share such as 0.01 (1 % of the influence beyond the margin)")
     layers: list[str] | None = setting(
         None, help="Comma-separated module names to tap instead of stages.", cli_type=Optional[str], parse=_comma_list,
         metavar="NAMES", types=(list, tuple), items=str)
-    groups: int = setting(8, help="Jackknife groups for confidence intervals.", cli=False, types=(int,))
+    groups: int = setting(8, help="Jackknife groups for confidence intervals.", cli=False, types=(int,), minimum=2,
+                          maximum=64, hint="use the default 8")  # each group keeps its own moments of every map
     precision: str = setting("fp32", metavar="PRECISION",
                              help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).",
                              types=(str,))
-    workers: int = setting(0, help="DataLoader workers for image loading.", types=(int,))
+    workers: int = setting(0, help="DataLoader workers for image loading.", types=(int,), minimum=0, maximum=256,
+                           hint="0 reads images in this process; e.g. --workers 4")
     images_on: str = setting(
         "auto", metavar="WHERE", types=(str,),
         help="Where images are made and decoded: host (NumPy/PIL, --workers), device (tensor ops on --device: "
@@ -214,30 +291,13 @@ class AuditConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if self.num_images < 2:
-            _bad(f"--num-images must be at least 2 (got {self.num_images})", "a variance needs two images")
-        if self.batch_size < 1:
-            _bad(f"--batch-size must be positive (got {self.batch_size})", "pass e.g. --batch-size 16")
-        if self.groups < 2:
-            _bad(f"groups must be at least 2 (got {self.groups})", "use the default 8")
+        check_ranges(self)
         if self.precision not in PRECISIONS:
             _bad(f"unknown precision '{self.precision}'", f"use one of {', '.join(PRECISIONS)}")
-        if self.input_size is not None and self.input_size < 1:  # the model-specific minimum: geometry.MIN_MAP_SIDE
-            _bad(f"--input-size must be positive (got {self.input_size})", "leave it out for the model's own size")
-        if self.margin is not None and self.margin <= 0:
-            _bad(f"--margin must be positive (got {self.margin})",
-                 "leave it out to choose it from the receptive fields")
-        if not 0 < self.margin_tolerance < 1:
-            _bad(f"margin_tolerance must be between 0 and 1 (got {self.margin_tolerance})",
-                 "pass a share such as 0.01 (1 % of the influence beyond the margin)")
         if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
             _bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")
         if self.images_on not in IMAGES_ON:
             _bad(f"unknown --images-on '{self.images_on}'", f"use one of {', '.join(IMAGES_ON)}")
-        if self.workers < 0:
-            _bad(f"--workers must be >= 0 (got {self.workers})", "0 reads images in this process; e.g. --workers 4")
-        if not 0 <= self.seed < 2**64:
-            _bad(f"--seed must be between 0 and 2**64 - 1 (got {self.seed})", "pass e.g. --seed 0")
         if self.compile is not None:
             _check_compile_backend(self.compile)
         if not self.images_split.strip():
@@ -249,7 +309,9 @@ class AuditConfig:
         if NATIVE in self.paddings:
             _bad(f"'{NATIVE}' is always measured", "list only schemes to compare against it")
         if self.layers is not None:
-            self.layers = list(self.layers)
+            self.layers = list(dict.fromkeys(self.layers))  # a layer named twice is measured once
+            if not self.layers:
+                _bad("--layers names no layer", "name modules to tap, comma-separated, or leave it out for the stages")
         self.baselines = list(self.baselines)
         if self.baselines or self.baseline_options:
             from .metrics.baselines import validate_baselines
@@ -322,26 +384,31 @@ class FinetuneConfig:
 
     steps: int = setting(
         100, help="Fine-tune this many steps after each --padding swap, then measure again (0: no fine-tuning).",
-        flags=("--finetune-steps",), cli_name="finetune_steps", cli_default=0, panel=_FT, types=(int,))
-    lr: float = setting(1e-4, help="Learning rate (constant).", panel=_FT, types=(int, float))
+        flags=("--finetune-steps",), cli_name="finetune_steps", cli_default=0, panel=_FT, types=(int,), minimum=1,
+        maximum=MAX_STEPS)
+    lr: float = setting(1e-4, help="Learning rate (constant).", panel=_FT, types=(int, float), minimum=0)
     optimizer: str = setting("adamw", help="adamw, sgd, or another timm optimiser.", panel=_FT, types=(str,))
     batch_size: int = setting(16, help="Training crops per step.", flags=("--finetune-batch-size",),
-                              cli_name="finetune_batch_size", panel=_FT, types=(int,))
-    weight_decay: float = setting(0.0, help="Weight decay.", panel=_FT, types=(int, float))
-    momentum: float = setting(0.9, help="Momentum of SGD-type optimisers.", panel=_FT, types=(int, float))
+                              cli_name="finetune_batch_size", panel=_FT, types=(int,), minimum=1, maximum=MAX_BATCH)
+    weight_decay: float = setting(0.0, help="Weight decay.", panel=_FT, types=(int, float), minimum=0,
+                                  hint="leave it out for 0")
+    momentum: float = setting(0.9, help="Momentum of SGD-type optimisers.", panel=_FT, types=(int, float), minimum=0,
+                              below=1)  # at 1 and beyond, SGD's velocity never decays
     bn: str = setting("frozen", help="frozen (BatchNorm statistics fixed) or train (updated from the batches).",
                       panel=_FT, types=(str,))
     labels: str | None = setting(
         None, help="'folder': cross-entropy on the class folders of --images DIR; 'dataset': on the class-label column "
         "of --images hfds/NAME. Default: distil the original model.", panel=_FT, types=(str,))
     distill_loss: str = setting("kl", help="kl (softened logits, x T^2) or mse (logits).", panel=_FT, types=(str,))
-    temperature: float = setting(1.0, help="Temperature T of the kl loss.", panel=_FT, types=(int, float))
+    # the loss is multiplied by T^2: a huge T overflows to a NaN loss, which would blame the learning rate
+    temperature: float = setting(1.0, help="Temperature T of the kl loss.", panel=_FT, types=(int, float), above=0,
+                                 maximum=100, hint="use 1 for plain KL; distillation temperatures are 1 to 20")
     measure_every: int = setting(
         0, help="Also measure PPP every N steps (a formation curve); 0: before and after only.", panel=_FT,
-        types=(int,))
+        types=(int,), minimum=0, maximum=MAX_STEPS, hint="0 measures only before and after")
     train_images: int | None = setting(
         None, help="Training pool size (default: fresh built-in images each step / all non-held-out folder images).",
-        panel=_FT, types=(int,))
+        panel=_FT, types=(int,), minimum=1, maximum=MAX_IMAGES, hint="leave it out for fresh images")
     save_weights: str | None = setting(
         None, help="Save each fine-tuned model as timm safetensors in DIR/SCHEME.", metavar="DIR", panel=_FT,
         types=(str,), parse=lambda v: str(v) if v else None)
@@ -350,7 +417,7 @@ class FinetuneConfig:
         "whole window (docs/repair.md); without --padding the native padding is kept.", flags=("--repair",),
         panel=_FT, types=(bool,))
     repair_weight: float = setting(1.0, help="Weight λ of the repair's consistency term.", metavar="λ", panel=_FT,
-                                   types=(int, float))
+                                   types=(int, float), minimum=0)
     repair_layers: list[str] | None = setting(
         None, help="Comma-separated audited layers the repair covers (default: all audited layers).",
         cli_type=Optional[str], parse=_comma_list, metavar="NAMES", panel=_FT, types=(list, tuple), items=str)
@@ -360,14 +427,7 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        if self.steps < 1:
-            _bad(f"--finetune-steps must be at least 1 (got {self.steps})", "pass e.g. --finetune-steps 100")
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            _bad(f"--lr must be a finite number >= 0 (got {self.lr})", "pass e.g. --lr 1e-4")
-        if self.batch_size < 1:
-            _bad(f"--finetune-batch-size must be positive (got {self.batch_size})", "pass e.g. 16")
-        if self.weight_decay < 0:
-            _bad(f"--weight-decay must be >= 0 (got {self.weight_decay})", "leave it out for 0")
+        check_ranges(self)
         if self.bn not in BN_MODES:
             _bad(f"unknown --bn mode '{self.bn}'", f"use one of {', '.join(BN_MODES)}")
         if self.labels is not None and self.labels not in LABEL_SOURCES:
@@ -375,15 +435,6 @@ class FinetuneConfig:
                  "use --labels folder or --labels dataset, or leave it out to distil")
         if self.distill_loss not in DISTILL_LOSSES:
             _bad(f"unknown --distill-loss '{self.distill_loss}'", f"use one of {', '.join(DISTILL_LOSSES)}")
-        if not self.temperature > 0:
-            _bad(f"--temperature must be positive (got {self.temperature})", "use 1 for plain KL")
-        if self.measure_every < 0:
-            _bad(f"--measure-every must be >= 0 (got {self.measure_every})", "0 measures only before and after")
-        if self.train_images is not None and self.train_images < 1:
-            _bad(f"--train-images must be positive (got {self.train_images})", "leave it out for fresh images")
-        if not (self.repair_weight >= 0 and math.isfinite(self.repair_weight)):
-            _bad(f"--repair-weight must be a finite number >= 0 (got {self.repair_weight})",
-                 "pass e.g. --repair-weight 1")
         if not self.repair and (self.repair_compare or self.repair_layers is not None):
             flag = "--repair-compare" if self.repair_compare else "--repair-layers"
             _bad(f"{flag} needs --repair", "add --repair, or leave it out")
@@ -431,4 +482,5 @@ def config_from_options(config_class: type, options: dict[str, Any], **fixed: An
 
 
 __all__ = ["AuditConfig", "FinetuneConfig", "NATIVE", "PRECISIONS", "BN_MODES", "DISTILL_LOSSES", "LABEL_SOURCES",
-           "HFDS_PREFIX", "cli_fields", "config_from_options", "parse_hfds", "setting"]
+           "HFDS_PREFIX", "MAX_BATCH", "MAX_IMAGES", "MAX_SIDE", "MAX_STEPS", "check_ranges", "cli_fields",
+           "config_from_options", "option_flag", "parse_hfds", "setting"]

@@ -13,7 +13,8 @@ module keeps the GPU fed, and runs the same code on the CPU (``device="cpu"``), 
   the CPU and on a GPU (up to float rounding of ``sqrt``/``log``/FFT), in any batch.
 * :func:`decode_jpegs` decodes a batch of JPEG files on the device (``torchvision.io.decode_jpeg``: nvJPEG on CUDA),
   and :func:`fit_window` resizes and centre-crops an image there, as the PIL path does (it is that path's resize
-  too).
+  too). :func:`orient` turns a decoded image upright by its EXIF orientation, on any device, for both paths (so
+  that host and device read a phone photo the same way up).
 
 The sources' batch reads (``windows(indices, size, device)``), the device-side loader and the window cache that use
 these are in :mod:`ppp_audit.images` (``decode_windows``, ``DeviceLoader``, ``WindowCache``).
@@ -347,6 +348,29 @@ def decode_jpegs(encoded: Sequence[bytes], device: torch.device | str) -> list[T
                 except RuntimeError:
                     decoded.append(None)
             return decoded
+
+
+EXIF_ORIENTATION_TAG = 0x0112
+"""The EXIF tag of the orientation: how to turn the stored pixels to show the picture upright (1: as stored)."""
+
+TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+"""The EXIF orientations that swap width and height (a quarter turn, or a transpose)."""
+
+# Flips after the transpose (for 5..8), by orientation: what PIL.ImageOps.exif_transpose does, in tensor ops.
+_ORIENTATION_FLIPS: dict[int, tuple[int, ...]] = {2: (-1,), 3: (-2, -1), 4: (-2,), 5: (), 6: (-1,), 7: (-2, -1),
+                                                  8: (-2,)}
+
+
+def orient(pixels: Tensor, orientation: int) -> Tensor:
+    """An image ``(C, H, W)`` (any dtype, any device) turned upright by its EXIF ``orientation``, as
+    ``PIL.ImageOps.exif_transpose`` turns it (``tests/test_image_edges.py`` checks all eight); ``1`` and values
+    outside 1..8 leave it as stored (PIL ignores them too)."""
+    flips = _ORIENTATION_FLIPS.get(orientation)
+    if flips is None:
+        return pixels
+    if orientation in TRANSPOSED_ORIENTATIONS:
+        pixels = pixels.transpose(-2, -1)
+    return pixels.flip(flips).contiguous() if flips else pixels.contiguous()
 
 
 def fit_window(pixels: Tensor, size: int, resize_short: int = 0) -> Tensor:

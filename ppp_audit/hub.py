@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import HubPushError, PPPAuditError
+from .files import WrittenFiles
 from .hubenv import is_offline
 from .report import NATIVE, REPORT_HTML, REPORT_JSON, Report, format_number, report_file, scheme_label
 
@@ -366,7 +367,12 @@ def _as_report(report: dict[str, Any] | Report) -> Report:
 
 
 def _report_files(folder: Path) -> list[Path]:
-    """Every file a report folder holds (figures included), minus hidden and half-written ones."""
+    """The files of a report folder to push: those ppp-audit wrote there (its list, :class:`WrittenFiles`), so that
+    ``--out .`` in a project folder never uploads the project; in a folder without that list (written before it was
+    kept, or by hand) every file, minus hidden and half-written ones."""
+    own = WrittenFiles.read(folder)
+    if own.recorded:
+        return [folder / name for name in sorted(own.files) if (folder / name).is_file()]
     files = []
     for file in sorted(folder.rglob("*")):
         relative = file.relative_to(folder)

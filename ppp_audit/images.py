@@ -27,9 +27,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .config import HFDS_PREFIX, parse_hfds
-from .device_images import decode_jpegs, disc_count, fit_window, is_jpeg, render_dead_leaves
+from .device_images import (
+    EXIF_ORIENTATION_TAG, TRANSPOSED_ORIENTATIONS, decode_jpegs, disc_count, fit_window, is_jpeg, orient,
+    render_dead_leaves,
+)
 from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError
-from .report import SkippedImage
+from .report import SKIPPED_LISTED, SkippedImage
 
 RENDERERS = ("numpy", "torch")
 """The renderers of the built-in dead-leaves images (:class:`DeadLeavesSource`)."""
@@ -38,7 +41,12 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".
 
 
 class ImageSource(Protocol):
-    """Anything that yields windows by index."""
+    """Anything that yields windows by index.
+
+    Optional methods: ``windows(indices, size, device)`` makes a batch on a device (:func:`read_windows`), and
+    ``header(index)`` gives an image's :class:`ImageHeader` (:func:`source_header`), with which a sample names the
+    images too small for the window and counts those turned upright by their EXIF orientation.
+    """
 
     def window(self, index: int, size: int) -> Tensor:
         """The ``index``-th window, shape (3, size, size), float32 in [0, 1]."""
@@ -60,6 +68,17 @@ class ImageSource(Protocol):
                 sampling can skip it and say why).
         """
         ...
+
+
+def source_header(source: ImageSource, index: int) -> ImageHeader | None:
+    """The ``index``-th image's header, for sources that read one (an optional ``header(index)`` method: file-backed
+    sources, and the wrappers of one); ``None`` for the others (the built-in images, custom sources).
+
+    Raises:
+        ImageSourceError: The header cannot be read (as ``fits`` raises it).
+    """
+    header = getattr(source, "header", None)
+    return header(index) if header is not None else None
 
 
 @dataclass(frozen=True)
@@ -175,15 +194,48 @@ def _pink_noise(rng: np.random.Generator, size: int, scale: int | None = None) -
     return ((noise - noise.mean()) / (noise.std() + 1e-12)).astype(np.float32)
 
 
-def image_fits(file: str | Path | IO[bytes], size: int, name: str | None = None) -> bool:
-    """Whether an image file's short side is at least ``size``, from its header.
+class ImageHeader(NamedTuple):
+    """What an image file's header says, as the audit reads the image: upright (its EXIF orientation applied)."""
+
+    name: str
+    """The image as messages name it."""
+    width: int
+    """Width upright: the stored height for a quarter-turned phone photo."""
+    height: int
+    """Height upright."""
+    orientation: int = 1
+    """The EXIF orientation turned (1: none, the pixels are upright as stored)."""
+
+
+def image_header(file: str | Path | IO[bytes], name: str) -> ImageHeader:
+    """An image file's header: its upright size and EXIF orientation, without decoding the pixels.
 
     Raises:
-        ImageSourceError: The header cannot be read (not an image, too many pixels), naming the image ``name``
-            (default: the file) as :func:`load_window` would.
+        ImageSourceError: The header cannot be read (not an image, too many pixels), naming the image ``name`` as
+            :func:`load_window` would.
     """
-    with open_image(file, str(file) if name is None else name) as img:
-        return min(img.size) >= size
+    with open_image(file, name) as img:
+        return header_of(img, name)
+
+
+def header_of(img: Any, name: str) -> ImageHeader:
+    """The :class:`ImageHeader` of an opened PIL image."""
+    orientation = exif_orientation(img)
+    width, height = img.size
+    if orientation in TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    return ImageHeader(name, width, height, orientation)
+
+
+def exif_orientation(img: Any) -> int:
+    """An opened PIL image's EXIF orientation (1..8; 1 when it has none), as ``PIL.ImageOps.exif_transpose`` reads
+    it. A phone stores a photo as its sensor saw it and this tag says how to turn it upright; read without it, a
+    portrait photo would be measured on its side, its top border profile reported as its left one."""
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block leaves the pixels readable: show them as stored
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -292,8 +344,9 @@ def load_window(file: str | Path | IO[bytes], name: str, size: int, resize_short
     """The centre ``size x size`` window of an image file: what every file-backed source hands out.
 
     The image is read as RGB in [0, 1] (:func:`image_array`: every PIL mode scaled by its bit depth, transparency
-    composited on black), resized (antialiased) so its short side is ``resize_short`` (the window size wins if
-    larger), and centre-cropped. Images whose short side is below the window are refused, never upscaled.
+    composited on black), turned upright by its EXIF orientation (:func:`~ppp_audit.device_images.orient`),
+    resized (antialiased) so its short side is ``resize_short`` (the window size wins if larger), and centre-cropped.
+    Images whose short side is below the window are refused, never upscaled.
 
     Args:
         file: A path or an open binary file.
@@ -306,9 +359,10 @@ def load_window(file: str | Path | IO[bytes], name: str, size: int, resize_short
             or is smaller than the window.
     """
     with open_image(file, name) as img:
-        check_window_fits(name, *img.size, size)
+        header = header_of(img, name)
+        check_window_fits(name, header.width, header.height, size)
         tensor = image_array(img, name)
-    return fit_window(tensor, size, resize_short)
+    return fit_window(orient(tensor, header.orientation), size, resize_short)
 
 
 def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: int, resize_short: int,
@@ -316,8 +370,9 @@ def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: in
     """Windows of encoded images as one batch on ``device``, cut as :func:`load_window` cuts them.
 
     JPEG files (known by their bytes) are decoded on ``device`` in one call (:func:`~ppp_audit.device_images.
-    decode_jpegs`: nvJPEG on CUDA), then resized and centre-cropped there; other formats, and JPEGs that decoder
-    refuses (CMYK, corrupt), are read by :func:`load_window` (PIL). On the CPU the pixels equal PIL's
+    decode_jpegs`: nvJPEG on CUDA), turned upright by their EXIF orientation (read from the header on the host:
+    torchvision applies it on the CPU only), then resized and centre-cropped there; other formats, and JPEGs that
+    decoder refuses (CMYK, corrupt), are read by :func:`load_window` (PIL). On the CPU the pixels equal PIL's
     (tests/test_device_images.py); nvJPEG may round its IDCT and colour conversion differently.
 
     Args:
@@ -344,6 +399,8 @@ def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: in
         if pixels is None:  # not a JPEG, or one the device decoder refuses: PIL reads it (or says why it cannot)
             windows.append(load_window(io.BytesIO(encoded[k]), name, size, resize_short).to(device))
             continue
+        header = image_header(io.BytesIO(encoded[k]), name)
+        pixels = orient(pixels, header.orientation)
         check_window_fits(name, pixels.shape[-1], pixels.shape[-2], size)
         windows.append(fit_window(pixels.float().div_(255.0), size, resize_short))
     return torch.stack(windows)
@@ -409,8 +466,12 @@ class FolderSource:
                               size, self.resize_short, device)
 
     def fits(self, index: int, size: int) -> bool:
+        return min(self.header(index)[1:3]) >= size
+
+    def header(self, index: int) -> ImageHeader:
+        """The ``index``-th image's header (:func:`image_header`)."""
         path = self.files[index % len(self.files)]
-        return image_fits(path, size, str(path))
+        return image_header(path, str(path))
 
     def classes(self) -> tuple[list[int], list[str]]:
         """Class index of every file of a class-per-folder tree, and the class names (``--labels folder``).
@@ -544,8 +605,11 @@ class HFDatasetSource:
         return labels, list(self.dataset.features[column].names)
 
     def fits(self, index: int, size: int) -> bool:
-        file, name = self._file(index)
-        return image_fits(file, size, name)
+        return min(self.header(index)[1:3]) >= size
+
+    def header(self, index: int) -> ImageHeader:
+        """Row ``index``'s image header (:func:`image_header`)."""
+        return image_header(*self._file(index))
 
     def _file(self, index: int) -> tuple[str | IO[bytes], str]:
         """The image of row ``index`` (an open byte stream or a path) and its name.
@@ -673,24 +737,43 @@ class IndexedSource:
     def fits(self, index: int, size: int) -> bool:
         return self.base.fits(self.indices[index], size)
 
+    def header(self, index: int) -> ImageHeader | None:
+        return source_header(self.base, self.indices[index])
+
 
 @dataclass(frozen=True)
 class SampledSource(IndexedSource):
     """A seeded random sample of a finite source, in index order; the report records how it was drawn.
 
+    Made for a sample of part of the source, or for all of it when some images were turned upright by their EXIF
+    orientation (to record how many); ``describe`` has ``sample`` only for the former.
+
     Attributes:
         skipped_small: Images left out because they are smaller than the window.
         unreadable: Images left out because their header cannot be read (each replaced by the next in the seeded
             order), in that order; the report lists them with the images the loader could not decode.
+        small: The headers of the first :data:`~ppp_audit.report.SKIPPED_LISTED` images too small for the window, in
+            the seeded order (sources that read headers; ``skipped_small`` counts them all).
+        exif_rotated: Images of the sample turned upright by their EXIF orientation (a phone's portrait photo).
     """
 
     seed: int = 0
     skipped_small: int = 0
     unreadable: tuple[SkippedImage, ...] = ()
+    small: tuple[ImageHeader, ...] = ()
+    exif_rotated: int = 0
 
     def describe(self) -> dict[str, Any]:
-        sample = {"of": self.base.available(), "seed": self.seed, "skipped_small": self.skipped_small}
-        return {**self.base.describe(), "sample": sample}
+        described = dict(self.base.describe())
+        if len(self.indices) < (self.base.available() or 0):
+            sample: dict[str, Any] = {"of": self.base.available(), "seed": self.seed,
+                                      "skipped_small": self.skipped_small}
+            if self.small:
+                sample["small"] = [{"name": h.name, "width": h.width, "height": h.height} for h in self.small]
+            described["sample"] = sample
+        if self.exif_rotated:
+            described["exif_rotated"] = self.exif_rotated
+        return described
 
 
 JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
@@ -711,8 +794,8 @@ def made_on_device(source: ImageSource) -> bool:
     return hasattr(source, "windows")
 
 
-def usable_order(source: ImageSource, size: int, seed: int,
-                 unreadable: list[SkippedImage] | None = None) -> Iterator[int | None]:
+def usable_order(source: ImageSource, size: int, seed: int, unreadable: list[SkippedImage] | None = None,
+                 headers: dict[int, ImageHeader] | None = None) -> Iterator[int | None]:
     """A finite source's indices in seeded random order, ``None`` in place of each image too small for a ``size``
     window (so that callers can count them). Folders list files in sorted order and datasets are often sorted by class,
     so the first N would be a few classes; reading only the images' headers, skipping costs milliseconds.
@@ -723,13 +806,21 @@ def usable_order(source: ImageSource, size: int, seed: int,
         seed: The seed of the order.
         unreadable: Where to record images whose header cannot be read, which are then left out; without it they are
             yielded like readable ones (reading them later reports them).
+        headers: Where to record, by index in the order read, the header of each image looked at (sources with a
+            ``header`` method: the small ones' names and sizes, the EXIF orientations); sources without one are asked
+            ``fits``.
     """
     available = source.available()
     if available is None:
         raise ValueError("an unlimited source has no order to draw from")
     for index in torch.randperm(available, generator=torch.Generator().manual_seed(seed)).tolist():
         try:
-            fits = source.fits(index, size)
+            header = source_header(source, index) if headers is not None else None
+            if header is None:
+                fits = source.fits(index, size)
+            else:
+                headers[index] = header
+                fits = min(header.width, header.height) >= size
         except ImageSourceError as error:
             if error.image is None:  # not about this one image (a dataset that cannot be read at all)
                 raise
@@ -746,7 +837,7 @@ def random_sample(source: ImageSource, count: int, seed: int, size: int, *,
     """``count`` windows of ``size`` drawn at random (seeded) from a finite source, skipping images smaller than the
     window (and, with ``skip_unreadable``, images whose header cannot be read: each is replaced by the next image of
     the seeded order and listed in ``SampledSource.unreadable``); the source itself when it is unlimited, or when every
-    image is used and fits.
+    image is used, fits and is stored upright (no EXIF orientation to turn).
 
     Raises:
         ImageSourceError: Fewer than 2 images are large enough and readable.
@@ -757,7 +848,8 @@ def random_sample(source: ImageSource, count: int, seed: int, size: int, *,
     chosen: list[int] = []
     skipped = 0
     unreadable: list[SkippedImage] | None = [] if skip_unreadable else None
-    for index in usable_order(source, size, seed, unreadable):
+    headers: dict[int, ImageHeader] = {}
+    for index in usable_order(source, size, seed, unreadable, headers):
         if index is None:
             skipped += 1
             continue
@@ -770,9 +862,12 @@ def random_sample(source: ImageSource, count: int, seed: int, size: int, *,
             unreadable += [skipped_image(error) for error in errors.values() if error is not None]
             chosen = [index for index in chosen if errors[index] is None]
         raise too_few_images(len(chosen), available, size, small=skipped, unreadable=unreadable or ())
-    if len(chosen) == available:
+    rotated = sum(headers[index].orientation != 1 for index in chosen if index in headers)
+    if len(chosen) == available and not rotated:
         return source
-    return SampledSource(source, sorted(chosen), seed=seed, skipped_small=skipped, unreadable=tuple(unreadable or ()))
+    small = [header for header in headers.values() if min(header.width, header.height) < size]
+    return SampledSource(source, sorted(chosen), seed=seed, skipped_small=skipped, unreadable=tuple(unreadable or ()),
+                         small=tuple(small[:SKIPPED_LISTED]), exif_rotated=rotated)
 
 
 def _read_error(source: ImageSource, index: int, size: int) -> ImageSourceError | None:
@@ -1026,6 +1121,9 @@ class WindowCache:
 
     def fits(self, index: int, size: int) -> bool:
         return self.base.fits(index, size)
+
+    def header(self, index: int) -> ImageHeader | None:
+        return source_header(self.base, index)
 
 
 class _Loaded(NamedTuple):

@@ -5,8 +5,8 @@ sortable table and a scatter of strength against parameters), shown as a termina
 
 Torch-free: it reads the run folders of :mod:`ppp_audit.runs` and their ``report.json``. pandas and pyarrow (the
 ``leaderboard`` extra) are imported only to write the CSV and Parquet files, ``huggingface_hub`` only to push.
-Failed runs give no rows: they are counted and listed with their reasons, and so is a run whose report cannot be read
-(or is partial).
+Failed runs give no rows: they are counted and listed with their reasons, and so is a run whose ``run.json`` or report
+cannot be read (or is partial): one damaged run folder never keeps the others off the board.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from .errors import PPPAuditError, ReportFileError
 from .hub import data_label, merge_card, push_dataset_files
 from .report import NATIVE, REPORT_HTML, Report, format_number, scheme_label
-from .runs import FAILED, RUN_JSON, RUNS, RunRecord, iter_records
+from .runs import FAILED, RUN_JSON, RUNS, RunRecord, UnreadableRun, check_sweep_folder, iter_records
 
 if TYPE_CHECKING:
     import pandas
@@ -189,7 +189,8 @@ def scheme_rows(report: Report, record: RunRecord, root: Path | None = None) -> 
         root: The sweep folder the report paths are relative to (default: the one the run folder lies in).
     """
     root = root if root is not None else _sweep_root(record.folder)
-    architecture = report.model.get("architecture") or split_tag(record.model)[0]
+    architecture = report.model.get("architecture")
+    architecture = architecture if isinstance(architecture, str) and architecture else split_tag(record.model)[0]
     page = record.folder / REPORT_HTML if record.folder is not None else None
     base = {
         "model": record.model,
@@ -261,6 +262,12 @@ class LostRun:
     path: str | None
 
 
+def _one_line(text: str) -> str:
+    """Text as a lost run is listed: on one line (the terminal caption, the page's list, an error's hint), as a
+    hand-edited record may hold line breaks."""
+    return " ".join(str(text).split())
+
+
 # ---- joining another table (e.g. timm's results-imagenet.csv) ------------------------------------------------------
 
 
@@ -270,10 +277,19 @@ def _parse_cell(text: str, kind: str) -> Any:
     return int(text) if kind == "int" else float(text) if kind == "float" else text
 
 
+def _int64(text: str) -> int:
+    """An integer that fits the Parquet file's 64-bit integers (a larger one makes the column ``float``)."""
+    value = int(text)
+    if not -2 ** 63 <= value < 2 ** 63:
+        raise ValueError(f"{text} does not fit in 64 bits")
+    return value
+
+
 def _cell_kind(values: list[str]) -> str:
-    """``int`` if every non-empty value is an integer, ``float`` if every one is a number, else ``str``."""
+    """``int`` if every non-empty value is an integer of 64 bits, ``float`` if every one is a number (so an integer
+    beyond 2**63 is kept as a float), else ``str``."""
     present = [value.strip() for value in values if value.strip() != ""]
-    for kind, parse in (("int", int), ("float", float)):
+    for kind, parse in (("int", _int64), ("float", float)):
         try:
             for value in present:
                 parse(value)
@@ -300,8 +316,9 @@ class JoinTable:
 
     Attributes:
         path: The CSV file.
-        columns: Its columns as added to the leaderboard (a name the leaderboard has, or a stage column's name
-            like ``s16``, gets ``_join``).
+        columns: Its columns as added to the leaderboard: a name the leaderboard has, or a stage column's name like
+            ``s16``, gets ``_join`` (``_join2``, ``_join3``, ... when the CSV has that name too), so no two columns
+            share a name.
         kinds: Each added column's type (``int``, ``float`` or ``str``, from its values).
         rows: CSV model name -> its values under the added names.
     """
@@ -328,36 +345,69 @@ class JoinTable:
         return candidates[0] if len(candidates) == 1 else None
 
 
+def _board_name(name: str) -> bool:
+    """Whether the leaderboard has, or may have, a column of this name (a fixed one, or a stage's like ``s16``)."""
+    return name in _KINDS or _stride_of(name) is not None
+
+
+def _join_names(header: list[str]) -> dict[str, str]:
+    """The leaderboard name of each CSV column but ``model``: its own, unless the leaderboard has it; then with
+    ``_join``, ``_join2``, ... up to the first suffix that neither the leaderboard nor the CSV uses."""
+    own = [column for column in header if column != "model"]
+    taken = {column for column in own if not _board_name(column)}
+    names = {}
+    for column in own:
+        if column in taken:
+            names[column] = column
+            continue
+        name, k = f"{column}_join", 2
+        while name in taken or _board_name(name):
+            name, k = f"{column}_join{k}", k + 1
+        names[column] = name
+        taken.add(name)
+    return names
+
+
 def read_join(path: str | os.PathLike) -> JoinTable:
-    """Read a CSV to join (its ``model`` column is the key; the other columns are added).
+    """Read a CSV to join (its ``model`` column is the key; the other columns are added, renamed where the leaderboard
+    has the name, see :class:`JoinTable`).
 
     Raises:
-        PPPAuditError: The file is missing, unreadable, not CSV, or has no ``model`` column.
+        PPPAuditError: The file is missing or not a regular file, unreadable, not CSV, has no ``model`` column, two
+            columns of one name, or two rows for one model (which would be the one joined is not for the file to say).
     """
     path = Path(path)
     hint = "pass a CSV with a 'model' column, e.g. timm's results-imagenet.csv"
-    if not path.is_file():
-        raise PPPAuditError(f"the file to join, '{path}', {'is a folder' if path.is_dir() else 'does not exist'}",
-                            hint)
+    if not path.is_file():  # a named pipe or a device would be read for ever, or once
+        what = ("is a folder" if path.is_dir() else "is not a regular file (a named pipe, socket or device)"
+                if path.exists() else "does not exist")
+        raise PPPAuditError(f"the file to join, '{path}', {what}", hint)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            records = list(reader)
+            records = [(reader.line_num, record) for record in reader]
             header = list(reader.fieldnames or [])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PPPAuditError(f"cannot read the file to join, '{path}': {exc}", hint) from None
     if "model" not in header:
         shown = ", ".join(header[:8]) + (", ..." if len(header) > 8 else "")
         raise PPPAuditError(f"the file to join, '{path}', has no 'model' column (columns: {shown or 'none'})", hint)
-    # A name the leaderboard has, or may have as a stage column (``s16``), is kept apart with ``_join``.
-    names = {column: (f"{column}_join" if column in _KINDS or _stride_of(column) is not None else column)
-             for column in header if column != "model"}
-    kinds = {names[column]: _cell_kind([record.get(column) or "" for record in records]) for column in names}
-    rows = {}
-    for record in records:
+    twice = next((column for k, column in enumerate(header) if column in header[:k]), None)
+    if twice is not None:  # csv.DictReader would keep the last of them and drop the others unsaid
+        raise PPPAuditError(f"the file to join, '{path}', has two columns named '{twice}'",
+                            "rename one of them (each column is added under its name)")
+    names = _join_names(header)
+    kinds = {names[column]: _cell_kind([record.get(column) or "" for _, record in records]) for column in names}
+    rows: dict[str, dict[str, Any]] = {}
+    lines: dict[str, int] = {}
+    for line, record in records:
         model = (record.get("model") or "").strip()
-        if model and model not in rows:  # the first row of a name counts
-            rows[model] = {names[c]: _parse_cell(record.get(c) or "", kinds[names[c]]) for c in names}
+        if not model:
+            continue
+        if model in rows:
+            raise PPPAuditError(f"the file to join, '{path}', has two rows for model '{model}' (lines {lines[model]} "
+                                f"and {line})", "keep one row per model: the join adds a model's row to its runs")
+        rows[model], lines[model] = {names[c]: _parse_cell(record.get(c) or "", kinds[names[c]]) for c in names}, line
     return JoinTable(path=path, columns=list(names.values()), kinds=kinds, rows=rows)
 
 
@@ -385,7 +435,8 @@ class Leaderboard:
         kinds: Each column's type: ``str``, ``int`` or ``float``.
         runs: How many runs were read (finished, failed or unreadable).
         failed: The runs that failed, with their reasons.
-        unreadable: The finished runs whose report cannot be read, or is partial (an interrupted audit).
+        unreadable: The runs whose ``run.json`` cannot be used (see :func:`ppp_audit.runs.read_record`), and the
+            finished runs whose report cannot be read, is partial (an interrupted audit) or cannot be ranked.
         settings: The sweep settings, by settings hash (a sweep usually has one).
         join: What ``join`` added, when given.
         root: The sweep folder, when read from one.
@@ -426,13 +477,13 @@ class Leaderboard:
         return text + (f"; {', '.join(lost)}" if lost else "")
 
 
-def build_leaderboard(records: Iterable[RunRecord], join: str | os.PathLike | JoinTable | None = None, *,
-                      root: str | os.PathLike | None = None) -> Leaderboard:
+def build_leaderboard(records: Iterable[RunRecord | UnreadableRun], join: str | os.PathLike | JoinTable | None = None,
+                      *, root: str | os.PathLike | None = None) -> Leaderboard:
     """The leaderboard of run records (:func:`ppp_audit.runs.iter_records`): rows of the finished runs, the others
-    listed.
+    listed (failed; unreadable: the record, or the report, cannot be used).
 
     Args:
-        records: The runs.
+        records: The runs, and the run folders whose record cannot be read.
         join: A CSV (or :class:`JoinTable`) whose columns are added to each row by model name.
         root: The sweep folder the paths are relative to (default: the one each run folder lies in).
 
@@ -446,8 +497,11 @@ def build_leaderboard(records: Iterable[RunRecord], join: str | os.PathLike | Jo
     failed, unreadable, settings = [], [], {}
     for record in records:
         where = root if root is not None else _sweep_root(record.folder)
-        lost = LostRun(record.model, record.settings_hash, record.reason or "no reason recorded",
+        lost = LostRun(_one_line(record.model), record.settings_hash, _one_line(record.reason or "no reason recorded"),
                        _relative(record.folder, where))
+        if isinstance(record, UnreadableRun):
+            unreadable.append(lost)
+            continue
         settings.setdefault(record.settings_hash, record.settings)
         if record.status == FAILED:
             failed.append(lost)
@@ -461,9 +515,14 @@ def build_leaderboard(records: Iterable[RunRecord], join: str | os.PathLike | Jo
             unreadable.append(replace(lost, reason=exc.message))
             continue
         if report.interrupted:  # partial statistics would rank as the model's score
-            unreadable.append(replace(lost, reason=f"its report is partial ({report.interrupted})"))
+            unreadable.append(replace(lost, reason=_one_line(f"its report is partial ({report.interrupted})")))
             continue
-        rows += scheme_rows(report, record, where)
+        try:
+            rows += scheme_rows(report, record, where)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # the free-form model/data objects of a
+            # hand-edited report (its typed fields are checked when loaded): that run is listed, the others ranked
+            unreadable.append(replace(lost, reason=_one_line(f"its report cannot be ranked ({type(exc).__name__}: "
+                                                             f"{exc})")))
     kinds = dict(_KINDS)
     strides = sorted({stride for row in rows for column in row if (stride := _stride_of(column)) is not None})
     stage_columns = [stride_column(stride) for stride in strides]
@@ -484,14 +543,16 @@ def build_leaderboard(records: Iterable[RunRecord], join: str | os.PathLike | Jo
         matched = len({row["model"] for row in rows}) - len(unmatched)
         summary = JoinSummary(file=table.path.name, columns=list(table.columns), matched=matched, unmatched=unmatched)
     rows = [{column: row.get(column) for column in columns} for row in rows]
-    finished = max((record.finished for record in records if record.finished), default=None)
+    finished = max((record.finished for record in records if isinstance(record, RunRecord) and record.finished),
+                   default=None)
     return Leaderboard(rows=rows, columns=columns, kinds=kinds, runs=len(records), failed=failed,
                        unreadable=unreadable, settings=settings, join=summary, root=root, finished=finished)
 
 
-def leaderboard_rows(records: Iterable[RunRecord], join: str | os.PathLike | JoinTable | None = None) -> list[dict]:
-    """One row per model and padding scheme of every finished run in ``records`` (see :data:`COLUMNS`); failed runs
-    give none (:func:`build_leaderboard` lists them)."""
+def leaderboard_rows(records: Iterable[RunRecord | UnreadableRun],
+                     join: str | os.PathLike | JoinTable | None = None) -> list[dict]:
+    """One row per model and padding scheme of every finished run in ``records`` (see :data:`COLUMNS`); failed and
+    unreadable runs give none (:func:`build_leaderboard` lists them)."""
     return build_leaderboard(records, join).rows
 
 
@@ -507,6 +568,7 @@ def read_leaderboard(out: str | os.PathLike, join: str | os.PathLike | None = No
         raise PPPAuditError(f"no sweep folder at '{out}'", fix)
     if not out.is_dir():
         raise PPPAuditError(f"'{out}' is a file, not a sweep folder", fix)
+    check_sweep_folder(out, writable=False)
     table = read_join(join) if join is not None else None  # a bad --join fails before the runs are read
     records = list(iter_records(out))
     if not records:

@@ -141,11 +141,7 @@ def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> t
     silent_hub = None if offline else _silent_hub(name, from_hub)
     if weights is not None:
         path = Path(weights)
-        if not path.is_file():
-            raise WeightsFileNotFoundError(f"weights file '{path}' does not exist", "check the path given to --weights")
-        if path.stat().st_size == 0:
-            raise WeightsUnavailableError(f"weights file '{path}' is empty (0 bytes)",
-                                          "save or download the weights again")
+        _check_weights_file(path)
     try:
         with _hub_offline(silent_hub is not None), _quiet_unpickler():
             model = timm.create_model(name, pretrained=from_hub)
@@ -168,6 +164,47 @@ def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> t
             "pass the architecture these weights were saved from",
         ) from exc
     return model, f"file:{path}"
+
+
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+"""What a weights file inside a folder given as ``--weights`` is called, to name it in the hint."""
+
+
+def _check_weights_file(path: Path) -> None:
+    """Refuse a weights path that is not a non-empty regular file, saying what it is instead (before timm builds
+    anything, and before anything opens it: opening a named pipe would wait for a writer forever).
+
+    Raises:
+        WeightsFileNotFoundError: Nothing is there (or a link points nowhere).
+        WeightsUnavailableError: A folder, a pipe, socket or device, an empty file, or a path the OS will not stat.
+    """
+    import stat
+
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        what = "is a link to nothing" if path.is_symlink() else "does not exist"
+        raise WeightsFileNotFoundError(f"weights file '{path}' {what}", "check the path given to --weights") from None
+    except OSError as exc:  # a permission denied on a parent folder, a name too long
+        raise WeightsUnavailableError(f"cannot read weights file '{path}': {exc.strerror or _first_line(exc)}",
+                                      "check the path given to --weights") from None
+    if stat.S_ISDIR(info.st_mode):
+        try:
+            inside = sorted(str(p) for p in path.iterdir() if p.suffix in WEIGHTS_SUFFIXES and p.is_file())
+        except OSError:  # an unlistable folder: the hint names no file
+            inside = []
+        named = " or ".join(f"'{name}'" for name in inside[:3]) + (" or another" if len(inside) > 3 else "")
+        file = f" ({named})" if inside else ""
+        raise WeightsUnavailableError(f"--weights '{path}' is a folder",
+                                      f"pass the weights file inside it{file}, or local-dir:{path} as the model name "
+                                      "for a folder saved by timm.models.save_for_hf")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a named pipe" if stat.S_ISFIFO(info.st_mode) else "a socket" if stat.S_ISSOCK(info.st_mode)
+                else "a device")
+        raise WeightsUnavailableError(f"--weights '{path}' is not a regular file ({kind})",
+                                      "pass a weights file (.safetensors or a torch checkpoint) saved on disk")
+    if info.st_size == 0:
+        raise WeightsUnavailableError(f"weights file '{path}' is empty (0 bytes)", "save or download the weights again")
 
 
 def _fix_for(problem: str) -> str:
@@ -420,10 +457,10 @@ class FeatureTaps:
         if layers:
             missing = [n for n in layers if n not in modules]
             if missing:
-                raise FeatureError(
+                raise self._named_layer_error(FeatureError(
                     f"model has no module named {', '.join(repr(n) for n in missing)}",
                     "pick names from `dict(model.named_modules())`",
-                )
+                ))
             self._mode = "hooks"
             self._set_hooked(list(layers), modules)
         elif hasattr(model, "forward_intermediates"):
@@ -478,8 +515,19 @@ class FeatureTaps:
         finally:
             self.model.train(was_training)
 
+    def _named_layer_error(self, error: FeatureError) -> FeatureError:
+        """``error`` marked as bad input (exit status 2) where the layers are the user's (``--layers``): a missing,
+        unused or non-spatial module is theirs to fix, while the same about a stage the taps found is a failed run."""
+        if self.layers:
+            error.exit_code = 2  # an instance attribute: it pickles with the error (PPPAuditError.__reduce__)
+        return error
+
     def _convert(self, outputs: Sequence[object], names: Sequence[str]) -> list[Tensor]:
-        return [as_nchw(out, name, self._channels_last, self._num_prefix_tokens) for out, name in zip(outputs, names)]
+        try:
+            return [as_nchw(out, name, self._channels_last, self._num_prefix_tokens)
+                    for out, name in zip(outputs, names)]
+        except FeatureError as exc:
+            raise self._named_layer_error(exc)
 
     def _settle_strides(self, outputs: list[Tensor], side: int) -> None:
         declared = self._reductions if len(self._reductions) == len(outputs) else [None] * len(outputs)
@@ -528,7 +576,8 @@ class FeatureTaps:
                 h.remove()
         if any(c is None for c in captured):
             unused = [n for n, c in zip(self._names, captured) if c is None]  # type: ignore[arg-type]
-            raise FeatureError(f"layers {unused} did not run in the forward pass", "tap layers the forward uses")
+            raise self._named_layer_error(FeatureError(f"layers {unused} did not run in the forward pass",
+                                                       "tap layers the forward uses"))
         outputs = self._convert(captured, self._names)  # type: ignore[arg-type]
         if self._strides is None:
             self._settle_strides(outputs, x.shape[-1])

@@ -13,10 +13,11 @@ Torch-free; rich is imported only for the live display.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Any, TextIO
+
+from .launch import process_rank
 
 HEARTBEAT_S = 30.0
 """Seconds between two plain lines about the same phase (stderr not a terminal)."""
@@ -41,7 +42,7 @@ class ProgressReporter:
 
     def __init__(self, enabled: bool = True, *, live: bool | None = None, stream: TextIO | None = None,
                  heartbeat_s: float | None = None, quiet_s: float | None = None) -> None:
-        self.enabled = enabled and os.environ.get("RANK", "0") == "0"
+        self.enabled = enabled and process_rank()[0] == 0
         self.stream = stream if stream is not None else sys.stderr
         self.live = _isatty(self.stream) if live is None else live
         self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s

@@ -101,12 +101,29 @@ def _report_dir(config: pytest.Config) -> Path | None:
     return None
 
 
+def _check_report_dir(config: pytest.Config) -> None:
+    """Create the report dir now, so that a path that is a file or cannot be made stops pytest once with a usage error,
+    instead of failing each check after its measurement (with a trace ending in a misleading "File exists")."""
+    report_dir = _report_dir(config)
+    if report_dir is None:
+        return
+    where = "--ppp-report-dir" if config.getoption("ppp_report_dir") else "ini key ppp_report_dir"
+    if report_dir.exists() and not report_dir.is_dir():
+        raise pytest.UsageError(f"{where} {report_dir} is a file, not a folder (name a folder for the JSON reports)")
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise pytest.UsageError(f"{where} {report_dir} cannot be created: {exc.strerror or exc} "
+                                "(name a folder you can write to)") from None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{MARKER}: measures a model's PPP (slow; deselect with -m 'not {MARKER}'); added automatically to "
         "tests that use the ppp fixture",
     )
     config.stash[_SETTINGS] = _settings(config)
+    _check_report_dir(config)
 
 
 @pytest.hookimpl(tryfirst=True)  # before the mark plugin applies -m

@@ -9,15 +9,15 @@ A :class:`Registry` maps names to objects. Code registers with a decorator, as t
 
 Installed distributions register through the registry's entry-point group; those are discovered on first lookup, not
 at import. A plugin that fails to load (any exception, ``SystemExit`` included; only ``KeyboardInterrupt`` goes
-through) is skipped with a ``RuntimeWarning`` naming it and its distribution, and ``PPP_AUDIT_DISABLE_PLUGINS=1``
-loads none. Entry points of ppp-audit's own distribution are ignored: its built-ins register in code, so an older
+through) is skipped with a ``RuntimeWarning`` naming it and its distribution; looking its name up then says that it
+failed to load and why, not that the name is unknown. ``PPP_AUDIT_DISABLE_PLUGINS=1`` loads none (an unknown name
+then says so). Entry points of ppp-audit's own distribution are ignored: its built-ins register in code, so an older
 install's metadata cannot shadow or break them.
 """
 
 from __future__ import annotations
 
 import difflib
-import os
 import warnings
 from dataclasses import dataclass, field, replace
 from importlib.metadata import entry_points
@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
 from .errors import PPPAuditError
+from .launch import env_flag
 
 DISABLE_PLUGINS_ENV = "PPP_AUDIT_DISABLE_PLUGINS"
 OWN_DISTRIBUTION = "ppp-audit"
@@ -45,9 +46,19 @@ class RegistryEntry(Generic[T]):
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PluginFailure:
+    """An entry point that failed to load, as a lookup of its name reports it."""
+
+    name: str
+    distribution: str
+    error: str
+    """The exception's type and the first line of its text: ``ModuleNotFoundError: No module named 'x'``."""
+
+
 def plugins_disabled() -> bool:
     """Whether ``PPP_AUDIT_DISABLE_PLUGINS`` asks to load no third-party plugins."""
-    return os.environ.get(DISABLE_PLUGINS_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return env_flag(DISABLE_PLUGINS_ENV)
 
 
 def _distribution_of(obj: Any) -> str:
@@ -86,6 +97,7 @@ class Registry(Generic[T]):
         self.sort_names = sort_names
         self._registered: dict[str, RegistryEntry[T]] = {}
         self._plugins: dict[str, RegistryEntry[T]] | None = None
+        self._failed: dict[str, PluginFailure] = {}
 
     # -- registering -------------------------------------------------------------------------------------------------
 
@@ -128,14 +140,22 @@ class Registry(Generic[T]):
 
     def entry(self, name: str) -> RegistryEntry[T]:
         """The entry of ``name``; raises the registry's error, with the closest name, when there is none."""
-        plugins = self._discover()  # first: loading a plugin may register it in code (the decorator)
+        plugins = self._discover(asked=name)  # first: loading a plugin may register it in code (the decorator)
         if name in self._registered:
             return self._registered[name]
         if name in plugins:
             return plugins[name]
+        failed = self._failed.get(name)
+        if failed is not None:  # the name exists, its plugin is broken: "unknown" would send the user to the spelling
+            dist = failed.distribution
+            raise self.error(f"{self.plugin_noun} '{name}' from distribution '{dist}' failed to load: {failed.error}",
+                             f"reinstall '{dist}' (pip install --force-reinstall {dist}) or uninstall it, or set "
+                             f"{DISABLE_PLUGINS_ENV}=1 to skip third-party plugins")
         names = self.names()
         close = difflib.get_close_matches(name, names, n=1)
-        raise self.error(f"unknown {self.kind} '{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+        disabled = self.entry_point_group is not None and plugins_disabled()
+        off = f" (plugins are disabled by {DISABLE_PLUGINS_ENV})" if disabled else ""
+        raise self.error(f"unknown {self.kind} '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "") + off,
                          self.hint.format(available=", ".join(names) or "none"))
 
     def get(self, name: str) -> T:
@@ -169,11 +189,14 @@ class Registry(Generic[T]):
     def reset_discovery(self) -> None:
         """Forget discovered entry points (for tests that install plugins or toggle the env var)."""
         self._plugins = None
+        self._failed = {}
 
-    def _discover(self) -> dict[str, RegistryEntry[T]]:
+    def _discover(self, asked: str | None = None) -> dict[str, RegistryEntry[T]]:
+        """Load the entry points once; a broken one is warned about, unless it is the name ``asked`` (whose lookup
+        raises the error that says the same, in one line)."""
         if self._plugins is not None:
             return self._plugins
-        self._plugins = {}
+        self._plugins, self._failed = {}, {}
         if self.entry_point_group is None or plugins_disabled():
             return self._plugins
         for ep in entry_points(group=self.entry_point_group):
@@ -187,6 +210,9 @@ class Registry(Generic[T]):
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # a broken plugin must never take the tool down, not even by sys.exit()
+                self._failed[ep.name] = PluginFailure(ep.name, dist, _error_line(exc))
+                if ep.name == asked and asked not in self._registered:
+                    continue
                 self._warn(f"{self.plugin_noun} '{ep.name}' from distribution '{dist}' failed to load and is skipped: "
                            f"{exc!r}")
                 continue
@@ -213,9 +239,16 @@ class Registry(Generic[T]):
                       stacklevel=3)
 
 
+def _error_line(exc: BaseException) -> str:
+    """An exception's type and the first line of its text (errors are reported in one line)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
+
+
 def _default_name(obj: Any) -> str:
     name = getattr(obj, "name", None)
     return name if isinstance(name, str) and name else getattr(obj, "__name__", "")
 
 
-__all__ = ["DISABLE_PLUGINS_ENV", "OWN_DISTRIBUTION", "RUN_TIME", "Registry", "RegistryEntry", "plugins_disabled"]
+__all__ = ["DISABLE_PLUGINS_ENV", "OWN_DISTRIBUTION", "RUN_TIME", "PluginFailure", "Registry", "RegistryEntry",
+           "plugins_disabled"]

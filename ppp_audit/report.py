@@ -16,9 +16,10 @@ import types
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import ReportFileError
+from .files import WrittenFiles, atomic_write
 
 SCHEMA_VERSION = "1.8"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
@@ -417,16 +418,11 @@ class Report:
             ReportFileError: ``path`` is a folder or cannot be written (the message names the OS's reason).
         """
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         try:
             if path.is_dir():
                 raise IsADirectoryError(21, "is a folder", str(path))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(self.to_json())
-            tmp.replace(path)
+            atomic_write(path, self.to_json())
         except OSError as exc:
-            if tmp.is_file():
-                tmp.unlink()
             raise ReportFileError(f"could not write the report to '{path}': {exc.strerror or exc}",
                                   "pick a writable file or folder") from None
         return path
@@ -456,6 +452,9 @@ class Report:
         except (OSError, UnicodeDecodeError) as exc:
             raise ReportFileError(f"cannot read report '{file}': {exc}",
                                   "pass a report.json written by ppp-audit") from None
+        except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, nesting Python cannot follow
+            raise ReportFileError(f"'{file}' is not valid JSON ({str(exc).split(':')[0] or type(exc).__name__})",
+                                  "pass a report.json written by ppp-audit") from None
         if not isinstance(data, dict):
             raise ReportFileError(f"'{file}' is not a ppp-audit report (a JSON {type(data).__name__}, not an object)",
                                   "pass a report.json written by ppp-audit")
@@ -473,18 +472,75 @@ _REQUIRED_KEYS: dict[str, dict[str, type]] = {"model": {"name": str, "weights": 
 """Keys that tables and figures read from a report's free-form ``model`` and ``data`` objects, with their types."""
 
 
+@dataclass(frozen=True)
+class _Rule:
+    """What a field's value must be beyond its type (see :data:`_RULES`).
+
+    Attributes:
+        low: The least each of its numbers may be (``None``: any).
+        above: Its numbers must lie above ``low``, not at it.
+        finite: Its numbers must be finite (no NaN or infinity).
+        shape: For an array (nested lists), its size along each axis: the name of an integer field (its value) or of
+            a list field (its length), looked up in the object holding the array, then in the objects around it.
+    """
+
+    low: float | None = None
+    above: bool = False
+    finite: bool = False
+    shape: tuple[str, ...] = ()
+
+
+_COUNT, _SIZE, _POSITIVE = _Rule(low=0), _Rule(low=1), _Rule(low=0, above=True, finite=True)
+_RULES: dict[str, _Rule] = {
+    "Report.input_size": _SIZE, "Report.margin": _COUNT, "data.num_images": _COUNT,
+    "LayerStats.n": _COUNT, "LayerStats.stride_px": _POSITIVE, "LayerStats.channels": _SIZE,
+    "LayerStats.height": _SIZE, "LayerStats.width": _SIZE,
+    "LayerStats.ppp_map": _Rule(finite=True, shape=("height", "width")),
+    "MistSnapshots.counts": _SIZE,
+    "MistSnapshots.mean_feature": _Rule(finite=True, shape=("counts", "height", "width")),
+    "MistSnapshots.ppp": _Rule(finite=True, shape=("counts", "height", "width")),
+    "BorderProfile.rms": _Rule(shape=("distance_px",)), "BorderProfile.noise_floor": _Rule(shape=("distance_px",)),
+    "SkippedImages.count": _COUNT, "SkippedImages.tried": _COUNT,
+    "FinetuneResult.steps": _COUNT, "FinetuneResult.train_loss_every": _SIZE, "CurvePoint.step": _COUNT,
+}
+"""The value constraints the annotations cannot say, by ``Class.field`` (or ``object.key`` of :data:`_REQUIRED_KEYS`):
+what tables and figures divide by, index with or draw as a picture. Everything else a field's type says."""
+_INT64 = 2 ** 63
+"""JSON integers must fit in 64 bits: the leaderboard's Parquet columns hold them, and floats are made of them."""
+
+
 def check_report_dict(data: Any) -> None:
     """Check that a report dict has every field :meth:`Report.from_dict` reads, each of its declared type (the
-    dataclass annotations), so that a hand-edited or foreign JSON fails with one line naming the field, not deep
-    inside a table or figure. Fields it does not know are ignored, as a newer 1.x may add some.
+    dataclass annotations) and within the few limits of :data:`_RULES` (maps of the layer's height × width, positive
+    sizes), so that a hand-edited or foreign JSON fails with one line naming the field, not deep inside a table or
+    figure. Fields it does not know are ignored, as a newer 1.x may add some.
 
     Raises:
-        TypeError: The first missing or mistyped field, named by its path (``results[0].layers[2].strength``).
+        TypeError: The first missing, mistyped or out-of-range field, named by its path
+            (``results[0].layers[2].strength``).
     """
     _check_fields(Report, data, "", first="results")
     for key, required in _REQUIRED_KEYS.items():
         for name, kind in required.items():
-            _check_value(data[key].get(name, _MISSING), kind, f"{key}.{name}")
+            value, path = data[key].get(name, _MISSING), f"{key}.{name}"
+            _check_value(value, kind, path)
+            if path in _RULES:
+                _check_rule(_RULES[path], value, path, (data[key],))
+
+
+def check_fields(cls: type, data: Any, what: str) -> None:
+    """Check that ``data`` (read from JSON) is an object holding the fields of dataclass ``cls``, each of its declared
+    type, as :func:`check_report_dict` does for a report; for other records kept as JSON (a sweep's ``run.json``).
+
+    Args:
+        cls: The dataclass.
+        data: The JSON value.
+        what: What ``data`` is called when it is no object (``run.json``).
+
+    Raises:
+        TypeError: The first missing or mistyped field, named by its path.
+    """
+    _check_fields(cls, data, "", what=what)
 
 
 _MISSING = object()
@@ -492,28 +548,35 @@ _FLATTENED = {LayerResult: ("stats",)}
 """Dataclass fields written into their parent's object rather than as an object of their own."""
 
 
-def _check_fields(cls: type, data: Any, where: str, first: str | None = None) -> None:
-    """``data`` is a JSON object holding the fields of dataclass ``cls`` (those without a default required)."""
+def _check_fields(cls: type, data: Any, where: str, first: str | None = None, scope: tuple[dict, ...] = (),
+                  what: str = "the report") -> None:
+    """``data`` is a JSON object holding the fields of dataclass ``cls`` (those without a default required);
+    ``scope`` holds the objects around it, outermost last (where :attr:`_Rule.shape` looks names up)."""
     import typing
 
     if not isinstance(data, dict):
-        raise TypeError(f"{where or 'the report'} must be an object (got {_json_type(data)})")
+        raise TypeError(f"{where or what} must be an object (got {_json_type(data)})")
     hints = typing.get_type_hints(cls)
     fields = sorted(dataclasses.fields(cls), key=lambda f: f.name != first)
+    scope = (data, *scope)
     for f in fields:
         if f.name in _FLATTENED.get(cls, ()):
-            _check_fields(hints[f.name], {k: v for k, v in data.items() if k not in hints}, where)
+            _check_fields(hints[f.name], {k: v for k, v in data.items() if k not in hints}, where, scope=scope[1:])
             continue
         path = f"{where}.{f.name}" if where else f.name
         if f.name in data:
-            _check_value(data[f.name], hints[f.name], path)
+            _check_value(data[f.name], hints[f.name], path, scope)
+            rule = _RULES.get(f"{cls.__name__}.{f.name}")
+            if rule is not None and data[f.name] is not None:
+                _check_rule(rule, data[f.name], path, scope)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise TypeError(f"'{path}'")  # read as "bad or missing field: 'results'"
 
 
-def _check_value(value: Any, hint: Any, path: str) -> None:
+def _check_value(value: Any, hint: Any, path: str, scope: tuple[dict, ...] = ()) -> None:
     """``value`` (read from JSON) is of type ``hint``: a dataclass, ``X | None``, ``list[X]``, ``tuple[X, X]``,
-    ``dict[str, X]``, ``int``, ``float`` (an integer is a number too), ``str``, ``bool`` or ``Any``."""
+    ``dict[str, X]``, ``int``, ``float`` (an integer is a number too), ``str``, ``bool`` or ``Any``. A list of lists
+    is an array: every item of the same size."""
     import typing
 
     if value is _MISSING:
@@ -531,16 +594,70 @@ def _check_value(value: Any, hint: Any, path: str) -> None:
     if not _fits(value, dict if dataclasses.is_dataclass(kind) else kind):
         expected = "an object" if dataclasses.is_dataclass(kind) else _JSON_NAMES.get(kind, str(kind))
         raise TypeError(f"{path} must be {expected}{' or null' if nullable else ''} (got {_json_type(value)})")
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        raise TypeError(f"{path} must be {_JSON_NAMES.get(kind, 'a number')} that fits in 64 bits (got "
+                        f"{_json_type(value)})")
     if dataclasses.is_dataclass(kind):
-        _check_fields(kind, value, path)
+        _check_fields(kind, value, path, scope=scope)
     elif kind is tuple and Ellipsis not in args and len(value) != len(args):
         raise TypeError(f"{path} must be a list of {len(args)} items (got {len(value)})")
     elif kind in (list, tuple):
         for k, item in enumerate(value):
-            _check_value(item, args[0] if len(args) == 1 or Ellipsis in args else args[k], f"{path}[{k}]")
+            _check_value(item, args[0] if len(args) == 1 or Ellipsis in args else args[k], f"{path}[{k}]", scope)
+        if kind is list and args and typing.get_origin(args[0]) is list:  # an array: a ragged one has no picture
+            sizes = [_shape(item) for item in value]
+            for k, size in enumerate(sizes):
+                if size != sizes[0]:
+                    raise TypeError(f"{path} must be rectangular (its item {k} has size {_shape_text(size)}, item 0 "
+                                    f"{_shape_text(sizes[0])})")
     elif kind is dict:
         for key, item in value.items():
-            _check_value(item, args[1], f"{path}.{key}")
+            _check_value(item, args[1], f"{path}.{key}", scope)
+
+
+def _check_rule(rule: _Rule, value: Any, path: str, scope: tuple[dict, ...]) -> None:
+    """``value`` (of its field's type, not null) keeps ``rule``; ``scope`` holds the objects it is looked up in."""
+    if rule.shape:
+        expected = tuple(_dimension(name, scope) for name in rule.shape)
+        size = _shape(value)
+        if len(size) != len(expected) or any(want is not None and got != want for got, want in zip(size, expected)):
+            wanted = "×".join("?" if want is None else str(want) for want in expected)
+            raise TypeError(f"{path} must have size {wanted} ({' × '.join(rule.shape)}; got {_shape_text(size)})")
+    for where, number in _numbers(value, path):
+        if rule.finite and not math.isfinite(number):
+            raise TypeError(f"{where} must be a finite number (got {_json_type(number)})")
+        if rule.low is not None and (number < rule.low or (rule.above and number == rule.low)):
+            bound = f"above {rule.low:g}" if rule.above else f"at least {rule.low:g}"
+            raise TypeError(f"{where} must be {bound} (got {_json_type(number)})")
+
+
+def _dimension(name: str, scope: tuple[dict, ...]) -> int | None:
+    """The size a :attr:`_Rule.shape` name stands for: the nearest such field's integer, or its list's length."""
+    for data in scope:
+        if name in data:
+            value = data[name]
+            return len(value) if isinstance(value, list) else value if isinstance(value, int) else None
+    return None
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    """The size of nested lists along each axis, read along their first items (``[]`` is ``(0,)``)."""
+    if not isinstance(value, (list, tuple)):
+        return ()
+    return (len(value), *_shape(value[0])) if value else (0,)
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "empty" if shape[:1] == (0,) else "×".join(map(str, shape)) or "a single value"
+
+
+def _numbers(value: Any, path: str) -> Iterator[tuple[str, float]]:
+    """Every number in ``value`` (nested lists), with its path."""
+    if isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            yield from _numbers(item, f"{path}[{k}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, value
 
 
 def _fits(value: Any, kind: type) -> bool:
@@ -571,43 +688,77 @@ def report_file(path: str | Path) -> Path:
     return path / REPORT_JSON if path.is_dir() else path
 
 
-def check_report_path(path: str | Path, option: str = "--json") -> Path:
+def check_report_path(path: str | Path, *, overwrite: bool = False, option: str = "--json") -> Path:
     """Check, before an audit runs, that a report file can be written at ``path`` (nothing is created).
 
+    Args:
+        path: The JSON file.
+        overwrite: Allow replacing a file already there (the report of an earlier audit, or any file: the user named
+            this very file).
+        option: The option that named the file, for the messages.
+
     Raises:
-        ReportFileError: ``path`` is a folder, a parent is a file, or the folder it would go in is not writable.
+        ReportFileError: ``path`` is a folder, a parent is a file, the folder it would go in is not writable, or
+            ``path`` exists and ``overwrite`` is off.
     """
     path = Path(path)
     if path.is_dir():
         raise ReportFileError(f"{option} '{path}' is a folder", f"name a file (e.g. {path / REPORT_JSON}), or pass "
                               "the folder as --out")
+    if path.exists() and not overwrite:
+        earlier = _earlier_report(path)
+        if earlier is None:
+            raise ReportFileError(f"{option} '{path}' already exists and is not a ppp-audit report",
+                                  "name another file (or pass --overwrite to replace it)")
+        raise ReportFileError(f"{option} '{path}' already holds the report of an earlier audit ({earlier})",
+                              "pass --overwrite to replace it, or name another file")
     _check_writable_folder(path.parent, option, path)
     return path
 
 
-def check_report_folder(path: str | Path, *, overwrite: bool = False, option: str = "--out") -> Path:
+def _earlier_report(path: Path) -> str | None:
+    """``Report.describe()`` of the report at ``path``, ``None`` if it holds none."""
+    try:
+        return Report.load(path).describe()
+    except ReportFileError:
+        return None
+
+
+def written_files(folder: str | Path) -> WrittenFiles:
+    """The files ppp-audit wrote in a report folder (:class:`~ppp_audit.files.WrittenFiles`); in a folder written
+    before ppp-audit kept that list, a readable ``report.json`` counts as its own."""
+    written = WrittenFiles.read(folder)
+    if not written.recorded and _earlier_report(written.folder / REPORT_JSON) is not None:
+        written.files.add(REPORT_JSON)
+    return written
+
+
+def check_report_folder(path: str | Path, *, overwrite: bool = False, option: str = "--out",
+                        replace_hint: str = "pass --overwrite to replace it, or choose another folder") -> Path:
     """Check, before an audit runs, that its report folder can be written at ``path`` without replacing another audit.
 
     Args:
         path: The folder for report.json, figures and the page.
         overwrite: Allow replacing a report that is already there (and the figures it does not draw again).
         option: The option that named the folder, for the messages.
+        replace_hint: What to do about a report already there (a command without ``--overwrite`` says its own).
 
     Raises:
-        ReportFileError: ``path`` is a file, cannot be written, or already holds a report and ``overwrite`` is off.
+        ReportFileError: ``path`` is a file, cannot be written, holds a ``report.json`` ppp-audit did not write, or
+            already holds a report and ``overwrite`` is off.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ReportFileError(f"{option} '{path}' is a file, not a folder", f"pass a folder for {option} (or --json "
                               "FILE for the JSON alone)")
     existing = path / REPORT_JSON
+    if not written_files(path).owns(REPORT_JSON):
+        raise ReportFileError(f"{option} '{path}' holds a {REPORT_JSON} that ppp-audit did not write",
+                              "choose another folder (ppp-audit replaces only files it wrote)")
     if existing.exists() and not overwrite:
-        try:
-            earlier = f"the report of an earlier audit ({Report.load(existing).describe()})"
-        except ReportFileError:
-            earlier = f"a {REPORT_JSON}"
-        raise ReportFileError(f"{option} '{path}' already holds {earlier}",
-                              "pass --overwrite to replace it, or choose another folder")
+        earlier = _earlier_report(existing)
+        earlier = f"the report of an earlier audit ({earlier})" if earlier else f"a {REPORT_JSON}"
+        raise ReportFileError(f"{option} '{path}' already holds {earlier}", replace_hint)
     _check_writable_folder(path, option, path)
     return path
 

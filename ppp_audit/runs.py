@@ -10,6 +10,11 @@ Layout::
 ``<settings-hash>`` is the first 12 hex digits of the SHA-256 of the settings as sorted JSON (:func:`settings_hash`),
 so the same model audited with other settings gets its own folder, and a re-run with the same ones finds its result.
 ``run.json`` is written last, after the report, and atomically: a run folder without it is unfinished.
+
+Run folders are read through one tolerant reader, :func:`read_record` (and :func:`iter_records` for a whole sweep): a
+``run.json`` that is truncated, hand-edited to other types or values, or not a file at all gives an
+:class:`UnreadableRun` with the reason in one line instead of a :class:`RunRecord`, never an exception, so that one
+damaged run is listed (by the leaderboard) or redone (by the sweep) and the others are read as usual.
 """
 
 from __future__ import annotations
@@ -19,17 +24,26 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterable, Iterator
 
-from .report import REPORT_JSON
+from .errors import PPPAuditError
+from .files import atomic_write
+from .report import REPORT_JSON, check_fields
 
 RUNS = "runs"
 RUN_JSON = "run.json"
+CLAIM = ".claim.json"
+"""In a run folder while a sweep process audits it: which process (:class:`RunClaim`)."""
 DONE = "done"
 FAILED = "failed"
 STATUSES = (DONE, FAILED)
+UNREADABLE = "unreadable"
+"""The status of an :class:`UnreadableRun` (never written: a record says done or failed)."""
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -45,7 +59,9 @@ def model_slug(model: str) -> str:
 
 @dataclass
 class RunRecord:
-    """What one model's run of a sweep left in ``run.json``.
+    """What one model's run of a sweep left in ``run.json``; each field is checked against its type (and ``status``
+    against :data:`STATUSES`) when a record is made, as ``huggingface_hub``'s validated dataclasses do, so a record
+    read back is one the leaderboard and the sweep can use.
 
     Attributes:
         model: The model name as audited (``resnet18.a1_in1k``).
@@ -73,8 +89,13 @@ class RunRecord:
     folder: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Raises:
+            TypeError: A field is not of its type (the message names it: ``params must be an integer or null``).
+            ValueError: ``status`` is neither ``done`` nor ``failed``.
+        """
+        check_fields(type(self), self.to_dict(), RUN_JSON)
         if self.status not in STATUSES:
-            raise ValueError(f"run status must be one of {STATUSES} (got {self.status!r})")
+            raise ValueError(f"status must be {' or '.join(map(repr, STATUSES))} (got {self.status!r})")
 
     @property
     def settings_hash(self) -> str:
@@ -92,8 +113,37 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], folder: Path | None = None) -> "RunRecord":
+        """The record a ``run.json`` holds (fields it does not know are ignored).
+
+        Raises:
+            TypeError: ``data`` is no object, or a field is missing or not of its type.
+            ValueError: ``status`` is neither ``done`` nor ``failed``.
+        """
+        check_fields(cls, data, RUN_JSON)  # a missing field is named, not left to the constructor's message
         known = {f.name for f in dataclasses.fields(cls)} - {"folder"}
         return cls(**{k: v for k, v in data.items() if k in known}, folder=folder)
+
+
+@dataclass(frozen=True)
+class UnreadableRun:
+    """A run folder whose ``run.json`` cannot be used: what :func:`read_record` gives instead of a
+    :class:`RunRecord`.
+
+    Attributes:
+        folder: The run folder.
+        reason: Why, in one line (``run.json is not valid JSON (Expecting value, line 3)``).
+        model: The model its record names when that much can be read, else the folder's name (the model's slug).
+    """
+
+    folder: Path
+    reason: str
+    model: str
+    status: ClassVar[str] = UNREADABLE
+
+    @property
+    def settings_hash(self) -> str:
+        """The folder's name (``runs/MODEL/HASH``)."""
+        return self.folder.name
 
 
 def run_folder(out: str | Path, model: str, settings: dict[str, Any]) -> Path:
@@ -103,35 +153,177 @@ def run_folder(out: str | Path, model: str, settings: dict[str, Any]) -> Path:
 
 def write_record(folder: str | Path, record: RunRecord) -> Path:
     """Write ``run.json`` into ``folder`` atomically (a temporary file renamed over it)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / RUN_JSON
-    tmp = path.with_name(f".{RUN_JSON}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record.to_dict(), indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(folder) / RUN_JSON, json.dumps(record.to_dict(), indent=1, default=str) + "\n")
 
 
-def read_record(folder: str | Path) -> RunRecord | None:
-    """The record in ``folder``, or ``None`` when there is none (an unfinished run) or it cannot be read."""
-    path = Path(folder) / RUN_JSON
-    try:
-        return RunRecord.from_dict(json.loads(path.read_text()), folder=Path(folder))
-    except (OSError, ValueError, TypeError):
+@dataclass(frozen=True)
+class RunClaim:
+    """A sweep process's claim on one run folder (``CLAIM``, made atomically): sweeps that share a folder, started
+    together or by hand, split its models instead of each auditing all of them.
+
+    A claim is stale, and is taken over, when the process that made it is gone (same machine) or when it has not
+    been refreshed for ``stale_after_s`` (a claim from another machine of a shared disk).
+    """
+
+    path: Path
+
+    @classmethod
+    def take(cls, folder: str | Path, *, stale_after_s: float) -> "RunClaim | None":
+        """Claim ``folder`` for this process; ``None`` if another live sweep holds it."""
+        path = Path(folder) / CLAIM
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mine = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+        for _ in range(2):
+            try:
+                handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not _stale(path, stale_after_s):
+                    return None
+                path.unlink(missing_ok=True)  # a dead sweep's claim: taken over (O_EXCL settles a race for it)
+                continue
+            with os.fdopen(handle, "w") as file:
+                file.write(mine)
+            return cls(path)
         return None
 
+    def refresh(self) -> None:
+        """Mark the claim as still held (before each attempt, so that it is never older than one time limit)."""
+        os.utime(self.path)
 
-def iter_records(out: str | Path) -> Iterator[RunRecord]:
-    """Every finished or failed run under the sweep folder ``out``, in folder order."""
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _stale(path: Path, stale_after_s: float) -> bool:
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    if age > stale_after_s:
+        return True
+    try:
+        claim = json.loads(path.read_text())
+    except (OSError, ValueError):  # being written this instant (or damaged: then its age decides)
+        return False
+    pid = claim.get("pid") if isinstance(claim, dict) and claim.get("host") == socket.gethostname() else None
+    if not isinstance(pid, int) or pid <= 0:
+        return False  # another machine's: only its age tells
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def read_record(folder: str | Path) -> RunRecord | UnreadableRun | None:
+    """The record in the run folder ``folder``; never raises.
+
+    Returns:
+        Its :class:`RunRecord`; an :class:`UnreadableRun` with the reason when its ``run.json`` cannot be used (not
+        JSON, not a record, a field missing or of another type, a status other than done or failed, a folder or a
+        named pipe in its place); ``None`` when it has none (the run is unfinished, or there is no such folder).
+    """
+    folder = Path(folder)
+    path = folder / RUN_JSON
+    slug = folder.parent.name
+    if not os.path.lexists(path):
+        return None
+    if path.is_dir():
+        return UnreadableRun(folder, f"{RUN_JSON} is a folder, not a file", slug)
+    if not path.is_file():  # a named pipe would block the read; a dangling link has nothing to read
+        return UnreadableRun(folder, f"{RUN_JSON} is not a regular file", slug)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:  # truncated, or edited into something else
+        return UnreadableRun(folder, f"{RUN_JSON} is not valid JSON ({exc.msg}, line {exc.lineno})", slug)
+    except UnicodeDecodeError:
+        return UnreadableRun(folder, f"{RUN_JSON} is not UTF-8 text", slug)
+    except OSError as exc:
+        return UnreadableRun(folder, f"cannot read {RUN_JSON} ({exc.strerror or exc})", slug)
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits, nesting Python cannot follow
+        return UnreadableRun(folder, f"{RUN_JSON} is not valid JSON ({str(exc).split(':')[0] or type(exc).__name__})",
+                             slug)
+    try:
+        return RunRecord.from_dict(data, folder=folder)
+    except (TypeError, ValueError, RecursionError) as exc:
+        text = " ".join(str(exc).split())
+        if not isinstance(data, dict):
+            return UnreadableRun(folder, text, slug)
+        named = data.get("model")
+        return UnreadableRun(folder, f"{RUN_JSON} is not a run record (bad or missing field: {text})",
+                             named if isinstance(named, str) and named else slug)
+
+
+def iter_records(out: str | Path) -> Iterator[RunRecord | UnreadableRun]:
+    """Every run under the sweep folder ``out`` that ended, in folder order: a :class:`RunRecord` for each finished or
+    failed run, an :class:`UnreadableRun` for each whose ``run.json`` cannot be used or whose folder cannot be listed
+    (see :func:`read_record`). Unfinished runs (no ``run.json`` yet) are left out. Never raises."""
     root = Path(out) / RUNS
     if not root.is_dir():
         return
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for folder in sorted(p for p in model_dir.iterdir() if p.is_dir()):
-            record = read_record(folder)
+    for model_dir in _subfolders(root):
+        if isinstance(model_dir, UnreadableRun):
+            yield model_dir
+            continue
+        for folder in _subfolders(model_dir):
+            record = read_record(folder) if isinstance(folder, Path) else folder
             if record is not None:
                 yield record
 
 
-__all__ = ["DONE", "FAILED", "RUNS", "RUN_JSON", "RunRecord", "iter_records", "model_slug", "read_record",
-           "run_folder", "settings_hash", "write_record"]
+def _subfolders(folder: Path) -> list[Path] | list[UnreadableRun]:
+    """The folders in ``folder``, sorted; when it cannot be listed, one :class:`UnreadableRun` saying why."""
+    try:
+        return sorted(path for path in folder.iterdir() if path.is_dir())
+    except OSError as exc:
+        return [UnreadableRun(folder, f"cannot list the folder ({exc.strerror or exc})", folder.name)]
+
+
+def clear_record(folder: str | Path) -> None:
+    """Remove the ``run.json`` of a run about to be redone (it is unfinished until the new record is written), whatever
+    took its place: a file, a link or a folder of that name. Nothing else in the run folder is touched.
+
+    Raises:
+        PPPAuditError: It cannot be removed (the message names the OS's reason).
+    """
+    path = Path(folder) / RUN_JSON
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise PPPAuditError(f"cannot replace '{path}' ({exc.strerror or exc})",
+                            "make the sweep folder writable, or remove it by hand") from None
+
+
+def check_sweep_folder(out: str | Path, folders: Iterable[Path] = (), *, writable: bool = True) -> Path:
+    """Check, before a sweep's first model (or before a leaderboard reads the runs), that no file takes the place of
+    ``out/runs`` or of the run folders ``folders`` (or the model folders above them), and with ``writable`` that
+    ``out/runs``, if it is there, can be written.
+
+    Args:
+        out: The sweep folder.
+        folders: Run folders the sweep will write (:func:`run_folder`).
+        writable: Also check that ``out/runs`` can be written.
+
+    Raises:
+        PPPAuditError: One line naming the path that is a file (or is not writable) and what to do.
+    """
+    root = Path(out) / RUNS
+    fix = "move it out of the way, or pass another --out folder"
+    if root.exists() and not root.is_dir():
+        raise PPPAuditError(f"'{root}' is a file, not the folder of the sweep's runs", fix)
+    for folder in folders:
+        for path in (folder.parent, folder):
+            if path.exists() and not path.is_dir():
+                raise PPPAuditError(f"'{path}' is a file, not the folder of a run", fix)
+    if writable and root.is_dir() and not os.access(root, os.W_OK | os.X_OK):
+        raise PPPAuditError(f"'{root}' cannot be written (permission denied)", "pass a writable --out folder")
+    return root
+
+
+__all__ = ["CLAIM", "DONE", "FAILED", "RUNS", "RUN_JSON", "UNREADABLE", "RunClaim", "RunRecord", "UnreadableRun", "check_sweep_folder",
+           "clear_record", "iter_records", "model_slug", "read_record", "run_folder", "settings_hash", "write_record"]

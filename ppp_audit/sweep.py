@@ -31,17 +31,19 @@ from .config import AuditConfig
 from .errors import PPPAuditError
 from .progress import ProgressReporter, progress_bar
 from .report import REPORT_JSON
-from .runs import DONE, FAILED, RUN_JSON, RunRecord, read_record, run_folder, write_record
+from .runs import (DONE, FAILED, RunClaim, RunRecord, check_sweep_folder, clear_record, read_record, run_folder,
+                   write_record)
 
 OUT_OF_MEMORY = "oom"
 """What a run reports on CUDA out of memory: the sweep tries the model again with half the batch."""
 DEFAULT_TIMEOUT_S = 1800.0
 """Seconds one model may take before it is stopped and recorded as failed."""
+CLAIM_GRACE_S = 120.0
+"""A run folder's claim is stale once it is this much older than the time limit of one attempt (a claim is refreshed
+before each attempt): the sweep that made it is gone."""
 _DISTRIBUTED_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
                           "TORCHELASTIC_RUN_ID")
 """What torchrun sets for its processes; a sweep's audits must not read them (LOCAL_RANK stays: it picks the GPU)."""
-_RANK_VARIABLES = (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"),
-                   ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"))
 
 
 # -- which models -----------------------------------------------------------------------------------------------------
@@ -89,40 +91,21 @@ def _closest_hint(name: str, pretrained: bool) -> str:
 
 
 def read_model_list(path: str | Path) -> list[str]:
-    """Names in a text file, one per line; blank lines and ``#`` comments are ignored.
+    """Names in a UTF-8 text file, one per line; blank lines and ``#`` comments are ignored.
 
     Raises:
-        PPPAuditError: The file cannot be read.
+        PPPAuditError: The file cannot be read, or is not UTF-8.
     """
     try:
-        lines = Path(path).read_text().splitlines()
+        # utf-8-sig: editors on Windows save a byte-order mark, which would otherwise stick to the first name
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as exc:
         raise PPPAuditError(f"cannot read --model-list '{path}': {exc.strerror or exc}",
                             "pass a text file with one model name or pattern per line") from None
+    except UnicodeDecodeError as exc:
+        raise PPPAuditError(f"--model-list '{path}' is not UTF-8 text (byte {exc.start}: "
+                            f"{exc.object[exc.start:exc.start + 1]!r})", "save it as UTF-8") from None
     return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
-
-
-def sweep_rank() -> tuple[int, int]:
-    """This process's share of a sweep, ``(rank, world)``, from the first rank variables set (``(0, 1)`` if none).
-
-    Raises:
-        PPPAuditError: The variables are not integers with ``0 <= rank < world``.
-    """
-    for rank_name, world_name in _RANK_VARIABLES:
-        if rank_name in os.environ and (world_name in os.environ or rank_name == "RANK"):
-            try:
-                rank, world = int(os.environ[rank_name]), int(os.environ.get(world_name, "1"))
-            except ValueError:
-                raise PPPAuditError(f"{rank_name}={os.environ[rank_name]!r} / {world_name}="
-                                    f"{os.environ.get(world_name)!r} are not integers",
-                                    "set them to the process's rank and the number of processes") from None
-            if rank_name == "SLURM_ARRAY_TASK_ID" and "SLURM_ARRAY_TASK_MIN" in os.environ:
-                rank -= int(os.environ["SLURM_ARRAY_TASK_MIN"])  # arrays may start at 1
-            if not 0 <= rank < world:
-                raise PPPAuditError(f"{rank_name}={rank} is not below {world_name}={world}",
-                                    "ranks run from 0 to the number of processes - 1")
-            return rank, world
-    return 0, 1
 
 
 def shard(models: Sequence[str], rank: int, world: int) -> list[str]:
@@ -158,8 +141,42 @@ def model_family(name: str) -> str | None:
 # -- one model --------------------------------------------------------------------------------------------------------
 
 
+def check_shared_settings(config: AuditConfig) -> None:
+    """What every model of a sweep would fail on alike, checked once before the first model rather than recorded as
+    each one's failure: the padding schemes and the image folder or dataset.
+
+    Raises:
+        PPPAuditError: A scheme is unknown, or the images cannot be found or hold none.
+    """
+    from .images import image_source
+    from .paddings import get_padding
+
+    for name in config.paddings:
+        get_padding(name)
+    if config.images:
+        image_source(config.images, split=config.images_split)
+
+
+def _exit_with_parent() -> None:
+    """End this (child) process as soon as its parent is gone, whatever killed the parent (``SIGKILL`` included):
+    a sweep that is stopped leaves no audit running on its own."""
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _run_child(config: AuditConfig, folder: str, pages: bool, results: "multiprocessing.Queue") -> None:
     """In a fresh process: audit, save the report (and its page), and say how it went on ``results``."""
+    _exit_with_parent()
     for name in _DISTRIBUTED_VARIABLES:  # one model's audit runs in one process, whatever shares the sweep
         os.environ.pop(name, None)
     try:
@@ -228,6 +245,7 @@ class SweepSummary:
         done: Models audited now.
         failed: Models that failed now, with their reasons.
         skipped: Models whose run was already there (done, or failed and not retried).
+        claimed: Models another sweep process was auditing (its claim on the run folder was live).
         interrupted: Set when Ctrl-C stopped the sweep (the model in progress is not recorded).
     """
 
@@ -235,6 +253,7 @@ class SweepSummary:
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    claimed: list[str] = field(default_factory=list)
     interrupted: bool = False
 
 
@@ -270,43 +289,64 @@ def run_sweep(models: Sequence[str], settings: dict[str, Any], out: str | Path, 
         The :class:`SweepSummary`; on Ctrl-C, ``interrupted`` is set and the summary covers the models finished.
     """
     mine = shard(models, rank, world)
+    # A file where the runs go is the user's to move: refused before the first model, not found after it.
+    check_sweep_folder(out, [run_folder(out, model, settings) for model in mine])
     summary = SweepSummary(models=mine)
     todo = []
+    def finished(model: str) -> bool:
+        return skip_existing and _finished(model, run_folder(out, model, settings), retry_failed)
+
     for model in mine:
-        record = read_record(run_folder(out, model, settings)) if skip_existing else None
-        if record is not None and (record.status == DONE or not retry_failed):
-            summary.skipped.append(model)
-        else:
-            todo.append(model)
+        (summary.skipped if finished(model) else todo).append(model)
     with progress_bar(progress) as bar:
         bar.phase(f"sweeping {len(todo)} models", total=len(todo))
         try:
             for k, model in enumerate(todo):
                 bar.update(description=f"{model} · {len(summary.done)} done, {len(summary.failed)} failed, "
                                        f"{len(todo) - k} left")
-                record = _audit_model(model, settings, Path(out), rank, timeout_s, pages, audit_runner)
-                (summary.done.append(model) if record.status == DONE else
-                 summary.failed.__setitem__(model, record.reason or ""))
-                if on_model is not None:
-                    on_model(record)
+                claim = RunClaim.take(run_folder(out, model, settings), stale_after_s=timeout_s + CLAIM_GRACE_S)
+                if claim is None:
+                    summary.claimed.append(model)
+                elif finished(model):  # finished by another sweep since the folder was read
+                    claim.release()
+                    summary.skipped.append(model)
+                else:
+                    try:
+                        record = _audit_model(model, settings, Path(out), rank, timeout_s, pages, audit_runner, claim)
+                    finally:
+                        claim.release()
+                    (summary.done.append(model) if record.status == DONE else
+                     summary.failed.__setitem__(model, record.reason or ""))
+                    if on_model is not None:
+                        on_model(record)
                 bar.update(advance=1)
         except KeyboardInterrupt:
             summary.interrupted = True
     return summary
 
 
+def _finished(model: str, folder: Path, retry_failed: bool) -> bool:
+    """Whether ``folder`` holds ``model``'s result: a readable record of that model and settings, done (or failed,
+    unless ``retry_failed``). A record that cannot be read, or of another model or settings (edited or moved by
+    hand), is no result: the model is redone, which replaces only its own run folder's files."""
+    record = read_record(folder)
+    usable = isinstance(record, RunRecord) and record.model == model and record.settings_hash == folder.name
+    return usable and (record.status == DONE or not retry_failed)
+
+
 def _audit_model(model: str, settings: dict[str, Any], out: Path, rank: int, timeout_s: float, pages: bool,
-                 audit_runner: Callable[..., tuple[str, str | None]]) -> RunRecord:
+                 audit_runner: Callable[..., tuple[str, str | None]], claim: RunClaim) -> RunRecord:
     """Audit one model into its run folder (halving the batch on CUDA out of memory) and write its record."""
     folder = run_folder(out, model, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RUN_JSON).unlink(missing_ok=True)  # unfinished until the new record is written
+    clear_record(folder)  # unfinished until the new record is written
     family, params = model_family(model), parameter_count(model)
     batch = int(settings.get("batch_size", 16))
     started = time.perf_counter()
     attempts = 0
     while True:
         attempts += 1
+        claim.refresh()
         config = AuditConfig(model=model, **{**settings, "batch_size": batch})
         status, reason = audit_runner(config, folder, timeout_s=timeout_s, pages=pages)
         if status != OUT_OF_MEMORY:
@@ -322,5 +362,5 @@ def _audit_model(model: str, settings: dict[str, Any], out: Path, rank: int, tim
     return record
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "SweepSummary", "audit_in_process", "expand_models", "model_family",
-           "parameter_count", "read_model_list", "run_sweep", "shard", "sweep_rank", "sweep_settings"]
+__all__ = ["DEFAULT_TIMEOUT_S", "SweepSummary", "audit_in_process", "check_shared_settings", "expand_models", "model_family",
+           "parameter_count", "read_model_list", "run_sweep", "shard", "sweep_settings"]

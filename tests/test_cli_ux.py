@@ -157,6 +157,7 @@ def test_disabled_and_other_ranks_print_nothing(monkeypatch):
     off.phase("x")
     off.update(advance=1)
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
     rank1 = ProgressReporter(True, live=False, stream=stream, quiet_s=0)
     rank1.phase("y")
     assert stream.getvalue() == "" and not rank1.enabled

@@ -17,6 +17,7 @@ import pytest
 from hubserver import PRESIGNED_KINDS, FakeHub
 from typer.testing import CliRunner
 
+from ppp_audit.files import WRITTEN_FILES
 from ppp_audit.cli import app
 from ppp_audit.hub import (
     CARD_FILE,
@@ -89,7 +90,9 @@ def hub(monkeypatch):
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """The files of a report folder a push sends: all but the hidden list of files ppp-audit wrote there."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != WRITTEN_FILES}
 
 
 def _repo_requests(hub: FakeHub) -> list[dict]:

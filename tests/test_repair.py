@@ -234,7 +234,7 @@ def test_bad_repair_settings_are_refused(tiny):
 
 
 def test_repair_cli_errors_are_one_line():
-    fails(["resnet10t", "--no-pretrained", "--repair"], "need fine-tuning")
+    fails(["resnet10t", "--no-pretrained", "--repair"], "--repair needs fine-tuning")
     fails(["resnet10t", "--no-pretrained", "--finetune-steps", "1", "--repair-compare"], "--repair-compare needs")
     fails(["resnet10t", "--no-pretrained", "--finetune-steps", "1", "--repair", "--repair-weight", "-1"],
           "--repair-weight")

@@ -12,8 +12,9 @@ from ppp_audit.cli import app
 from ppp_audit.config import AuditConfig
 from ppp_audit.errors import PPPAuditError
 from ppp_audit.report import Report
-from ppp_audit.runs import DONE, FAILED, iter_records, read_record, run_folder
-from ppp_audit.sweep import expand_models, model_family, run_sweep, shard, sweep_rank, sweep_settings
+from ppp_audit.runs import CLAIM, DONE, FAILED, iter_records, read_record, run_folder
+from ppp_audit.launch import sweep_share
+from ppp_audit.sweep import expand_models, model_family, run_sweep, shard, sweep_settings
 
 MODELS = ["test_resnet", "test_efficientnet", "test_byobnet"]
 SETTINGS = ["--no-pretrained", "-p", "reflect", "-n", "2", "-b", "2", "--input-size", "64", "--device", "cpu",
@@ -157,14 +158,14 @@ def test_rank_variables(env, expected, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert sweep_rank() == expected
+    assert sweep_share() == expected
 
 
 def test_bad_rank_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(PPPAuditError, match="RANK=2 is not below WORLD_SIZE=2"):
-        sweep_rank()
+        sweep_share()
 
 
 def test_names_expand_as_timm_lists_them():
@@ -197,3 +198,91 @@ def test_records_are_json_with_the_settings(swept):
 
 def test_a_sweep_needs_its_folder():
     fails(["sweep", "test_resnet"], "a sweep needs --out DIR")
+
+
+class NestedSweep(FakeRunner):
+    """While auditing its first model, a second sweep starts on the same folder (as a second terminal would)."""
+
+    def __init__(self, out: Path, settings: dict) -> None:
+        super().__init__()
+        self.out, self.settings, self.second = out, settings, None
+
+    def __call__(self, config: AuditConfig, folder: Path, *, timeout_s: float, pages: bool):
+        if self.second is None:
+            self.second = FakeRunner()
+            self.second_summary = run_sweep(MODELS, self.settings, self.out, audit_runner=self.second)
+        return super().__call__(config, folder, timeout_s=timeout_s, pages=pages)
+
+
+def test_two_sweeps_on_one_folder_split_the_models(tmp_path):
+    settings = _settings()
+    first = NestedSweep(tmp_path, settings)
+    summary = run_sweep(MODELS, settings, tmp_path, audit_runner=first)
+    assert first.second_summary.claimed == [MODELS[0]], "the second sweep audited a model the first one holds"
+    assert sorted(model for model, _ in first.calls + first.second.calls) == sorted(MODELS)
+    assert summary.done == [MODELS[0]] and summary.skipped == MODELS[1:]
+    assert all(record.status == DONE for record in iter_records(tmp_path))
+    assert not list(tmp_path.rglob(CLAIM)), "a claim outlived its audit"
+
+
+def test_a_claim_left_by_a_dead_sweep_is_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    settings = _settings()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    claims = {MODELS[0]: {"host": socket.gethostname(), "pid": gone.pid},  # this machine, process gone: stale
+              MODELS[1]: {"host": "another-machine", "pid": 1},  # another machine, refreshed now: live
+              MODELS[2]: {"host": "another-machine", "pid": 1}}  # another machine, not refreshed for long: stale
+    for model, claim in claims.items():
+        (folder := run_folder(tmp_path, model, settings)).mkdir(parents=True)
+        (folder / CLAIM).write_text(json.dumps(claim))
+    old = time.time() - 10_000
+    os.utime(run_folder(tmp_path, MODELS[2], settings) / CLAIM, (old, old))
+    summary = run_sweep(MODELS, settings, tmp_path, audit_runner=(fake := FakeRunner()), timeout_s=60)
+    assert [model for model, _ in fake.calls] == [MODELS[0], MODELS[2]] and summary.claimed == [MODELS[1]]
+    assert (run_folder(tmp_path, MODELS[1], settings) / CLAIM).is_file(), "another sweep's live claim was removed"
+
+
+def test_an_audit_process_ends_with_its_killed_sweep(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    here = Path(__file__).parent
+    parent = subprocess.Popen([sys.executable, str(here / "orphan_child.py"), str(pid_file)], cwd=here)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file() or not pid_file.read_text():
+            assert time.monotonic() < deadline and parent.poll() is None, "the child never started"
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the audit process outlived its sweep killed with SIGKILL")
+
+
+def test_shared_settings_are_checked_once_before_the_first_model(tmp_path, monkeypatch):
+    spawned = []
+    monkeypatch.setattr("ppp_audit.sweep.audit_in_process", lambda *a, **k: spawned.append(1))
+    fails(["sweep", *MODELS, *SETTINGS, "--images", tmp_path / "no-such-folder", "--out", tmp_path / "s"],
+          "image folder")
+    fails(["sweep", *MODELS, *SETTINGS, "-p", "reflekt", "--out", tmp_path / "s"], "unknown padding scheme 'reflekt'")
+    fails(["sweep", *MODELS, *SETTINGS, "--timeout", "inf", "--out", tmp_path / "s"], "--timeout must be a positive")
+    assert not spawned and not (tmp_path / "s" / "runs").exists()

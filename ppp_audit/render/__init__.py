@@ -7,12 +7,13 @@ only when a figure is drawn. Reports are read with :meth:`Report.load <ppp_audit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ReportFileError
-from ..report import REPORT_HTML, REPORT_JSON, Report
+from ..files import WrittenFiles
+from ..report import REPORT_HTML, REPORT_JSON, Report, written_files
 from .figures import FIGURES, FigureFile, FigureSpec, figure_specs, register_figure, write_figures
 from .html import SECTIONS, page_resources, register_section, render_html, write_html
 from .tables import render_baselines, render_curve_table, render_finetune_table, render_table
@@ -24,13 +25,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Outputs:
-    """What :func:`write_outputs` left in ``out_dir``."""
+    """What :func:`write_outputs` left in ``out_dir``.
+
+    ``kept`` maps each file of someone else's that a figure or the page would have replaced to the free name used
+    instead (:meth:`WrittenFiles.place <ppp_audit.files.WrittenFiles.place>`)."""
 
     out_dir: Path
     json: Path
     html: Path
     figures: list[FigureFile]
     html_written: bool
+    kept: dict[str, str] = field(default_factory=dict)
 
     @property
     def written(self) -> list[Path]:
@@ -57,42 +62,72 @@ def write_outputs(report: Report, out_dir: str | Path, *, overwrite: bool = True
     Args:
         report: The report.
         out_dir: Destination folder (created).
-        overwrite: Redraw figures and rewrite files that exist, and delete figures this report does not draw;
-            ``False`` only fills in what is missing.
+        overwrite: Redraw figures and rewrite files that exist, and delete the figures ppp-audit drew here for an
+            earlier report that this one does not draw; ``False`` only fills in what is missing. Either way a file
+            ppp-audit did not write is never replaced or deleted: what would land on it goes beside it under a free
+            name (``Outputs.kept``).
         embed: Embed the images in the HTML as data URIs (one file to share) instead of linking ``figures/*.png``.
         source: The JSON file the report was read from; if it lies in ``out_dir`` the page links to it as is.
 
     Raises:
-        ReportFileError: ``out_dir`` already holds a different ``report.json`` and ``overwrite`` is off, or
-            matplotlib is missing.
+        ReportFileError: ``out_dir`` already holds a different ``report.json`` and ``overwrite`` is off, a
+            ``report.json`` ppp-audit did not write, or matplotlib is missing.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = _place_json(report, out_dir, overwrite, Path(source) if source else None)
+    own = _written_files(out_dir)
+    json_path = _place_json(report, out_dir, overwrite, Path(source) if source else None, own)
+    kept: dict[str, str] = {}
+
+    def place(name: str) -> str:
+        placed = own.place(name)
+        if placed != name:
+            kept[name] = placed
+        own.files.add(placed)
+        return placed
+
     try:
-        figures = write_figures(report, out_dir, overwrite=overwrite)
-    except ImportError as exc:
-        raise ReportFileError(f"figures need matplotlib ({exc})", "pip install matplotlib") from None
-    if overwrite:
-        _remove_stale_figures(out_dir, figures)
-    html_path = out_dir / REPORT_HTML
-    html_written = overwrite or embed or not html_path.exists() or any(f.written for f in figures)
-    if html_written:
-        write_html(report, out_dir, figures, json_name=json_path.name, embed=embed, filename=REPORT_HTML)
-    return Outputs(out_dir=out_dir, json=json_path, html=html_path, figures=figures, html_written=html_written)
+        try:
+            figures = write_figures(report, out_dir, overwrite=overwrite, place=place)
+        except ImportError as exc:
+            raise ReportFileError(f"figures need matplotlib ({exc})", "pip install matplotlib") from None
+        if overwrite:
+            _remove_stale_figures(own, figures)
+        html_name = place(REPORT_HTML)
+        html_path = out_dir / html_name
+        html_written = overwrite or embed or not html_path.exists() or any(f.written for f in figures)
+        if html_written:
+            write_html(report, out_dir, figures, json_name=json_path.name, embed=embed, filename=html_name)
+    finally:
+        own.save()  # what was written is on the list even when a later file failed
+    return Outputs(out_dir=out_dir, json=json_path, html=html_path, figures=figures, html_written=html_written,
+                   kept=kept)
 
 
-def _remove_stale_figures(out_dir: Path, figures: list[FigureFile]) -> None:
-    """Delete the PNGs in ``figures/`` this report did not draw: left by an earlier audit into the same folder, they
-    would sit beside the new page as if they belonged to it."""
-    drawn = {(out_dir / figure.filename).resolve() for figure in figures}
-    for png in (out_dir / "figures").glob("*.png"):
-        if png.resolve() not in drawn:
-            png.unlink()
+def _written_files(out_dir: Path) -> WrittenFiles:
+    """The files ppp-audit wrote in ``out_dir``; in a folder from before it kept that list, the readable report
+    there and the figures and page that report draws."""
+    own = written_files(out_dir)
+    if not own.recorded and REPORT_JSON in own.files:
+        own.files |= {REPORT_HTML, *(spec.filename for spec in figure_specs(Report.load(out_dir / REPORT_JSON)))}
+    return own
 
 
-def _place_json(report: Report, out_dir: Path, overwrite: bool, source: Path | None) -> Path:
+def _remove_stale_figures(own: WrittenFiles, figures: list[FigureFile]) -> None:
+    """Delete the figures ppp-audit drew here for an earlier report that this one does not draw: they would sit
+    beside the new page as if they belonged to it. Files ppp-audit did not write are never touched."""
+    drawn = {figure.filename for figure in figures}
+    for name in sorted(own.files):
+        if name.startswith("figures/") and name not in drawn:
+            (own.folder / name).unlink(missing_ok=True)
+            own.files.discard(name)
+
+
+def _place_json(report: Report, out_dir: Path, overwrite: bool, source: Path | None, own: WrittenFiles) -> Path:
+    """The report's JSON in ``out_dir``: ``source`` if it lies there, else ``report.json`` (written, and recorded)."""
     if source is not None and source.resolve().parent == out_dir.resolve():
+        if source.name == REPORT_JSON:  # saved by :func:`save_report`, or read from there by `show`
+            own.files.add(REPORT_JSON)
         return source
     target = out_dir / REPORT_JSON
     if target.exists() and not overwrite:
@@ -100,12 +135,30 @@ def _place_json(report: Report, out_dir: Path, overwrite: bool, source: Path | N
             raise ReportFileError(f"'{target}' holds a different report",
                                   "choose another --out folder, or pass --overwrite to replace it")
         return target
-    return report.save(target)
+    return save_report(report, out_dir, own)
+
+
+def save_report(report: Report, out_dir: str | Path, own: WrittenFiles | None = None) -> Path:
+    """Save ``report.json`` into a report folder and put it on the folder's list of files ppp-audit wrote (before
+    the figures and page: the JSON reaches the disk first).
+
+    Raises:
+        ReportFileError: The folder holds a ``report.json`` ppp-audit did not write, or it cannot be written.
+    """
+    out_dir = Path(out_dir)
+    own = _written_files(out_dir) if own is None else own  # read before the new report replaces the old one
+    if not own.owns(REPORT_JSON):
+        raise ReportFileError(f"'{out_dir / REPORT_JSON}' is not a report ppp-audit wrote",
+                              "choose another folder (ppp-audit replaces only files it wrote)")
+    path = report.save(out_dir / REPORT_JSON)
+    own.files.add(REPORT_JSON)
+    own.save()
+    return path
 
 
 __all__ = [
     "FIGURES", "FigureFile", "FigureSpec", "Outputs", "REPORT_HTML", "REPORT_JSON", "SECTIONS", "TerminalHeatmap",
     "figure_specs", "full_width", "page_resources", "print_report", "register_figure", "register_section",
-    "render_baselines", "render_curve_table", "render_finetune_table", "render_html", "render_table", "write_figures",
-    "write_html", "write_outputs",
+    "render_baselines", "render_curve_table", "render_finetune_table", "render_html", "render_table", "save_report",
+    "write_figures", "write_html", "write_outputs",
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..files import atomic_write
 from ..report import format_number
 from ..registry import Registry
 
@@ -117,27 +118,35 @@ def figure_specs(report: "Report") -> list[FigureSpec]:
     return [spec for factory in FIGURES.values() for spec in factory(report)]
 
 
-def write_figures(report: "Report", out_dir: str | Path, overwrite: bool = True) -> list[FigureFile]:
-    """Draw the report's figures into ``out_dir`` (PNG). With ``overwrite=False`` existing files are kept."""
+def write_figures(report: "Report", out_dir: str | Path, overwrite: bool = True,
+                  place: Callable[[str], str] | None = None) -> list[FigureFile]:
+    """Draw the report's figures into ``out_dir`` (PNG). With ``overwrite=False`` existing files are kept.
+
+    Args:
+        report: The report.
+        out_dir: The folder (figures go to its ``figures/``).
+        overwrite: Redraw figures whose file exists.
+        place: Where the figure meant for a file name goes (default: that name), e.g.
+            :meth:`WrittenFiles.place <ppp_audit.files.WrittenFiles.place>`, which keeps files ppp-audit did not write.
+    """
     out_dir = Path(out_dir)
     files = []
     for spec in figure_specs(report):
-        path = out_dir / spec.filename
+        filename = place(spec.filename) if place is not None else spec.filename
+        path = out_dir / filename
         if path.exists() and not overwrite:
-            files.append(_file(spec, written=False))
+            files.append(_file(spec, filename, written=False))
             continue
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig, panels = spec.draw()
         boxes = _panel_boxes(fig, panels)
-        tmp = path.with_name(path.name + ".tmp")
-        fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None}, pil_kwargs={"optimize": True})
-        tmp.replace(path)
-        files.append(_file(spec, written=True, panels_px=boxes))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None},
+                                                   pil_kwargs={"optimize": True}))
+        files.append(_file(spec, filename, written=True, panels_px=boxes))
     return files
 
 
-def _file(spec: FigureSpec, **kwargs: Any) -> FigureFile:
-    return FigureFile(key=spec.key, filename=spec.filename, section=spec.section, title=spec.title, alt=spec.alt,
+def _file(spec: FigureSpec, filename: str, **kwargs: Any) -> FigureFile:
+    return FigureFile(key=spec.key, filename=filename, section=spec.section, title=spec.title, alt=spec.alt,
                       size_px=spec.size_px, **kwargs)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..report import (
-    NATIVE, FinetuneResult, LayerResult, LayerStats, Report, SchemeResult, format_number, scheme_label,
+    NATIVE, SKIPPED_LISTED, FinetuneResult, LayerResult, LayerStats, Report, SchemeResult, format_number, scheme_label,
 )
 
 if TYPE_CHECKING:
@@ -72,6 +72,9 @@ def render_table(report: Report) -> "Table":
     if report.skipped_images:
         notes.append(f"{report.skipped_images.summary()}; the statistics cover the "
                      f"{report.data['num_images']} measured")
+    small = small_images_note(report)
+    if small:
+        notes.append(small)
     non_finite = [f"{', '.join(map(repr, result.non_finite_layers))} with {result.label}"
                   for result in report.results if result.non_finite_layers]
     if non_finite:
@@ -90,6 +93,26 @@ def render_table(report: Report) -> "Table":
     table.caption = "\n".join(notes)
     table.caption_justify = "left"
     return table
+
+
+def small_images_note(report: Report, listed: int = 3) -> str | None:
+    """The images left out for being smaller than the window, in one line (``None``: none was), so that a lower N
+    than the folder holds is explained where the table is read:
+    ``2 of 66 images smaller than the 480x480 window: not measured ('a.png' 1x1, 'b.png' 10x7)``."""
+    sample = report.data.get("sample") or {}
+    count = sample.get("skipped_small", 0)
+    if not count:
+        return None
+    named = sample.get("small", [])
+    names = ", ".join(f"'{image['name']}' {image['width']}x{image['height']}" for image in named[:listed])
+    rest = count - min(listed, len(named))
+    if names and rest > 0:
+        names += f", and {rest} more (report.json names up to {SKIPPED_LISTED})"
+    # Of the images looked at: a sample stops reading headers once it has N (an interrupted audit measured fewer).
+    unreadable = report.skipped_images.count if report.skipped_images else 0
+    of = "" if report.interrupted else f" of {report.data['num_images'] + count + unreadable}"
+    return (f"{count}{of} images smaller than the {report.window}x{report.window} window: not measured"
+            + (f" ({names})" if names else ""))
 
 
 def margin_note(report: Report) -> str | None:
