@@ -21,14 +21,15 @@ from typing import Any, Iterator
 from .errors import ReportFileError
 from .files import WrittenFiles, atomic_write
 
-SCHEMA_VERSION = "1.8"
+SCHEMA_VERSION = "1.9"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
 ``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
 1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``mist`` (one layer per scheme),
 ``influence_beyond_margin``, ``strength_at_smaller_margin``, ``context_matched``, ``context_unmatched`` and
 ``geometry.margin``, 1.7 the repair's fields of ``finetune`` (``plain``, ``tiling_before``, ``tiling_after``,
 ``consistency_loss``; docs/repair.md), 1.8 ``data.renderer`` and ``data.images_on`` (images made on the device,
-docs/images.md) and ``geometry.reference_shared``;
+docs/images.md) and ``geometry.reference_shared``, 1.9 ``data.exif_rotated`` and ``data.sample.small`` (images turned
+upright by their EXIF orientation, images smaller than the window; both present only when there are any);
 readers accept any 1.x and ignore fields they do not know."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
