@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
     source = DeadLeavesSource(scale=size)
     windows = torch.stack([source.window(i, size + 2 * margin) for i in range(args.batch_size)]).to(device)
     windows = windows.contiguous(memory_format=memory_format)
-    inputs = [windows[..., margin:margin + size, margin:margin + size], windows]
+    inputs = [auditor.crop(windows), windows]
     if second:
         inputs.append(auditor.second_window(windows))
     taps = FeatureTaps(model)

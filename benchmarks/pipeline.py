@@ -45,17 +45,13 @@ def write_jpegs(folder: Path, count: int, side: int, device: torch.device, seed:
 
 def statistics_seconds(auditor, windows: torch.Tensor, repeats: int) -> float:
     """Seconds of the accumulator updates of one batch (crop and window features already computed), per batch."""
-    from ppp_audit.auditor import autocast, feature_offset
+    from ppp_audit.auditor import BatchStep
     from ppp_audit.metrics import PPPAccumulator
 
     device = auditor.device
-    with torch.inference_mode(), autocast(device, auditor.config.precision):
-        crops = auditor.crop(windows)
-        feats_crop, feats_window = auditor.taps(crops), auditor.taps(windows)
-    pairs = []
-    for name, a, b in zip(auditor.taps.names, feats_crop, feats_window):
-        off = feature_offset(name, a, b)
-        pairs.append((a, b[..., off:off + a.shape[-2], off:off + a.shape[-1]]))
+    with torch.inference_mode():  # the audit's own step: crop features and their padding-free reference blocks
+        features = BatchStep(auditor, auditor.state, auditor.partial())(windows, "native")
+    pairs = list(zip(features.crop, features.reference))
     accumulators = [PPPAccumulator(auditor.config.groups) for _ in pairs]
     indices = torch.arange(windows.shape[0])
 

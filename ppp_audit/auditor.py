@@ -14,6 +14,7 @@ Data flows one way: model + scheme + windows -> features (crop and window) -> ac
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import signal
 import sys
@@ -33,7 +34,7 @@ from .images import (
     image_loader, image_source, made_on_device, random_sample, skipped_image, too_few_images,
 )
 from .context import ContextMatcher
-from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry
+from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_stride, map_offset
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments, finite_layers
 from .models import FeatureTaps, ModelInfo, build_model
 from .launch import local_rank, process_rank
@@ -158,21 +159,16 @@ class Normalise:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def largest_stride(model: nn.Module) -> int:
-    """The model's largest stride from ``feature_info`` (32, timm's usual, for models without one)."""
-    return int(max([f["reduction"] for f in getattr(model, "feature_info", [])] or [32]))
-
-
 def feature_offset(name: str, crop: Tensor, window: Tensor) -> int:
-    """Offset (feature px) of the crop's block inside the window's feature map, checked."""
-    diff_h, diff_w = window.shape[-2] - crop.shape[-2], window.shape[-1] - crop.shape[-1]
-    if diff_h != diff_w or diff_h <= 0 or diff_h % 2:
+    """Offset (feature px) of the crop's block inside the window's feature map (:func:`geometry.map_offset`), checked."""
+    offset = map_offset(crop.shape, window.shape)
+    if offset is None:
         raise FeatureError(
             f"layer '{name}': window features {tuple(window.shape[-2:])} and crop features {tuple(crop.shape[-2:])} "
             "do not align",
             "tap a spatial layer, and keep --input-size and --margin multiples of the model's largest stride",
         )
-    return diff_h // 2
+    return offset
 
 
 def images_on_device(config: AuditConfig, source: ImageSource | None = None) -> bool:
@@ -312,12 +308,118 @@ class BaselinesRun:
     interrupted: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelState:
+    """What an audit knows of one model it measures (its own, or a fine-tuned copy): made once per model by
+    :meth:`Auditor.model_state` and passed to what measures it, never looked up by the model's identity.
+
+    Attributes:
+        model: The model.
+        taps: Its feature taps.
+        context: Its global modules, matched between the crop and window passes.
+        influence: The receptive-field influence of each tapped layer, probed at the auditor's probe window.
+    """
+
+    model: nn.Module
+    taps: FeatureTaps
+    context: ContextMatcher
+    influence: list[Influence]
+
+
+@dataclass
+class StepFeatures:
+    """What one batch gave under one scheme (:class:`BatchStep`).
+
+    Attributes:
+        crop: Per tapped layer, the features of the padded crops.
+        reference: Per tapped layer, the padding-free reference: the block of the window pass's features over the
+            crop (``None`` for the mean-feature estimator, which has no window pass).
+        second: For the partial layers (by index), the same block from the windows of the second, smaller margin.
+    """
+
+    crop: list[Tensor]
+    reference: list[Tensor] | None
+    second: dict[int, Tensor] = field(default_factory=dict)
+
+
+class BatchStep:
+    """The one per-batch step of an audit: a batch of normalised windows through one scheme's crop pass and window
+    pass(es), cut to the crop's features and their padding-free references. The measuring loop, fine-tuning's
+    measurements and the benchmarks all run it; nothing else slices windows or features.
+
+    Args:
+        auditor: The audit's set-up (sizes, margins, schemes, precision).
+        state: The model measured (:meth:`Auditor.model_state`).
+        partial: Per tapped layer, whether its reference is partial (measured again at the second margin).
+        shared: One native window pass gives every scheme's reference (:meth:`Auditor.shares_reference`): pass its
+            :meth:`window_features` to each call.
+    """
+
+    def __init__(self, auditor: "Auditor", state: ModelState, partial: Sequence[bool], *, shared: bool = False) -> None:
+        self.auditor, self.state, self.shared = auditor, state, shared
+        self.with_reference = auditor.estimator == DELTA
+        self.second = auditor.second_margin if self.with_reference else None
+        self.partial = [i for i, p in enumerate(partial) if p] if self.second else []
+        compile_backend = auditor.config.compile
+        # Compiled graphs are traced under no_grad: inference tensors cannot flow through dynamo's guards.
+        self.extract = torch.compile(state.taps.__call__, backend=compile_backend) if compile_backend else state.taps
+        self.offsets: list[int] | None = None  # where each layer's crop block lies in the window's map (first batch)
+        self._crop_sides: list[int] | None = None
+
+    @property
+    def strides(self) -> list[float]:
+        """Per tapped layer, its stride in input pixels (known after the first batch; empty before it)."""
+        if self._crop_sides is None:
+            return []
+        if not self.with_reference:
+            return [self.auditor.size / side for side in self._crop_sides]
+        return [self.auditor.margin / offset for offset in self.offsets]
+
+    def window_features(self, windows: Tensor) -> tuple[list[Tensor] | None, list[Tensor] | None]:
+        """The window pass and the second window pass with the padding the model has now (no global-context
+        matching: for a reference shared by every scheme, which :meth:`Auditor.shares_reference` allows only
+        without global modules)."""
+        auditor = self.auditor
+        with autocast(auditor.device, auditor.config.precision):
+            full = self.extract(windows) if self.with_reference else None
+            second = self.extract(auditor.second_window(windows)) if self.second else None
+        return full, second
+
+    def __call__(self, windows: Tensor, scheme: str,
+                 window_features: tuple[list[Tensor] | None, list[Tensor] | None] | None = None) -> StepFeatures:
+        """Features of a batch of windows under ``scheme``; ``window_features`` from :meth:`window_features` when the
+        reference is shared, else the window passes run here, under the scheme, with the crop's global context."""
+        auditor, context = self.auditor, self.state.context
+        with auditor.patched(scheme, self.state.model), autocast(auditor.device, auditor.config.precision):
+            with context.recording():  # global modules: the crop's footprint at each depth
+                crop = self.extract(auditor.crop(windows))
+            if window_features is None:
+                with context.matching():  # ... is where the window pass takes their statistics
+                    window_features = self.window_features(windows)
+        full, second = window_features
+        self._crop_sides = self._crop_sides or [a.shape[-1] for a in crop]
+        if full is None:  # crop passes only: the mean-feature estimator
+            return StepFeatures(crop=crop, reference=None)
+        if self.offsets is None:
+            self.offsets = [feature_offset(name, a, b) for name, a, b in zip(self.state.taps.names, crop, full)]
+        reference = [_block(b, off, a) for off, a, b in zip(self.offsets, crop, full)]
+        at_second = {i: _block(second[i], self.offsets[i] * self.second // auditor.margin, crop[i])
+                     for i in self.partial}
+        return StepFeatures(crop=crop, reference=reference, second=at_second)
+
+
+def _block(window_map: Tensor, offset: int, like: Tensor) -> Tensor:
+    """The block of a window pass's map that lies over the crop: ``like``'s size, ``offset`` positions in."""
+    return window_map[..., offset:offset + like.shape[-2], offset:offset + like.shape[-1]]
+
+
 class Auditor:
     """Everything one audit needs, set up once: model, taps, geometry, probe, patch summaries, receptive radii.
 
     Args:
         config: The audit settings.
-        model: An already built model (then ``info`` too); otherwise built from ``config`` with ``config.seed``.
+        model: An already built model (then ``info`` too), which the audit copies and never changes; otherwise built
+            from ``config`` with ``config.seed``.
         info: The :class:`ModelInfo` of ``model``.
         progress: Name each set-up phase on stderr (a :class:`~ppp_audit.progress.ProgressReporter` to share one
             display with the rest of the run).
@@ -341,13 +443,15 @@ class Auditor:
             model, info = build_model(config.model, pretrained=config.pretrained, weights=config.weights,
                                       device=self.device, seed=config.seed)
         else:
-            model = model.eval().to(self.device)
             if info is None:
                 raise ValueError("pass the ModelInfo of a prebuilt model")
+            # An owned copy: the audit sets modes, devices, memory formats and may rebuild the model for its sizes,
+            # and the caller's model must come back exactly as it was given.
+            model = copy.deepcopy(model).eval().to(self.device)
         self.model, self.info = model, info
         bar.phase("finding padding sites")
-        for name in config.paddings:
-            get_padding(name)  # unknown schemes fail before any work
+        # Resolved once (unknown schemes fail before any work): every batch patches these very objects.
+        self.paddings = {name: get_padding(name) for name in config.paddings}
         if config.paddings and not native_summary(model, config.include_pools).patched:
             raise NothingToPatchError(
                 f"model '{config.model}' has no padding to replace (no padded convolutions or pad modules)",
@@ -369,7 +473,7 @@ class Auditor:
         self.summaries: dict[str, PatchSummary] = {
             scheme: checked_summary(model, scheme, config.include_pools, self.probe) for scheme in config.schemes
         }
-        self._contexts: dict[int, ContextMatcher] = {id(model): ContextMatcher(model, config.match_context)}
+        context = ContextMatcher(model, config.match_context)
         bar.phase("measuring receptive fields")
         self.margin_choice: MarginChoice | None = None
         self.probe_window = self.window
@@ -378,7 +482,7 @@ class Auditor:
         self._runs_with_margin = MarginCheck(self.taps, self.fitted)
         if self.estimator == DELTA and self.margin_cap > self.margin and self._runs_with_margin(self.margin_cap):
             self.probe_window = self.size + 2 * self.margin_cap  # the largest window a margin may need
-        self._influence: dict[int, list[Influence]] = {id(model): self._probe_influence(model, self.taps)}
+        self.state = ModelState(model, self.taps, context, self._probe_influence(self.taps, context))
         if config.margin is None and self.estimator == DELTA and self.probe_window > self.window:
             self._choose_margin()
         self.second_margin = self._second_margin()
@@ -386,20 +490,22 @@ class Auditor:
         self._source: tuple[int, ImageSource] | None = None
         self._caches: dict[int, tuple[ImageSource, WindowCache | None]] = {}
 
-    def _probe_influence(self, model: nn.Module, taps: FeatureTaps) -> list[Influence]:
-        return influence_profiles(taps, self.probe_window, self.device, context=self.context(model),
-                                  in_chans=int(self.probe.shape[1]))
+    def _probe_influence(self, taps: FeatureTaps, context: ContextMatcher) -> list[Influence]:
+        # The audited model's profiles are cached on disk (ppp_audit/receptive_cache.py); a fine-tuned copy's weights
+        # are its own, so its profiles would never be read back: probed only.
+        return influence_profiles(taps, self.probe_window, self.device, context=context,
+                                  in_chans=int(self.probe.shape[1]), cache=taps.model is self.model)
 
     def _choose_margin(self) -> None:
         """The smallest margin on the model's grid that leaves at most the tolerance of every fitting layer's
         influence beyond it (``docs/metrics.md``), moved up to the next one the model runs at where needed."""
         unit = self.fitted.margin_unit
         candidates = range(unit, self.margin_cap + 1, unit)
-        choice = choose_margin(self._influence[id(self.model)], candidates, self.config.margin_tolerance)
+        choice = choose_margin(self.state.influence, candidates, self.config.margin_tolerance)
         margin = next((m for m in candidates if m >= choice.margin and self._runs_with_margin(m)),
                       self.margin)
         if margin != choice.margin:
-            choice = choose_margin(self._influence[id(self.model)], [m for m in candidates if m >= margin],
+            choice = choose_margin(self.state.influence, [m for m in candidates if m >= margin],
                                    self.config.margin_tolerance)
         self.margin_choice = choice
         self.fitted = dataclasses.replace(self.fitted, margin=choice.margin)
@@ -408,7 +514,7 @@ class Auditor:
     def _second_margin(self) -> int | None:
         """A smaller margin measured on the same windows when a layer's reference stays partial: the largest on the
         grid at most half the margin (None when there is no partial layer or no such margin)."""
-        if self.estimator != DELTA or not any(self.partial(self.model)):
+        if self.estimator != DELTA or not any(self.partial(self.state)):
             return None
         unit = self.fitted.margin_unit
         smaller = self.margin // 2 // unit * unit
@@ -488,7 +594,7 @@ class Auditor:
         sides = [self.size, self.window] + ([self.size + 2 * self.second_margin] if self.second_margin else [])
         return {"chosen_by": chosen_by, "margin": self.margin, "tolerance": self.config.margin_tolerance,
                 "cap": self.margin_cap, "grid": self.fitted.margin_unit, "probe_window": self.probe_window,
-                "second_margin": self.second_margin,
+                "second_margin": self.second_margin, "influence": self.state.influence.summary(),
                 # what one image costs in pixels through the model (crop, window and second window) over the crop's
                 "pixels_per_image": sum(side * side for side in sides) / self.size**2}
 
@@ -497,42 +603,39 @@ class Auditor:
     @contextlib.contextmanager
     def patched(self, scheme: str, model: nn.Module | None = None) -> Iterator[nn.Module]:
         """``model`` (default the auditor's) with ``scheme``'s padding for the duration of the block (``native``: as
-        it is), patched exactly as the audit measures it (pools included when the config says so)."""
+        it is), patched exactly as the audit measures it (pools included when the config says so). The scheme is the
+        object resolved at set-up, and its shapes were checked there: a patch per batch runs no probe."""
         model = self.model if model is None else model
         if scheme == NATIVE:
             yield model
             return
-        # Schemes that change map sizes check the model's output shapes on every patch; the others need no probe.
-        example = self.probe if not get_padding(scheme).keeps_shape else None
-        with padding(model, scheme, include_pools=self.config.include_pools, example_input=example):
+        with padding(model, self.paddings[scheme], include_pools=self.config.include_pools, shapes_checked=True):
             yield model
 
     def patch(self, model: nn.Module, scheme: str) -> PatchSummary:
-        """Patch ``model`` with ``scheme`` until ``summary.restore()`` (for training loops that unpatch to measure)."""
-        return patch_padding(model, scheme, include_pools=self.config.include_pools)
+        """Patch ``model`` with ``scheme`` as :meth:`patched` does, until ``summary.restore()`` (for training loops
+        that unpatch to measure)."""
+        return patch_padding(model, self.paddings[scheme], include_pools=self.config.include_pools,
+                             shapes_checked=True)
 
-    def context(self, model: nn.Module | None = None) -> ContextMatcher:
-        """The global modules of ``model`` (default the auditor's), matched between crop and window passes."""
-        model = self.model if model is None else model
-        if id(model) not in self._contexts:
-            self._contexts[id(model)] = ContextMatcher(model, self.config.match_context)
-        return self._contexts[id(model)]
+    def model_state(self, model: nn.Module) -> ModelState:
+        """The :class:`ModelState` of ``model``: the auditor's own, or for another model of the same architecture (a
+        fine-tuned copy) new taps, context matcher and influence profiles of that very model."""
+        if model is self.model:
+            return self.state
+        taps, context = FeatureTaps(model, self.config.layers), ContextMatcher(model, self.config.match_context)
+        return ModelState(model, taps, context, self._probe_influence(taps, context))
 
-    def influence(self, model: nn.Module | None = None, taps: FeatureTaps | None = None) -> list[Influence]:
-        """Receptive-field influence of ``model``'s taps, probed at :attr:`probe_window` (once per model)."""
-        model = self.model if model is None else model
-        if id(model) not in self._influence:
-            self._influence[id(model)] = self._probe_influence(model, taps or FeatureTaps(model, self.config.layers))
-        return self._influence[id(model)]
-
-    def partial(self, model: nn.Module | None = None) -> list[bool]:
-        """Per tapped layer, whether more than the tolerance of its influence lies beyond the margin: its
-        padding-free reference is partial (always False for the mean-feature estimator, which has none)."""
+    def partial(self, state: ModelState | None = None) -> list[bool]:
+        """Per tapped layer of ``state``'s model (default the auditor's), whether more than the tolerance of its
+        influence lies beyond the margin: its padding-free reference is partial (always False for the mean-feature
+        estimator, which has none)."""
+        influence = (state or self.state).influence
         if self.estimator != DELTA:
-            return [False] * len(self.influence(model))
-        return [inf.beyond(self.margin) > self.config.margin_tolerance for inf in self.influence(model)]
+            return [False] * len(influence)
+        return [inf.beyond(self.margin) > self.config.margin_tolerance for inf in influence]
 
-    def shares_reference(self, schemes: Sequence[str], model: nn.Module | None = None) -> bool:
+    def shares_reference(self, schemes: Sequence[str], state: ModelState | None = None) -> bool:
         """Whether one window pass, with the model's native padding, can give every scheme's padding-free reference.
 
         The reference is the crop's block of the window's features, which the window's own border does not reach
@@ -542,14 +645,16 @@ class Auditor:
         statistics span the window, padded border included, and matched ones take the crop pass's statistics, which
         are the scheme's), or when a scheme changes map sizes.
         """
-        if self.estimator != DELTA or len(schemes) < 2 or any(self.partial(model)) or self.context(model).modules:
+        state = state or self.state
+        if self.estimator != DELTA or len(schemes) < 2 or any(self.partial(state)) or state.context.modules:
             return False
-        return all(get_padding(scheme).keeps_shape for scheme in schemes if scheme != NATIVE)
+        return all(self.paddings[scheme].keeps_shape for scheme in schemes if scheme != NATIVE)
 
     # -- measuring ----------------------------------------------------------------------------------------------------
 
     def measure(self, source: ImageSource | None = None, *, schemes: Sequence[str] | None = None,
-                model: nn.Module | None = None, progress: bool | ProgressReporter = False) -> Measurement:
+                model: nn.Module | None = None, state: ModelState | None = None,
+                progress: bool | ProgressReporter = False) -> Measurement:
         """Stream ``num_images`` windows of ``source`` through the crop and window passes of every scheme.
 
         Images that cannot be read are skipped (unless the config's ``strict_images``): found while sampling (from
@@ -562,6 +667,8 @@ class Auditor:
             source: Images (default: :meth:`image_source`); a seeded random sample of N is drawn from a larger one.
             schemes: Which paddings to measure (default: :attr:`schemes`).
             model: Another model of the same architecture to measure (a fine-tuned copy); default the auditor's.
+            state: That model's :meth:`model_state`, made once by a caller that measures it again and again
+                (fine-tuning), instead of ``model``.
             progress: Report the phases and the measuring loop on stderr (a flag, or the run's reporter).
 
         Returns:
@@ -577,13 +684,13 @@ class Auditor:
 
         config, device = self.config, self.device
         schemes = list(self.schemes if schemes is None else schemes)
-        model = self.model if model is None else model.eval().to(device)
-        taps = self.taps if model is self.model else FeatureTaps(model, config.layers)
-        influence = self.influence(model, taps)
-        partial = self.partial(model)
-        context = self.context(model)
+        state = state or self.model_state(self.model if model is None else model)
+        model, taps, influence, context = state.model, state.taps, state.influence, state.context
+        was_training = model.training
+        model.eval().to(device)
+        partial = self.partial(state)
         second = self.second_margin  # a smaller margin measured on the same windows, for the partial layers
-        size, margin, window = self.size, self.margin, self.window
+        margin, window = self.margin, self.window
         rank, world = rank_and_world()
         bar = progress_bar(progress if rank == 0 else False)
         bar.phase("preparing images")
@@ -607,7 +714,7 @@ class Auditor:
         loader = self.window_loader(dataset, on_device=on_device, graceful=graceful)
 
         with_reference = self.estimator == DELTA
-        shared = self.shares_reference(schemes, model)
+        shared = self.shares_reference(schemes, state)
         moments = compiled_moments(config.compile) if config.compile else None  # statistics fused with the passes
         accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference,
                                                 mist_counts=MIST_COUNTS if name == self.mist_layer else (),
@@ -616,11 +723,9 @@ class Auditor:
         at_second = {scheme: {i: PPPAccumulator(config.groups, moments=moments) for i, p in enumerate(partial) if p}
                      for scheme in schemes} if second else {}
         seconds = {scheme: 0.0 for scheme in schemes}
-        offsets: list[int] = []
-        strides: list[float] = []
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         model.to(memory_format=memory_format)
-        extract = torch.compile(taps.__call__, backend=config.compile) if config.compile else taps
+        step = BatchStep(self, state, partial, shared=shared)
         # Compiled graphs are traced under no_grad: inference tensors cannot flow through dynamo's guards.
         grad_off = torch.no_grad() if config.compile else torch.inference_mode()
         measured = 0
@@ -634,41 +739,22 @@ class Auditor:
             bar.phase(f"measuring {', '.join(schemes)} on {len(loader.dataset)} images", total=len(loader.dataset))
             for indices, batch in loader:
                 windows = self.normalise(batch).contiguous(memory_format=memory_format)
-                crops = self.crop(windows)
                 finite: dict[str, list[bool]] = {}
+                native_windows = None
                 if shared:  # one native window pass is every scheme's reference (shares_reference)
                     tick = time.perf_counter()
-                    with autocast(device, config.precision):
-                        feats_window, feats_second = extract(windows), None
+                    native_windows = step.window_features(windows)
                     seconds[schemes[0]] += time.perf_counter() - tick
                 for scheme in running:
                     tick = time.perf_counter()
-                    with self.patched(scheme, model), autocast(device, config.precision):
-                        with context.recording():  # global modules: the crop's footprint at each depth
-                            feats_crop = extract(crops)
-                        with context.matching():  # ... is where the window pass takes their statistics
-                            if not shared:
-                                feats_window = extract(windows) if with_reference else None
-                                feats_second = extract(self.second_window(windows)) if second else None
-                    if not with_reference:  # crop passes only: the mean-feature estimator
-                        offsets = offsets or [0] * len(feats_crop)
-                        strides = strides or [size / a.shape[-1] for a in feats_crop]
-                        references: list[Tensor | None] = [None] * len(feats_crop)
-                    else:
-                        if not offsets:
-                            offsets = [feature_offset(name, a, b)
-                                       for name, a, b in zip(taps.names, feats_crop, feats_window)]
-                            strides = [margin / off for off in offsets]
-                        # The block of the window's features that lies over the crop: the padding-free reference.
-                        references = [b[..., off:off + a.shape[-2], off:off + a.shape[-1]]
-                                      for off, a, b in zip(offsets, feats_crop, feats_window)]
+                    features = step(windows, scheme, native_windows)
+                    references = features.reference or [None] * len(features.crop)
                     if first_batch:  # what is accumulated, checked: NaN/inf outside the crop's block is harmless
-                        finite[scheme] = finite_layers(feats_crop, references if with_reference else None)
-                    for acc, a, b in zip(accumulators[scheme], feats_crop, references):
+                        finite[scheme] = finite_layers(features.crop, features.reference)
+                    for acc, a, b in zip(accumulators[scheme], features.crop, references):
                         acc.update(a, b, indices)
                     for i, acc in at_second.get(scheme, {}).items():
-                        a, off = feats_crop[i], offsets[i] * second // margin
-                        acc.update(a, feats_second[i][..., off:off + a.shape[-2], off:off + a.shape[-1]], indices)
+                        acc.update(features.crop[i], features.second[i], indices)
                     seconds[scheme] += time.perf_counter() - tick
                     bar.update(advance=windows.shape[0] / len(running))  # the bar counts images
                 if first_batch:
@@ -685,6 +771,8 @@ class Auditor:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # kernels run ahead of the host: the wall time must include them
         loop_s = time.perf_counter() - loop_started
+        model.train(was_training)
+        strides = step.strides
 
         # Images the loader could not decode, by window index (all ranks'), then what was measured.
         skipped = [(dataset.indices[failure.position], skipped_image(failure.error)) for failure in loader.skipped]
@@ -717,9 +805,6 @@ class Auditor:
                     acc.all_reduce_()
                 radius = reach.radius_px
                 stats = acc.compute(stride_px=stride, receptive_radius_px=radius if with_reference else None)
-                if not with_reference:  # the report's estimator field says which estimator "strength" is
-                    stats.strength, stats.strength_ci = stats.mean_feature_strength, stats.mean_feature_ci
-                    stats.convergence = stats.mean_feature_convergence
                 smaller = None
                 if i in at_second.get(scheme, {}):
                     if world > 1:

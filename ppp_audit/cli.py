@@ -22,7 +22,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from .config import AuditConfig, FinetuneConfig, cli_fields, option_flag
-from .errors import PPPAuditError
+from .errors import PPPAuditError, describe_error
 
 
 _GLOBAL_FLAGS = ("--debug", "--version", "--help")
@@ -369,10 +369,9 @@ def _guarded(func):
         except Exception as exc:  # noqa: BLE001 - no input may end in a traceback
             if _debugging():
                 raise
-            lines = str(exc).strip().splitlines()
-            what = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-            raise _fail(f"unexpected error ({what}){_where_saved()} — run again with --debug (or {DEBUG_ENV}=1) for "
-                        "the full trace, and report it to the ppp-audit developers with that trace", 1) from None
+            raise _fail(f"unexpected error ({describe_error(exc)}){_where_saved()} — run again with --debug (or "
+                        f"{DEBUG_ENV}=1) for the full trace, and report it to the ppp-audit developers with that trace",
+                        1) from None
 
     return wrapper
 

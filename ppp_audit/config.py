@@ -5,17 +5,23 @@ metadata (:func:`setting`). The CLI (:mod:`ppp_audit.cli`), :func:`ppp_audit.tes
 (:mod:`ppp_audit.pytest_plugin`) are derived from these fields, so a new setting is added in one place and the
 spellings cannot drift. Configs validate their values (types included) on creation.
 
-Torch-free: importing this module loads neither torch nor timm (the pytest plugin builds its options from it).
+Torch-free: importing this module, and creating a config, load neither torch nor timm (the pytest plugin builds its
+options from it, the CLI checks its options before anything heavy loads). Baseline names and options are checked by
+:mod:`ppp_audit.baseline_options`, optimiser names against :data:`OPTIMIZERS`. Only two things may import torch, and
+only when asked for: ``compile`` (its backend is checked against torch's own list of ``torch.compile`` backends), and
+installed third-party baselines (entry points), which looking up a baseline loads, with whatever they import.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from .baseline_options import parse_baseline_options, validate_baselines
 from .errors import ConfigError, ImageSourceError
 from .report import NATIVE
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -34,6 +40,22 @@ MAX_IMAGES = 1_000_000
 days."""
 MAX_STEPS = 1_000_000
 """Most fine-tuning steps: PPP forms (or not) within thousands; a bigger count is a typo that would run for days."""
+OPTIMIZERS = (
+    "adabelief", "adadelta", "adafactor", "adafactorbv", "adafactorbvc", "adagrad", "adahessian", "adam", "adamax",
+    "adamc", "adamp", "adamuon", "adamw", "adamwlegacy", "adan", "adanw", "adopt", "adoptc", "adoptw", "bnbadam",
+    "bnbadam8bit", "bnbadamw", "bnbadamw8bit", "bnbademamix", "bnbademamix8bit", "bnblion", "bnblion8bit", "bnbsgd",
+    "bnbsgd8bit", "cadafactor", "cadafactorbv", "cadafactorbvc", "cadamc", "cadamp", "cadamw", "cadan", "cadanw",
+    "cadopt", "cadoptc", "cadoptw", "clamb", "clambw", "claprop", "clion", "clionc", "cmars", "cnadamc", "cnadamw",
+    "crmsproptf", "csgdc", "csgdp", "csgdw", "fusedadam", "fusedadamw", "fusedlamb", "fusednovograd", "fusedsgd",
+    "kron", "kronc", "kronw", "lamb", "lambc", "lambcd", "lambcw", "lambw", "laprop", "lapropc", "larc", "lars",
+    "lion", "lionc", "madgrad", "madgradw", "mars", "momentum", "muon", "nadam", "nadamc", "nadamlegacy", "nadamuon",
+    "nadamw", "nesterov", "nesterovw", "nlarc", "nlars", "nmuon", "novograd", "novogradc", "novogradw", "radabelief",
+    "radam", "radamlegacy", "radamw", "rmsprop", "rmsproptf", "rmsproptfc", "rmsproptfw", "sgd", "sgdc", "sgdp", "sgdw",
+)
+"""The optimiser names ``--optimizer`` accepts: those of ``timm.optim.list_optimizers()`` in timm 1.0.31, listed here so
+that a config is checked without importing timm (which imports torch). Fine-tuning checks the name against the installed
+timm before it starts (:func:`ppp_audit.finetune.check_optimizer`): an older timm may lack one of them;
+``tests/test_one_way.py`` says when a newer timm has one this list lacks."""
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, ...] = (), cli_name: str | None = None,
@@ -94,12 +116,6 @@ def _comma_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _parse_baseline_options(items: list[str]) -> dict[str, dict[str, Any]]:
-    from .metrics.baselines import parse_baseline_options
-
-    return parse_baseline_options(items)
 
 
 def _bad(what: str, fix: str) -> None:
@@ -202,7 +218,8 @@ class AuditConfig:
             ``device`` is a GPU and the images are the built-in ones or a folder of JPEG files, else ``host``. The two dead-leaves renderers make different pictures of the same
             statistics; the report's ``data.renderer`` says which.
         compile: A ``torch.compile`` backend (e.g. ``inductor``) for the feature passes; ``None``: eager. Each padding
-            and input size compiles once (recompiles are cached), so it pays off for large N.
+            and input size compiles once (recompiles are cached), so it pays off for large N. Checked on creation
+            against torch's list of backends: the one setting whose check imports torch.
         include_pools: Let the schemes also replace the padding of pools (max-pools pad with -inf, average pools
             with counted zeros); by default pools keep theirs and are listed as unpatched. Applies to everything the
             audit runs: measurement, baselines, fine-tuning, held-out predictions and saved models.
@@ -279,7 +296,7 @@ class AuditConfig:
     baseline_options: dict[str, dict[str, Any]] = setting(
         help="Baseline setting NAME.FIELD=VALUE, e.g. posenet.steps=500 or fconv.borders=0,64 (repeatable).",
         metavar="SETTING", flags=("--baseline-option",), cli_name="baseline_option", cli_type=list[str], cli_default=[],
-        parse=_parse_baseline_options, types=(dict,), default_factory=dict)
+        parse=parse_baseline_options, types=(dict,), default_factory=dict)
     images_split: str = setting("train", help="Split of an hfds/ dataset (datasets syntax: validation, train[:256]).",
                                 types=(str,))
     strict_images: bool = setting(
@@ -314,8 +331,6 @@ class AuditConfig:
                 _bad("--layers names no layer", "name modules to tap, comma-separated, or leave it out for the stages")
         self.baselines = list(self.baselines)
         if self.baselines or self.baseline_options:
-            from .metrics.baselines import validate_baselines
-
             self.baselines = validate_baselines(self.baselines, self.baseline_options)
 
     @property
@@ -442,10 +457,10 @@ class FinetuneConfig:
             self.repair_layers = list(dict.fromkeys(self.repair_layers))
             if not self.repair_layers:
                 _bad("--repair-layers names no layer", "name audited layers, or leave it out for all of them")
-        from timm.optim import list_optimizers
-
-        if self.optimizer.lower() not in list_optimizers():
-            _bad(f"unknown optimizer '{self.optimizer}'", "use adamw or sgd (any name in timm.optim.list_optimizers())")
+        if self.optimizer.lower() not in OPTIMIZERS:
+            close = difflib.get_close_matches(self.optimizer.lower(), OPTIMIZERS, n=1)
+            _bad(f"unknown optimizer '{self.optimizer}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                 "use adamw or sgd, or another timm optimiser listed in ppp_audit.config.OPTIMIZERS")
         self.optimizer = self.optimizer.lower()
 
     @property
@@ -473,8 +488,6 @@ def config_from_options(config_class: type, options: dict[str, Any], **fixed: An
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(options) - known)
     if unknown:
-        import difflib
-
         close = [difflib.get_close_matches(name, sorted(known), n=1) for name in unknown]
         hint = "; ".join(f"did you mean '{c[0]}'?" for c in close if c) or f"known: {', '.join(sorted(known))}"
         _bad(f"unknown setting {', '.join(map(repr, unknown))} for {config_class.__name__}", hint)
@@ -482,5 +495,5 @@ def config_from_options(config_class: type, options: dict[str, Any], **fixed: An
 
 
 __all__ = ["AuditConfig", "FinetuneConfig", "NATIVE", "PRECISIONS", "BN_MODES", "DISTILL_LOSSES", "LABEL_SOURCES",
-           "HFDS_PREFIX", "MAX_BATCH", "MAX_IMAGES", "MAX_SIDE", "MAX_STEPS", "check_ranges", "cli_fields",
-           "config_from_options", "option_flag", "parse_hfds", "setting"]
+           "HFDS_PREFIX", "MAX_BATCH", "MAX_IMAGES", "MAX_SIDE", "MAX_STEPS", "OPTIMIZERS", "check_ranges",
+           "cli_fields", "config_from_options", "option_flag", "parse_hfds", "setting"]

@@ -11,9 +11,10 @@ import time
 
 import torch.nn as nn
 
-from .auditor import Auditor, largest_stride, resolve_device
+from .auditor import Auditor, resolve_device
 from .config import NATIVE, PRECISIONS, AuditConfig
 from .errors import AuditInterrupted
+from .geometry import largest_stride
 from .images import ImageSource
 from .models import ModelInfo
 from .progress import ProgressReporter, progress_bar

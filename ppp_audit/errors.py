@@ -133,3 +133,54 @@ class AuditInterrupted(KeyboardInterrupt):
     def __init__(self, report=None) -> None:
         super().__init__()
         self.report = report
+
+
+# ---- an error in one line --------------------------------------------------------------------------------------------
+
+LINE_LIMIT = 300
+"""Most characters :func:`first_line` keeps: a message quoted inside another (``cannot read 'x': ...``) stays one
+readable line even when the quoted one is a dump (a torch shape error listing a whole state dict)."""
+
+
+def _text(obj: BaseException | object) -> str:
+    """``str(obj)``; an exception whose ``__str__`` itself fails reads as empty (an error report must not raise)."""
+    try:
+        return str(obj)
+    except Exception:  # noqa: BLE001 - a broken __str__ is the quoted error's problem, not the report's
+        return ""
+
+
+def first_line(text: BaseException | object, limit: int = LINE_LIMIT) -> str:
+    """The first non-blank line of an exception's message (or of any text), stripped, at most ``limit`` characters.
+
+    Errors are reported in one line, and the rest of a message is often a trace (torch's C++ frames) or a dump.
+    An exception with an empty or blank message gives its type's name, so a message quoting it never ends in a bare
+    colon; blank text gives ``""``.
+
+    Args:
+        text: An exception, or anything ``str()`` turns into text.
+        limit: Most characters kept.
+    """
+    line = next((line.strip() for line in _text(text).splitlines() if line.strip()), "")
+    if not line and isinstance(text, BaseException):
+        return type(text).__name__
+    return line[:limit]
+
+
+def describe_error(exc: BaseException, limit: int = LINE_LIMIT) -> str:
+    """An exception as one line that names its type: ``TypeName: first line``, or ``TypeName`` when its message is
+    empty or blank (e.g. a bare ``raise KeyError()``); ``limit`` bounds the message part (see :func:`first_line`)."""
+    line = first_line(_text(exc), limit)
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def one_line(text: BaseException | object) -> str:
+    """All of a text on one line: every run of whitespace (line breaks included) becomes one space, nothing is cut.
+
+    For texts whose every line counts (a hand-edited run record's reason, a dataset loader's message); an exception
+    with an empty or blank message gives its type's name, as in :func:`first_line`.
+    """
+    joined = " ".join(_text(text).split())
+    if not joined and isinstance(text, BaseException):
+        return type(text).__name__
+    return joined

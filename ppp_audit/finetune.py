@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .auditor import Auditor, Measurement, Normalise, autocast, config_source
+from .auditor import Auditor, Measurement, ModelState, Normalise, autocast, config_source
 from .progress import ProgressReporter, progress_bar
 from .config import BN_MODES, DISTILL_LOSSES, LABEL_SOURCES, AuditConfig, FinetuneConfig
-from .errors import AuditInterrupted, ImageSourceError, PPPAuditError
+from .errors import AuditInterrupted, ConfigError, ImageSourceError, PPPAuditError
 from .images import FolderSource, HFDatasetSource, ImageSource, IndexedSource, usable_order
 from .geometry import DELTA
-from .models import FeatureTaps, ModelInfo, build_model
+from .models import ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .repair import TILES, ConsistencyTerm, tiling_consistency
 from .report import NATIVE, CurvePoint, FinetuneResult, LayerResult, Report
@@ -249,6 +249,23 @@ class TrainLog:
     consistency: list[float] = dataclasses.field(default_factory=list)
 
 
+def check_optimizer(name: str) -> None:
+    """Refuse an optimiser the installed timm does not have, before any work.
+
+    A config checks the name against :data:`~ppp_audit.config.OPTIMIZERS` (timm's list, kept torch-free); timm itself
+    is asked only here, as an older timm may lack a name on that list.
+
+    Raises:
+        ConfigError: timm has no optimiser of that name.
+    """
+    import timm
+    from timm.optim import list_optimizers
+
+    if name not in list_optimizers():
+        raise ConfigError(f"timm {timm.__version__} has no optimizer '{name}'",
+                          "upgrade timm (pip install -U timm), or use adamw or sgd")
+
+
 def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Tensor]], config: FinetuneConfig, *,
              info: ModelInfo, teacher: nn.Module | None = None, device: str | torch.device = "cpu",
              precision: str = "fp32", seed: int = 0, measure: Callable[[int], None] | None = None,
@@ -281,6 +298,7 @@ def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Ten
         raise ValueError("distillation needs the teacher (original) model")
     if config.repair != (consistency is not None):
         raise ValueError("a repair needs its consistency term, and only a repair takes one")
+    check_optimizer(config.optimizer)
     device = torch.device(device)
     native = scheme == NATIVE
     if not native:
@@ -511,6 +529,7 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                             "add e.g. --padding reflect (or --repair to repair the native padding)")
     for name in config.paddings:
         get_padding(name)
+    check_optimizer(ft.optimizer)  # before the audit, which takes minutes
     started = time.perf_counter()
     auditor = Auditor(config, model=model, info=info, progress=progress)
     model, info, device = auditor.model, auditor.info, auditor.device
@@ -576,18 +595,17 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                     logits, _ = predict(net, heldout_loader, **kw)
                 return heldout_metrics(logits, teacher_logits, labels, **metric_kw)
 
-            def measure_now(net: nn.Module) -> tuple[list[LayerResult], dict[str, float]]:
-                now = auditor.measure(splits.heldout, schemes=[scheme], model=net, progress=progress)
+            def measure_now(state: ModelState) -> tuple[list[LayerResult], dict[str, float]]:
+                now = auditor.measure(splits.heldout, schemes=[scheme], state=state, progress=progress)
                 if now.interrupted:
                     raise KeyboardInterrupt
-                return now.results[0].layers, heldout_now(net)
+                return now.results[0].layers, heldout_now(state.model)
 
-            def tiling_now(net: nn.Module) -> list[float | None] | None:
+            def tiling_now(state: ModelState) -> list[float | None] | None:
                 if consistency is None:
                     return None
-                taps = auditor.taps if net is model else FeatureTaps(net, config.layers)
-                with auditor.patched(scheme, net), torch.inference_mode():
-                    return tiling_consistency(taps, tiling_loader, normalise=auditor.normalise, device=device,
+                with auditor.patched(scheme, state.model), torch.inference_mode():
+                    return tiling_consistency(state.taps, tiling_loader, normalise=auditor.normalise, device=device,
                                               precision=config.precision)
 
             before = heldout_now(model)
@@ -600,26 +618,29 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                 log = finetune(student, scheme, train_loader(), plain_config,
                                teacher=model if ft.labels is None else None, seed=config.seed, progress=progress,
                                include_pools=config.include_pools, **kw)
-                plain_layers, plain_after = measure_now(student)
+                plain_state = auditor.model_state(student)
+                plain_layers, plain_after = measure_now(plain_state)
                 train_loss, every = _downsample(log.losses)
                 plain = FinetuneResult(
                     steps=ft.steps, settings={**settings, **plain_config.settings()}, layers=plain_layers,
                     before=before, after=plain_after, original=original, train_loss=train_loss,
-                    train_loss_every=every, seconds=log.seconds, tiling_after=tiling_now(student))
-                del student
+                    train_loss_every=every, seconds=log.seconds, tiling_after=tiling_now(plain_state))
+                del student, plain_state
 
             current = f"while {'repairing' if ft.repair else 'fine-tuning'} with '{scheme}'"
             student = copy.deepcopy(model)
+            # The student's own taps, global modules and receptive fields, made once and passed to every measurement.
+            student_state = auditor.model_state(student)
             curve = [_curve_point(0, result.layers, before)] if ft.measure_every else []
 
             def on_measure(step: int) -> None:
-                layers, metrics = measure_now(student)
+                layers, metrics = measure_now(student_state)
                 curve.append(_curve_point(step, layers, metrics))
 
             log = finetune(student, scheme, train_loader(whole=consistency is not None), ft,
                            teacher=model if ft.labels is None else None, seed=config.seed, measure=on_measure,
                            progress=progress, include_pools=config.include_pools, consistency=consistency, **kw)
-            after_layers, after = measure_now(student)
+            after_layers, after = measure_now(student_state)
             if ft.measure_every:
                 curve.append(_curve_point(ft.steps, after_layers, after))
             weights = None
@@ -631,9 +652,9 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                 steps=ft.steps, settings=settings, layers=after_layers, before=before, after=after, original=original,
                 curve=curve, train_loss=train_loss, train_loss_every=every, weights=weights, seconds=log.seconds,
                 consistency_loss=_downsample(log.consistency)[0] if log.consistency else [],
-                tiling_before=tiling_now(model), tiling_after=tiling_now(student), plain=plain,
+                tiling_before=tiling_now(auditor.state), tiling_after=tiling_now(student_state), plain=plain,
             )
-            del student
+            del student, student_state
     except KeyboardInterrupt:
         raise AuditInterrupted(report(
             f"stopped by Ctrl-C {current}; the audit before fine-tuning is complete, fine-tuning results cover "
@@ -646,4 +667,4 @@ def _consistency_term(auditor: Auditor, ft: FinetuneConfig) -> ConsistencyTerm:
     if auditor.estimator != DELTA:
         raise PPPAuditError("--repair needs the padding-free reference of a margin, which this model cannot run with "
                             f"at --input-size {auditor.size}", "use another --input-size, or leave --repair out")
-    return ConsistencyTerm(auditor.taps, auditor.context(), ft.repair_layers, auditor.margin, auditor.probe)
+    return ConsistencyTerm(auditor.taps, auditor.state.context, ft.repair_layers, auditor.margin, auditor.probe)

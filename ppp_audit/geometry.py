@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import FeatureError, GeometryError, PPPAuditError
+from .errors import FeatureError, GeometryError, PPPAuditError, describe_error, first_line
 from .models import FeatureTaps, built_input_size, feature_info_of, model_device
 
 DELTA = "delta"
@@ -104,8 +104,7 @@ def probe(forward: Callable[[Tensor], Sequence[Tensor]], size: int, *, in_chans:
     except FeatureError:
         raise
     except Exception as exc:  # any failure at this size is an answer: the model does not run here
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        return describe_error(exc)
 
 
 def window_units(model: nn.Module, taps: FeatureTaps, size: int, *, in_chans: int = 3,
@@ -151,6 +150,47 @@ def window_units(model: nn.Module, taps: FeatureTaps, size: int, *, in_chans: in
         if 1 < window <= side and side % window == 0 and size % side == 0:
             units[name] = size // side * window
     return units
+
+
+def largest_stride(model: nn.Module) -> int:
+    """The model's largest stride: input pixels per position of its deepest stage, from ``feature_info`` (timm's usual
+    :data:`DEFAULT_STRIDE` for a model without one). It knows nothing of the tapped layers (see :func:`common_stride`);
+    the location baseline sizes its content by it."""
+    return max(_reductions(model) or [DEFAULT_STRIDE])
+
+
+def common_stride(model: nn.Module, strides: Sequence[int] = ()) -> int:
+    """The smallest shift of the input (px) that moves every map by whole positions: the model's stages
+    (``feature_info``, or :data:`DEFAULT_STRIDE` without one) and the tapped layers at ``strides``.
+
+    That is their least common multiple; for powers of two, simply the largest of them. For strides with no small
+    common multiple (crossvit's 12 and 17: the multiple would be over 4 times the largest) it is the largest, and the
+    alignment probe decides which margins run. Margins are multiples of it, on the grid :attr:`Geometry.margin_unit`.
+    """
+    every = [*(_reductions(model) or [DEFAULT_STRIDE]), *(int(s) for s in strides)]
+    common = math.lcm(*every)
+    return common if common <= 4 * max(every) else max(every)
+
+
+def on_grid(value: int, unit: int, rounding: str = "nearest") -> int:
+    """``value`` moved onto the multiples of ``unit``: the nearest (ties up), the next one ``"up"`` or ``"down"``.
+
+    The one rounding rule of sizes and margins (a crop side on the model's side unit, a margin on
+    :attr:`Geometry.margin_unit`, so that every tapped map shifts by whole positions). ``"nearest"`` and ``"up"`` give
+    at least ``unit``, as a side or margin of 0 is none; ``"down"`` gives 0 when ``value`` is below ``unit`` (no
+    margin on the grid fits).
+    """
+    if rounding == "down":
+        return value // unit * unit
+    if rounding == "up":
+        return max(unit, -(-value // unit) * unit)
+    if rounding == "nearest":
+        return max(unit, (value + unit // 2) // unit * unit)
+    raise ValueError(f"unknown rounding '{rounding}' (nearest, up or down)")
+
+
+def _reductions(model: nn.Module) -> list[int]:
+    return [int(f["reduction"]) for f in feature_info_of(model) if "reduction" in f]
 
 
 def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | None = None,
@@ -203,29 +243,26 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
         raise PPPAuditError(f"--input-size {size} is too small for {_name(model)}: its deepest tapped layer (stride "
                             f"{max(strides)}) would see fewer than {MIN_MAP_SIDE}x{MIN_MAP_SIDE} positions",
                             f"use --input-size {smallest} or more ({MIN_MAP_SIDE} x the largest tapped stride)")
-    # every map must shift by whole positions: m is a multiple of every stride (the largest, for powers of two); for
-    # strides with no small common multiple (crossvit's 12 and 17) the largest, and the alignment probe decides
-    reductions = [int(f["reduction"]) for f in feature_info_of(model) if "reduction" in f] or [DEFAULT_STRIDE]
-    largest = math.lcm(*reductions, *strides)
-    largest = largest if largest <= 4 * max([*reductions, *strides]) else max([*reductions, *strides])
-    if margin is not None and margin % largest:
+    common = common_stride(model, strides)  # every map shifts by whole positions when m is a multiple of it
+    if margin is not None and margin % common:
         raise PPPAuditError(
-            f"--margin {margin} is not a multiple of the model's largest stride {largest}",
-            f"use --margin {largest * max(1, round(margin / largest))}",
+            # said as users know it: for the usual powers of two the common stride is the largest
+            f"--margin {margin} is not a multiple of the model's largest stride {common}",
+            f"use --margin {common * max(1, round(margin / common))}",
         )
-    requested_margin = int(margin or 2 * largest)
+    requested_margin = int(margin or 2 * common)
 
     units: dict[str, int] = {}
-    found = _fit_delta(runs, strides, requested_size, requested_margin, largest, {})  # as asked, most models
+    found = _fit_delta(runs, strides, requested_size, requested_margin, common, {})  # as asked, most models
     if found is None:
         units = window_units(model, taps, working, **place)
-        found = _fit_delta(runs, strides, requested_size, requested_margin, largest, units)
+        found = _fit_delta(runs, strides, requested_size, requested_margin, common, units)
     kwargs: dict[str, Any] = {}
     if found is None and rebuild and _offers_dynamic_size(model):
         kwargs = {"dynamic_img_size": True}
         dynamic = _rebuild(model, kwargs, copy_weights=False)
         dynamic_taps = FeatureTaps(dynamic, layers)
-        found = _fit_delta(_Runs(dynamic_taps, place), strides, requested_size, requested_margin, largest, units)
+        found = _fit_delta(_Runs(dynamic_taps, place), strides, requested_size, requested_margin, common, units)
     if found is not None:
         fitted_size, fitted_margin = found
         changes = _size_changes(runs, requested_size, requested_margin, fitted_size, fitted_margin, units)
@@ -235,8 +272,8 @@ def fit_geometry(model: nn.Module, input_size: int | None = None, size: int | No
             changes.append(f"rebuilt with dynamic_img_size=True to run at {fitted_size} and "
                            f"{fitted_size + 2 * fitted_margin} px (built for {own_size} px only){resampled}")
         return Geometry(fitted_size, fitted_margin, DELTA, tuple(changes), kwargs, None, tuple(strides),
-                        _margin_unit(largest, units))
-    return _fit_mean_feature(model, runs, requested_size, requested_margin, own_size, largest, units, strides, place,
+                        _margin_unit(common, units))
+    return _fit_mean_feature(model, runs, requested_size, requested_margin, own_size, common, units, strides, place,
                              layers)
 
 
@@ -290,15 +327,15 @@ class _Runs:
         return self.results[size]
 
 
-def _fit_delta(runs: _Runs, strides: Sequence[int], size: int, margin: int, largest: int,
+def _fit_delta(runs: _Runs, strides: Sequence[int], size: int, margin: int, common: int,
                units: Mapping[str, int]) -> tuple[int, int] | None:
-    """The first (S, m) at which crop and window run and align: as asked, ``S`` rounded to the largest stride, then
+    """The first (S, m) at which crop and window run and align: as asked, ``S`` rounded to the common stride, then
     both rounded to the ``units`` (results are cached, so asking again costs nothing)."""
-    candidates = [(size, margin), (_nearest(size, largest), margin)]
+    candidates = [(size, margin), (on_grid(size, common), margin)]
     if units:
         unit = math.lcm(*units.values())
-        rounded_margin = _round_up(margin, _margin_unit(largest, units))
-        candidates += [(_nearest(size, unit), rounded_margin), (_nearest(size, math.lcm(unit, largest)), rounded_margin)]
+        rounded_margin = on_grid(margin, _margin_unit(common, units), "up")
+        candidates += [(on_grid(size, unit), rounded_margin), (on_grid(size, math.lcm(unit, common)), rounded_margin)]
     for crop, context in dict.fromkeys(candidates):  # ordered, without repeats
         crop_shapes = runs(crop)
         if isinstance(crop_shapes, str):
@@ -309,7 +346,7 @@ def _fit_delta(runs: _Runs, strides: Sequence[int], size: int, margin: int, larg
     return None
 
 
-def _fit_mean_feature(model: nn.Module, runs: _Runs, size: int, margin: int, own_size: int, largest: int,
+def _fit_mean_feature(model: nn.Module, runs: _Runs, size: int, margin: int, own_size: int, common: int,
                       units: Mapping[str, int], strides: Sequence[int], place: dict[str, Any],
                       layers: Sequence[str] | None) -> Geometry:
     """Crops only: at ``S`` as built, at ``S`` after ``set_input_size``, at ``S`` rounded, else at the model's size."""
@@ -324,7 +361,7 @@ def _fit_mean_feature(model: nn.Module, runs: _Runs, size: int, margin: int, own
         return Geometry(size, 0, MEAN_FEATURE, (f"resized to {size} px with set_input_size (built for {own_size} px)",
                                                 estimator), {}, size, tuple(strides))
     unit = math.lcm(*units.values()) if units else 1
-    for crop in dict.fromkeys([_nearest(size, unit), _nearest(size, math.lcm(unit, largest)), own_size]):
+    for crop in dict.fromkeys([on_grid(size, unit), on_grid(size, math.lcm(unit, common)), own_size]):
         if not isinstance(runs(crop), str):
             change = f"crop size {size} -> {crop}: at {size} px {runs(size)}"
             return Geometry(crop, 0, MEAN_FEATURE, (change, estimator), {}, None, tuple(strides))
@@ -342,12 +379,20 @@ def _resizes_to(model: nn.Module, size: int, place: dict[str, Any], layers: Sequ
     return not isinstance(_Runs(FeatureTaps(resized, layers), place)(size), str)
 
 
+def map_offset(crop: Sequence[int], window: Sequence[int]) -> int | None:
+    """Where a crop's feature map sits in its window's (shapes ``(..., h, w)``): the positions the window's map grew
+    by on each side; ``None`` when it did not grow evenly (by different amounts in height and width, by nothing, or
+    by an odd count), so that no block of it lines up with the crop's map."""
+    grow_h, grow_w = window[-2] - crop[-2], window[-1] - crop[-1]
+    return grow_h // 2 if grow_h == grow_w and grow_h > 0 and not grow_h % 2 else None
+
+
 def _aligned(crop: Sequence[tuple[int, ...]], window: Sequence[tuple[int, ...]], margin: int,
              strides: Sequence[int]) -> bool:
     """Every tapped map of the window is the crop's grown by ``m / stride`` on each side."""
     for a, b, stride in zip(crop, window, strides):
-        grow_h, grow_w = b[-2] - a[-2], b[-1] - a[-1]
-        if grow_h != grow_w or grow_h <= 0 or grow_h % 2 or grow_h // 2 * stride != margin:
+        offset = map_offset(a, b)
+        if offset is None or offset * stride != margin:
             return False
     return len(crop) == len(window)
 
@@ -392,8 +437,8 @@ def _rebuild(model: nn.Module, kwargs: dict[str, Any], copy_weights: bool) -> nn
         try:
             rebuilt.load_state_dict(model.state_dict(), strict=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0][:200]
-            raise GeometryError(f"model {_name(model)} rebuilt with {kwargs} does not take its weights: {first}",
+            raise GeometryError(f"model {_name(model)} rebuilt with {kwargs} does not take its weights: "
+                                f"{first_line(exc)}",
                                 "audit it at its input size") from exc
         rebuilt.pretrained_cfg = getattr(model, "pretrained_cfg", rebuilt.pretrained_cfg)
     return rebuilt.to(device=model_device(model), dtype=_model_dtype(model)).train(model.training)
@@ -427,15 +472,7 @@ def _side(value: object) -> int:
     return 0
 
 
-def _nearest(value: int, unit: int) -> int:
-    """The multiple of ``unit`` nearest ``value`` (ties up), at least ``unit``."""
-    return max(unit, (value + unit // 2) // unit * unit)
+def _margin_unit(common: int, units: Mapping[str, int]) -> int:
+    """The margin grid: the common stride, and half of each window-like unit (windows grow by 2m)."""
+    return math.lcm(common, *(u // math.gcd(u, 2) for u in units.values())) if units else common
 
-
-def _margin_unit(largest: int, units: Mapping[str, int]) -> int:
-    """The margin grid: the largest stride, and half of each window-like unit (windows grow by 2m)."""
-    return math.lcm(largest, *(u // math.gcd(u, 2) for u in units.values())) if units else largest
-
-
-def _round_up(value: int, unit: int) -> int:
-    return max(unit, -(-value // unit) * unit)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import HubPushError, PPPAuditError
+from .errors import HubPushError, PPPAuditError, describe_error, first_line, one_line
 from .files import WrittenFiles
 from .hubenv import is_offline
 from .report import NATIVE, REPORT_HTML, REPORT_JSON, Report, format_number, report_file, scheme_label
@@ -490,8 +490,8 @@ def _explain(exc: Exception) -> tuple[str, str]:
                 "create it first (HfApi().create_branch) or drop --revision")
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
         status = exc.response.status_code
-        detail = (getattr(exc, "server_message", None) or "").strip().splitlines()
-        detail_text = f": {detail[0]}" if detail else ""
+        detail = first_line(getattr(exc, "server_message", None) or "")
+        detail_text = f": {detail}" if detail else ""
         if status == 401:
             return (f"authentication failed (HTTP 401{detail_text})",
                     "log in with `hf auth login` or set HF_TOKEN to a token with write access")
@@ -502,13 +502,12 @@ def _explain(exc: Exception) -> tuple[str, str]:
         if status == 412:
             return "the repo changed while pushing (HTTP 412)", "run the push again"
         return f"the Hub answered HTTP {status}{detail_text}", "try again later"
-    text = str(exc).strip().splitlines()
-    what = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    what = describe_error(exc)
     # Connection refused, DNS, timeout, TLS: raised by whichever HTTP client this huggingface_hub version uses.
     if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in ("httpx2", "httpx", "requests", "urllib3"):
         return f"cannot reach the Hub ({what})", "check HF_ENDPOINT and your connection"
     if isinstance(exc, ValueError) and "README.md" in str(exc):  # the Hub rejected the card's metadata
-        return " ".join(line.strip() for line in text), "report this to the ppp-audit developers"
+        return one_line(exc), "report this to the ppp-audit developers"
     return f"unexpected error ({what})", "report this to the ppp-audit developers"
 
 

@@ -31,7 +31,7 @@ from .device_images import (
     EXIF_ORIENTATION_TAG, TRANSPOSED_ORIENTATIONS, decode_jpegs, disc_count, fit_window, is_jpeg, orient,
     render_dead_leaves,
 )
-from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError
+from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError, one_line
 from .report import SKIPPED_LISTED, SkippedImage
 
 RENDERERS = ("numpy", "torch")
@@ -266,7 +266,7 @@ def open_image(file: str | Path | IO[bytes], name: str) -> Iterator[Any]:
     except UnidentifiedImageError:
         raise ImageSourceError.unreadable(name, "not an image (PIL cannot identify its format)") from None
     except OSError as exc:
-        raise ImageSourceError.unreadable(name, _one_line(exc) or type(exc).__name__) from None
+        raise ImageSourceError.unreadable(name, one_line(exc)) from None
     with img:
         yield img
 
@@ -295,7 +295,7 @@ def image_array(img: Any, name: str) -> Tensor:
     try:
         img.load()
     except Exception as exc:  # noqa: BLE001 - any decoder failure (truncated, corrupt) is the file's fault
-        raise ImageSourceError.unreadable(name, _one_line(exc) or type(exc).__name__) from None
+        raise ImageSourceError.unreadable(name, one_line(exc)) from None
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         return _deep_greyscale(img, name)
     if mode in _ALPHA_MODES or "transparency" in img.info:
@@ -389,7 +389,7 @@ def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: in
         try:
             data = file.read() if hasattr(file, "read") else Path(file).read_bytes()
         except OSError as exc:
-            raise ImageSourceError.unreadable(name, _one_line(exc) or type(exc).__name__) from None
+            raise ImageSourceError.unreadable(name, one_line(exc)) from None
         encoded.append(data)
     jpeg = [k for k, data in enumerate(encoded) if is_jpeg(data)]
     decoded = dict(zip(jpeg, decode_jpegs([encoded[k] for k in jpeg], device))) if jpeg else {}
@@ -636,7 +636,7 @@ class HFDatasetSource:
         except ValueError as exc:  # an unknown split or configuration, among others
             raise self._value_error(datasets, exc) from None
         except (OSError, datasets.exceptions.DatasetsError) as exc:  # not found, offline, unreadable files
-            raise ImageSourceError(f"cannot load {self.spec}: {_one_line(exc)}", self._where_hint(datasets, local)) \
+            raise ImageSourceError(f"cannot load {self.spec}: {one_line(exc)}", self._where_hint(datasets, local)) \
                 from None
 
     def _load_from_disk(self, datasets: Any, folder: Path) -> Any:
@@ -656,7 +656,7 @@ class HFDatasetSource:
         if splits and any(name not in splits for name in asked):
             return ImageSourceError(f"{self._label} has no split '{self.split}' (splits: {', '.join(splits)})",
                                     "pass one of them as --images-split")
-        return ImageSourceError(f"cannot load {self.spec}: {_one_line(exc)}",
+        return ImageSourceError(f"cannot load {self.spec}: {one_line(exc)}",
                                 "check --images-split, and pick a configuration as hfds/NAME#CONFIG")
 
     def _where_hint(self, datasets: Any, local: Path) -> str:
@@ -668,11 +668,6 @@ class HFDatasetSource:
             return f"'{self.name}' is a local folder that datasets cannot read: pass {local_data}"
         return (f"check the dataset id (or the folder path); for local data pass {local_data}; for a gated or private "
                 "dataset log in with `hf auth login`")
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's text on one line (the CLI reports an error in one)."""
-    return " ".join(str(exc).split())
 
 
 @contextlib.contextmanager

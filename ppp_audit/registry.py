@@ -24,7 +24,7 @@ from importlib.metadata import entry_points
 from types import MappingProxyType
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
-from .errors import PPPAuditError
+from .errors import PPPAuditError, describe_error
 from .launch import env_flag
 
 DISABLE_PLUGINS_ENV = "PPP_AUDIT_DISABLE_PLUGINS"
@@ -210,7 +210,7 @@ class Registry(Generic[T]):
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # a broken plugin must never take the tool down, not even by sys.exit()
-                self._failed[ep.name] = PluginFailure(ep.name, dist, _error_line(exc))
+                self._failed[ep.name] = PluginFailure(ep.name, dist, describe_error(exc))
                 if ep.name == asked and asked not in self._registered:
                     continue
                 self._warn(f"{self.plugin_noun} '{ep.name}' from distribution '{dist}' failed to load and is skipped: "
@@ -237,12 +237,6 @@ class Registry(Generic[T]):
     def _warn(message: str) -> None:
         warnings.warn(f"{message} (set {DISABLE_PLUGINS_ENV}=1 to skip third-party plugins)", RuntimeWarning,
                       stacklevel=3)
-
-
-def _error_line(exc: BaseException) -> str:
-    """An exception's type and the first line of its text (errors are reported in one line)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0].strip()}" if lines else type(exc).__name__
 
 
 def _default_name(obj: Any) -> str:

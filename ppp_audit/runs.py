@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
 
-from .errors import PPPAuditError
+from .errors import PPPAuditError, one_line
 from .files import atomic_write
 from .report import REPORT_JSON, check_fields
 
@@ -248,7 +248,7 @@ def read_record(folder: str | Path) -> RunRecord | UnreadableRun | None:
     try:
         return RunRecord.from_dict(data, folder=folder)
     except (TypeError, ValueError, RecursionError) as exc:
-        text = " ".join(str(exc).split())
+        text = one_line(exc)
         if not isinstance(data, dict):
             return UnreadableRun(folder, text, slug)
         named = data.get("model")

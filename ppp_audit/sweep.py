@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .config import AuditConfig
-from .errors import PPPAuditError
+from .errors import PPPAuditError, describe_error
 from .progress import ProgressReporter, progress_bar
 from .report import REPORT_JSON
 from .runs import (DONE, FAILED, RunClaim, RunRecord, check_sweep_folder, clear_record, read_record, run_folder,
@@ -200,9 +200,7 @@ def _run_child(config: AuditConfig, folder: str, pages: bool, results: "multipro
             results.put((OUT_OF_MEMORY, "CUDA out of memory"))
             return
         (Path(folder) / "error.txt").write_text(traceback.format_exc())
-        lines = str(exc).strip().splitlines()
-        what = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
-        results.put((FAILED, f"unexpected error ({what}); the trace is in error.txt"))
+        results.put((FAILED, f"unexpected error ({describe_error(exc)}); the trace is in error.txt"))
 
 
 def audit_in_process(config: AuditConfig, folder: Path, *, timeout_s: float, pages: bool) -> tuple[str, str | None]:

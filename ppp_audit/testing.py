@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import PPPAuditError
+from .files import atomic_write
 from .report import NATIVE, format_number
 
 if TYPE_CHECKING:
@@ -337,10 +338,7 @@ def _baseline(report: Report, result: SchemeResult, names: Sequence[str]) -> dic
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data, indent=1) + "\n")
 
 
 def assert_ppp_regression(

@@ -170,8 +170,8 @@ def test_efficientnet_b0_reports_matched_and_unmatched_modules_per_layer():
                      mean=MEAN, std=STD, crop_pct=1.0)
     auditor = Auditor(AuditConfig(model="efficientnet_b0", num_images=2, input_size=64, device="cpu"),
                       model=model, info=info)
-    influence = auditor.influence()
-    context = auditor.context()
+    influence = auditor.state.influence
+    context = auditor.state.context
     assert len(context.matched) == 16 and context.unmatched == ["global_pool"]
     counts = [len(reach.upstream) for reach in influence]
     assert counts == sorted(counts) and counts[0] >= 1 and counts[-1] == 16  # every SE before each stage

@@ -42,8 +42,9 @@ def test_full_n_point_is_the_reported_strength():
     assert [n for n, _ in stats.convergence] == [2, 4, 8, 16]
     assert stats.convergence[-1] == (16, stats.strength)  # the same code path: exactly equal
     assert stats.mean_feature_convergence[-1] == (16, stats.mean_feature_strength)
-    reference_free = _stats(a, None)
-    assert reference_free.convergence is None
+    reference_free = _stats(a, None)  # the mean-feature estimator's strength is the mean-feature one, from compute
+    assert reference_free.convergence == reference_free.mean_feature_convergence
+    assert reference_free.strength == reference_free.mean_feature_strength
     assert reference_free.mean_feature_convergence[-1] == (16, reference_free.mean_feature_strength)
     assert [n for n, _ in _stats(a[:13], b[:13], groups=6).convergence] == [3, 5, 9, 13]
     few = _stats(a[:5], b[:5]).convergence  # fewer images than groups: no repeated counts

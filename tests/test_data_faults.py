@@ -241,6 +241,9 @@ class _Counted(nn.Module):
         super().__init__()
         self.factor, self.calls = factor, 0
 
+    def __deepcopy__(self, memo: dict) -> "nn.Module":
+        return self  # a spy: the audit's own copy of the model (it never runs the caller's) records into this one
+
     def forward(self, x):
         self.calls += 1
         return x * self.factor
@@ -266,6 +269,9 @@ class _InfFromSecondBatch(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
+
+    def __deepcopy__(self, memo: dict) -> "nn.Module":
+        return self  # a spy: the audit's own copy of the model (it never runs the caller's) records into this one
 
     def forward(self, x):
         self.calls += 1

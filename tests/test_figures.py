@@ -330,6 +330,7 @@ def test_report_without_maps_still_renders(planted_report, tmp_path):
     acc.update(torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0)))
     stats = acc.compute(8.0)
     stats.ppp_map, stats.profile, stats.side_profiles, stats.mist = None, None, {}, None  # mean-feature, schema <= 1.2
+    stats.strength, stats.strength_ci, stats.convergence = None, None, None  # ... and no strength either
     layer = LayerResult(name="stage0", receptive_radius_px=4.0, reference_partial=False, stats=stats)
     base = {k: getattr(planted_report, k) for k in ("environment", "model", "data", "input_size", "margin", "seed",
                                                      "device", "precision")}

@@ -94,7 +94,7 @@ def test_chosen_margin_covers_a_planted_reach_and_the_strength_does_not_move_bey
     config = AuditConfig(model="box", num_images=8, batch_size=8, input_size=32, layers=["blocks"], device="cpu",
                          margin_tolerance=tolerance)
     auditor = Auditor(config, model=BoxStack().eval(), info=INFO)
-    (reach,) = auditor.influence()
+    (reach,) = auditor.state.influence
     chosen = auditor.margin
     assert reach.radius_px == RADIUS
     assert reach.beyond(chosen) <= tolerance < reach.beyond(chosen - STEM)  # the smallest margin that covers it

@@ -75,7 +75,7 @@ def test_zero_weight_repair_weights_equal_plain_weights(tiny):
         student = copy.deepcopy(model)
         loader = auditor.loader(CropDataset(splits.train, order, auditor.window, auditor.size, whole=repair), 4)
         settings = FinetuneConfig(steps=2, lr=1e-2, batch_size=4, repair=repair, repair_weight=0.0)
-        term = ConsistencyTerm(auditor.taps, auditor.context(), None, auditor.margin, auditor.probe) if repair \
+        term = ConsistencyTerm(auditor.taps, auditor.state.context, None, auditor.margin, auditor.probe) if repair \
             else None
         finetune(student, "reflect", loader, settings, info=info, teacher=model, consistency=term)
         states.append(student.state_dict())
@@ -158,7 +158,7 @@ def test_consistency_term_removes_a_planted_border_bias():
     splits = make_splits(config, ft, info, auditor.window, None, auditor.size)
     loader = auditor.loader(CropDataset(splits.train, range(ft.steps * ft.batch_size), auditor.window, auditor.size,
                                         whole=True), ft.batch_size)
-    term = ConsistencyTerm(auditor.taps, auditor.context(), None, auditor.margin, auditor.probe)
+    term = ConsistencyTerm(auditor.taps, auditor.state.context, None, auditor.margin, auditor.probe)
     student = copy.deepcopy(model)
     log = finetune(student, "native", loader, ft, info=info, teacher=model, consistency=term)
 

@@ -425,7 +425,10 @@ class PPPAccumulator:
             mist=self._mist(mean_a, n),
         )
         if not self.with_reference:
-            # Without a reference the picture is the mean-feature pattern P' (with its dataset-position bias).
+            # Without a reference the picture, and the strength, are the mean-feature pattern P' (with its
+            # dataset-position bias); the report's ``estimator`` says so.
+            stats.strength, stats.strength_ci = stats.mean_feature_strength, stats.mean_feature_ci
+            stats.convergence = stats.mean_feature_convergence
             centred = mean_a - mean_a.mean(dim=(-2, -1), keepdim=True)
             noise = shrink * var_a
             reps = leave_out_means(sum_a)

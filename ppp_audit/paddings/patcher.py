@@ -31,7 +31,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils._pytree import tree_leaves
 
-from ..errors import PaddingShapeError, PPPAuditError
+from ..errors import PaddingShapeError, PPPAuditError, first_line
 from .layers import is_timm_class, padding_kind, same_padding, static_padding, timm_padding_classes
 from .registry import Pad4, PaddingScheme, SiteGeometry, get_padding
 from .schemes import ZerosPadding
@@ -109,7 +109,7 @@ def _checked_pad(scheme: PaddingScheme, x: Tensor, pad: Pad4, site: str) -> Tens
     except (RuntimeError, ValueError, NotImplementedError) as exc:
         raise PaddingShapeError(
             f"padding scheme '{scheme.name}' cannot pad the {tuple(x.shape[-2:])} input of layer '{site}' by "
-            f"{pad} (left, right, top, bottom): {str(exc).splitlines()[0]}",
+            f"{pad} (left, right, top, bottom): {first_line(exc)}",
             "use a larger --input-size or another scheme", site,
         ) from exc
     expected = (x.shape[-2] + pad[2] + pad[3], x.shape[-1] + pad[0] + pad[1])
@@ -403,7 +403,7 @@ def _probe(model: nn.Module, summary: PatchSummary, scheme: PaddingScheme, x: Te
         kind = type(modules.get(layer, model)).__name__
         raise PaddingShapeError(
             f"padding scheme '{scheme.name}' breaks the forward pass of {type(model).__name__} at layer '{layer}' "
-            f"({kind}) for a {tuple(x.shape[-2:])} input: {str(exc).strip().splitlines()[0]}",
+            f"({kind}) for a {tuple(x.shape[-2:])} input: {first_line(exc)}",
             "this architecture needs the padding it has; use a scheme that keeps map sizes"
             if not scheme.keeps_shape else "use a larger --input-size or another scheme", layer,
         ) from exc
@@ -431,7 +431,7 @@ def _probe(model: nn.Module, summary: PatchSummary, scheme: PaddingScheme, x: Te
 
 
 def patch_padding(model: nn.Module, scheme: str | PaddingScheme, *, include_pools: bool = False,
-                  example_input: Tensor | None = None) -> PatchSummary:
+                  example_input: Tensor | None = None, shapes_checked: bool = False) -> PatchSummary:
     """Replace the padding of every layer of ``model`` with ``scheme``, in place.
 
     Args:
@@ -443,6 +443,8 @@ def patch_padding(model: nn.Module, scheme: str | PaddingScheme, *, include_pool
             breaks the model (e.g. ``valid`` on a residual net) into an up-front :class:`PaddingShapeError` naming the
             layer. Schemes with ``keeps_shape = False`` always run it (on a zero batch of the model's
             ``pretrained_cfg`` input size when none is given).
+        shapes_checked: The caller already checked, on this model, that the scheme keeps its output shapes (an
+            audit checks each scheme once, then patches it for every batch): no example forward pass is run.
 
     Returns:
         The :class:`PatchSummary`; call its ``restore()`` to undo.
@@ -452,7 +454,7 @@ def patch_padding(model: nn.Module, scheme: str | PaddingScheme, *, include_pool
     """
     scheme = get_padding(scheme)
     reference = None
-    if not scheme.keeps_shape:
+    if not scheme.keeps_shape and not shapes_checked:
         if example_input is None:
             example_input = _default_example(model, scheme)
         try:
@@ -461,7 +463,7 @@ def patch_padding(model: nn.Module, scheme: str | PaddingScheme, *, include_pool
         except Exception as exc:
             raise PPPAuditError(
                 f"the example input {tuple(example_input.shape)} fails on the unpatched model: "
-                f"{str(exc).strip().splitlines()[0]}",
+                f"{first_line(exc)}",
                 "pass an example_input the model accepts",
             ) from exc
     summary = _Patcher(model, scheme, include_pools).run()
@@ -476,12 +478,13 @@ def patch_padding(model: nn.Module, scheme: str | PaddingScheme, *, include_pool
 
 @contextlib.contextmanager
 def padding(model: nn.Module, scheme: str | PaddingScheme, *, include_pools: bool = False,
-            example_input: Tensor | None = None) -> Iterator[PatchSummary]:
+            example_input: Tensor | None = None, shapes_checked: bool = False) -> Iterator[PatchSummary]:
     """Context manager: ``with padding(model, "reflect") as summary: ...`` restores the model on exit.
 
     Takes the same arguments as :func:`patch_padding`.
     """
-    summary = patch_padding(model, scheme, include_pools=include_pools, example_input=example_input)
+    summary = patch_padding(model, scheme, include_pools=include_pools, example_input=example_input,
+                            shapes_checked=shapes_checked)
     try:
         yield summary
     finally:

@@ -11,7 +11,7 @@ from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 from torch import Tensor
 
-from ..errors import UnknownPaddingError
+from ..errors import UnknownPaddingError, first_line
 from ..registry import DISABLE_PLUGINS_ENV, Registry
 
 ENTRY_POINT_GROUP = "ppp_audit.paddings"
@@ -114,8 +114,7 @@ def list_paddings() -> list[SchemeInfo]:
     """All registered schemes, sorted by name."""
     infos = []
     for entry in PADDINGS.entries():
-        doc_lines = (entry.obj.__doc__ or "").strip().splitlines()
-        description = getattr(entry.obj, "description", "") or (doc_lines[0] if doc_lines else "")
+        description = getattr(entry.obj, "description", "") or first_line(entry.obj.__doc__ or "")
         infos.append(SchemeInfo(name=entry.name, description=description, distribution=entry.distribution))
     return infos
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..files import atomic_write
 from ..report import NATIVE, REPORT_HTML, REPORT_JSON, format_number
 from .tables import render_curve_table, render_finetune_table, render_reference_table, render_table
 from ..registry import Registry
@@ -365,12 +366,7 @@ def write_html(report: "Report", out_dir: str | Path, figures: list["FigureFile"
     out_dir = Path(out_dir)
     page = Page(figures=figures, out_dir=out_dir, json_name=json_name, embed=embed)
     text = render_html(report, page)
-    path = out_dir / filename
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(out_dir / filename, text)
 
 
 def page_resources(text: str) -> list[str]:

@@ -13,6 +13,14 @@ runs them for the audit engine.
 
 from typing import Any
 
+from ...baseline_options import (
+    BASELINE_RUNNERS,
+    BaselineRunner,
+    baseline_config,
+    parse_baseline_options,
+    register_baseline,
+    validate_baselines,
+)
 from . import runner
 from .location import LocationConfig, LocationResult, binomial_sf, fit_logistic, location_test, paste
 from .posenet import (
@@ -26,18 +34,7 @@ from .posenet import (
     spearman,
     stack_features,
 )
-from .runner import (
-    BASELINE_RUNNERS,
-    BaselineInputs,
-    BaselineRunner,
-    ImageBank,
-    baseline_config,
-    num_steps,
-    parse_baseline_options,
-    register_baseline,
-    run_baselines,
-    validate_baselines,
-)
+from .runner import BaselineInputs, ImageBank, num_steps, run_baselines
 from .uneven import LayerGeometry, UnevenResult, layer_geometry, uneven_layers, uneven_padding_check, used_padding
 
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...baseline_options import LocationConfig  # torch-free, so that configs are checked without torch
+
 Extract = Callable[[Tensor], Sequence[Tensor]]
 CORNERS = ("top_left", "bottom_right")
 
@@ -119,52 +121,6 @@ def min_decodable_accuracy(trials: int, alpha: float) -> float:
         if binomial_sf(k, trials) < alpha:
             return k / trials
     return math.inf
-
-
-@dataclass
-class LocationConfig:
-    """Budget and settings of the location test (all overridable as ``fconv.FIELD=VALUE``).
-
-    Args:
-        borders: Border widths swept, in input pixels.
-        content: Content size ``c``; default twice the model's largest stride (rounded to a multiple of it).
-        num_train: Training images (each gives a top-left and a bottom-right canvas).
-        num_test: Test images, disjoint from the training ones.
-        alpha: Significance level of the whole sweep (Bonferroni-split over the borders).
-        l2: L2 penalty of the logistic regression.
-        batch_size: Canvases per forward pass.
-        resolution: Relative size of the noise added to the pooled features (see :func:`dither`); differences below
-            it are not counted as location information.
-        seed: Seed of that noise.
-    """
-
-    borders: tuple[int, ...] = (0, 16, 32, 64, 128)
-    content: int | None = None
-    num_train: int = 32
-    num_test: int = 32
-    alpha: float = 0.01
-    l2: float = 1e-2
-    batch_size: int = 16
-    resolution: float = 1e-4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from ...errors import ConfigError
-
-        borders = (self.borders,) if isinstance(self.borders, int) else self.borders
-        self.borders = tuple(sorted({int(b) for b in borders}))
-        if not self.borders or self.borders[0] < 0:
-            raise ConfigError(f"fconv.borders must be non-negative pixel widths (got {self.borders})",
-                              "e.g. fconv.borders=0,16,32,64,128")
-        if self.num_train < 2 or self.num_test < 2:
-            raise ConfigError("fconv.num_train and fconv.num_test must be at least 2", "e.g. fconv.num_test=32")
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"fconv.alpha must be in (0, 1) (got {self.alpha})", "e.g. fconv.alpha=0.01")
-        if self.content is not None and self.content < 1:
-            raise ConfigError(f"fconv.content must be positive (got {self.content})", "leave it out for the default")
-        if self.l2 < 0 or self.batch_size < 1 or self.resolution < 0:
-            raise ConfigError("fconv.l2 and fconv.resolution must be >= 0 and fconv.batch_size >= 1",
-                              "use the defaults")
 
 
 @dataclass

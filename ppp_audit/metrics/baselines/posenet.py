@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from ...baseline_options import PosENetConfig  # torch-free, so that configs are checked without torch
 
 TARGETS = ("horizontal", "vertical", "gaussian", "horizontal_stripes", "vertical_stripes")
 """Position maps: gradients left→right and top→bottom, a centred gaussian, stripes running horizontally (varying
@@ -182,46 +184,6 @@ def score_readout(readout: PosENetReadout, features: Tensor, targets: Tensor) ->
     pred = readout(features).flatten(2).double()
     goal = crop_targets(targets).flatten(1).to(pred)
     return spearman(pred, goal.unsqueeze(0), tol=FLAT_TOLERANCE), (pred - goal).abs().mean(-1)
-
-
-@dataclass
-class PosENetConfig:
-    """Budget and settings of the probe (all overridable as ``posenet.FIELD=VALUE``).
-
-    Args:
-        num_train: Training images (the first ones of the source).
-        num_test: Held-out images (the next ones).
-        steps: Adam steps.
-        lr: Adam learning rate.
-        batch_size: Images per step; also the feature-extraction batch.
-        grid: Common feature grid; default ``max(8, input_size // 16)`` (14 at 224 px).
-        num_noise: Uniform-noise images scored (black and white are one image each).
-        seed: Seed of the read-out and of the noise images.
-    """
-
-    num_train: int = 64
-    num_test: int = 32
-    steps: int = 300
-    lr: float = 0.01
-    batch_size: int = 16
-    grid: int | None = None
-    num_noise: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        from ...errors import ConfigError
-
-        minimum = {"num_train": 2, "num_test": 2, "steps": 1, "batch_size": 1, "num_noise": 1}
-        for key, low in minimum.items():
-            if getattr(self, key) < low:
-                default = next(f.default for f in fields(self) if f.name == key)
-                raise ConfigError(f"posenet.{key} must be at least {low} (got {getattr(self, key)})",
-                                  f"e.g. posenet.{key}={default}")
-        if self.lr <= 0:
-            raise ConfigError(f"posenet.lr must be positive (got {self.lr})", "e.g. posenet.lr=0.01")
-        if self.grid is not None and self.grid < 4:
-            raise ConfigError(f"posenet.grid must be at least 4 (got {self.grid})",
-                              "leave it out for max(8, input_size // 16)")
 
 
 @dataclass

@@ -8,7 +8,8 @@ once, on the native model: a scheme swap keeps every layer's pad amounts, so the
 
 Baselines come from the registry :data:`BASELINE_RUNNERS`: ``@register_baseline(name, config=..., per_scheme=...)`` on
 a runner ``(inputs, config, label) -> dict``; installed distributions register through the entry-point group
-``ppp_audit.baselines``.
+``ppp_audit.baselines``. The registry, the built-in options and their checks are torch-free, in
+:mod:`ppp_audit.baseline_options` (configs check baselines without torch); this module registers the runners.
 
 Report layout (``Report.baselines``)::
 
@@ -18,123 +19,25 @@ Report layout (``Report.baselines``)::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ...errors import ConfigError, ImageSourceError
-from ...registry import Registry
-from .location import LocationConfig, location_test
-from .posenet import PosENetConfig, posenet_probe
+from ...baseline_options import (BASELINE_RUNNERS, LocationConfig, PosENetConfig, baseline_config, register_baseline,
+                                validate_baselines)
+from ...errors import ImageSourceError
+from .location import location_test
+from .posenet import posenet_probe
 from .uneven import uneven_padding_check
-
-ENTRY_POINT_GROUP = "ppp_audit.baselines"
-
-BaselineRunner = Callable[["BaselineInputs", Any, "str | None"], dict[str, Any]]
-"""``(inputs, config, label) -> JSON-able result``. ``config`` is the baseline's config dataclass with the user's
-options applied (``None`` for a baseline without one); ``label`` is the padding label for a per-scheme baseline (the
-runner applies it with ``inputs.scheme(label)``), ``None`` for one that runs once on the native model."""
-
-
-def _check_runner(obj: Any) -> None:
-    if not callable(obj):
-        raise TypeError(f"{obj!r} is not a baseline runner (inputs, config, label) -> dict")
-
-
-BASELINE_RUNNERS: Registry[BaselineRunner] = Registry(
-    "baseline", error=ConfigError, entry_point_group=ENTRY_POINT_GROUP, check=_check_runner,
-    metadata={"config": None, "per_scheme": True}, hint="choose from {available}, e.g. --baselines posenet,fconv,uneven")
-"""Baseline name -> runner, with metadata ``config`` (its config dataclass, or ``None`` when it takes no options) and
-``per_scheme`` (run under native and every ``--padding``, or once on the native model)."""
-
-
-def register_baseline(name: str | None = None, *, config: type | None = None,
-                      per_scheme: bool = True) -> Callable[[BaselineRunner], BaselineRunner]:
-    """Decorator registering a :data:`BaselineRunner` under ``name`` (default: the function's name).
-
-    Args:
-        name: What users pass to ``--baselines``.
-        config: A dataclass of its options (``NAME.FIELD=VALUE`` on the CLI), or ``None`` if it takes none.
-        per_scheme: Whether it runs under every padding label, or once on the native model.
-    """
-    return BASELINE_RUNNERS.register(name, config=config, per_scheme=per_scheme)
-
 
 def __getattr__(name: str) -> Any:
     if name == "BASELINES":  # computed on use: plugins are discovered lazily and may register later
         return tuple(BASELINE_RUNNERS.names())
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def validate_baselines(names: Iterable[str], options: dict[str, dict[str, Any]] | None = None) -> list[str]:
-    """Check baseline names and their options before any work; returns the names, deduplicated, in order."""
-    names = list(dict.fromkeys(n.strip().lower() for n in names if n.strip()))
-    for name in names:
-        BASELINE_RUNNERS.entry(name)  # raises, with the closest name, for an unknown one
-    for name, values in (options or {}).items():
-        if name not in names:
-            raise ConfigError(f"options given for baseline '{name}', which is not requested",
-                              f"add it to --baselines, or drop the {name}.* options")
-        baseline_config(name, values)
-    return names
-
-
-def baseline_config(name: str, options: dict[str, Any] | None = None) -> Any:
-    """The validated config dataclass of baseline ``name`` with ``options`` applied."""
-    cls = BASELINE_RUNNERS.entry(name).metadata["config"]
-    if cls is None:
-        if options:
-            raise ConfigError(f"baseline '{name}' takes no options", "drop the options")
-        return None
-    known = {f.name for f in dataclasses.fields(cls)}
-    extra = sorted(set(options or {}) - known)
-    if extra:
-        raise ConfigError(f"unknown option {', '.join(f'{name}.{k}' for k in extra)}",
-                          f"{name} takes {', '.join(sorted(known))}")
-    return cls(**(options or {}))
-
-
-def parse_baseline_options(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Parse ``NAME.FIELD=VALUE`` strings (e.g. ``posenet.steps=500``, ``fconv.borders=0,32,128``).
-
-    Values are converted by the field's type: ints, floats, comma-separated int tuples, ``none`` for optional fields.
-    """
-    options: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        name, dot, option = key.strip().partition(".")
-        if not sep or not dot or not option:
-            raise ConfigError(f"baseline option '{item}' is not NAME.FIELD=VALUE", "e.g. posenet.steps=500")
-        cls = BASELINE_RUNNERS.entry(name).metadata["config"]
-        if cls is None:
-            configurable = [e.name for e in BASELINE_RUNNERS.entries() if e.metadata["config"] is not None]
-            raise ConfigError(f"baseline '{name}' takes no options", f"options exist for {', '.join(configurable)}")
-        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-        if option not in types:
-            raise ConfigError(f"unknown option '{name}.{option}'", f"{name} takes {', '.join(sorted(types))}")
-        options.setdefault(name, {})[option] = _convert(value.strip(), types[option], f"{name}.{option}")
-    return options
-
-
-def _convert(value: str, annotation: str, key: str) -> Any:
-    if value.lower() == "none" and "None" in annotation:
-        return None
-    try:
-        if annotation.startswith("tuple"):
-            return tuple(int(v) for v in value.split(",") if v.strip())
-        if annotation.startswith("int"):
-            return int(value)
-        if annotation.startswith("float"):
-            return float(value)
-    except ValueError:
-        raise ConfigError(f"cannot read '{value}' for {key} (type {annotation})",
-                          f"give {key}=<{annotation}>") from None
-    return value
 
 
 class ImageBank:
