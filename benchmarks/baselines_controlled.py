@@ -47,19 +47,22 @@ class BorderBias(nn.Module):
 
 
 def valid_cnn() -> nn.Module:
-    """No padding anywhere (VGG-style, strides 1-2-2-2, receptive field 61 px): PPP must be 0."""
+    """No padding up to the taps (VGG-style, strides 1-2-2-2, receptive field 61 px): PPP must be 0. A padded conv
+    after them is the model's one padding site: an audit refuses a model that pads nowhere (SPEC §3.5)."""
     torch.manual_seed(0)
     layers, channels = [], 3
     for width, stride in ((16, 1), (32, 2), (64, 2), (64, 2)):
         layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=0), nn.ReLU()]
         channels = width
-    return nn.Sequential(*layers).eval()
+    return nn.Sequential(*layers, nn.Conv2d(channels, channels, 3, padding=1)).eval()
 
 
 def planted_border() -> nn.Module:
-    """Pointwise features plus a planted symmetric border signal (2 px, amplitude 0.5): strong PPP, known extent."""
+    """Pointwise features plus a planted symmetric border signal (2 px, amplitude 0.5): strong PPP, known extent; a
+    padded conv after the tap, as in :func:`valid_cnn`."""
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 1), BorderBias(0.5, 2)).eval()
+    return nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 1), BorderBias(0.5, 2),
+                         nn.Conv2d(16, 16, 3, padding=1)).eval()
 
 
 def run(case: str, num_images: int) -> tuple[str, object]:

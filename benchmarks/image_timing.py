@@ -1,5 +1,6 @@
-"""Per-window cost of making and decoding images on the host, one thread: the two dead-leaves renderers, and a JPEG
-read by the PIL path against ``torchvision.io`` (the device path, run on the CPU). docs/performance.md quotes it.
+"""Per-window cost of making and decoding images on the host, one thread: the dead-leaves renderer one window at a
+time (``--images-on host``) and in a batch (``--images-on device`` on the CPU), and a JPEG read by the PIL path against
+``torchvision.io`` (the device path, run on the CPU). docs/performance.md quotes it.
 
     python benchmarks/image_timing.py             # 32 windows each
     python benchmarks/image_timing.py --count 2   # a smoke run
@@ -35,9 +36,10 @@ def main() -> None:
     cpu = torch.device("cpu")
     for size, scale in ((352, 224), (608, 224)):
         source = DeadLeavesSource(scale=scale)
-        numpy_ms = per_window_ms(lambda n: [source.window(i, size) for i in range(n)], args.count)
-        torch_ms = per_window_ms(lambda n: render_dead_leaves(0, range(n), size, scale=scale), args.count)
-        print(f"dead leaves, {size} px window (scale {scale}): numpy {numpy_ms:.1f} ms, torch {torch_ms:.1f} ms")
+        alone_ms = per_window_ms(lambda n: [source.window(i, size) for i in range(n)], args.count)
+        batch_ms = per_window_ms(lambda n: source.windows(range(n), size, cpu), args.count)
+        print(f"dead leaves, {size} px window (scale {scale}): one at a time {alone_ms:.1f} ms, in a batch "
+              f"{batch_ms:.1f} ms")
     with tempfile.TemporaryDirectory() as folder:
         pictures = (render_dead_leaves(1, range(args.count), 400) * 255).round().to(torch.uint8)
         for k, picture in enumerate(pictures.permute(0, 2, 3, 1).numpy()):

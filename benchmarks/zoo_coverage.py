@@ -10,7 +10,7 @@ estimator, strengths), and a summary table is printed:
 
 * ``measured (delta)`` — the padding-free reference ran (the window fits the model);
 * ``measured (mean-feature)`` — the labelled fallback for models that accept one input size only;
-* ``refused`` — exit 2 with a one-line reason (e.g. a pure transformer has no padding to replace);
+* ``refused`` — exit 2 with a one-line reason (e.g. a pure transformer has no padding, with or without ``-p``);
 * ``failed`` — exit 1, one line ("unexpected error ...");
 * ``traceback`` — a raw traceback reached the user (the bug class this benchmark exists to find);
 * ``timeout`` — over the time limit.

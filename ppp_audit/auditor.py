@@ -35,12 +35,13 @@ from .images import (
 )
 from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_stride, map_offset
+from .margin import plan_margin, probe_window
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments, finite_layers
-from .models import FeatureTaps, ModelInfo, build_model
+from .models import FeatureTaps, ModelInfo, build_model, no_padding_error
 from .launch import local_rank, process_rank
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .progress import ProgressReporter, progress_bar
-from .receptive import Influence, MarginChoice, choose_margin, influence_profiles
+from .receptive import Influence, influence_profiles
 from .report import LayerResult, Report, SchemeResult, SkippedImage, SkippedImages, environment
 
 
@@ -160,7 +161,7 @@ class Normalise:
 
 
 def feature_offset(name: str, crop: Tensor, window: Tensor) -> int:
-    """Offset (feature px) of the crop's block inside the window's feature map (:func:`geometry.map_offset`), checked."""
+    """Offset (feature px) of the crop's block inside the window's feature map (``geometry.map_offset``), checked."""
     offset = map_offset(crop.shape, window.shape)
     if offset is None:
         raise FeatureError(
@@ -176,7 +177,8 @@ def images_on_device(config: AuditConfig, source: ImageSource | None = None) -> 
 
     ``images_on="auto"`` is yes on a GPU for the sources a device makes itself (:func:`~ppp_audit.images.
     made_on_device`: the built-in images, a folder of JPEG files); a folder of PNGs, say, stays on the host, where
-    ``--workers`` processes decode it.
+    ``--workers`` processes decode it. This decides where images are made, never which: the built-in images are the
+    same pictures on the host and on any device (SPEC §3.5).
     """
     if config.images_on != "auto":
         return config.images_on == "device"
@@ -197,13 +199,11 @@ def window_cache_bytes(device: torch.device) -> int:
 def config_source(config: AuditConfig, info: ModelInfo, window: int, crop: int | None = None) -> ImageSource:
     """The images ``config`` names, resized so a ``window`` crop matches the model's data config (``crop_pct``), or
     the built-in dead-leaves images seeded with ``config.seed``, their statistics set in pixels for a ``crop`` px
-    crop (so that the margin does not change what the crop sees; default the window's own size), drawn by the
-    ``torch`` renderer when images are made on the device (:func:`images_on_device`), else by the ``numpy`` one."""
+    crop (so that the margin does not change what the crop sees; default the window's own size): the same pictures
+    wherever they are made (:func:`images_on_device` says where; ``config.compile`` compiles the renderer there)."""
     if config.images:
         return image_source(config.images, split=config.images_split, resize_short=round(window / info.crop_pct))
-    on_device = images_on_device(config)
-    return DeadLeavesSource(seed=config.seed, scale=crop, renderer="torch" if on_device else "numpy",
-                            compile=config.compile if on_device else None)
+    return DeadLeavesSource(seed=config.seed, scale=crop, compile=config.compile if images_on_device(config) else None)
 
 
 def native_summary(model: nn.Module, include_pools: bool = False, example_input: Tensor | None = None) -> PatchSummary:
@@ -297,6 +297,19 @@ class Measurement:
     @property
     def num_images(self) -> int:
         return int(self.data["num_images"])
+
+
+@dataclass
+class _SampledImages:
+    """What :meth:`Auditor._sample` prepared for one measurement."""
+
+    source: ImageSource
+    unreadable: list[SkippedImage]
+    num_images: int
+    dataset: WindowDataset
+    loader: ImageLoader | DeviceLoader
+    on_device: bool
+    graceful: bool
 
 
 @dataclass
@@ -452,10 +465,20 @@ class Auditor:
         bar.phase("finding padding sites")
         # Resolved once (unknown schemes fail before any work): every batch patches these very objects.
         self.paddings = {name: get_padding(name) for name in config.paddings}
-        if config.paddings and not native_summary(model, config.include_pools).patched:
+        # No padding site, no PPP (SPEC §3.5): refused alike with or without schemes. A model no static look finds
+        # padding in gets one traced pass at its own size, which finds padding done inside forward calls too.
+        sites = native_summary(model, config.include_pools)
+        if not (sites.patched or sites.unpatched):
+            in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
+            example = torch.zeros(1, in_chans, info.input_size, info.input_size, device=self.device)
+            sites = native_summary(model, config.include_pools, example)
+        if not (sites.patched or sites.unpatched):
+            raise no_padding_error(config.model, model)
+        if config.paddings and not sites.patched:
             raise NothingToPatchError(
-                f"model '{config.model}' has no padding to replace (no padded convolutions or pad modules)",
-                "its position information, if any, does not come from padding; audit it without --padding",
+                f"model '{config.model}' has no padding a scheme can replace (its {len(sites.unpatched)} padding "
+                f"sites are left as they are; the first, '{sites.unpatched[0].name}': {sites.unpatched[0].reason})",
+                "audit it without --padding",
             )
         bar.phase("fitting geometry")
         self.taps = FeatureTaps(model, config.layers)
@@ -475,17 +498,13 @@ class Auditor:
         }
         context = ContextMatcher(model, config.match_context)
         bar.phase("measuring receptive fields")
-        self.margin_choice: MarginChoice | None = None
-        self.probe_window = self.window
-        unit = self.fitted.margin_unit
-        self.margin_cap = max(unit, self.size // unit * unit, self.margin)  # m <= S, or the margin asked for
-        self._runs_with_margin = MarginCheck(self.taps, self.fitted)
-        if self.estimator == DELTA and self.margin_cap > self.margin and self._runs_with_margin(self.margin_cap):
-            self.probe_window = self.size + 2 * self.margin_cap  # the largest window a margin may need
+        runs_with = MarginCheck(self.taps, self.fitted)
+        self.probe_window = probe_window(self.fitted, runs_with)
         self.state = ModelState(model, self.taps, context, self._probe_influence(self.taps, context))
-        if config.margin is None and self.estimator == DELTA and self.probe_window > self.window:
-            self._choose_margin()
-        self.second_margin = self._second_margin()
+        self.margins = plan_margin(self.fitted, self.state.influence, runs_with, requested=config.margin,
+                                   tolerance=config.margin_tolerance, probed_at=self.probe_window)
+        self.fitted = dataclasses.replace(self.fitted, margin=self.margins.margin)
+        self.margin, self.second_margin = self.margins.margin, self.margins.second_margin
         self.normalise = Normalise(info, self.device)
         self._source: tuple[int, ImageSource] | None = None
         self._caches: dict[int, tuple[ImageSource, WindowCache | None]] = {}
@@ -495,32 +514,6 @@ class Auditor:
         # are its own, so its profiles would never be read back: probed only.
         return influence_profiles(taps, self.probe_window, self.device, context=context,
                                   in_chans=int(self.probe.shape[1]), cache=taps.model is self.model)
-
-    def _choose_margin(self) -> None:
-        """The smallest margin on the model's grid that leaves at most the tolerance of every fitting layer's
-        influence beyond it (``docs/metrics.md``), moved up to the next one the model runs at where needed."""
-        unit = self.fitted.margin_unit
-        candidates = range(unit, self.margin_cap + 1, unit)
-        choice = choose_margin(self.state.influence, candidates, self.config.margin_tolerance)
-        margin = next((m for m in candidates if m >= choice.margin and self._runs_with_margin(m)),
-                      self.margin)
-        if margin != choice.margin:
-            choice = choose_margin(self.state.influence, [m for m in candidates if m >= margin],
-                                   self.config.margin_tolerance)
-        self.margin_choice = choice
-        self.fitted = dataclasses.replace(self.fitted, margin=choice.margin)
-        self.margin = choice.margin
-
-    def _second_margin(self) -> int | None:
-        """A smaller margin measured on the same windows when a layer's reference stays partial: the largest on the
-        grid at most half the margin (None when there is no partial layer or no such margin)."""
-        if self.estimator != DELTA or not any(self.partial(self.state)):
-            return None
-        unit = self.fitted.margin_unit
-        smaller = self.margin // 2 // unit * unit
-        while smaller >= unit and not self._runs_with_margin(smaller):
-            smaller -= unit
-        return smaller if smaller >= unit else None
 
     # -- geometry and images ------------------------------------------------------------------------------------------
 
@@ -586,17 +579,7 @@ class Auditor:
 
     def margin_summary(self) -> dict[str, Any]:
         """How the margin was set and what it costs, for the report's ``geometry.margin``."""
-        if self.estimator != DELTA:
-            return {"chosen_by": "none (mean-feature estimator)", "margin": 0}
-        chosen_by = ("--margin" if self.config.margin is not None else
-                     "receptive fields" if self.margin_choice is not None else
-                     f"default (the model runs at no window up to {self.size + 2 * self.margin_cap} px to probe)")
-        sides = [self.size, self.window] + ([self.size + 2 * self.second_margin] if self.second_margin else [])
-        return {"chosen_by": chosen_by, "margin": self.margin, "tolerance": self.config.margin_tolerance,
-                "cap": self.margin_cap, "grid": self.fitted.margin_unit, "probe_window": self.probe_window,
-                "second_margin": self.second_margin, "influence": self.state.influence.summary(),
-                # what one image costs in pixels through the model (crop, window and second window) over the crop's
-                "pixels_per_image": sum(side * side for side in sides) / self.size**2}
+        return self.margins.summary(self.state.influence.summary())
 
     # -- padding ------------------------------------------------------------------------------------------------------
 
@@ -630,10 +613,11 @@ class Auditor:
         """Per tapped layer of ``state``'s model (default the auditor's), whether more than the tolerance of its
         influence lies beyond the margin: its padding-free reference is partial (always False for the mean-feature
         estimator, which has none)."""
-        influence = (state or self.state).influence
+        if state is None or state is self.state:
+            return list(self.margins.partial)
         if self.estimator != DELTA:
-            return [False] * len(influence)
-        return [inf.beyond(self.margin) > self.config.margin_tolerance for inf in influence]
+            return [False] * len(state.influence)
+        return [inf.beyond(self.margin) > self.config.margin_tolerance for inf in state.influence]
 
     def shares_reference(self, schemes: Sequence[str], state: ModelState | None = None) -> bool:
         """Whether one window pass, with the model's native padding, can give every scheme's padding-free reference.
@@ -685,40 +669,25 @@ class Auditor:
         config, device = self.config, self.device
         schemes = list(self.schemes if schemes is None else schemes)
         state = state or self.model_state(self.model if model is None else model)
-        model, taps, influence, context = state.model, state.taps, state.influence, state.context
+        model, taps = state.model, state.taps
         was_training = model.training
         model.eval().to(device)
         partial = self.partial(state)
         second = self.second_margin  # a smaller margin measured on the same windows, for the partial layers
-        margin, window = self.margin, self.window
+        window = self.window
         rank, world = rank_and_world()
         bar = progress_bar(progress if rank == 0 else False)
         bar.phase("preparing images")
 
-        source = self.image_source() if source is None else source
-        on_device = images_on_device(config, source)
-        source = random_sample(self.cached(source, on_device=on_device), config.num_images, config.seed, window,
-                               skip_unreadable=not config.strict_images)
-        unreadable = list(source.unreadable) if isinstance(source, SampledSource) else []  # found while sampling
-        available = source.available()
-        num_images = min(config.num_images, available) if available else config.num_images
-        if num_images < 2:
-            raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
-        graceful = world == 1 and threading.current_thread() is threading.main_thread()
-        if world > 1 and config.baselines:
-            raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
-        if world > num_images:
-            raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
-        num_windows = num_images
-        dataset = WindowDataset(source, range(rank, num_windows, world), window)
-        loader = self.window_loader(dataset, on_device=on_device, graceful=graceful)
+        images = self._sample(self.image_source() if source is None else source, rank, world)
+        source, unreadable, num_images, loader = images.source, images.unreadable, images.num_images, images.loader
 
         with_reference = self.estimator == DELTA
         shared = self.shares_reference(schemes, state)
         moments = compiled_moments(config.compile) if config.compile else None  # statistics fused with the passes
         accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference,
                                                 mist_counts=MIST_COUNTS if name == self.mist_layer else (),
-                                                moments=moments)
+                                                moments=moments, top_channels=config.top_channels)
                                  for name in taps.names] for scheme in schemes}
         at_second = {scheme: {i: PPPAccumulator(config.groups, moments=moments) for i, p in enumerate(partial) if p}
                      for scheme in schemes} if second else {}
@@ -735,7 +704,7 @@ class Auditor:
         running = list(schemes)  # a scheme whose every layer is non-finite on the first batch is not run further
         loop_started = time.perf_counter()
         counted_skips = 0
-        with (bar, grad_off, stop_on_ctrl_c(graceful) as stop, ieee_fp32(config.precision == "fp32")):
+        with (bar, grad_off, stop_on_ctrl_c(images.graceful) as stop, ieee_fp32(config.precision == "fp32")):
             bar.phase(f"measuring {', '.join(schemes)} on {len(loader.dataset)} images", total=len(loader.dataset))
             for indices, batch in loader:
                 windows = self.normalise(batch).contiguous(memory_format=memory_format)
@@ -775,7 +744,8 @@ class Auditor:
         strides = step.strides
 
         # Images the loader could not decode, by window index (all ranks'), then what was measured.
-        skipped = [(dataset.indices[failure.position], skipped_image(failure.error)) for failure in loader.skipped]
+        skipped = [(images.dataset.indices[failure.position], skipped_image(failure.error))
+                   for failure in loader.skipped]
         if world > 1:
             measured, skipped = _gather_skipped(measured, skipped)
         skipped.sort(key=lambda item: item[0])
@@ -795,34 +765,59 @@ class Auditor:
         measured_source = source
         if skipped:  # baselines go on with the images that were measured
             left_out = {index for index, _ in skipped}
-            measured_source = IndexedSource(source, [i for i in range(num_windows) if i not in left_out])
+            measured_source = IndexedSource(source, [i for i in range(images.num_images) if i not in left_out])
 
-        results = []
-        for scheme in schemes:
-            layers = []
-            for i, (name, acc, stride, reach) in enumerate(zip(taps.names, accumulators[scheme], strides, influence)):
-                if world > 1:
-                    acc.all_reduce_()
-                radius = reach.radius_px
-                stats = acc.compute(stride_px=stride, receptive_radius_px=radius if with_reference else None)
-                smaller = None
-                if i in at_second.get(scheme, {}):
-                    if world > 1:
-                        at_second[scheme][i].all_reduce_()
-                    smaller = (second, at_second[scheme][i].compute(stride_px=stride).strength)
-                layers.append(LayerResult(
-                    name=name, receptive_radius_px=radius, reference_partial=partial[i], stats=stats,
-                    influence_beyond_margin=reach.beyond(margin) if with_reference else None,
-                    strength_at_smaller_margin=smaller,
-                    context_matched=[n for n in reach.upstream if n in context.matched],
-                    context_unmatched=[n for n in reach.upstream if n not in context.matched]))
-            results.append(SchemeResult(scheme=scheme, patch=self.summaries[scheme].to_dict(), layers=layers))
+        if world > 1:  # every rank's sums, before anything is computed from them
+            for acc in [*(a for accs in accumulators.values() for a in accs),
+                        *(a for accs in at_second.values() for a in accs.values())]:
+                acc.all_reduce_()
+        results = [self._scheme_result(scheme, state, partial, accumulators[scheme], at_second.get(scheme, {}), strides)
+                   for scheme in schemes]
         if all(layer.stats.non_finite for result in results for layer in result.layers):
             raise _all_non_finite(schemes, on_first_batch=False)
         data = {**source.describe(), "num_images": num_images,
-                **({"images_on": str(device)} if on_device else {})}
+                **({"images_on": str(device)} if images.on_device else {})}
         return Measurement(results=results, data=data, seconds=seconds, loop_s=loop_s, interrupted=interrupted,
                            source=measured_source, skipped=record, reference_shared=shared)
+
+    def _sample(self, source: ImageSource, rank: int, world: int) -> "_SampledImages":
+        """The N windows of ``source`` to measure (a seeded sample of a larger source; images found unreadable from
+        their header replaced by the next of the seeded order) and this rank's loader over them."""
+        config = self.config
+        on_device = images_on_device(config, source)
+        source = random_sample(self.cached(source, on_device=on_device), config.num_images, config.seed, self.window,
+                               skip_unreadable=not config.strict_images)
+        unreadable = list(source.unreadable) if isinstance(source, SampledSource) else []  # found while sampling
+        available = source.available()
+        num_images = min(config.num_images, available) if available else config.num_images
+        if num_images < 2:
+            raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
+        if world > 1 and config.baselines:
+            raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
+        if world > num_images:
+            raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
+        graceful = world == 1 and threading.current_thread() is threading.main_thread()  # Ctrl-C ends the batch
+        dataset = WindowDataset(source, range(rank, num_images, world), self.window)
+        return _SampledImages(source, unreadable, num_images, dataset,
+                              self.window_loader(dataset, on_device=on_device, graceful=graceful), on_device, graceful)
+
+    def _scheme_result(self, scheme: str, state: ModelState, partial: list[bool], accumulators: list[PPPAccumulator],
+                       at_second: dict[int, PPPAccumulator], strides: list[float]) -> SchemeResult:
+        """One scheme's :class:`SchemeResult` from its (all-reduced) accumulators: the statistics of each layer with
+        what the set-up knows of it (receptive field, partial reference, the strength at the second margin, which
+        global modules upstream were matched)."""
+        with_reference, context = self.estimator == DELTA, state.context
+        layers = []
+        for i, (name, acc, stride, reach) in enumerate(zip(state.taps.names, accumulators, strides, state.influence)):
+            stats = acc.compute(stride_px=stride, receptive_radius_px=reach.radius_px if with_reference else None)
+            smaller = (self.second_margin, at_second[i].compute(stride_px=stride).strength) if i in at_second else None
+            layers.append(LayerResult(
+                name=name, receptive_radius_px=reach.radius_px, reference_partial=partial[i], stats=stats,
+                influence_beyond_margin=reach.beyond(self.margin) if with_reference else None,
+                strength_at_smaller_margin=smaller,
+                context_matched=[n for n in reach.upstream if n in context.matched],
+                context_unmatched=[n for n in reach.upstream if n not in context.matched]))
+        return SchemeResult(scheme=scheme, patch=self.summaries[scheme].to_dict(), layers=layers)
 
     # -- baselines and the report -------------------------------------------------------------------------------------
 

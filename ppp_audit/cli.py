@@ -326,7 +326,7 @@ def _push_options(repo_id: Optional[str], model_pr: bool, model_repo: Optional[s
 def _write_outputs(report, out: Path, **kwargs) -> None:
     """PNG figures and report.html next to report.json; one line on stderr saying what was written."""
     from .errors import ReportFileError
-    from .render import write_outputs
+    from .render import REPORT_HTML, write_outputs
 
     try:
         outputs = write_outputs(report, out, **kwargs)
@@ -341,7 +341,9 @@ def _write_outputs(report, out: Path, **kwargs) -> None:
     if written:
         drawn = sum(1 for f in outputs.figures if f.written)
         page = f" and {outputs.html.name}" if outputs.html_written else ""
-        _say(f"{drawn} figure{'' if drawn == 1 else 's'}{page} written to {outputs.out_dir}")
+        alone = (f" ({outputs.html.name}: the figures inside, one file to send around; {REPORT_HTML} beside it is "
+                 "left as it is)" if kwargs.get("embed") else "")
+        _say(f"{drawn} figure{'' if drawn == 1 else 's'}{page} written to {outputs.out_dir}{alone}")
     else:
         _say(f"figures and page already in {outputs.out_dir} (--overwrite redraws them)")
     if outputs.kept:
@@ -519,9 +521,9 @@ _SWEEP_SETTINGS = tuple(f.name for f in cli_fields(AuditConfig) if f.name != "mo
     _option("out", Optional[Path], None, "--out", metavar="DIR",
             help="The sweep folder (needed): one run folder per model and settings."),
     *config_parameters(AuditConfig, *_SWEEP_SETTINGS),
-    _option("skip_existing", bool, True, "--skip-existing",
-            help="Skip models whose run is already in DIR (the default; --force redoes them)."),
-    _option("force", bool, False, "--force", help="Redo every model, done or not."),
+    _option("force", bool, False, "--force",
+            help="Redo every model, done or not (by default a model whose run with these settings is in DIR is "
+                 "skipped, whatever -b, --workers or --device)."),
     _option("retry_failed", bool, False, "--retry-failed", help="Redo the models recorded as failed."),
     _option("timeout", float, 1800.0, "--timeout", metavar="SECONDS", help="Time limit per model."),
     _option("pages", bool, True, "--pages/--no-pages", help="Write each model's figures and report.html."),
@@ -547,7 +549,6 @@ def sweep_command(**values: Any) -> None:
         names += read_model_list(file)
     if not names:
         raise PPPAuditError("no models to sweep", "name models or patterns, e.g. ppp-audit sweep 'resnet*' --out DIR")
-    values.pop("skip_existing")  # the default; --force turns it off
     timeout = values.pop("timeout")
     if not 0 < timeout < math.inf:  # also false for nan
         raise PPPAuditError(f"--timeout must be a positive number of seconds (got {timeout:g})",
@@ -571,8 +572,7 @@ def sweep_command(**values: Any) -> None:
             why = f": {record.reason}" if record.reason else ""
             _say(f"{record.model}: {record.status}{seconds}{why}")
 
-    summary = run_sweep(models, settings, out, rank=rank, world=world,
-                        skip_existing=not values["force"],
+    summary = run_sweep(models, settings, out, rank=rank, world=world, force=values["force"],
                         retry_failed=values["retry_failed"], timeout_s=timeout, pages=values["pages"],
                         progress=reporter, on_model=on_model)
     claimed = f", {len(summary.claimed)} being audited by another sweep" if summary.claimed else ""
@@ -599,7 +599,8 @@ def show_command(
         bool, typer.Option("--overwrite", help="Redraw figures and the page even if they exist.")
     ] = False,
     embed: Annotated[
-        bool, typer.Option("--embed", help="Embed the images in report.html (one file to share).")
+        bool, typer.Option("--embed", help="Write report.embedded.html: the page with its images inside (one file "
+                           "to share); report.html stays as it is.")
     ] = False,
 ) -> None:
     """Re-render a saved report: the table and terminal heatmap, and any figures or page that are missing.

@@ -23,12 +23,15 @@ from typing import Any, Callable, Optional
 
 from .baseline_options import parse_baseline_options, validate_baselines
 from .errors import ConfigError, ImageSourceError
-from .report import NATIVE
+from .report import MAX_TOP_CHANNELS, NATIVE, TOP_CHANNELS
 PRECISIONS = ("fp32", "bf16", "fp16")
 BN_MODES = ("frozen", "train")
 DISTILL_LOSSES = ("kl", "mse")
 LABEL_SOURCES = ("folder", "dataset")
 IMAGES_ON = ("auto", "host", "device")
+RENDERER = "torch"
+"""The one renderer of the built-in dead-leaves images (``device_images.render_dead_leaves``), on every device and with
+every ``images_on``, so that they are the same pictures everywhere (SPEC §3.5); the report's ``data.renderer``."""
 MAX_SIDE = 4096
 """Largest crop size and margin (px): 4x timm's largest pretrained input size (1024 px). Beyond it a window would not
 fit in any device's memory, so a larger value is a typo (failing later as a failed allocation)."""
@@ -63,7 +66,7 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, 
             cli_default: Any = dataclasses.MISSING, parse: Callable[[Any], Any] | None = None,
             types: tuple[type, ...] | None = None, items: type | None = None,
             minimum: float | None = None, maximum: float | None = None, above: float | None = None,
-            below: float | None = None, unit: str = "", hint: str | None = None,
+            below: float | None = None, unit: str = "", hint: str | None = None, measured: bool = True,
             default_factory: Callable[[], Any] | None = None) -> Any:
     """A config field with what the CLI, the type check and the range check (:func:`check_ranges`) need.
 
@@ -89,6 +92,9 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, 
         below: The value must be less than this (an exclusive upper bound).
         unit: Unit of the bounds in messages and help (``"px"``).
         hint: How to fix a value out of range (default: pass the default value).
+        measured: Whether the setting can change the numbers an audit measures. ``False`` for how an audit runs
+            (device, batch size, workers, ...): never part of a result's identity (sweep hashes, leaderboard rows;
+            :data:`RUN_SETTINGS`).
         default_factory: For mutable defaults.
     """
     upper = next((f"{word} {_number(bound)}" for word, bound in (("at most", maximum), ("below", below))
@@ -97,7 +103,8 @@ def setting(default: Any = dataclasses.MISSING, *, help: str, flags: tuple[str, 
         help = f"{help.rstrip('.')}; {upper}{' ' + unit if unit else ''}."
     metadata = {"help": help, "flags": flags, "cli_name": cli_name, "metavar": metavar, "panel": panel, "cli": cli,
                 "cli_type": cli_type, "cli_default": cli_default, "parse": parse, "types": types, "items": items,
-                "minimum": minimum, "maximum": maximum, "above": above, "below": below, "unit": unit, "hint": hint}
+                "minimum": minimum, "maximum": maximum, "above": above, "below": below, "unit": unit, "hint": hint,
+                "measured": measured}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -212,11 +219,11 @@ class AuditConfig:
         groups: Jackknife groups for confidence intervals.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (meant for GPUs; CPUs run it too, fp16 slowly).
         workers: DataLoader worker processes for image loading (host images only).
-        images_on: Where images are made and decoded (docs/images.md, "On the device"): ``host`` (the NumPy
-            dead-leaves renderer, PIL, ``workers`` processes), ``device`` (tensor ops on ``device``: the ``torch``
-            dead-leaves renderer, JPEG decoding, windows kept there when they fit), or ``auto``: ``device`` when
-            ``device`` is a GPU and the images are the built-in ones or a folder of JPEG files, else ``host``. The two dead-leaves renderers make different pictures of the same
-            statistics; the report's ``data.renderer`` says which.
+        images_on: Where images are made and decoded (docs/images.md, "On the device"): ``host`` (this process or
+            ``workers`` processes: PIL, the built-in images one window at a time), ``device`` (tensor ops on
+            ``device``: the built-in images in batches, JPEG decoding, windows kept there when they fit), or ``auto``:
+            ``device`` when ``device`` is a GPU and the images are the built-in ones or a folder of JPEG files, else
+            ``host``. Where, not what: the built-in images are the same pictures either way (:data:`RENDERER`).
         compile: A ``torch.compile`` backend (e.g. ``inductor``) for the feature passes; ``None``: eager. Each padding
             and input size compiles once (recompiles are cached), so it pays off for large N. Checked on creation
             against torch's list of backends: the one setting whose check imports torch.
@@ -230,6 +237,8 @@ class AuditConfig:
             by default such images are skipped and the report counts and names them.
         mist_layer: The tapped layer whose mean feature and PPP maps after 1, 10, 100 and N images the report keeps
             (``figures/mist.png``); ``None``: the stride-16 layer, else the middle one. Checked against the taps.
+        top_channels: How many of each layer's strongest channels the report lists (``channel_shares.top``;
+            docs/metrics.md#channels-padding-aware-neurons).
     """
 
     model: str = setting(help="timm model name (name.tag), local-dir:DIR or hf-hub:ID.", metavar="MODEL", types=(str,))
@@ -250,8 +259,8 @@ class AuditConfig:
                               minimum=2, maximum=MAX_IMAGES,
                               hint="a variance needs two images, and a few hundred pin PPP down; e.g. -n 64")
     batch_size: int = setting(16, help="Windows per forward pass.", flags=("--batch-size", "-b"), types=(int,),
-                              minimum=1, maximum=MAX_BATCH)
-    device: str = setting("auto", help="auto, cpu, cuda or cuda:K.", metavar="DEVICE", types=(str,))
+                              minimum=1, maximum=MAX_BATCH, measured=False)
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:K.", metavar="DEVICE", types=(str,), measured=False)
     seed: int = setting(0, help="Seed of the built-in images, the sample of N, random init and fine-tuning.",
                         types=(int,), minimum=0, maximum=2**64 - 1,
                         hint="seeds are unsigned 64-bit integers; pass e.g. --seed 0")
@@ -278,14 +287,15 @@ class AuditConfig:
                              help="fp32, or bf16/fp16 autocast (for GPUs; CPUs run it too, fp16 slowly).",
                              types=(str,))
     workers: int = setting(0, help="DataLoader workers for image loading.", types=(int,), minimum=0, maximum=256,
-                           hint="0 reads images in this process; e.g. --workers 4")
+                           hint="0 reads images in this process; e.g. --workers 4", measured=False)
     images_on: str = setting(
-        "auto", metavar="WHERE", types=(str,),
-        help="Where images are made and decoded: host (NumPy/PIL, --workers), device (tensor ops on --device: "
-        "built-in images, JPEG), or auto (device on a GPU for built-in images and JPEG folders).")
+        "auto", metavar="WHERE", types=(str,), measured=False,
+        help="Where images are made and decoded (the same pictures either way): host (this process or --workers: "
+        "PIL, the built-in images one by one), device (tensor ops on --device: built-in images, JPEG), or auto (device "
+        "on a GPU for built-in images and JPEG folders).")
     compile: str | None = setting(
         None, help="torch.compile the feature passes with this backend (e.g. inductor); pays off for large N.",
-        metavar="BACKEND", types=(str,))
+        metavar="BACKEND", types=(str,), measured=False)
     include_pools: bool = setting(
         False, help="Schemes also replace pool padding (max-pool -inf, avg-pool zeros).", flags=("--include-pools",),
         types=(bool,))
@@ -301,10 +311,13 @@ class AuditConfig:
                                 types=(str,))
     strict_images: bool = setting(
         False, help="Fail on the first unreadable image (default: skip it; the report counts and names them).",
-        flags=("--strict-images",), types=(bool,))
+        flags=("--strict-images",), types=(bool,), measured=False)
     mist_layer: str | None = setting(
         None, help="Layer shown after 1, 10, 100 and N images in figures/mist.png (default: the stride-16 one, else "
         "the middle one).", metavar="NAME", types=(str,), parse=lambda v: v or None)
+    top_channels: int = setting(
+        TOP_CHANNELS, help="Strongest channels listed per layer (in the report's channel shares).", metavar="K",
+        types=(int,), minimum=1, maximum=MAX_TOP_CHANNELS, hint="e.g. --top-channels 8")
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -337,6 +350,12 @@ class AuditConfig:
     def schemes(self) -> list[str]:
         """Every padding an audit measures: ``native`` first, then ``paddings``."""
         return [NATIVE, *self.paddings]
+
+
+RUN_SETTINGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AuditConfig) if not f.metadata["measured"])
+"""The settings that change how an audit runs, never what it measures (``measured=False``): device, batch size,
+workers, compile, where images are made, strict images. A sweep records them in ``run.json`` but hashes only the
+others (:func:`ppp_audit.runs.result_settings`), so a run at another ``-b`` or ``--workers`` is the same result."""
 
 
 HFDS_PREFIX = "hfds/"

@@ -4,13 +4,13 @@ A GPU runs the crop and window passes of thousands of windows a second; one CPU 
 windows of 352 px a second, and decodes and resizes photos at a few to a few hundred a second, by their size. This
 module keeps the GPU fed, and runs the same code on the CPU (``device="cpu"``), which is how the tests check it:
 
-* :func:`render_dead_leaves` draws the built-in dead-leaves pictures with tensor ops: the same laws as
-  :class:`~ppp_audit.images.DeadLeavesSource`'s NumPy renderer (a uniform background, discs with radii ``p(r) ~ r^-3``
-  painted large to small with a one-pixel anti-aliased edge, Beta(2, 2) luminance with a colour tint, 1/f texture
-  with its floor at ``2 * scale`` px), so its pictures match that renderer's *statistically*, not pixel for pixel.
-  Its random numbers come from a counter-based hash (:func:`counter_bits`) of ``(seed, index, stream, counter)`` in
-  integer tensor ops, which give the same bits on every device: window ``i`` of seed ``s`` is the same picture on
-  the CPU and on a GPU (up to float rounding of ``sqrt``/``log``/FFT), in any batch.
+* :func:`render_dead_leaves` draws the built-in dead-leaves pictures (:class:`~ppp_audit.images.DeadLeavesSource`)
+  with tensor ops, the one renderer on every device: a uniform background, discs with radii ``p(r) ~ r^-3`` painted
+  large to small with a one-pixel anti-aliased edge, Beta(2, 2) luminance with a colour tint, 1/f texture with its
+  floor at ``2 * scale`` px. Its random numbers come from a counter-based hash (:func:`counter_bits`) of
+  ``(seed, index, stream, counter)`` in integer tensor ops, which give the same bits on every device: window ``i`` of
+  seed ``s`` is the same picture on the CPU and on a GPU (up to float rounding of ``sqrt``/``log``/FFT), alone or in
+  any batch (SPEC §3.5).
 * :func:`decode_jpegs` decodes a batch of JPEG files on the device (``torchvision.io.decode_jpeg``: nvJPEG on CUDA),
   and :func:`fit_window` resizes and centre-crops an image there, as the PIL path does (it is that path's resize
   too). :func:`orient` turns a decoded image upright by its EXIF orientation, on any device, for both paths (so
@@ -112,8 +112,8 @@ _BACKGROUND, _RADIUS, _CENTRE_Y, _CENTRE_X, _LUMINANCE, _TINT, _NOISE = 0, 1, 2,
 
 
 def disc_count(num_discs: int, size: int, scale: int | None) -> tuple[int, float, float]:
-    """Discs per window of ``size`` px and the radius range: what both renderers draw (the same density of disc
-    centres per area as ``num_discs`` over ``(scale + 2 r_max)²``, so stationary in pixels)."""
+    """Discs per window of ``size`` px and the radius range (the same density of disc centres per area as
+    ``num_discs`` over ``(scale + 2 r_max)²``, so stationary in pixels)."""
     scale = scale or size
     r_min, r_max = max(1.5, scale / 96), scale / 3
     return round(num_discs * ((size + 2 * r_max) / (scale + 2 * r_max)) ** 2), r_min, r_max
@@ -168,7 +168,7 @@ def _render_chunk(seed: int, indices: Tensor, size: int, scale: int | None, num_
     tint_a, tint_b = counter_normal_pair(keys[_TINT], keys[_TINT + 1], 2 * count)
     tint = 0.15 * torch.cat([tint_a, tint_b], dim=-1)[..., :3 * count].reshape(-1, count, 3)
     colours = (luminance.unsqueeze(-1) * (1.0 + tint)).clamp_(0.0, 1.0)
-    # Large discs first, small on top (as the NumPy renderer paints them).
+    # Large discs first, small on top: the same picture as a random order, with far fewer hidden discs listed.
     order = torch.argsort(radii, dim=1, descending=True, stable=True)
     radii, centre_y, centre_x = (t.gather(1, order) for t in (radii, centre_y, centre_x))
     colours = colours.gather(1, order.unsqueeze(-1).expand(-1, -1, 3))
@@ -246,8 +246,8 @@ def noise_spectrum(keys: Tensor, amplitude: Tensor) -> Tensor:
 
     Each coefficient's real and imaginary parts are independent, zero-mean, unit-variance uniforms, 16 bits each of
     one hash: the field is a sum of ~10^5 such terms per pixel, so it is Gaussian with the given spectrum all the same
-    (as the NumPy renderer's, which draws Gaussian coefficients), at a quarter of the random bits and no ``log``,
-    ``sqrt`` or ``cos``. A pure function of its inputs, so that ``torch.compile`` can fuse it into one kernel.
+    (as with Gaussian coefficients), at a quarter of the random bits and no ``log``, ``sqrt`` or ``cos``. A pure
+    function of its inputs, so that ``torch.compile`` can fuse it into one kernel.
     """
     bits = counter_bits(keys, amplitude.numel())
     pairs = torch.stack([bits & 0xFFFF, _shift(bits, 16)], dim=-1).to(torch.float32)
@@ -257,7 +257,9 @@ def noise_spectrum(keys: Tensor, amplitude: Tensor) -> Tensor:
 
 def pink_noise(keys: Tensor, size: int, scale: int | None, kernels: Kernels | None = None) -> Tensor:
     """Unit-variance 1/f noise per key, ``(B, size, size)``, cut from a field twice as large so it does not wrap
-    around; with a ``scale`` its spectrum is flat below one cycle per ``2 * scale`` px (as the NumPy renderer's)."""
+    around. With a ``scale`` its spectrum is flat below one cycle per ``2 * scale`` px: a 1/f field's variance grows
+    without bound with its size, so without that floor the normalisation, and with it the texture's contrast at every
+    frequency, would depend on the window's size."""
     kernels = kernels or EAGER
     big = 2 * size
     fy = torch.fft.fftfreq(big, device=keys.device)[:, None]
@@ -268,9 +270,15 @@ def pink_noise(keys: Tensor, size: int, scale: int | None, kernels: Kernels | No
     amplitude = 1.0 / radius
     amplitude[0, 0] = 0.0  # no DC: the field has mean 0
     spectrum = torch.view_as_complex(kernels.noise_spectrum(keys, amplitude))
-    field = torch.fft.irfft2(spectrum, s=(big, big))[:, :size, :size]
-    field = field - field.mean(dim=(1, 2), keepdim=True)
-    return field / (field.std(dim=(1, 2), keepdim=True, correction=0) + 1e-12)
+    # One image at a time: a batched FFT (MKL plans by batch size) and a sum over a batch (threads split it by its
+    # size) round differently from one image's, and a window must be the same bits alone or in any batch, so that
+    # the host's one-by-one windows are the device path's batches (SPEC §3.5).
+    fields = []
+    for one in spectrum.split(1):
+        field = torch.fft.irfft2(one, s=(big, big))[:, :size, :size]
+        field = field - field.mean(dim=(1, 2), keepdim=True)
+        fields.append(field / (field.std(dim=(1, 2), keepdim=True, correction=0) + 1e-12))
+    return torch.cat(fields)
 
 
 def composite_tiles(origin_y: Tensor, origin_x: Tensor, centre_y: Tensor, centre_x: Tensor, radii: Tensor,

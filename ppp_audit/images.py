@@ -10,9 +10,7 @@ takes the centre ``S x S`` crop itself, so the surrounding context is always rea
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
-import math
 import re
 import signal
 import sys
@@ -26,16 +24,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .config import HFDS_PREFIX, parse_hfds
+from .config import HFDS_PREFIX, RENDERER, parse_hfds
 from .device_images import (
-    EXIF_ORIENTATION_TAG, TRANSPOSED_ORIENTATIONS, decode_jpegs, disc_count, fit_window, is_jpeg, orient,
-    render_dead_leaves,
+    EXIF_ORIENTATION_TAG, TRANSPOSED_ORIENTATIONS, decode_jpegs, fit_window, is_jpeg, orient, render_dead_leaves,
 )
 from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError, one_line
 from .report import SKIPPED_LISTED, SkippedImage
-
-RENDERERS = ("numpy", "torch")
-"""The renderers of the built-in dead-leaves images (:class:`DeadLeavesSource`)."""
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"})
 
@@ -91,107 +85,42 @@ class DeadLeavesSource:
     the same, statistically, whatever the window it is cut from (the margin must not change what the crop sees).
     Without one they are set relative to each window's own size. Needs no files and no network.
 
-    Two renderers draw the same laws. ``numpy`` (the default, unchanged since schema 1.6) paints with NumPy in the
-    calling process; ``torch`` (:func:`~ppp_audit.device_images.render_dead_leaves`) paints batches with tensor ops on
-    any device, with random numbers that are the same on every device. They give different pictures of the same
-    statistics (``tests/test_device_images.py`` checks that PPP strengths agree within their CIs); the report's
-    ``data.renderer`` says which one made an audit's images.
+    One renderer draws them, on every device (:func:`~ppp_audit.device_images.render_dead_leaves`: tensor ops, random
+    numbers that are the same bits on every device), so window ``i`` of a seed is the same picture on the host, one at
+    a time, and in a batch on any device, to float rounding (SPEC §3.5; the report's ``data.renderer``). Until #27 the
+    host drew them with NumPy: different pictures of the same statistics, which gave other numbers by content.
 
     Args:
         seed: Base seed; window ``i`` uses ``(seed, i)``.
         num_discs: Discs per picture of ``scale`` px (per window without a scale), plus its border of the largest
             disc radius.
         scale: The side in px (the audit's crop) the picture's statistics are set for; ``None``: the window's side.
-        renderer: ``numpy`` or ``torch`` (see above).
-        compile: A ``torch.compile`` backend for the ``torch`` renderer (how it runs, not what it draws).
+        compile: A ``torch.compile`` backend for the renderer (how it runs, not what it draws).
     """
 
     seed: int = 0
     num_discs: int = 1200
     scale: int | None = None
-    renderer: str = "numpy"
     compile: str | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.renderer not in RENDERERS:
-            raise ValueError(f"unknown dead-leaves renderer '{self.renderer}' (renderers: {', '.join(RENDERERS)})")
 
     def available(self) -> int | None:
         return None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "dead-leaves", "seed": self.seed, "num_discs": self.num_discs,
-                **({"scale": self.scale} if self.scale else {}),
-                **({"renderer": self.renderer} if self.renderer != "numpy" else {})}
+                **({"scale": self.scale} if self.scale else {}), "renderer": RENDERER}
 
     def fits(self, index: int, size: int) -> bool:
         return True
 
     def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
-        """Windows ``indices`` as one batch on ``device`` (the ``torch`` renderer draws them there)."""
-        if self.renderer == "torch":
-            return render_dead_leaves(self.seed, indices, size, scale=self.scale, num_discs=self.num_discs,
-                                      device=device, compile=self.compile)
-        return stack_windows(self, indices, size, device)
+        """Windows ``indices`` as one batch, drawn on ``device``."""
+        return render_dead_leaves(self.seed, indices, size, scale=self.scale, num_discs=self.num_discs, device=device,
+                                  compile=self.compile)
 
     def window(self, index: int, size: int) -> Tensor:
-        if self.renderer == "torch":
-            return self.windows([index], size, torch.device("cpu"))[0]
-        rng = np.random.default_rng([self.seed, index])
-        image = np.empty((size, size, 3), dtype=np.float32)
-        image[:] = rng.uniform(0.2, 0.8, size=3)
-        num_discs, r_min, r_max = disc_count(self.num_discs, size, self.scale)
-        # p(r) ~ r^-3 is the scale-invariant law of natural-image occluders; sample it by inverting its CDF.
-        u = rng.uniform(size=num_discs)
-        radii = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5
-        centres = rng.uniform(-r_max, size + r_max, size=(num_discs, 2))
-        luminance = rng.beta(2.0, 2.0, size=num_discs)
-        tint = rng.normal(0.0, 0.15, size=(num_discs, 3))
-        colours = np.clip(luminance[:, None] * (1.0 + tint), 0.0, 1.0).astype(np.float32)
-        pixel_centres = np.arange(size) + 0.5
-        # Large discs first, small on top: the same picture as a random order, with far fewer hidden discs drawn.
-        for k in np.argsort(-radii):
-            cy, cx, r = centres[k, 0], centres[k, 1], radii[k]
-            y0, y1 = max(int(cy - r), 0), min(int(math.ceil(cy + r)) + 1, size)
-            x0, x1 = max(int(cx - r), 0), min(int(math.ceil(cx + r)) + 1, size)
-            if y0 >= y1 or x0 >= x1:
-                continue
-            dy2 = (pixel_centres[y0:y1, None] - cy) ** 2
-            dx2 = (pixel_centres[None, x0:x1] - cx) ** 2
-            # Anti-aliased edge: coverage ramps over one pixel, like a lens would blur it.
-            alpha = np.clip(r + 0.5 - np.sqrt(dy2 + dx2), 0.0, 1.0)[..., None]
-            patch = image[y0:y1, x0:x1]
-            patch += alpha.astype(np.float32) * (colours[k] - patch)
-        image += _pink_noise(rng, size, self.scale)[..., None] * 0.06
-        return torch.from_numpy(np.clip(image, 0.0, 1.0)).permute(2, 0, 1).contiguous()
-
-
-@functools.lru_cache(maxsize=8)
-def _frequency_radius(big: int) -> np.ndarray:
-    """|f| on the rfft grid of a ``big x big`` field (1 at DC, which is zeroed anyway); read-only, shared."""
-    fy = np.fft.fftfreq(big)[:, None]
-    fx = np.fft.rfftfreq(big)[None, :]
-    radius = np.sqrt(fy**2 + fx**2)
-    radius[0, 0] = 1.0
-    radius.flags.writeable = False
-    return radius
-
-
-def _pink_noise(rng: np.random.Generator, size: int, scale: int | None = None) -> np.ndarray:
-    """Unit-variance 1/f noise, cut from a field twice as large so it does not wrap around.
-
-    With a ``scale``, the spectrum is flat below one cycle per ``2 * scale`` px: a 1/f field's variance grows without
-    bound with its size, so without that floor the normalisation, and with it the texture's contrast at every
-    frequency, would depend on the window's size.
-    """
-    big = 2 * size
-    radius = _frequency_radius(big)
-    if scale:
-        radius = np.maximum(radius, 1.0 / (2 * scale))
-    spectrum = (rng.normal(size=radius.shape) + 1j * rng.normal(size=radius.shape)) / radius
-    spectrum[0, 0] = 0.0
-    noise = np.fft.irfft2(spectrum, s=(big, big))[:size, :size]
-    return ((noise - noise.mean()) / (noise.std() + 1e-12)).astype(np.float32)
+        """Window ``index`` alone, drawn on the host: the same picture as in any batch (bit for bit on the CPU)."""
+        return self.windows([index], size, torch.device("cpu"))[0]
 
 
 class ImageHeader(NamedTuple):
@@ -408,7 +337,7 @@ def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: in
 
 def read_windows(source: ImageSource, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
     """Windows ``indices`` of ``source`` as one batch on ``device``: made there by sources that can (their
-    ``windows`` method: the ``torch`` dead-leaves renderer, JPEG decoding), read one by one and moved otherwise."""
+    ``windows`` method: the built-in images, JPEG decoding), read one by one and moved otherwise."""
     if hasattr(source, "windows"):
         return source.windows(indices, size, device)
     return stack_windows(source, indices, size, device)
@@ -776,12 +705,12 @@ JPEG_SUFFIXES = frozenset({".jpg", ".jpeg"})
 
 def made_on_device(source: ImageSource) -> bool:
     """Whether a device makes ``source``'s windows itself (what ``--images-on auto`` sends to a GPU): the built-in
-    images of the ``torch`` renderer, a folder of JPEG files (by suffix), or any other source with a ``windows``
-    method; seen through samples, splits and caches. Other folders and datasets are decoded on the host."""
+    images, a folder of JPEG files (by suffix), or any other source with a ``windows`` method; seen through samples,
+    splits and caches. Other folders and datasets are decoded on the host."""
     while isinstance(source, (IndexedSource, WindowCache)):
         source = source.base
     if isinstance(source, DeadLeavesSource):
-        return source.renderer == "torch"
+        return True
     if isinstance(source, FolderSource):
         return all(path.suffix.lower() in JPEG_SUFFIXES for path in source.files)
     if isinstance(source, HFDatasetSource):

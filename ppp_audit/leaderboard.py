@@ -1,6 +1,7 @@
-"""The PPP leaderboard of a sweep (docs/leaderboard.md): one row per model and padding scheme of every finished run
-under a sweep folder, written as ``leaderboard.csv``, ``leaderboard.parquet`` and ``leaderboard.html`` (one file: a
-sortable table and a scatter of strength against parameters), shown as a terminal table
+"""The PPP leaderboard of a sweep (docs/leaderboard.md): one row per model, result settings and padding scheme under a
+sweep folder (the newest finished run of each model and settings; older ones are listed as superseded), written as
+``leaderboard.csv``, ``leaderboard.parquet`` and ``leaderboard.html`` (one file: a sortable table and a scatter of
+strength against parameters), shown as a terminal table
 (:func:`ppp_audit.render.tables.render_leaderboard_table`) and pushed as a Hub dataset (:func:`push_leaderboard`).
 
 Torch-free: it reads the run folders of :mod:`ppp_audit.runs` and their ``report.json``. pandas and pyarrow (the
@@ -25,8 +26,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from .errors import PPPAuditError, ReportFileError, one_line
 from .files import atomic_write
 from .hub import data_label, merge_card, push_dataset_files
+from .pages import CSP, PAGE_CSS, scheme_anchor
 from .report import NATIVE, REPORT_HTML, Report, format_number, scheme_label
-from .runs import FAILED, RUN_JSON, RUNS, RunRecord, UnreadableRun, check_sweep_folder, iter_records
+from .runs import DONE, FAILED, RUN_JSON, RUNS, RunRecord, UnreadableRun, check_sweep_folder, iter_records
 
 if TYPE_CHECKING:
     import pandas
@@ -86,7 +88,9 @@ COLUMNS: tuple[Column, ...] = (
            "influence lies beyond the margin; docs/metrics.md)"),
     Column("stages", "str", "the tapped stages in order, `name@stride`, comma-separated"),
     Column("seconds", "float", "wall seconds of the run"),
-    Column("settings_hash", "str", "the run's settings hash (its folder under `runs/MODEL/`)"),
+    Column("settings_hash", "str", "the hash of the run's result settings, those that can change a number (its folder "
+           "under `runs/MODEL/`; a run recorded before ppp-audit hashed them alone lies in the folder of the hash of "
+           "all its settings)"),
     Column("report_html", "str", "the run's report.html, relative to the sweep folder; empty when it was run "
            "without pages"),
     Column("report_json", "str", "the run's report.json, relative to the sweep folder"),
@@ -248,7 +252,8 @@ def scheme_rows(report: Report, record: RunRecord, root: Path | None = None) -> 
 
 @dataclass(frozen=True)
 class LostRun:
-    """A run that gives no rows: it failed, or its report cannot be read or is partial.
+    """A run that gives no rows: it failed, its report cannot be read or is partial, or a newer run of the same model
+    and result settings supersedes it.
 
     Attributes:
         model: The model name.
@@ -432,6 +437,9 @@ class Leaderboard:
         failed: The runs that failed, with their reasons.
         unreadable: The runs whose ``run.json`` cannot be used (see :func:`ppp_audit.runs.read_record`), and the
             finished runs whose report cannot be read, is partial (an interrupted audit) or cannot be ranked.
+        superseded: The runs of a model and result settings that a newer one stands for (another ``-b`` or
+            ``--workers``, a ``--force`` redo, a run recorded under the older settings hash): one row per model,
+            result settings and scheme.
         settings: The sweep settings, by settings hash (a sweep usually has one).
         join: What ``join`` added, when given.
         root: The sweep folder, when read from one.
@@ -444,6 +452,7 @@ class Leaderboard:
     runs: int
     failed: list[LostRun] = field(default_factory=list)
     unreadable: list[LostRun] = field(default_factory=list)
+    superseded: list[LostRun] = field(default_factory=list)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     join: JoinSummary | None = None
     root: Path | None = None
@@ -467,15 +476,16 @@ class Leaderboard:
     def describe(self) -> str:
         """One line: ``6 rows from 4 runs of 3 models; 1 failed``."""
         text = f"{len(self.rows)} rows from {self.runs} runs of {self.models} models"
-        lost = [f"{len(runs)} {what}" for runs, what in ((self.failed, "failed"), (self.unreadable, "unreadable"))
-                if runs]
+        lost = [f"{len(runs)} {what}" for runs, what in ((self.failed, "failed"), (self.unreadable, "unreadable"),
+                                                         (self.superseded, "superseded")) if runs]
         return text + (f"; {', '.join(lost)}" if lost else "")
 
 
 def build_leaderboard(records: Iterable[RunRecord | UnreadableRun], join: str | os.PathLike | JoinTable | None = None,
                       *, root: str | os.PathLike | None = None) -> Leaderboard:
-    """The leaderboard of run records (:func:`ppp_audit.runs.iter_records`): rows of the finished runs, the others
-    listed (failed; unreadable: the record, or the report, cannot be used).
+    """The leaderboard of run records (:func:`ppp_audit.runs.iter_records`): rows of the finished runs, one run per
+    model and result settings (:func:`newest_runs`), the others listed (failed; unreadable: the record, or the report,
+    cannot be used; superseded by a newer run of the same model and settings).
 
     Args:
         records: The runs, and the run folders whose record cannot be read.
@@ -489,7 +499,8 @@ def build_leaderboard(records: Iterable[RunRecord | UnreadableRun], join: str | 
     root = Path(root) if root is not None else None
     records = list(records)
     rows: list[dict[str, Any]] = []
-    failed, unreadable, settings = [], [], {}
+    failed, unreadable, superseded, settings = [], [], [], {}
+    standing = newest_runs(records)
     for record in records:
         where = root if root is not None else _sweep_root(record.folder)
         lost = LostRun(one_line(record.model), record.settings_hash, one_line(record.reason or "no reason recorded"),
@@ -498,6 +509,11 @@ def build_leaderboard(records: Iterable[RunRecord | UnreadableRun], join: str | 
             unreadable.append(lost)
             continue
         settings.setdefault(record.settings_hash, record.settings)
+        newer = standing[record.model, record.settings_hash]
+        if newer is not record:
+            superseded.append(replace(lost, reason=f"superseded by the {newer.status} run of {newer.finished or '?'} "
+                                                   f"({_relative(newer.folder, where) or 'same settings'})"))
+            continue
         if record.status == FAILED:
             failed.append(lost)
             continue
@@ -541,7 +557,21 @@ def build_leaderboard(records: Iterable[RunRecord | UnreadableRun], join: str | 
     finished = max((record.finished for record in records if isinstance(record, RunRecord) and record.finished),
                    default=None)
     return Leaderboard(rows=rows, columns=columns, kinds=kinds, runs=len(records), failed=failed,
-                       unreadable=unreadable, settings=settings, join=summary, root=root, finished=finished)
+                       unreadable=unreadable, superseded=superseded, settings=settings, join=summary, root=root,
+                       finished=finished)
+
+
+def newest_runs(records: Iterable[RunRecord | UnreadableRun]) -> dict[tuple[str, str], RunRecord]:
+    """The run that stands for each model and result settings (``(model, settings_hash)``): the newest finished one,
+    else the newest failed one, by the time each ended (of equal times, the later in ``records``). Runs that differ
+    only in how they ran (``-b``, ``--workers``, ``--device``) measured the same numbers: the board shows one."""
+    standing: dict[tuple[str, str], tuple[tuple[bool, str], RunRecord]] = {}
+    for record in records:
+        if isinstance(record, RunRecord):
+            key, rank = (record.model, record.settings_hash), (record.status == DONE, record.finished or "")
+            if key not in standing or rank >= standing[key][0]:
+                standing[key] = (rank, record)
+    return {key: record for key, (_, record) in standing.items()}
 
 
 def leaderboard_rows(records: Iterable[RunRecord | UnreadableRun],
@@ -648,35 +678,40 @@ def write_leaderboard(out: str | os.PathLike, join: str | os.PathLike | None = N
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
             "#17becf")
 """Family colours (matplotlib's tab10), in order of first appearance."""
-_SHAPES = ("circle", "square", "triangle", "diamond")
-_SHAPE_GLYPHS = {"circle": "●", "square": "■", "triangle": "▲", "diamond": "◆"}
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
-"""The page loads nothing: no network, no files (links to the run pages are navigation, which this does not limit)."""
-_WIDTH, _HEIGHT, _PAD_LEFT, _PAD_RIGHT, _PAD_TOP, _PAD_BOTTOM = 760, 420, 64, 16, 16, 48
+_MARKERS = ("o", "s", "^", "D")
+_MARKER_GLYPHS = {"o": "●", "s": "■", "^": "▲", "D": "◆"}
+_SCATTER_IN = (7.6, 4.2)
+"""The scatter's size in inches (at 100 px per inch); the page scales it to its container."""
+_LABELLED = 40
+"""Points up to this many get their model's name beside them; more would cover each other."""
 
-_PAGE_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1400px;padding:1rem 2rem;
-color:#222;line-height:1.4}
-h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;
-margin-top:2rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.8rem}
-table.grid th,table.grid td{border:1px solid #ccc;padding:.2rem .4rem;vertical-align:top}
-#leaderboard th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}
-#leaderboard th[aria-sort=descending]::after{content:" ▼"}#leaderboard th[aria-sort=ascending]::after{content:" ▲"}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
-.note,small{color:#555;font-size:.8rem}.legend span{margin-right:1rem;white-space:nowrap}
-svg text{font-size:11px;fill:#333}svg .grid{stroke:#e4e4e4}svg .axis{stroke:#888}
-svg a:hover *{stroke:#000;stroke-width:2}
+_PAGE_CSS = PAGE_CSS + """
+.scroll{overflow:auto;max-height:80vh;border:1px solid #ddd}
+#leaderboard{border-collapse:separate;border-spacing:0;margin:0;font-size:.8rem}
+#leaderboard th,#leaderboard td{border:0;border-right:1px solid #ddd;border-bottom:1px solid #ddd;padding:.2rem .4rem;
+white-space:nowrap;background:#fff}
+#leaderboard thead{position:sticky;top:0;z-index:2}#leaderboard thead th{background:#f4f4f4}
+#leaderboard th.group{text-align:left;font-weight:600;color:#555}
+#leaderboard .model{position:sticky;left:0;z-index:1;box-shadow:1px 0 0 #bbb}#leaderboard thead .model{z-index:3}
+#leaderboard th button{font:inherit;font-weight:600;border:0;background:none;padding:0;cursor:pointer;color:inherit;
+white-space:nowrap}
+#leaderboard th button:focus-visible{outline:2px solid #1f77b4}
+#leaderboard th[aria-sort=descending] button::after{content:" \u25bc"}
+#leaderboard th[aria-sort=ascending] button::after{content:" \u25b2"}
+.legend span{margin-right:1rem;white-space:nowrap}
+#scatter svg{width:100%;height:auto;max-width:760px;display:block}
+#scatter g.point:hover use{stroke:#000;stroke-width:2}
 """
+"""The shared stylesheet (:data:`ppp_audit.pages.PAGE_CSS`) and the leaderboard's own rules."""
 
 _SORT_SCRIPT = """
 (function () {
-  var table = document.getElementById("leaderboard"), heads = table.tHead.rows[0].cells;
+  var table = document.getElementById("leaderboard"), heads = table.tHead.rows[table.tHead.rows.length - 1].cells;
   Array.prototype.forEach.call(heads, function (th, col) {
-    th.addEventListener("click", function () {
+    th.querySelector("button").addEventListener("click", function () {
       var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
       var numeric = th.getAttribute("data-kind") === "num", state = th.getAttribute("aria-sort");
-      var down = numeric ? state !== "descending" : state === "ascending";
+      var down = state ? state === "ascending" : th.getAttribute("data-first") === "descending";
       Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
       th.setAttribute("aria-sort", down ? "descending" : "ascending");
       rows.sort(function (a, b) {
@@ -692,10 +727,21 @@ _SORT_SCRIPT = """
 })();
 """
 
+RANK_KEY = "last_strength"
+"""The column the page and the terminal table rank by (highest first)."""
+_LEAD_COLUMNS = ("model", "scheme", "padding", "last_strength", "last_strength_low", "last_strength_high",
+                 "change_vs_native", "max_strength", "max_layer", "last_relative_energy", "extent_px", "params",
+                 "family", "weights")
+"""The page's first columns, the most used, in order; the per-stage strengths follow, then the rest."""
+_HIDDEN_IN_TABLE = ("report_html", "report_json")
+"""Columns the page shows as the model's link rather than as text."""
+
 
 def _link(row: dict[str, Any]) -> str | None:
-    """The run's page, else its report.json."""
-    return row.get("report_html") or row.get("report_json")
+    """The run's page at the row's scheme, else its report.json."""
+    if row.get("report_html"):
+        return f"{row['report_html']}#{scheme_anchor(row['scheme'])}"
+    return row.get("report_json")
 
 
 def _params_label(params: float) -> str:
@@ -703,6 +749,11 @@ def _params_label(params: float) -> str:
         if params >= size:
             return f"{params / size:.3g}{suffix}"
     return f"{params:.0f}"
+
+
+def _plain(text: str) -> str:
+    """A description as plain text (a tooltip shows no Markdown): backticks dropped."""
+    return text.replace("`", "")
 
 
 def _cell(value: Any, kind: str, column: str) -> str:
@@ -722,28 +773,48 @@ def _cell(value: Any, kind: str, column: str) -> str:
     return f'<td class="num" data-value="{raw}">{html.escape(shown)}</td>'
 
 
-_HIDDEN_IN_TABLE = ("report_html", "report_json")
-"""Columns the page shows as the model's link rather than as text."""
+def page_columns(board: Leaderboard) -> list[list[str]]:
+    """The page's columns in three groups: the most used (:data:`_LEAD_COLUMNS`), the per-stage strengths, the rest
+    (settings, paths, joined columns) in the board's order."""
+    shown = [column for column in board.columns if column not in _HIDDEN_IN_TABLE]
+    lead = [column for column in _LEAD_COLUMNS if column in shown]
+    stages = board.stage_columns
+    return [lead, stages, [column for column in shown if column not in lead and column not in stages]]
+
+
+def _head(board: Leaderboard, column: str, cls: str = "") -> str:
+    kind = "text" if board.kinds.get(column) == "str" else "num"
+    first = "ascending" if kind == "text" or column == "#" else "descending"
+    tip = "rank by last-stage strength, highest first" if column == "#" else _plain(describe_column(board, column))
+    sort = ' aria-sort="descending"' if column == RANK_KEY else ""
+    klass = f' class="{cls}"' if cls else ""
+    return (f'<th{klass} data-column="{html.escape(column)}" data-kind="{kind}" data-first="{first}"{sort}>'
+            f'<button type="button" title="{html.escape(tip)}">{html.escape(column)}</button></th>')
 
 
 def _table_html(board: Leaderboard) -> str:
-    columns = [column for column in board.columns if column not in _HIDDEN_IN_TABLE]
-    head = "".join(f'<th data-kind="{"text" if board.kinds[c] == "str" else "num"}" '
-                   f'title="{html.escape(describe_column(board, c))}">{html.escape(c)}</th>' for c in columns)
+    """The table, ranked by :data:`RANK_KEY` (highest first, with a rank column), in its own scroll box."""
+    groups = page_columns(board)
+    titles = ("run and last stage", "strength per stage, by output stride", "settings and more")
+    group_row = ('<th class="group"></th>' + "".join(f'<th class="group" colspan="{len(g)}">{t}</th>'
+                                                     for g, t in zip(groups, titles) if g))
+    columns = [column for group in groups for column in group]
+    head = _head(board, "#") + "".join(_head(board, c, "model" if c == "model" else "") for c in columns)
     body = []
-    for row in board.rows:
-        cells = []
+    for rank, row in enumerate(board.top(key=RANK_KEY), 1):
+        cells = [f'<td class="num" data-value="{rank}">{rank}</td>']
         for column in columns:
             if column == "model":
                 name = html.escape(row["model"])
                 link = _link(row)
                 text = f'<a href="{html.escape(link, quote=True)}">{name}</a>' if link else name
-                cells.append(f'<td data-value="{html.escape(row["model"], quote=True)}">{text}</td>')
+                cells.append(f'<td class="model" data-value="{html.escape(row["model"], quote=True)}">{text}</td>')
             else:
-                cells.append(_cell(row.get(column), board.kinds[column], column))
+                cells.append(_cell(row.get(column), board.kinds.get(column, "str"), column))
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table id="leaderboard" class="grid"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    return (f'<div class="scroll" role="region" aria-label="leaderboard table" tabindex="0">'
+            f'<table id="leaderboard" class="grid"><thead><tr>{group_row}</tr><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 def describe_column(board: Leaderboard, column: str) -> str:
@@ -757,54 +828,23 @@ def describe_column(board: Leaderboard, column: str) -> str:
     return f"PPP strength at the stage of output stride {stride:g} (the deepest tap of that stride)"
 
 
-def _ticks(low: float, high: float) -> list[float]:
-    """About five round ticks from ``low`` to ``high`` (linear)."""
-    span = high - low
-    step = 10 ** math.floor(math.log10(span / 5)) if span > 0 else 1.0
-    for factor in (1, 2, 5, 10):
-        if span / (step * factor) <= 6:
-            step *= factor
-            break
-    first = math.ceil(low / step) * step
-    return [first + k * step for k in range(int((high - first) / step + 1e-9) + 1)]
-
-
-def _decades(values: list[float]) -> tuple[float, float]:
-    low, high = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
-    return (low, high) if high > low else (low - 0.5, high + 0.5)
-
-
-def _marker(shape: str, x: float, y: float, colour: str, title: str) -> str:
-    size = 5.0
-    common = f'fill="{colour}" fill-opacity="0.85" stroke="#333" stroke-width="0.6"'
-    tip = f"<title>{html.escape(title)}</title>"
-    if shape == "circle":
-        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{size:.1f}" {common}>{tip}</circle>'
-    if shape == "square":
-        return (f'<rect x="{x - size:.1f}" y="{y - size:.1f}" width="{2 * size:.1f}" height="{2 * size:.1f}" '
-                f"{common}>{tip}</rect>")
-    corners = ([(x, y - 1.2 * size), (x + size, y + size), (x - size, y + size)] if shape == "triangle"
-               else [(x, y - 1.3 * size), (x + size, y), (x, y + 1.3 * size), (x - size, y)])
-    points = " ".join(f"{px:.1f},{py:.1f}" for px, py in corners)
-    return f'<polygon points="{points}" {common}>{tip}</polygon>'
-
-
-def _log_ticks(low: float, high: float) -> list[float]:
-    """Ticks of a log axis from ``10**low`` to ``10**high``: each decade, and 2x and 5x when it spans two or less."""
-    steps = (1, 2, 5) if high - low <= 2 else (1,)
-    ticks = [step * 10.0 ** k for k in range(math.floor(low), math.ceil(high) + 1) for step in steps]
-    return [tick for tick in ticks if low - 1e-9 <= math.log10(tick) <= high + 1e-9]
-
-
 _ZERO_ROW = 0.6
-"""On a log y axis, how far (in decades) below the lowest decade the row of zero values lies."""
+"""On a log y axis, how far (in decades) below the lowest positive value the row of zero values lies."""
 
 
 def scatter_svg(board: Leaderboard, key: str = "last_strength") -> str:
-    """An inline SVG: ``key`` against the parameter count (log x), colour by family, shape by scheme, each point a link
-    to its run's report. The y axis is log when the positive values span two decades or more, with zeros (a
-    debiased strength can be 0) on a row of their own below the lowest decade. Rows without a parameter count or a
-    value are not placed (a note under the plot counts them)."""
+    """The scatter as inline SVG (matplotlib's SVG backend): ``key`` against the parameter count, log x fitted to
+    the data, colour by family, shape by scheme, each point a link to its run's page at its scheme with a tooltip
+    naming model, scheme, value and size, and the model's name beside it (up to :data:`_LABELLED` points). The y
+    axis is log when the positive values span two decades or more, with zeros (a debiased strength can be 0) on a
+    row of their own below a dashed break. Rows without a parameter count or a value are not placed (a note under
+    the plot counts them). The SVG scales to its container (``viewBox``, width 100 %)."""
+    import io
+
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     placed = [row for row in board.rows if (row.get("params") or 0) > 0 and row.get(key) is not None]
     left_out = len(board.rows) - len(placed)
     if not placed:
@@ -812,66 +852,78 @@ def scatter_svg(board: Leaderboard, key: str = "last_strength") -> str:
     families = list(dict.fromkeys(row["family"] or "?" for row in placed))
     schemes = list(dict.fromkeys(row["scheme"] for row in placed))
     colour = {family: _PALETTE[i % len(_PALETTE)] for i, family in enumerate(families)}
-    shape = {scheme: _SHAPES[i % len(_SHAPES)] for i, scheme in enumerate(schemes)}
-
-    x_low, x_high = _decades([row["params"] for row in placed])
+    marker = {scheme: _MARKERS[i % len(_MARKERS)] for i, scheme in enumerate(schemes)}
     values = [row[key] for row in placed]
     positive = [value for value in values if value > 0]
     log_y = min(values) >= 0 and bool(positive) and max(positive) / min(positive) >= 100
-    zeros = log_y and len(positive) < len(values)
-    if log_y:
-        y_low, y_high = _decades(positive)
-        y_ticks = ([0.0] if zeros else []) + _log_ticks(y_low, y_high)
-        zero_at = y_low - _ZERO_ROW  # the log coordinate of the zero row
-        y_low = zero_at - _ZERO_ROW / 4 if zeros else y_low
-    else:
-        top = max(values) * 1.08 or 1.0
-        y_ticks = _ticks(min(0.0, min(values)), top)
-        y_low, y_high = min(0.0, min(values)) - 0.03 * top, top  # a point at 0 clear of the frame
-    plot_w, plot_h = _WIDTH - _PAD_LEFT - _PAD_RIGHT, _HEIGHT - _PAD_TOP - _PAD_BOTTOM
+    zero_at = min(positive) / 10 ** _ZERO_ROW if log_y else 0.0
 
-    def px(params: float) -> float:
-        return _PAD_LEFT + (math.log10(params) - x_low) / (x_high - x_low) * plot_w
+    def y_of(value: float) -> float:
+        return value if not log_y or value > 0 else zero_at
 
-    def py(value: float) -> float:
-        coordinate = (math.log10(value) if value > 0 else zero_at) if log_y else value
-        return _PAD_TOP + (1 - (coordinate - y_low) / (y_high - y_low)) * plot_h
+    with matplotlib.rc_context({"svg.hashsalt": "ppp-audit", "svg.fonttype": "none", "font.size": 9}):
+        fig = Figure(figsize=_SCATTER_IN)
+        ax = fig.add_axes((0.09, 0.13, 0.89, 0.84))
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        by_model: dict[str, list[float]] = {}
+        for row in placed:
+            by_model.setdefault(row["model"], []).append(y_of(row[key]))
+        for model, ys in by_model.items():  # a model's schemes joined by a thin line: which points belong together
+            if len(ys) > 1:
+                params = next(row["params"] for row in placed if row["model"] == model)
+                ax.plot([params, params], [min(ys), max(ys)], color="#bbbbbb", linewidth=1, zorder=1)
+        for k, row in enumerate(placed):
+            ax.plot([row["params"]], [y_of(row[key])], marker=marker[row["scheme"]], markersize=7, linestyle="none",
+                    color=colour[row["family"] or "?"], markeredgecolor="#333333", markeredgewidth=0.6, alpha=0.9,
+                    gid=f"point-{k}", url=_link(row), zorder=3)
+        if len(placed) <= _LABELLED:
+            for model, ys in by_model.items():
+                params = next(row["params"] for row in placed if row["model"] == model)
+                ax.annotate(model, (params, max(ys)), xytext=(5, 4), textcoords="offset points", fontsize=7,
+                            color="#444444")
+        ax.margins(x=0.12, y=0.1)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: _params_label(x)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if log_y:
+            ax.yaxis.set_major_formatter(FuncFormatter(
+                lambda y, _: "0" if zero_at and math.isclose(y, zero_at) else format_number(y)))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            if len(positive) < len(values):  # the row of zeros, below a dashed break
+                ax.axhline(zero_at * 10 ** (_ZERO_ROW / 2), color="#888888", linestyle="--", linewidth=0.8)
+                ax.set_yticks([zero_at, *[t for t in ax.get_yticks() if t >= min(positive)]])
+        ax.grid(True, color="#e4e4e4", linewidth=0.8)
+        ax.set_axisbelow(True)
+        ax.set_xlabel("parameters (log)")
+        ax.set_ylabel(key.replace("_", " ") + (" (log)" if log_y else ""))
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1 role="img" aria-label="'
+                 + html.escape(f"{key} against parameters") + '"', svg, count=1)
+    svg = svg.replace(' target="_blank"', "")  # a point opens its run page here, as the table's links do
 
-    parts = [f'<svg id="scatter" xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{_HEIGHT}" '
-             f'viewBox="0 0 {_WIDTH} {_HEIGHT}" role="img" aria-label="{html.escape(key)} against parameters">']
-    for tick in _log_ticks(x_low, x_high):
-        x = px(tick)
-        parts.append(f'<line class="grid" x1="{x:.1f}" y1="{_PAD_TOP}" x2="{x:.1f}" y2="{_PAD_TOP + plot_h}"/>'
-                     f'<text x="{x:.1f}" y="{_PAD_TOP + plot_h + 16}" text-anchor="middle">'
-                     f"{_params_label(tick)}</text>")
-    for tick in y_ticks:
-        y = py(tick)
-        parts.append(f'<line class="grid" x1="{_PAD_LEFT}" y1="{y:.1f}" x2="{_PAD_LEFT + plot_w}" y2="{y:.1f}"/>'
-                     f'<text x="{_PAD_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{format_number(tick)}</text>')
-    if zeros:  # the break between the zero row and the log range
-        y = py(10.0 ** (zero_at + _ZERO_ROW / 2))
-        parts.append(f'<line class="axis" x1="{_PAD_LEFT}" y1="{y:.1f}" x2="{_PAD_LEFT + plot_w}" y2="{y:.1f}" '
-                     'stroke-dasharray="4 3"/>')
-    parts.append(f'<rect class="axis" x="{_PAD_LEFT}" y="{_PAD_TOP}" width="{plot_w}" height="{plot_h}" '
-                 'fill="none"/>')
-    parts.append(f'<text x="{_PAD_LEFT + plot_w / 2:.0f}" y="{_HEIGHT - 8}" text-anchor="middle">parameters '
-                 "(log)</text>")
-    parts.append(f'<text transform="translate(14 {_PAD_TOP + plot_h / 2:.0f}) rotate(-90)" text-anchor="middle">'
-                 f"{html.escape(key.replace('_', ' '))}{' (log)' if log_y else ''}</text>")
-    for row in placed:
+    def tooltip(match: re.Match) -> str:
+        row = placed[int(match.group(1))]
         title = (f"{row['model']} · {scheme_label(row['scheme'], row['padding'])} · {key.replace('_', ' ')} "
                  f"{format_number(row[key])} · {_params_label(row['params'])} parameters · {row['family']}")
-        link = _link(row)
-        marker = _marker(shape[row["scheme"]], px(row["params"]), py(row[key]), colour[row["family"] or "?"], title)
-        parts.append(f'<a class="point" href="{html.escape(link, quote=True)}">{marker}</a>' if link else marker)
-    parts.append("</svg>")
+        return f'<g id="point-{match.group(1)}" class="point"><title>{html.escape(title)}</title>'
+
+    svg = re.sub(r'<g id="point-(\d+)">', tooltip, svg)
     legend = ('<p class="legend">'
               + "".join(f'<span><span style="color:{colour[f]}">●</span> {html.escape(f)}</span>' for f in families)
               + " · "
-              + "".join(f"<span>{_SHAPE_GLYPHS[shape[s]]} {html.escape(s)}</span>" for s in schemes) + "</p>")
+              + "".join(f"<span>{_MARKER_GLYPHS[marker[s]]} {html.escape(s)}</span>" for s in schemes) + "</p>")
     note = (f'<p class="note">{left_out} row(s) not plotted: no parameter count or no {html.escape(key)}.</p>'
             if left_out else "")
-    return "".join(parts) + legend + note
+    return f'<div id="scatter">{svg}</div>{legend}{note}'
+
+
+_SUPERSEDED = "Superseded runs (a newer run of the same model and settings stands for them)"
+"""The title the page and the card give the superseded runs."""
 
 
 def _lost_html(title: str, runs: list[LostRun]) -> str:
@@ -900,18 +952,22 @@ def leaderboard_html(board: Leaderboard) -> str:
                   f"{html.escape(unmatched)}).</p>")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>PPP leaderboard · {where}</title><style>{_PAGE_CSS}</style></head>\n<body>"
         f"<h1>PPP leaderboard · {where}</h1>"
         f'<p class="note">Position-information Pattern from Padding · ppp-audit {html.escape(__version__)} · '
         f"{html.escape(board.describe())}{finished}</p>"
         "<p>PPP strength = RMS of the mean border-induced feature change over RMS of the features' natural spread "
-        "(higher: more absolute position read from the padding). One row per model and padding scheme; click a "
-        "column header to sort, a model or a point to open its run's report.</p>"
+        "(higher: more absolute position read from the padding). One row per model and padding scheme, ranked by "
+        "the strength at the last stage (highest first, as the terminal table); click a column header (or focus it "
+        "and press Enter) to sort by it, a model or a point to open its run's report at its scheme.</p>"
+        f'<p>The same table as data: <a href="{LEADERBOARD_CSV}">{LEADERBOARD_CSV}</a> · '
+        f'<a href="{LEADERBOARD_PARQUET}">{LEADERBOARD_PARQUET}</a> (beside this page).</p>'
         f"<h2>Strength at the last stage against parameters</h2>{scatter_svg(board)}"
         f"<h2>Leaderboard</h2>{joined}{_table_html(board)}"
         f"{_lost_html('Failed runs', board.failed)}{_lost_html('Runs whose report cannot be used', board.unreadable)}"
+        f"{_lost_html(_SUPERSEDED, board.superseded)}"
         f"<h2>Sweep settings</h2>{settings or '<p>none recorded</p>'}"
         f"<script>{_SORT_SCRIPT}</script></body></html>\n"
     )
@@ -948,7 +1004,8 @@ def _card_block(board: Leaderboard, repo_id: str) -> str:
     if board.join is not None:
         lines += [f"Columns {', '.join(f'`{c}`' for c in board.join.columns)} are joined from "
                   f"`{_md(board.join.file)}` by model name ({board.join.matched} models matched).", ""]
-    for title, runs in (("Failed runs", board.failed), ("Runs whose report cannot be used", board.unreadable)):
+    for title, runs in (("Failed runs", board.failed), ("Runs whose report cannot be used", board.unreadable),
+                        (_SUPERSEDED, board.superseded)):
         if runs:
             lines += [f"### {title} ({len(runs)})", ""]
             lines += [f"- `{_md(run.model)}`: {_md(run.reason)}" for run in runs] + [""]
@@ -1025,8 +1082,8 @@ def push_leaderboard(files: LeaderboardFiles, repo_id: str, *, private: bool | N
 
 __all__ = [
     "COLUMNS", "Column", "JoinSummary", "JoinTable", "LEADERBOARD_CSV", "LEADERBOARD_HTML", "LEADERBOARD_PARQUET",
-    "Leaderboard", "LeaderboardFiles", "LostRun", "build_leaderboard", "describe_column", "family_of",
-    "leaderboard_html",
-    "leaderboard_rows", "push_leaderboard", "read_join", "read_leaderboard", "render_leaderboard_card", "scatter_svg",
-    "scheme_rows", "split_tag", "stride_column", "to_frame", "write_leaderboard",
+    "Leaderboard", "LeaderboardFiles", "LostRun", "RANK_KEY", "build_leaderboard", "describe_column", "family_of",
+    "leaderboard_html", "newest_runs", "leaderboard_rows", "page_columns", "push_leaderboard", "read_join",
+    "read_leaderboard", "render_leaderboard_card", "scatter_svg", "scheme_rows", "split_tag", "stride_column",
+    "to_frame", "write_leaderboard"
 ]

@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .errors import (FeatureError, UnknownModelError, WeightsFileNotFoundError, WeightsUnavailableError, describe_error,
-                     first_line)
+from .errors import (FeatureError, NothingToPatchError, UnknownModelError, WeightsFileNotFoundError,
+                     WeightsUnavailableError, describe_error, first_line)
 from .files import atomic_write
 from .hubenv import hub_reachable, is_offline
 
@@ -373,6 +373,40 @@ def built_input_size(model: nn.Module) -> tuple[int, int]:
     side = built[-1] if isinstance(built, (tuple, list)) else built
     in_chans = getattr(model, "in_chans", 3)
     return (in_chans if isinstance(in_chans, int) else 3), (side if isinstance(side, int) else 224)
+
+
+_POSITION_KINDS = (
+    ("position embeddings", re.compile(r"^pos_embed|position_embed")),
+    ("relative position biases", re.compile(r"^(relative_|rel_)|_rel_pos")),
+    ("rotary position embeddings", re.compile(r"^rope|rotary")),
+)
+"""What carries position in a model that does not pad, by the last part of the names timm gives it (parameters,
+buffers, modules): ``pos_embed``, ``relative_position_bias_table``, ``rel_pos_h``, ``rope``, ``rotary_emb``, ..."""
+
+
+def position_sources(model: nn.Module) -> list[str]:
+    """Where a model gets position information other than from padding, as a message names it: each kind it has
+    (:data:`_POSITION_KINDS`) with its first parameter, buffer or module, e.g. ``position embeddings ('pos_embed')``;
+    empty for a model with none of them (gMLP's token-mixing weights, Sequencer's recurrences)."""
+    names = [name for name, _ in (*model.named_parameters(), *model.named_buffers(), *model.named_modules()) if name]
+    sources = []
+    for kind, pattern in _POSITION_KINDS:
+        first = next((name for name in names if pattern.search(name.rsplit(".", 1)[-1].lower())), None)
+        if first is not None:
+            sources.append(f"{kind} ('{first}')")
+    return sources
+
+
+def no_padding_error(name: str, model: nn.Module) -> NothingToPatchError:
+    """The one refusal of a model that pads nowhere (SPEC §3.5), with or without schemes: there is no PPP to measure
+    (a Δ would come from the position embeddings resampled to two sizes, or from attention over a larger window, not
+    from padding), and where its position information comes from instead."""
+    sources = position_sources(model)
+    where = (f"its position information comes from its {' and '.join(sources)}, not from padding" if sources else
+             "any position information it has comes from how it mixes positions (attention, MLPs or recurrences over "
+             "its tokens), not from padding")
+    return NothingToPatchError(f"model '{name}' has no padding (no convolution, pool or pad module pads): there is "
+                               "no PPP to measure", where)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from .errors import ReportFileError
 from .files import WrittenFiles, atomic_write
 
-SCHEMA_VERSION = "1.9"
+SCHEMA_VERSION = "1.10"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
 ``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
 1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``mist`` (one layer per scheme),
@@ -29,8 +29,11 @@ SCHEMA_VERSION = "1.9"
 ``geometry.margin``, 1.7 the repair's fields of ``finetune`` (``plain``, ``tiling_before``, ``tiling_after``,
 ``consistency_loss``; docs/repair.md), 1.8 ``data.renderer`` and ``data.images_on`` (images made on the device,
 docs/images.md) and ``geometry.reference_shared``, 1.9 ``data.exif_rotated`` and ``data.sample.small`` (images turned
-upright by their EXIF orientation, images smaller than the window; both present only when there are any);
-readers accept any 1.x and ignore fields they do not know."""
+upright by their EXIF orientation, images smaller than the window; both present only when there are any), 1.10
+per-layer ``channel_shares`` (which channels carry the pattern: docs/metrics.md#channels-padding-aware-neurons),
+``geometry.margin.influence``, and ``data.renderer`` always ``"torch"`` (one renderer for the built-in images on every
+device; a report without it had the NumPy renderer's pictures); readers accept any 1.x and ignore fields they do not
+know (compare versions as numbers: "1.10" follows "1.9")."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 """The names of a report folder's JSON and page (``--out``, ``ppp-audit show``, Hub pushes)."""
@@ -79,6 +82,81 @@ def _finite(value: float | None) -> bool:
 # ---------------------------------------------------------------------------------------------------------------------
 # Per-layer statistics (computed by metrics.PPPAccumulator)
 # ---------------------------------------------------------------------------------------------------------------------
+
+TOP_CHANNELS = 8
+"""How many of a layer's strongest channels ``channel_shares.top`` lists by default (``--top-channels``)."""
+MAX_TOP_CHANNELS = 64
+"""The most channels ``--top-channels`` may list (the report stays small)."""
+CHANNEL_FRACTIONS = {"top_1pct": 0.01, "top_10pct": 0.1}
+"""The fractions of a layer's channels whose share of the pattern energy ``channel_shares.energy_share`` gives."""
+
+
+def top_count(channels: int, fraction: float) -> int:
+    """How many channels the top ``fraction`` of ``channels`` is: the nearest whole number, at least 1 (a layer of 24
+    channels has 1 in its top 1 % and 2 in its top 10 %)."""
+    return max(1, min(channels, math.floor(fraction * channels + 0.5)))
+
+
+@dataclass
+class ChannelShares:
+    """Which channels carry a layer's pattern: padding-aware neurons (docs/metrics.md#channels-padding-aware-neurons).
+
+    Channel ``c``'s energy is ``e_c = mean_positions(P_c²) − mean_positions(Var Δ_c) / N``, debiased as the strength
+    is; shares are of ``Σ_c e_c``, the layer's debiased energy. When that is not significantly above 0 (the lower end
+    of its 95 % jackknife interval is not above 0) no channel can be told from the noise: the shares and
+    ``effective_channels`` are ``None`` and the lists empty.
+
+    Attributes:
+        energy_share: Share of the energy in the strongest 1 % and 10 % of the channels (``top_1pct``,
+            ``top_10pct``; :func:`top_count` channels each), cross-fitted: one half of the images ranks the channels,
+            the other measures them, and the other way round.
+        energy_share_ci: Their 95 % jackknife intervals (leave-one-group-out replicates, re-ranked in each).
+        effective_channels: The participation ratio ``(Σ e_c)² / Σ e_c²``: how many channels of equal energy would
+            carry the same pattern (1: one channel carries it all; C: every channel alike).
+        effective_channels_ci: Its 95 % jackknife interval.
+        top: The strongest channels with any energy, strongest first, at most ``--top-channels``:
+            ``[channel, share, side]`` with the channel's own share ``e_c / Σ e``; ``side`` is ``top``, ``bottom``,
+            ``left`` or ``right`` where the channel's pattern lies along that side of the map, ``ring`` where it does
+            not favour one side.
+        top_ci: The 95 % jackknife interval of each ``top`` share (same channel in every replicate).
+        top_maps: ``P_c`` of the first (up to) 4 ``top`` channels, signed, each block-averaged to at most 32 positions
+            a side, to 4 significant digits; a map covers the whole crop whatever its size.
+        cumulative: The sorted energy curve: ``[k, share of the strongest k channels]`` (cross-fitted, as
+            ``energy_share``) for up to 24 ``k`` from 1 to the channel count (spaced evenly in ``log k``).
+    """
+
+    energy_share: dict[str, float | None]
+    energy_share_ci: dict[str, tuple[float, float] | None]
+    effective_channels: float | None
+    effective_channels_ci: tuple[float, float] | None
+    top: list[tuple[int, float, str]] = field(default_factory=list)
+    top_ci: list[tuple[float, float]] = field(default_factory=list)
+    top_maps: list[list[list[float]]] = field(default_factory=list)
+    cumulative: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def measured(self) -> bool:
+        """Whether the layer had a pattern to share out (its debiased energy significantly above 0)."""
+        return self.effective_channels is not None
+
+    @classmethod
+    def none(cls) -> "ChannelShares":
+        """The record of a layer with no pattern above the noise: every share ``None``, no channel listed."""
+        return cls(energy_share=dict.fromkeys(CHANNEL_FRACTIONS), energy_share_ci=dict.fromkeys(CHANNEL_FRACTIONS),
+                   effective_channels=None, effective_channels_ci=None)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ChannelShares":
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer 1.x may add fields
+        data["energy_share_ci"] = {k: tuple(v) if v is not None else None
+                                   for k, v in data.get("energy_share_ci", {}).items()}
+        if data.get("effective_channels_ci") is not None:
+            data["effective_channels_ci"] = tuple(data["effective_channels_ci"])
+        for key in ("top", "top_ci", "cumulative"):
+            data[key] = [tuple(item) for item in data.get(key, [])]
+        return cls(**data)
+
 
 
 @dataclass
@@ -137,6 +215,9 @@ class LayerStats:
     mist: MistSnapshots | None = None
     """Mean feature and PPP maps after 1, 10, 100 and N images; only the audit's mist layer has them (``None``
     elsewhere, for a non-finite layer and in reports before schema 1.6)."""
+    channel_shares: ChannelShares | None = None
+    """Which channels carry the pattern (docs/metrics.md#channels-padding-aware-neurons); ``None`` for a non-finite
+    layer and in reports before schema 1.10."""
 
     @property
     def extent_px(self) -> float | None:
@@ -210,6 +291,8 @@ class LayerResult:
         if data.get("mist"):
             known_mist = {f.name for f in dataclasses.fields(MistSnapshots)}
             data["mist"] = MistSnapshots(**{k: v for k, v in data["mist"].items() if k in known_mist})
+        if data.get("channel_shares"):
+            data["channel_shares"] = ChannelShares.from_dict(data["channel_shares"])
         data["side_profiles"] = {k: BorderProfile(**v) for k, v in data.get("side_profiles", {}).items()}
         return cls(name=name, receptive_radius_px=radius, reference_partial=partial, stats=LayerStats(**data),
                    influence_beyond_margin=beyond, strength_at_smaller_margin=tuple(smaller) if smaller else None,
@@ -497,7 +580,7 @@ _RULES: dict[str, _Rule] = {
     "LayerStats.n": _COUNT, "LayerStats.stride_px": _POSITIVE, "LayerStats.channels": _SIZE,
     "LayerStats.height": _SIZE, "LayerStats.width": _SIZE,
     "LayerStats.ppp_map": _Rule(finite=True, shape=("height", "width")),
-    "MistSnapshots.counts": _SIZE,
+    "MistSnapshots.counts": _SIZE, "ChannelShares.top_maps": _Rule(finite=True),
     "MistSnapshots.mean_feature": _Rule(finite=True, shape=("counts", "height", "width")),
     "MistSnapshots.ppp": _Rule(finite=True, shape=("counts", "height", "width")),
     "BorderProfile.rms": _Rule(shape=("distance_px",)), "BorderProfile.noise_floor": _Rule(shape=("distance_px",)),

@@ -7,9 +7,13 @@ Layout::
     DIR/runs/<model>/<settings-hash>/report.json   # a finished audit (with report.html and figures/ unless --no-pages)
 
 ``<model>`` is the timm name with characters a folder name cannot hold replaced (:func:`model_slug`);
-``<settings-hash>`` is the first 12 hex digits of the SHA-256 of the settings as sorted JSON (:func:`settings_hash`),
-so the same model audited with other settings gets its own folder, and a re-run with the same ones finds its result.
-``run.json`` is written last, after the report, and atomically: a run folder without it is unfinished.
+``<settings-hash>`` is the first 12 hex digits of the SHA-256 of the *result* settings as sorted JSON
+(:func:`settings_hash`): those that can change a number (SPEC §3.5; :func:`result_settings`), not the device, batch
+size or workers, which ``run.json`` records as ``run_settings``. So the same model audited with other settings gets its
+own folder, and a re-run with the same ones, at any ``-b`` or ``--workers``, finds its result. A run recorded before
+the hash left those out (#27) lies in the folder of the hash of all its settings; it is read, and counts, all the
+same (:func:`recorded_runs`). ``run.json`` is written last, after the report, and atomically: a run folder without it
+is unfinished.
 
 Run folders are read through one tolerant reader, :func:`read_record` (and :func:`iter_records` for a whole sweep): a
 ``run.json`` that is truncated, hand-edited to other types or values, or not a file at all gives an
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
 
+from .config import RENDERER, RUN_SETTINGS
 from .errors import PPPAuditError, one_line
 from .files import atomic_write
 from .report import REPORT_JSON, check_fields
@@ -46,8 +51,23 @@ UNREADABLE = "unreadable"
 """The status of an :class:`UnreadableRun` (never written: a record says done or failed)."""
 
 
+def result_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """What makes a result what it is (SPEC §3.5): ``settings`` (a sweep's, or a record's) without those that change
+    only how an audit runs (:data:`~ppp_audit.config.RUN_SETTINGS`: device, batch size, workers, ...), and for the
+    built-in images the renderer that draws them (``renderer``, :data:`~ppp_audit.config.RENDERER` unless given)."""
+    result = {key: value for key, value in settings.items() if key not in RUN_SETTINGS}
+    if result.get("images") is None:
+        result.setdefault("renderer", RENDERER)
+    return result
+
+
 def settings_hash(settings: dict[str, Any]) -> str:
-    """The first 12 hex digits of the SHA-256 of ``settings`` as sorted, compact JSON."""
+    """The first 12 hex digits of the SHA-256 of ``settings``' :func:`result_settings` as sorted, compact JSON: runs
+    that differ only in how they ran share it."""
+    return _digest(result_settings(settings))
+
+
+def _digest(settings: dict[str, Any]) -> str:
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -65,7 +85,8 @@ class RunRecord:
 
     Attributes:
         model: The model name as audited (``resnet18.a1_in1k``).
-        settings: The audit settings shared by the sweep (hashed into the folder name).
+        settings: The result settings shared by the sweep (:func:`result_settings`, hashed into the folder name);
+            run settings given here move to ``run_settings``.
         status: ``done`` (a report.json beside it) or ``failed``.
         reason: Why it failed, one line (``None`` when done).
         seconds: Wall seconds of the run.
@@ -74,6 +95,10 @@ class RunRecord:
         rank: The sweep rank that ran it.
         finished: UTC time the run ended (ISO 8601).
         attempts: How many times it was tried (a CUDA out-of-memory retry with a smaller batch counts).
+        run_settings: How it ran (:data:`~ppp_audit.config.RUN_SETTINGS`: device, batch size, workers, ...):
+            recorded, never hashed.
+        written_hash: The hash of the settings as ``run.json`` holds them, when read from one: the folder's name
+            for a run recorded before the hash left the run settings out (#27).
     """
 
     model: str
@@ -86,7 +111,9 @@ class RunRecord:
     rank: int = 0
     finished: str | None = None
     attempts: int = 1
+    run_settings: dict[str, Any] = field(default_factory=dict)
     folder: Path | None = field(default=None, compare=False, repr=False)
+    written_hash: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Raises:
@@ -96,10 +123,18 @@ class RunRecord:
         check_fields(type(self), self.to_dict(), RUN_JSON)
         if self.status not in STATUSES:
             raise ValueError(f"status must be {' or '.join(map(repr, STATUSES))} (got {self.status!r})")
+        ran = {key: value for key, value in self.settings.items() if key in RUN_SETTINGS}
+        self.settings, self.run_settings = result_settings(self.settings), {**ran, **self.run_settings}
 
     @property
     def settings_hash(self) -> str:
         return settings_hash(self.settings)
+
+    @property
+    def in_its_folder(self) -> bool:
+        """Whether the record lies in the folder its settings name (or, recorded before #27, the folder of the hash of
+        all its settings), not copied by hand into another run's folder; ``True`` when read from no folder."""
+        return self.folder is None or self.folder.name in (self.settings_hash, self.written_hash)
 
     @property
     def report_path(self) -> Path | None:
@@ -109,6 +144,7 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("folder")
+        data.pop("written_hash")
         return data
 
     @classmethod
@@ -120,8 +156,24 @@ class RunRecord:
             ValueError: ``status`` is neither ``done`` nor ``failed``.
         """
         check_fields(cls, data, RUN_JSON)  # a missing field is named, not left to the constructor's message
-        known = {f.name for f in dataclasses.fields(cls)} - {"folder"}
-        return cls(**{k: v for k, v in data.items() if k in known}, folder=folder)
+        known = {f.name for f in dataclasses.fields(cls)} - {"folder", "written_hash"}
+        values = {k: v for k, v in data.items() if k in known}
+        if "run_settings" not in data:  # recorded before #27: which renderer made the built-in images is in the report
+            values["settings"] = _named_renderer(data["settings"], folder)
+        return cls(**values, folder=folder, written_hash=_digest(data["settings"]))
+
+
+def _named_renderer(settings: dict[str, Any], folder: Path | None) -> dict[str, Any]:
+    """The settings of a run recorded before #27, with the renderer of its built-in images named: the report's
+    ``data.renderer``, or ``numpy`` (which wrote none; a CPU audit with ``--images-on auto`` or ``host`` used it). Those
+    pictures are not today's, so such a run is another result, and a sweep redoes it."""
+    if settings.get("images") is not None or "renderer" in settings:
+        return settings
+    try:
+        named = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))["data"].get("renderer", "numpy")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        named = None  # no readable report (a failed run): its pictures are unknown, so not taken for today's
+    return {**settings, "renderer": named if isinstance(named, str) else "numpy"}
 
 
 @dataclass(frozen=True)
@@ -256,6 +308,18 @@ def read_record(folder: str | Path) -> RunRecord | UnreadableRun | None:
                              named if isinstance(named, str) and named else slug)
 
 
+def recorded_runs(out: str | Path, model: str, settings: dict[str, Any]) -> list[RunRecord]:
+    """The records of ``model`` with the result settings of ``settings`` under the sweep folder ``out``, in any of the
+    model's run folders (one recorded under the older hash of all its settings too); never raises. A record that cannot
+    be read, or of another model or settings copied by hand into a run's folder, is left out."""
+    model_dir = Path(out) / RUNS / model_slug(model)
+    folders = _subfolders(model_dir) if model_dir.is_dir() else []
+    key = settings_hash(settings)
+    records = [read_record(folder) for folder in folders if isinstance(folder, Path)]
+    return [record for record in records if isinstance(record, RunRecord) and record.model == model
+            and record.settings_hash == key and record.in_its_folder]
+
+
 def iter_records(out: str | Path) -> Iterator[RunRecord | UnreadableRun]:
     """Every run under the sweep folder ``out`` that ended, in folder order: a :class:`RunRecord` for each finished or
     failed run, an :class:`UnreadableRun` for each whose ``run.json`` cannot be used or whose folder cannot be listed
@@ -325,5 +389,6 @@ def check_sweep_folder(out: str | Path, folders: Iterable[Path] = (), *, writabl
     return root
 
 
-__all__ = ["CLAIM", "DONE", "FAILED", "RUNS", "RUN_JSON", "UNREADABLE", "RunClaim", "RunRecord", "UnreadableRun", "check_sweep_folder",
-           "clear_record", "iter_records", "model_slug", "read_record", "run_folder", "settings_hash", "write_record"]
+__all__ = ["CLAIM", "DONE", "FAILED", "RUNS", "RUN_JSON", "UNREADABLE", "RunClaim", "RunRecord", "UnreadableRun",
+           "check_sweep_folder", "clear_record", "iter_records", "model_slug", "read_record", "recorded_runs",
+           "result_settings", "run_folder", "settings_hash", "write_record"]

@@ -3,8 +3,9 @@
 Names expand as timm's ``list_models`` does (wildcards, pretrained tags). Each model runs in a fresh process (spawned,
 so a crash, an out-of-memory kill or a hang takes only that model) under a time limit, and leaves a run folder
 (:mod:`ppp_audit.runs`): its report, and ``run.json`` saying done or failed (with the one-line reason), written last.
-A re-run skips the runs that are there (failed ones too, unless ``retry_failed``); ``force`` redoes them. On CUDA out
-of memory a model is tried again with half the batch, down to 1, as timm's ``validate.py --retry`` does.
+A re-run skips the runs that are there (failed ones too, unless ``retry_failed``), whatever it changes of how they
+run (batch size, workers, device: no part of a result's settings, SPEC §3.5); ``force`` redoes them. On CUDA out of
+memory a model is tried again with half the batch, down to 1, as timm's ``validate.py --retry`` does.
 
 Several processes share the models by the standard rank variables (``RANK``/``WORLD_SIZE`` from ``torchrun``,
 ``SLURM_PROCID``/``SLURM_NTASKS``, or ``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``): rank ``r`` of ``w`` takes
@@ -31,7 +32,7 @@ from .config import AuditConfig
 from .errors import PPPAuditError, describe_error
 from .progress import ProgressReporter, progress_bar
 from .report import REPORT_JSON
-from .runs import (DONE, FAILED, RunClaim, RunRecord, check_sweep_folder, clear_record, read_record, run_folder,
+from .runs import (DONE, FAILED, RunClaim, RunRecord, check_sweep_folder, clear_record, recorded_runs, run_folder,
                    write_record)
 
 OUT_OF_MEMORY = "oom"
@@ -256,14 +257,15 @@ class SweepSummary:
 
 
 def sweep_settings(config: AuditConfig) -> dict[str, Any]:
-    """The settings a sweep shares between its models (the config without its model), as hashed into run folders."""
+    """The settings a sweep shares between its models (the config without its model); run folders are named by the
+    hash of their result part (:func:`ppp_audit.runs.settings_hash`)."""
     settings = dataclasses.asdict(config)
     settings.pop("model")
     return settings
 
 
 def run_sweep(models: Sequence[str], settings: dict[str, Any], out: str | Path, *, rank: int = 0, world: int = 1,
-              skip_existing: bool = True, retry_failed: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
+              force: bool = False, retry_failed: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S,
               pages: bool = True, progress: bool | ProgressReporter = False,
               on_model: Callable[[RunRecord], None] | None = None,
               audit_runner: Callable[..., tuple[str, str | None]] = audit_in_process) -> SweepSummary:
@@ -275,8 +277,9 @@ def run_sweep(models: Sequence[str], settings: dict[str, Any], out: str | Path, 
         out: The sweep folder.
         rank: This process's rank.
         world: The number of processes sharing the models.
-        skip_existing: Skip models whose run is already recorded (``False``: redo them all).
-        retry_failed: With ``skip_existing``, still redo the models recorded as failed.
+        force: Redo every model, recorded or not (by default a model whose run with the same result settings is
+            recorded is skipped).
+        retry_failed: Redo the models recorded as failed (and not done).
         timeout_s: Seconds one model may take.
         pages: Write each report's figures and page beside it.
         progress: The sweep's progress (models done / failed / left, time per model, time left).
@@ -292,7 +295,7 @@ def run_sweep(models: Sequence[str], settings: dict[str, Any], out: str | Path, 
     summary = SweepSummary(models=mine)
     todo = []
     def finished(model: str) -> bool:
-        return skip_existing and _finished(model, run_folder(out, model, settings), retry_failed)
+        return not force and _finished(model, out, settings, retry_failed)
 
     for model in mine:
         (summary.skipped if finished(model) else todo).append(model)
@@ -323,13 +326,13 @@ def run_sweep(models: Sequence[str], settings: dict[str, Any], out: str | Path, 
     return summary
 
 
-def _finished(model: str, folder: Path, retry_failed: bool) -> bool:
-    """Whether ``folder`` holds ``model``'s result: a readable record of that model and settings, done (or failed,
+def _finished(model: str, out: str | Path, settings: dict[str, Any], retry_failed: bool) -> bool:
+    """Whether the sweep folder ``out`` holds ``model``'s result with the result settings of ``settings``: a readable
+    record of them (:func:`~ppp_audit.runs.recorded_runs`, one recorded under the older hash too), done (or failed,
     unless ``retry_failed``). A record that cannot be read, or of another model or settings (edited or moved by
     hand), is no result: the model is redone, which replaces only its own run folder's files."""
-    record = read_record(folder)
-    usable = isinstance(record, RunRecord) and record.model == model and record.settings_hash == folder.name
-    return usable and (record.status == DONE or not retry_failed)
+    records = recorded_runs(out, model, settings)
+    return any(record.status == DONE for record in records) or (bool(records) and not retry_failed)
 
 
 def _audit_model(model: str, settings: dict[str, Any], out: Path, rank: int, timeout_s: float, pages: bool,
@@ -360,5 +363,6 @@ def _audit_model(model: str, settings: dict[str, Any], out: Path, rank: int, tim
     return record
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "SweepSummary", "audit_in_process", "check_shared_settings", "expand_models", "model_family",
+__all__ = ["DEFAULT_TIMEOUT_S", "SweepSummary", "audit_in_process", "check_shared_settings", "expand_models",
+           "model_family",
            "parameter_count", "read_model_list", "run_sweep", "shard", "sweep_settings"]

@@ -3,6 +3,7 @@
 >>> from ppp_audit.testing import assert_ppp
 >>> assert_ppp(model, max_strength=0.1, layers="last")              # the last stage stays below 0.1
 >>> assert_ppp("resnet50", layers={"layer3": 0.2, "layer4": 0.1})   # per-layer bounds
+>>> assert_ppp(model, max_top_share=0.5, layers="all")             # no 1 % of a layer's channels carries half its PPP
 
 The numbers are the CLI's: every check runs :func:`ppp_audit.engine.audit` with an
 :class:`~ppp_audit.engine.AuditConfig` and compares the Δ-estimator strength ``RMS(P) / RMS(σ)`` of each bounded
@@ -30,7 +31,7 @@ from .report import NATIVE, format_number
 if TYPE_CHECKING:
     import torch.nn as nn
 
-    from .report import Report, SchemeResult
+    from .report import LayerStats, Report, SchemeResult
 
 Layers = str | Sequence[str] | Mapping[str, float | None]
 """Which layers a check covers: ``"last"`` (last stage), ``"all"`` (every stage), module names, or ``{name: bound}``."""
@@ -73,16 +74,32 @@ class LayerCheck:
     reference_partial: bool = False
     non_finite: bool = False
     """The layer's features held NaN/inf: it has no strength, and a bound on it fails."""
+    top_share: float | None = None
+    """The share of the layer's pattern energy in its strongest 1 % of channels (``None``: no pattern above the noise,
+    so none concentrated; docs/metrics.md#channels-padding-aware-neurons)."""
+    allowed_top_share: float | None = None
 
     @property
     def checked(self) -> bool:
-        return self.allowed is not None
+        return self.allowed is not None or self.allowed_top_share is not None
 
     @property
-    def ok(self) -> bool:
+    def strength_ok(self) -> bool:
         if self.allowed is None:
             return True
         return self.strength is not None and not math.isnan(self.strength) and self.strength <= self.allowed
+
+    @property
+    def top_share_ok(self) -> bool:
+        """Within the bound on concentration: a layer with no pattern above the noise (no share) passes, a
+        non-finite one fails."""
+        if self.allowed_top_share is None:
+            return True
+        return not self.non_finite and (self.top_share is None or self.top_share <= self.allowed_top_share)
+
+    @property
+    def ok(self) -> bool:
+        return self.strength_ok and self.top_share_ok
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -197,8 +214,18 @@ def _result_of(model: nn.Module | str | Report, layers: Layers,
         raise ValueError(exc.args[0]) from None
 
 
-def _check_bounds(layers: Layers, max_strength: float | None) -> None:
-    """Fail fast, before any measuring, on bounds that are missing or not non-negative numbers."""
+def _check_bounds(layers: Layers, max_strength: float | None, max_top_share: float | None = None) -> None:
+    """Fail fast, before any measuring, on bounds that are missing or not non-negative numbers (a share no more
+    than 1); a bound on concentration alone needs no strength bound."""
+    if max_top_share is not None:
+        try:
+            ok = 0 <= float(max_top_share) <= 1 and not isinstance(max_top_share, bool)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"max_top_share must be a share between 0 and 1 (got {max_top_share!r})")
+        if max_strength is None and not isinstance(layers, Mapping):
+            return
     given = dict(layers) if isinstance(layers, Mapping) else {"every layer": None}
     for name, bound in given.items():
         bound = max_strength if bound is None else bound
@@ -216,20 +243,28 @@ def _bounds(result: SchemeResult, layers: Layers, max_strength: float | None) ->
     names = _selected(result, layers)
     if isinstance(layers, Mapping):
         return {name: float(max_strength if bound is None else bound) for name, bound in layers.items()}
-    return {name: float(max_strength) for name in names}  # type: ignore[arg-type]
+    if max_strength is None:  # a bound on concentration alone
+        return {}
+    return {name: float(max_strength) for name in names}
 
 
-def _rows(result: SchemeResult, allowed: Mapping[str, float],
-          baseline: Mapping[str, float] | None = None) -> list[LayerCheck]:
+def _rows(result: SchemeResult, allowed: Mapping[str, float], baseline: Mapping[str, float] | None = None,
+          allowed_top: Mapping[str, float] | None = None) -> list[LayerCheck]:
     return [
         LayerCheck(
             name=layer.name, stride_px=layer.stats.stride_px, strength=layer.stats.strength,
             strength_ci=layer.stats.strength_ci, allowed=allowed.get(layer.name),
             baseline=None if baseline is None else baseline.get(layer.name), reference_partial=layer.reference_partial,
-            non_finite=layer.stats.non_finite,
+            non_finite=layer.stats.non_finite, top_share=_top_share(layer.stats),
+            allowed_top_share=None if allowed_top is None else allowed_top.get(layer.name),
         )
         for layer in result.layers
     ]
+
+
+def _top_share(stats: LayerStats) -> float | None:
+    """The layer's share of its pattern energy in its strongest 1 % of channels (``None``: none measured)."""
+    return stats.channel_shares.energy_share.get("top_1pct") if stats.channel_shares is not None else None
 
 
 def _num(value: float | None) -> str:
@@ -239,14 +274,17 @@ def _num(value: float | None) -> str:
 def format_table(rows: Sequence[LayerCheck]) -> str:
     """Measured versus allowed per layer, as plain text (a baseline column when any row has one)."""
     with_baseline = any(row.baseline is not None for row in rows)
-    header = ["layer", "stride", "strength", "95% CI", *(["baseline"] if with_baseline else []), "allowed", "result"]
+    with_share = any(row.allowed_top_share is not None for row in rows)
+    header = ["layer", "stride", "strength", "95% CI", *(["baseline"] if with_baseline else []), "allowed",
+              *(["top 1 %", "allowed"] if with_share else []), "result"]
     body = []
     for row in rows:
         ci = f"[{_num(row.strength_ci[0])}, {_num(row.strength_ci[1])}]" if row.strength_ci else "–"
         verdict = ("ok" if row.ok else "FAIL") if row.checked else ""
         strength = "non-finite" if row.non_finite else _num(row.strength)
+        share = [_num(row.top_share), _num(row.allowed_top_share)] if with_share else []
         body.append([row.name + (" *" if row.reference_partial else ""), f"{row.stride_px:g}", strength, ci,
-                     *([_num(row.baseline)] if with_baseline else []), _num(row.allowed), verdict])
+                     *([_num(row.baseline)] if with_baseline else []), _num(row.allowed), *share, verdict])
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -281,16 +319,22 @@ def assert_ppp(
     max_strength: float | None = None,
     layers: Layers = "last",
     *,
+    max_top_share: float | None = None,
     report_path: str | Path | None = None,
     **options: Any,
 ) -> Report:
-    """Assert that a model's PPP strength stays at or below a bound in the chosen layers.
+    """Assert that a model's PPP strength stays at or below a bound in the chosen layers (and, with
+    ``max_top_share``, that no layer's pattern is concentrated in a few channels).
 
     Args:
         model: An ``nn.Module`` or a timm model name (see :func:`measure`), or a report measured before (then
             ``options`` other than ``padding`` are not used).
         max_strength: The bound, for every layer ``layers`` selects (and for ``None`` values of a dict).
         layers: ``"last"`` (the last stage), ``"all"`` (every stage), module names, or ``{name: bound}``.
+        max_top_share: A bound (0 to 1) on the share of each chosen layer's pattern energy in its strongest 1 % of
+            channels (``channel_shares.energy_share.top_1pct``; docs/metrics.md#channels-padding-aware-neurons). A
+            layer with no pattern significantly above the noise has no share and passes. Without ``max_strength``
+            (and per-layer strength bounds) only the concentration is bounded.
         report_path: Where to save the full JSON report (always, pass or fail).
         **options: Measurement settings for :func:`measure` (``images``, ``num_images``, ``device``, ``input_size``,
             ``margin``, ``padding``, ``seed``, ``batch_size``, ``pretrained``, ``weights``).
@@ -299,19 +343,30 @@ def assert_ppp(
         The report, for further assertions.
 
     Raises:
-        PPPBoundError: A layer's strength is above its bound; the message is the table of measured versus allowed.
+        PPPBoundError: A layer's strength (or top-1 % share) is above its bound; the message is the table of measured
+            versus allowed.
     """
     __tracebackhide__ = True
     _named(layers)
-    _check_bounds(layers, max_strength)
+    _check_bounds(layers, max_strength, max_top_share)
     report, result = _result_of(model, layers, options)
-    rows = _rows(result, _bounds(result, layers, max_strength))
+    allowed_top = None if max_top_share is None else dict.fromkeys(_selected(result, layers), float(max_top_share))
+    rows = _rows(result, _bounds(result, layers, max_strength), allowed_top=allowed_top)
     saved = _saved(report, report_path)
     failed = [row for row in rows if not row.ok]
     if failed:
-        title = f"PPP strength above the bound in {len(failed)} of {sum(r.checked for r in rows)} checked layers"
-        raise PPPBoundError(_message(title, report, result, rows, saved))
+        checked = sum(r.checked for r in rows)
+        if max_top_share is None:
+            title = f"PPP strength above the bound in {len(failed)} of {checked} checked layers"
+            raise PPPBoundError(_message(title, report, result, rows, saved))
+        title = (f"PPP above its bounds in {len(failed)} of {checked} checked layers (strength, or the share of the "
+                 "pattern energy in the strongest 1 % of channels)")
+        raise PPPBoundError(_message(title, report, result, rows, saved, _TOP_SHARE_NOTE))
     return report
+
+
+_TOP_SHARE_NOTE = ("top 1 % = share of the debiased pattern energy Σ P² in the layer's strongest 1 % of channels "
+                   "(–: no pattern above the noise; docs/metrics.md#channels-padding-aware-neurons)")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -474,12 +529,13 @@ class PPPChecker:
             report.save(path)
         return report
 
-    def check(self, model: nn.Module | str | Report, max_strength: float | None = None, layers: Layers = "last",
-              **options: Any) -> Report:
-        """:func:`assert_ppp` with this run's settings; the report is saved to the report dir."""
+    def check(self, model: nn.Module | str | Report, max_strength: float | None = None, layers: Layers = "last", *,
+              max_top_share: float | None = None, **options: Any) -> Report:
+        """:func:`assert_ppp` with this run's settings (``max_top_share``: a bound on the share of a layer's pattern
+        in its strongest 1 % of channels); the report is saved to the report dir."""
         __tracebackhide__ = True
-        return assert_ppp(model, max_strength, layers, report_path=self._next_report_path(),
-                          **{**self.defaults, **options})
+        return assert_ppp(model, max_strength, layers, max_top_share=max_top_share,
+                          report_path=self._next_report_path(), **{**self.defaults, **options})
 
     def check_regression(self, model: nn.Module | str | Report, tolerance: float = 0.05, *, rtol: float = 0.0,
                          layers: Layers = "all", basename: str | None = None, **options: Any) -> Report:

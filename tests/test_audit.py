@@ -1,4 +1,5 @@
-"""Known answers of the whole audit (docs/metrics.md): padding-free -> 0, planted signal recovered, training -> more PPP."""
+"""Known answers of the whole audit (docs/metrics.md): padding removed -> 0, planted signal recovered, training -> more
+PPP."""
 
 from __future__ import annotations
 
@@ -45,26 +46,27 @@ def _small_cnn(padding: int) -> nn.Sequential:
     ).eval()
 
 
-def _valid_vgg() -> nn.Sequential:
-    return _small_cnn(padding=0)
-
-
 def test_padding_free_model_has_zero_ppp():
-    model = _valid_vgg()
-    config = AuditConfig(model="valid-vgg", num_images=16, batch_size=8, input_size=32, margin=32,
+    # A model that pads nowhere is refused (SPEC §3.5): the padding-free known answer is a padded net under `valid`,
+    # which removes its padding (a global pool keeps the output shape that scheme must keep).
+    model = nn.Sequential(*_small_cnn(padding=1), nn.AdaptiveAvgPool2d(1)).eval()
+    config = AuditConfig(model="valid-vgg", paddings=["valid"], num_images=16, batch_size=8, input_size=32, margin=32,
                          layers=["1", "3", "5"], device="cpu")
     report = audit(config, model=model, info=_info("valid-vgg", 32))
-    for layer in report.scheme("native").layers:
+    for layer in report.scheme("valid").layers:
         assert layer.stats.strength < 1e-5, layer.name
         assert max(map(max, layer.stats.ppp_map)) < 1e-5
         assert layer.stats.extent_px == 0.0
-    assert report.scheme("native").patch["num_patched"] == 0
+    assert report.scheme("valid").patch["num_patched"] == 3
+    assert min(layer.stats.strength for layer in report.scheme("native").layers) > 1e-3
 
 
 def test_planted_border_bias_is_recovered_within_ci():
     amplitude, rings, size, margin = 0.4, 2, 32, 32
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 1), BorderBias(amplitude, rings, noise=0.2)).eval()
+    # The padded conv after the tap is the model's padding site (one that pads nowhere is refused); "1" sees none.
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), BorderBias(amplitude, rings, noise=0.2), nn.Conv2d(6, 6, 3, padding=1))
+    model.eval()
     config = AuditConfig(model="planted", num_images=64, batch_size=16, input_size=size, margin=margin,
                          layers=["1"], device="cpu", seed=1)
     stats = audit(config, model=model, info=_info("planted", size)).scheme("native").layer("1").stats
@@ -120,7 +122,7 @@ def test_report_json_round_trip(lite0_reports, tmp_path):
     path = report.save(tmp_path / "r" / "report.json")
     assert Report.load(path.parent) == report
     data = report.to_dict()
-    assert data["schema_version"] == "1.9" and data["window"] == 224 + 2 * data["margin"]
+    assert data["schema_version"] == "1.10" and data["window"] == 224 + 2 * data["margin"]
     assert data["geometry"]["margin"]["chosen_by"] == "receptive fields" and data["margin"] % 32 == 0
     assert data["results"][0]["patch"]["native_padding"] == "zeros"
 
@@ -130,7 +132,7 @@ def test_report_rejects_a_newer_major_schema_and_reads_a_newer_minor(lite0_repor
     data["schema_version"] = "2.0"
     with pytest.raises(ValueError, match="upgrade ppp-audit"):
         Report.from_dict(data)
-    data.update(schema_version="1.9", field_from_the_future={"x": 1})
+    data.update(schema_version="1.11", field_from_the_future={"x": 1})
     assert Report.from_dict(data).results == lite0_reports[0].results
 
 

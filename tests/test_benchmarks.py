@@ -68,9 +68,8 @@ def test_gpu_check_script_runs_every_step_on_cpu(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.rstrip().endswith("GPU check passed")
     assert done.stdout.count("max relative difference") == 3 and "peak memory N=4" in done.stdout
-    assert {p.name for p in tmp_path.iterdir()} == {"cpu.json", "device.json", "device_bf16.json", "cpu_host.json",
-                                                   "device_host.json", "pipeline.txt", "pipeline.jsonl",
-                                                   "large.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"cpu.json", "device.json", "device_bf16.json", "device_host.json",
+                                                   "pipeline.txt", "pipeline.jsonl", "large.json"}
     pipeline = (tmp_path / "pipeline.txt").read_text()
     for row in ("a_bare_forwards", "b_preloaded", "c_built_in_on_device", "d_jpeg_folder_on_device"):
         assert pipeline.count(row) == 2, row  # bf16 and fp32

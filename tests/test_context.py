@@ -148,12 +148,14 @@ def test_audit_of_padding_free_squeeze_excitation_gives_zero():
     strengths = {}
     for match in (True, False):
         config = AuditConfig(model="valid-se", num_images=8, batch_size=8, input_size=32, margin=32,
-                             layers=["se", "conv2"], device="cpu", match_context=match)
-        report = audit(config, model=ValidSE().eval(), info=info, source=FramedSource())
+                             layers=["0.se", "0.conv2"], device="cpu", match_context=match)
+        # The padded conv after the taps is the model's padding site (one that pads nowhere is refused).
+        model = nn.Sequential(ValidSE(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+        report = audit(config, model=model, info=info, source=FramedSource())
         strengths[match] = [layer.stats.strength for layer in report.scheme("native").layers]
         for layer in report.scheme("native").layers:
-            assert layer.context_matched == (["se"] if match else [])
-            assert layer.context_unmatched == ([] if match else ["se"])
+            assert layer.context_matched == (["0.se"] if match else [])
+            assert layer.context_unmatched == ([] if match else ["0.se"])
             if match:  # the probe follows local paths: the reach is the two convolutions', not the whole window
                 assert layer.receptive_radius_px < 8
     assert max(strengths[True]) < 1e-5

@@ -67,15 +67,15 @@ def test_renderer_is_deterministic_per_seed_and_index_in_any_batch():
     small_chunks = render_dead_leaves(3, [4, 1], 48, scale=32, max_elements=2**14)
     assert batch.shape == (6, 3, 48, 48) and batch.dtype == torch.float32
     assert 0.0 <= float(batch.min()) and float(batch.max()) <= 1.0
-    torch.testing.assert_close(alone[0], batch[4], rtol=0, atol=1e-6)
-    torch.testing.assert_close(small_chunks[0], batch[4], rtol=0, atol=1e-6)
+    # Alone or in any batch, the same bits on one device: the host's windows are the device path's (SPEC §3.5).
+    assert torch.equal(alone[0], batch[4]) and torch.equal(small_chunks[0], batch[4])
     assert float((render_dead_leaves(4, [4], 48, scale=32) - alone).abs().mean()) > 0.05
-    source = DeadLeavesSource(seed=3, scale=32, renderer="torch")
-    torch.testing.assert_close(source.window(4, 48), batch[4], rtol=0, atol=1e-6)
+    source = DeadLeavesSource(seed=3, scale=32)
+    assert torch.equal(source.window(4, 48), batch[4])
     # --compile compiles the renderer's kernels: how it runs, not what it draws (aot_eager needs no C++ compiler)
     compiled = render_dead_leaves(3, range(6), 48, scale=32, compile="aot_eager")
     torch.testing.assert_close(compiled, batch, rtol=0, atol=1e-6)
-    assert source.describe()["renderer"] == "torch" and "renderer" not in DeadLeavesSource().describe()
+    assert source.describe()["renderer"] == "torch"
 
 
 def _picture_statistics(windows: torch.Tensor) -> dict[str, float]:
@@ -91,23 +91,27 @@ def _picture_statistics(windows: torch.Tensor) -> dict[str, float]:
             "colour": float(windows.std(1).mean()), "spectrum_slope": float(torch.log(low / high))}
 
 
-def test_torch_renderer_matches_the_numpy_renderer_statistically():
-    numpy_source = DeadLeavesSource(seed=5, scale=64)
-    torch_source = DeadLeavesSource(seed=5, scale=64, renderer="torch")
-    reference = _picture_statistics(torch.stack([numpy_source.window(i, 96) for i in range(48)]))
-    drawn = _picture_statistics(torch_source.windows(range(48), 96, CPU))
-    for name, value in reference.items():
+NUMPY_STATISTICS = {"mean": 0.4992, "contrast": 0.2109, "edges": 0.1051, "colour": 0.0571, "spectrum_slope": 3.4218}
+"""What the NumPy renderer (the host's until #27) drew at seed 5, 48 windows of 96 px, scale 64: the laws the renderer
+keeps (measured with it before it was removed)."""
+
+
+def test_renderer_keeps_the_statistics_of_the_laws():
+    source = DeadLeavesSource(seed=5, scale=64)
+    drawn = _picture_statistics(source.windows(range(48), 96, CPU))
+    for name, value in NUMPY_STATISTICS.items():
         assert drawn[name] == pytest.approx(value, rel=0.1), name
-    # Stationary in pixels, as the NumPy renderer: the crop of a larger window looks the same.
-    larger = torch_source.windows(range(48), 160, CPU)[..., 32:128, 32:128]
+    # Stationary in pixels: the crop of a larger window looks the same.
+    larger = source.windows(range(48), 160, CPU)[..., 32:128, 32:128]
     for name, value in _picture_statistics(larger).items():
         assert value == pytest.approx(drawn[name], rel=0.1), name
 
 
-def test_planted_signal_reads_the_same_with_both_renderers_within_their_cis():
+def test_planted_signal_reads_the_same_made_on_the_host_or_on_the_device():
     amplitude, rings, size, margin = 0.4, 2, 32, 32
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), BorderBias(amplitude, rings, noise=0.2)).eval()
+    # No per-sample noise: its draws from torch's RNG would differ between the paths (a DataLoader draws its seed).
+    model = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), BorderBias(amplitude, rings, noise=0.0)).eval()
     stats = {}
     for where in ("host", "device"):
         config = AuditConfig(model="planted", num_images=64, batch_size=16, input_size=size, margin=margin,
@@ -115,19 +119,9 @@ def test_planted_signal_reads_the_same_with_both_renderers_within_their_cis():
         report = audit(config, model=model, info=_info("planted", size))
         stats[where] = report.scheme("native").layer("1").stats
         assert (report.data.get("renderer"), report.data.get("images_on")) == \
-            ((None, None) if where == "host" else ("torch", "cpu"))
-    (lo_h, hi_h), (lo_d, hi_d) = stats["host"].strength_ci, stats["device"].strength_ci
-    assert lo_h <= stats["device"].strength <= hi_h and lo_d <= stats["host"].strength <= hi_d
+            ("torch", None if where == "host" else "cpu")
+    assert stats["device"].strength == pytest.approx(stats["host"].strength, rel=1e-6)
     assert stats["host"].extent_px == stats["device"].extent_px
-
-
-def test_random_init_cnn_reads_the_same_with_both_renderers_within_their_cis():
-    common = dict(model="resnet10t", pretrained=False, input_size=64, num_images=48, batch_size=16, device="cpu")
-    host, device = (audit(AuditConfig(**common, images_on=where)) for where in ("host", "device"))
-    for a, b in zip(host.scheme("native").layers, device.scheme("native").layers):
-        (lo_a, hi_a), (lo_b, hi_b) = a.stats.strength_ci, b.stats.strength_ci
-        assert lo_a - (hi_a - lo_a) / 2 <= b.stats.strength <= hi_a + (hi_a - lo_a) / 2, a.name
-        assert max(lo_a, lo_b) <= min(hi_a, hi_b), a.name  # the intervals overlap
 
 
 def _photo(seed: int, size: tuple[int, int], mode: str = "RGB") -> "PIL.Image.Image":  # noqa: F821
@@ -186,7 +180,7 @@ def test_jpeg_folder_audit_on_the_device_equals_the_host_audit(photo_folder):
 
 class CountingSource(DeadLeavesSource):
     def __init__(self) -> None:
-        super().__init__(seed=2, scale=32, renderer="torch")
+        super().__init__(seed=2, scale=32)
         object.__setattr__(self, "made", [])
 
     def windows(self, indices, size, device):
@@ -278,7 +272,7 @@ def test_auto_sends_to_a_gpu_only_what_a_device_makes_itself(photo_folder, tmp_p
     jpegs.mkdir()
     for path in photo_folder.glob("*.jpg"):
         (jpegs / path.name).write_bytes(path.read_bytes())
-    assert made_on_device(DeadLeavesSource(renderer="torch")) and not made_on_device(DeadLeavesSource())
+    assert made_on_device(DeadLeavesSource())
     assert made_on_device(FolderSource(jpegs)) and not made_on_device(FolderSource(photo_folder))  # it holds a PNG
     assert made_on_device(random_sample(FolderSource(jpegs), 3, seed=0, size=64))  # seen through the sample
     config = AuditConfig(model="resnet10t", device="cuda")

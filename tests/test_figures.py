@@ -88,7 +88,7 @@ def test_pngs_decode_with_expected_sizes(written, planted_report):
 
     keys = [f.key for f in written.figures]
     assert keys == ["ppp_map/stage0", "ppp_map/stage1", "extent/stage0", "extent/stage1", "strength",
-                    "convergence", "mist"]
+                    "convergence", "mist", "channels", "channel_maps/stage0", "channel_maps/stage1"]
     expected = {"ppp_map": map_figure_size(2), "extent": extent_figure_size(2)}
     for figure in written.figures:
         path = written.out_dir / figure.filename
@@ -269,9 +269,10 @@ def test_out_writes_json_figures_and_page(cli_audit):
     out, result = cli_audit
     assert (out / "report.json").is_file() and (out / "report.html").is_file()
     pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert pngs == ["convergence.png", "extent_00_layer3.png", "extent_01_layer4.png", "mist.png",
+    assert pngs == ["channel_energy.png", "channel_maps_00_layer3.png", "channel_maps_01_layer4.png",
+                    "convergence.png", "extent_00_layer3.png", "extent_01_layer4.png", "mist.png",
                     "ppp_map_00_layer3.png", "ppp_map_01_layer4.png", "strength.png"]
-    assert "7 figures and report.html written" in result.stderr
+    assert "10 figures and report.html written" in result.stderr
 
 
 def test_show_reproduces_the_table(cli_audit):
@@ -279,12 +280,14 @@ def test_show_reproduces_the_table(cli_audit):
     from typer.testing import CliRunner
 
     from ppp_audit.cli import app
-    from ppp_audit.render import render_table
+    from ppp_audit.render import full_width, render_table
     from ppp_audit.report import Report
 
     out, audited = cli_audit
     table = Console(width=100, record=True, color_system=None)
-    table.print(render_table(Report.load(out)))
+    rendered = render_table(Report.load(out))
+    with full_width(table, [rendered]):  # as the CLI prints to a pipe: at the table's own width
+        table.print(rendered)
     table_text = table.export_text()
     assert table_text in audited.stdout
     assert "PPP map · stage layer4" in audited.stdout

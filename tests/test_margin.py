@@ -98,7 +98,7 @@ def test_chosen_margin_covers_a_planted_reach_and_the_strength_does_not_move_bey
     chosen = auditor.margin
     assert reach.radius_px == RADIUS
     assert reach.beyond(chosen) <= tolerance < reach.beyond(chosen - STEM)  # the smallest margin that covers it
-    assert chosen <= RADIUS + STEM and auditor.margin_choice is not None
+    assert chosen <= RADIUS + STEM and auditor.margins.choice is not None
     assert auditor.second_margin is None  # no partial layer, so no second margin is measured
 
     def strength(margin: int | None) -> float:

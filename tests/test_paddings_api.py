@@ -84,6 +84,7 @@ def test_vit_has_nothing_to_patch():
 def test_vit_cli_exit_code_and_message():
     result = CliRunner().invoke(app, ["vit_tiny_patch16_224", "--no-pretrained", "-p", "reflect", "-n", "2"])
     assert result.exit_code == 2
-    assert "model 'vit_tiny_patch16_224' has no padding to replace" in result.output
-    assert "does not come from padding; audit it without --padding" in result.output
-    # Without --padding there is nothing to compare and the audit itself would run (not tested here: full-size ViT).
+    assert "model 'vit_tiny_patch16_224' has no padding (no convolution, pool or pad module pads)" in result.output
+    assert "its position information comes from its position embeddings ('pos_embed'), not from padding" in \
+        result.output
+    # Without --padding the same line (tests/test_same_numbers.py, on timm's test_vit).

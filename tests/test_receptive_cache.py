@@ -174,7 +174,7 @@ def test_an_auditor_reads_its_model_from_the_cache_but_not_a_fine_tuned_copy(cac
     second = Auditor(config, model=model, info=info)
     assert (first.state.influence.obtained, second.state.influence.obtained) == ("probed", "cache")
     assert list(first.state.influence) == list(second.state.influence)
-    assert second.margin == first.margin and second.margin_choice == first.margin_choice
+    assert second.margin == first.margin and second.margins.choice == first.margins.choice
     entries = _entries(cache)
     copied = copy.deepcopy(model)
     _bump_first_conv(copied)

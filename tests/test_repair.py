@@ -91,7 +91,7 @@ def test_report_table_page_and_round_trip(zero_weight, tmp_path):
     from ppp_audit.render.figures import repair_curves
     from ppp_audit.report import SCHEMA_VERSION, Report
 
-    assert SCHEMA_VERSION >= "1.7"  # the repair's fields came with 1.7
+    assert tuple(map(int, SCHEMA_VERSION.split("."))) >= (1, 7)  # the repair's fields came with 1.7
     again = Report.from_json(zero_weight.to_json())
     assert again.to_dict() == zero_weight.to_dict()
     tune = again.scheme("reflect").finetune
@@ -130,18 +130,20 @@ class LearnedBorderBias(nn.Module):
 
 
 class Planted(nn.Module):
-    """1x1 features with a planted border bias; the logits read the centre position (they do not see the border)."""
+    """1x1 features with a planted border bias; the logits read the centre position (they do not see the border)
+    through a padded 3x3 conv, the model's padding site (one that pads nowhere is refused), which the tap precedes."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.features = nn.Conv2d(3, 6, 1)
         self.border = LearnedBorderBias(6, rings=2, amplitude=0.5)
+        self.mix = nn.Conv2d(6, 6, 3, padding=1)
         self.head = nn.Linear(6, 4)
         self.feature_info = [{"module": "border", "num_chs": 6, "reduction": 1}]  # stride 1: a small margin fits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.border(self.features(x))
+        f = self.mix(self.border(self.features(x)))
         return self.head(f[:, :, f.shape[-2] // 2, f.shape[-1] // 2])
 
 

@@ -74,7 +74,7 @@ def test_rerun_skips_what_is_done_and_force_redoes_it(swept):
     assert again.exit_code == 0 and "0 done, 0 failed, 3 already there" in again.stderr
     settings = {**_settings()}
     fake = FakeRunner()
-    run_sweep(MODELS, settings, out, audit_runner=fake, skip_existing=False)
+    run_sweep(MODELS, settings, out, audit_runner=fake, force=True)
     assert [model for model, _ in fake.calls] == MODELS
 
 
@@ -108,16 +108,16 @@ def test_out_of_memory_retries_with_half_the_batch(tmp_path):
     run_sweep(["test_resnet"], settings, tmp_path, audit_runner=fake)
     assert fake.calls == [("test_resnet", 8), ("test_resnet", 4), ("test_resnet", 2)]
     record = read_record(run_folder(tmp_path, "test_resnet", settings))
-    assert record.status == DONE and record.attempts == 3 and record.settings["batch_size"] == 8
+    assert record.status == DONE and record.attempts == 3 and record.run_settings["batch_size"] == 8
 
 
 def test_real_failures_are_one_line_and_do_not_stop_the_sweep(tmp_path):
-    # a pure transformer has no padding to replace (refused), and a model over its time limit is stopped
+    # a pure transformer has no padding (refused), and a model over its time limit is stopped
     result = runner.invoke(app, ["sweep", "test_vit", "test_resnet", *SETTINGS, "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     records = {record.model: record for record in iter_records(tmp_path)}
     assert records["test_resnet"].status == DONE
-    assert records["test_vit"].status == FAILED and "no padding to replace" in records["test_vit"].reason
+    assert records["test_vit"].status == FAILED and "has no padding" in records["test_vit"].reason
     assert "\n" not in records["test_vit"].reason
     slow = runner.invoke(app, ["sweep", "test_convnext", *SETTINGS, "--timeout", "0.5", "--out", str(tmp_path / "t")])
     (record,) = iter_records(tmp_path / "t")

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..report import BorderProfile, LayerStats, MistSnapshots
+from ..report import (
+    CHANNEL_FRACTIONS, TOP_CHANNELS, BorderProfile, ChannelShares, LayerStats, MistSnapshots, top_count,
+)
 
 SIDES = ("top", "bottom", "left", "right")
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -29,6 +31,17 @@ MIST_COUNTS = (1, 10, 100)
 """Image counts at which the mist layer's maps are snapshotted (those below N; the N point comes from the sums)."""
 MIST_STRIDE = 16
 """The stride of the default mist layer (the paper's teaser stage); without one, the middle tapped layer."""
+TOP_MAPS = 4
+"""How many of the strongest channels keep their map ``P_c`` in the report (``channel_shares.top_maps``)."""
+TOP_MAP_CELLS = 32
+"""The largest side of a stored channel map: larger maps are block-averaged down to it."""
+TOP_MAP_DIGITS = 4
+"""Significant digits of the stored channel maps (they are drawn, not computed with)."""
+CUMULATIVE_POINTS = 24
+"""Most points of a layer's sorted channel-energy curve (``channel_shares.cumulative``)."""
+SIDE_DOMINANCE = 2.0
+"""A channel's pattern lies along one side when that side's band energy exceeds this many times every other side's."""
+
 
 
 def t_quantile_975(dof: int) -> float:
@@ -92,14 +105,17 @@ def ring_means(values: Tensor, rings: Tensor, mask: Tensor | None = None) -> Ten
 
 
 def extent_from_profile(energy: Tensor, standard_error: Tensor, ring_px: float, z: float = NOISE_FLOOR_Z) -> float:
-    """Distance from the border (input px) up to which the profile stays above its noise floor (contiguous)."""
+    """Distance from the border (input px) up to which the profile stays above its noise floor (contiguous): the outer
+    edge of the last ring of the run, ``(k* + 1) · ring_px``, at most the centre of the profile's farthest ring,
+    ``(K − 0.5) · ring_px`` for ``K`` rings. No position of the map lies farther from the border than that (≤ S/2),
+    so a pattern over the whole map reaches exactly there, not past it."""
     above = (energy > z * standard_error) & torch.isfinite(energy)
     run = 0
     for flag in above.tolist():
         if not flag:
             break
         run += 1
-    return run * ring_px
+    return min(run, len(above) - 0.5) * ring_px if run else 0.0
 
 
 def convergence_sizes(groups: int) -> list[int]:
@@ -172,6 +188,176 @@ def jackknife(estimates: Tensor, full: Tensor) -> Tensor:
     if k < 2:
         return torch.full_like(full, math.nan)
     return ((k - 1) / k * (estimates - estimates.mean(0)).square().sum(0)).sqrt()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Channels: which carry the pattern (padding-aware neurons)
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def channel_energies(mean: Tensor, var: Tensor, n: int | float | Tensor) -> Tensor:
+    """Debiased pattern energy per channel, ``mean_positions(P_c²) − mean_positions(Var_c) / n`` (not clamped).
+
+    Args:
+        mean: The pattern ``P``, (C, h, w), or one per jackknife replicate, (K, C, h, w).
+        var: Per-element variance of one sample, (C, h, w).
+        n: Images behind ``mean``; for replicates a tensor (K,).
+
+    Returns:
+        (C,) or (K, C). Their mean over channels is the layer's debiased energy (:func:`debiased_energy`).
+    """
+    noise = var.mean((-2, -1))
+    if isinstance(n, Tensor):
+        noise = noise / n.to(noise).view(-1, 1)
+    else:
+        noise = noise / n
+    return mean.square().mean((-2, -1)) - noise
+
+
+def top_share(energies: Tensor, count: int, total: Tensor | None = None) -> Tensor:
+    """Share of ``total`` (default ``Σ energies``, over the last dim) in the ``count`` largest energies."""
+    return energies.topk(count, dim=-1).values.sum(-1) / (energies.sum(-1) if total is None else total)
+
+
+def channel_side(band_energy: Tensor, dominance: float = SIDE_DOMINANCE) -> str:
+    """Where a channel's pattern lies: the side (:data:`SIDES`) whose band energy exceeds ``dominance`` times every
+    other side's, else ``"ring"``.
+
+    Args:
+        band_energy: (4,) the channel's mean debiased energy over each side's band (:func:`border_rings`).
+    """
+    values = torch.nan_to_num(band_energy.double(), nan=0.0).clamp_min(0.0)
+    best = int(values.argmax())
+    others = torch.cat([values[:best], values[best + 1:]])
+    return SIDES[best] if bool(values[best] > dominance * others.max()) else "ring"
+
+
+def block_mean(maps: Tensor, cells: int) -> Tensor:
+    """``maps`` (k, h, w) block-averaged so that neither side exceeds ``cells`` (blocks at the far edges may be
+    partial: each is the mean of what it covers); maps within ``cells`` pass unchanged."""
+    factor = math.ceil(max(maps.shape[-2:]) / cells)
+    if factor <= 1:
+        return maps
+    pool = torch.nn.functional.avg_pool2d
+    sums = pool(maps, factor, ceil_mode=True, divisor_override=1)
+    return sums / pool(torch.ones_like(maps[:1]), factor, ceil_mode=True, divisor_override=1)
+
+
+def cumulative_points(channels: int, points: int = CUMULATIVE_POINTS) -> list[int]:
+    """Channel counts ``k`` for the sorted energy curve: up to ``points`` from 1 to ``channels``, evenly in log k."""
+    ks = torch.logspace(0.0, math.log10(channels), points, dtype=torch.float64).round().long().unique()
+    return sorted({*ks.tolist(), channels})
+
+
+def crossfit_cumulative(first: Tensor, second: Tensor) -> Tensor:
+    """Cross-fitted share of the energy in the strongest ``k`` channels, ``k = 1 .. C`` (last dim).
+
+    Each half of the images ranks the channels for the other: the share is ``(Σ_{top k of first} second_c +
+    Σ_{top k of second} first_c) / (Σ first + Σ second)``. Every energy is unbiased for a fixed channel, and the
+    channels are chosen on images that do not measure them, so the noise of the chosen channels does not read as
+    concentration (as it would when one estimate both ranks and measures: the winner's curse).
+
+    Args:
+        first: Debiased channel energies from one half of the images, (..., C).
+        second: The same from the other half.
+    """
+    by_first = second.gather(-1, first.argsort(-1, descending=True)).cumsum(-1)
+    by_second = first.gather(-1, second.argsort(-1, descending=True)).cumsum(-1)
+    return (by_first + by_second) / (first.sum(-1, keepdim=True) + second.sum(-1, keepdim=True))
+
+
+def channel_shares(group_sums: Tensor, counts: Tensor, var: Tensor, top: int = TOP_CHANNELS) -> ChannelShares:
+    """Which channels carry a layer's pattern (docs/metrics.md#channels-padding-aware-neurons), from its jackknife
+    group sums.
+
+    Channel ``c``'s energy ``e_c`` is :func:`channel_energies` of all N images. The top-k shares and the sorted energy
+    curve are cross-fitted (:func:`crossfit_cumulative`, the even and the odd groups ranking for each other); the
+    ``top`` list ranks channels by ``e_c`` and gives each its own share ``e_c / Σ e``, whose denominator is the
+    layer's debiased energy (times C) that the strength uses, so the noise of channels that carry no pattern neither
+    counts as energy nor dilutes the share of those that do. The effective number of channels is
+    ``(Σ e)² / Σ e²`` with both squares debiased by their jackknife variances. Every interval is the delete-a-group
+    jackknife's, each statistic recomputed on the leave-one-group-out replicates; shares are clamped to [0, 1], the
+    effective number to [1, C].
+
+    The shares are reported only when the layer's debiased energy is significantly above 0 (the lower end of its
+    95 % jackknife interval above 0) and at least 4 groups hold images; otherwise the ranking would be the noise's,
+    and :meth:`ChannelShares.none` is returned.
+
+    Args:
+        group_sums: Per-group sums of the samples of the pattern, (K, C, h, w), of the groups that hold images: of
+            ``Δ``, or for the mean-feature estimator of ``A`` less its per-channel spatial mean.
+        counts: Images per group, (K,), all positive.
+        var: The per-element variance of one sample (``Var Δ``; the shrunk ``Var A`` for the mean-feature
+            estimator), (C, h, w).
+        top: How many of the strongest channels to list.
+    """
+    groups, channels, height, width = group_sums.shape
+    counts = counts.to(group_sums)
+    n = float(counts.sum())
+    whole = group_sums.sum(0)
+    mean = whole / n
+    rep_n = n - counts
+    energy = channel_energies(mean, var, n)
+    rep_energy = channel_energies((whole - group_sums) / rep_n.view(-1, 1, 1, 1), var, rep_n)
+    total, rep_total = energy.sum(), rep_energy.sum(-1)
+    total_var = jackknife(rep_total, total).square()
+    if groups < 4 or not bool(total > t_quantile_975(groups - 1) * total_var.sqrt()):
+        return ChannelShares.none()
+
+    # The two halves (even and odd groups), and each replicate's: leaving group g out changes g's half only.
+    parity = torch.arange(groups, device=group_sums.device) % 2
+    half_sums = torch.stack([group_sums[parity == h].sum(0) for h in (0, 1)])
+    half_n = torch.stack([counts[parity == h].sum() for h in (0, 1)])
+    halves = channel_energies(half_sums / half_n.view(-1, 1, 1, 1), var, half_n)  # (2, C)
+    left = half_n[parity] - counts
+    changed = channel_energies((half_sums[parity] - group_sums) / left.view(-1, 1, 1, 1), var, left)  # (K, C)
+    rep_halves = [torch.where((parity == h).view(-1, 1), changed, halves[h].expand(groups, -1)) for h in (0, 1)]
+    if not bool(halves.sum() > 0):
+        return ChannelShares.none()
+    curve = crossfit_cumulative(halves[0], halves[1]).clamp(0.0, 1.0)
+    rep_curve = crossfit_cumulative(*rep_halves).clamp(0.0, 1.0)
+
+    channel_var = jackknife(rep_energy, energy).square().sum()
+    inflate = n / rep_n  # a replicate of fewer images has the larger noise
+
+    def effective(e: Tensor, scale: Tensor | float) -> Tensor:
+        square_of_sum = e.sum(-1).square() - scale * total_var
+        sum_of_squares = (e.square().sum(-1) - scale * channel_var).clamp_min(1e-300)
+        return (square_of_sum / sum_of_squares).clamp(1.0, float(channels))
+
+    counts_k = {key: top_count(channels, fraction) for key, fraction in CHANNEL_FRACTIONS.items()}
+    shares = {key: float(curve[k - 1]) for key, k in counts_k.items()}
+    order = torch.argsort(energy, descending=True)
+    listed = [c for c in order[:top].tolist() if energy[c] > 0]
+    _, _, band = border_rings(height, width)
+    band = band.to(mean)
+    positions = mean[listed].square() - var[listed] / n  # debiased energy per position of each listed channel
+    band_energy = (positions[:, None] * band).sum((-2, -1)) / band.sum((-2, -1)).clamp_min(1.0)
+    own = (energy / total).clamp(0.0, 1.0)
+    rep_own = (rep_energy / rep_total.view(-1, 1)).clamp(0.0, 1.0)
+    estimate = float(effective(energy, 1.0))
+    return ChannelShares(
+        energy_share=shares,
+        energy_share_ci={key: _bounded_ci(shares[key], rep_curve[:, k - 1], 1.0) for key, k in counts_k.items()},
+        effective_channels=estimate,
+        effective_channels_ci=_bounded_ci(estimate, effective(rep_energy, inflate), float(channels), low=1.0),
+        top=[(c, float(own[c]), channel_side(side)) for c, side in zip(listed, band_energy)],
+        top_ci=[_bounded_ci(float(own[c]), rep_own[:, c], 1.0) for c in listed],
+        top_maps=_rounded(block_mean(mean[listed[:TOP_MAPS]], TOP_MAP_CELLS)) if listed else [],
+        cumulative=[(k, float(curve[k - 1])) for k in cumulative_points(channels)],
+    )
+
+
+def _rounded(maps: Tensor, digits: int = TOP_MAP_DIGITS) -> list[list[list[float]]]:
+    """``maps`` as nested lists of numbers rounded to ``digits`` significant digits (what a figure needs, in fewer
+    bytes of JSON)."""
+    return [[[float(f"{value:.{digits}g}") for value in row] for row in image] for image in maps.tolist()]
+
+
+def _bounded_ci(estimate: float, replicates: Tensor, high: float, low: float = 0.0) -> tuple[float, float]:
+    """:func:`_ci` clamped to ``[low, high]`` (a share to [0, 1], a number of channels to [1, C])."""
+    start, end = _ci(estimate, replicates)
+    return max(start, low), min(end, high)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -252,11 +438,13 @@ class PPPAccumulator:
             arrival order); ``()`` takes none, and ``compute()`` then leaves ``mist`` out.
         moments: The batch reductions (default :func:`batch_moments`; :func:`compiled_moments` is the same function
             compiled).
+        top_channels: How many of the layer's strongest channels ``compute()`` lists in ``channel_shares.top``
+            (``--top-channels``).
     """
 
     def __init__(self, groups: int = 8, with_reference: bool = True,
-                 mist_counts: Sequence[int] = MIST_COUNTS, moments: Callable[..., dict[str, Tensor]] | None = None
-                 ) -> None:
+                 mist_counts: Sequence[int] = MIST_COUNTS, moments: Callable[..., dict[str, Tensor]] | None = None,
+                 top_channels: int = TOP_CHANNELS) -> None:
         if groups < 2:
             raise ValueError("groups must be >= 2 for a confidence interval")
         if any(k < 1 for k in mist_counts):
@@ -269,6 +457,7 @@ class PPPAccumulator:
         """Mist maps ``(mean_feature, ppp)`` by image count, on the device (float64)."""
         self.arrived = 0
         self.moments = moments or batch_moments
+        self.top_channels = top_channels
 
     @property
     def n(self) -> int:
@@ -370,7 +559,7 @@ class PPPAccumulator:
 
     @torch.no_grad()
     def compute(self, stride_px: float, receptive_radius_px: float | None = None) -> LayerStats:
-        """Finalise: strengths with jackknife CIs, extent profiles, the PPP map.
+        """Finalise: strengths with jackknife CIs, extent profiles, the PPP map, the channel shares.
 
         Args:
             stride_px: Input pixels per feature pixel (crop size / feature size).
@@ -433,6 +622,8 @@ class PPPAccumulator:
             noise = shrink * var_a
             reps = leave_out_means(sum_a)
             reps = reps - reps.mean(dim=(-2, -1), keepdim=True)
+            centred_sums = sum_a[used] - sum_a[used].mean(dim=(-2, -1), keepdim=True)
+            stats.channel_shares = channel_shares(centred_sums, counts_g, noise, top=self.top_channels)
             stats.ppp_map = channel_rms_map(centred, noise, n).float().tolist()
             self._profiles(stats, debiased_energy(centred, noise, n, dims=(0,)),
                            reps.square().mean(1) - noise.mean(0) / (n - counts_g).view(-1, 1, 1), stride_px)
@@ -452,6 +643,7 @@ class PPPAccumulator:
         stats.strength_ci = _ci(stats.strength, rep_energy.clamp_min(0.0).sqrt() / mist)
         energy = debiased_energy(mean_d, var_d, n)
         stats.relative_energy = float(energy.clamp_min(0.0).sqrt() / (st["sq_b"].mean() / n).sqrt().clamp_min(1e-300))
+        stats.channel_shares = channel_shares(st["sum_delta"][used], counts_g, var_d, top=self.top_channels)
 
         # Per-position energy, full and per jackknife replicate, then profiles by ring and side.
         pos_energy = debiased_energy(mean_d, var_d, n, dims=(0,))

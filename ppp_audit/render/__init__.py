@@ -15,8 +15,8 @@ from ..errors import ReportFileError
 from ..files import WrittenFiles
 from ..report import REPORT_HTML, REPORT_JSON, Report, written_files
 from .figures import FIGURES, FigureFile, FigureSpec, figure_specs, register_figure, write_figures
-from .html import SECTIONS, page_resources, register_section, render_html, write_html
-from .tables import render_baselines, render_curve_table, render_finetune_table, render_table
+from .html import REPORT_EMBEDDED_HTML, SECTIONS, page_resources, register_section, render_html, write_html
+from .tables import render_baselines, render_channels_table, render_curve_table, render_finetune_table, render_table
 from .terminal import TerminalHeatmap, full_width
 
 if TYPE_CHECKING:
@@ -66,7 +66,9 @@ def write_outputs(report: Report, out_dir: str | Path, *, overwrite: bool = True
             earlier report that this one does not draw; ``False`` only fills in what is missing. Either way a file
             ppp-audit did not write is never replaced or deleted: what would land on it goes beside it under a free
             name (``Outputs.kept``).
-        embed: Embed the images in the HTML as data URIs (one file to share) instead of linking ``figures/*.png``.
+        embed: Write ``report.embedded.html`` (:data:`~.html.REPORT_EMBEDDED_HTML`), the page with its images inside
+            as data URIs (one file to share, linking nothing beside it), instead of ``report.html``, which links
+            ``figures/*.png`` and is left as it is.
         source: The JSON file the report was read from; if it lies in ``out_dir`` the page links to it as is.
 
     Raises:
@@ -93,7 +95,7 @@ def write_outputs(report: Report, out_dir: str | Path, *, overwrite: bool = True
             raise ReportFileError(f"figures need matplotlib ({exc})", "pip install matplotlib") from None
         if overwrite:
             _remove_stale_figures(own, figures)
-        html_name = place(REPORT_HTML)
+        html_name = place(REPORT_EMBEDDED_HTML if embed else REPORT_HTML)  # an embedded page never replaces the other
         html_path = out_dir / html_name
         html_written = overwrite or embed or not html_path.exists() or any(f.written for f in figures)
         if html_written:
@@ -157,8 +159,10 @@ def save_report(report: Report, out_dir: str | Path, own: WrittenFiles | None = 
 
 
 __all__ = [
-    "FIGURES", "FigureFile", "FigureSpec", "Outputs", "REPORT_HTML", "REPORT_JSON", "SECTIONS", "TerminalHeatmap",
+    "FIGURES", "FigureFile", "FigureSpec", "Outputs", "REPORT_EMBEDDED_HTML", "REPORT_HTML", "REPORT_JSON", "SECTIONS",
+    "TerminalHeatmap",
     "figure_specs", "full_width", "page_resources", "print_report", "register_figure", "register_section",
-    "render_baselines", "render_curve_table", "render_finetune_table", "render_html", "render_table", "save_report",
+    "render_baselines", "render_channels_table", "render_curve_table", "render_finetune_table", "render_html",
+    "render_table", "save_report",
     "write_figures", "write_html", "write_outputs",
 ]

@@ -288,7 +288,10 @@ def _draw_maps(report: "Report", first: "LayerResult", panels: list[tuple[int, s
         # Contour where the map crosses its ring's noise floor: inside it, the pattern is measurably there.
         floor = _floor_map(layer)
         above = np.where(np.isfinite(floor), (values > floor).astype(float), 0.0)
-        if min(values.shape) >= 2 and 0 < above.sum() < above.size:
+        # A debiased strength of 0 says no pattern above the noise: positions above the floor are then chance
+        # crossings, a speckle that a contour would draw as if it were a pattern.
+        nothing = stats.strength is not None and stats.strength <= 0
+        if min(values.shape) >= 2 and 0 < above.sum() < above.size and not nothing:
             centres_y = (np.arange(stats.height) + 0.5) * stats.stride_px
             centres_x = (np.arange(stats.width) + 0.5) * stats.stride_px
             contour = ax.contour(centres_x, centres_y, above, levels=[0.5], colors="white", linewidths=1.2,
@@ -296,6 +299,9 @@ def _draw_maps(report: "Report", first: "LayerResult", panels: list[tuple[int, s
             contour.set_path_effects(outline)
         known = np.isfinite(floor)
         share = f"{above[known].mean():.0%} of positions above the floor" if known.any() else "no noise floor"
+        if nothing:
+            share = "no pattern above noise" + (f"; {above[known].mean():.0%} over floor by chance"
+                                                 if known.any() and above[known].any() else "")
         ax.set_title(f"{report.results[scheme_index].label} · strength {format_number(stats.strength)}\n{share}",
                      fontsize=8.5,
                      color=scheme_colour(scheme_index))
@@ -361,8 +367,9 @@ def _draw_extent(report: "Report", first: "LayerResult", panels: list[tuple[int,
         top = max([top, *(v for p in profiles for v in [*p.rms, *p.noise_floor] if math.isfinite(v))])
     top = top * 1.08 or 1.0
     # Zoom in on the border where the pattern is short-ranged; the far rings are flat at the floor anyway.
-    full = max((p.distance_px[-1] + layer.stats.stride_px / 2 for _, _, layer in panels
-                for p in [layer.stats.profile] if p.distance_px), default=1.0)
+    # The axis ends at the farthest position's centre: no position, and no extent, lies beyond it.
+    full = max((p.distance_px[-1] for _, _, layer in panels for p in [layer.stats.profile] if p.distance_px),
+               default=1.0)
     reach = max(p.extent_px for _, _, layer in panels
                 for p in [layer.stats.profile, *layer.stats.side_profiles.values()])
     right = min(full, max(2.5 * reach, 10 * first.stats.stride_px))
@@ -624,8 +631,9 @@ def _draw_mist(report: "Report", first: "LayerResult", panels: list[tuple[int, "
     pattern = ("channel-RMS of the mean of Δ (padded − padding-free; raw, not debiased)" if mean_feature else
                "channel-RMS of the mean features less their spatial mean (mean-feature estimator)")
     fig.text(0.02, 0.1 / size[1],
-             f"top row: channel-averaged mean feature; bottom row: {pattern}. Each panel has its own colour scale "
-             "(its bar): one image's content dominates, over many it cancels and the border pattern stays.",
+             f"for each padding, upper row: channel-averaged mean feature; lower row: {pattern}. Each panel has its "
+             "own colour scale (its "
+             "bar): one image's content dominates, over many it cancels and the border pattern stays.",
              fontsize=7, color="#444444", ha="left", va="bottom", wrap=True)
     return fig, axes
 
@@ -746,3 +754,148 @@ def _draw_repair(report: "Report", result: "SchemeResult"):
     fig.suptitle(f"{model_label(report)}\n{result.scheme} padding: PPP before and after repair · held-out N={n}",
                  fontsize=10, x=0.02, ha="left", y=0.98, va="top")
     return fig, {"repair": ax}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Channels (docs/metrics.md#channels): how concentrated the pattern is, and the maps of the strongest channels
+# ---------------------------------------------------------------------------------------------------------------------
+
+CHANNEL_PANEL_IN = (2.4, 2.3)
+CHANNEL_MARGINS_IN = dict(left=0.75, right=1.7, bottom=0.65, top=0.95, gap=0.3)
+CHANNEL_MAP_IN = 1.5
+CHANNEL_MAP_MARGINS_IN = dict(left=1.0, right=0.2, bottom=0.45, top=1.15, col_gap=0.25, row_gap=0.5)
+CHANNEL_MAP_CMAP = "RdBu_r"
+"""Diverging (a channel's ``P_c`` is signed), centred on 0: red where padding raises the feature, blue where it lowers
+it."""
+
+
+def channel_figure_size(num_panels: int) -> tuple[float, float]:
+    """Size (inches) of the channel-energy figure with ``num_panels`` stage panels."""
+    m, (w, h) = CHANNEL_MARGINS_IN, CHANNEL_PANEL_IN
+    return m["left"] + num_panels * w + (num_panels - 1) * m["gap"] + m["right"], m["bottom"] + h + m["top"]
+
+
+def channel_maps_figure_size(num_columns: int, num_rows: int) -> tuple[float, float]:
+    """Size (inches) of a figure of channel maps: ``num_columns`` channels, one row per scheme."""
+    m, side = CHANNEL_MAP_MARGINS_IN, CHANNEL_MAP_IN
+    return (m["left"] + num_columns * side + (num_columns - 1) * m["col_gap"] + m["right"],
+            m["top"] + num_rows * side + (num_rows - 1) * m["row_gap"] + m["bottom"])
+
+
+def _shares_of(stats: "LayerStats"):
+    shares = stats.channel_shares
+    return shares if shares is not None and shares.measured and not stats.non_finite else None
+
+
+@register_figure("channels")
+def channel_figures(report: "Report") -> list[FigureSpec]:
+    """The sorted channel-energy curve: per stage, the share of the pattern energy in the strongest k channels
+    against k as a fraction of the channels, one line per scheme (the diagonal: every channel alike)."""
+    stages = _stage_panels(report, lambda stats: _shares_of(stats) is not None
+                           and bool(stats.channel_shares.cumulative))
+    if not stages:
+        return []
+    return [FigureSpec(
+        key="channels", filename="figures/channel_energy.png", section="channels",
+        title="Which channels carry the pattern: energy share of the strongest channels",
+        alt=f"Share of the PPP energy in the strongest channels of {report.model.get('name')} per stage and scheme",
+        size_in=channel_figure_size(len(stages)), draw=lambda: _draw_channel_energy(report, stages),
+    )]
+
+
+def _draw_channel_energy(report: "Report", stages: list[tuple[int, "LayerResult", list[Panel]]]):
+    m, (w, h) = CHANNEL_MARGINS_IN, CHANNEL_PANEL_IN
+    size = channel_figure_size(len(stages))
+    fig = _new_figure(size)
+    axes: dict[str, "Axes"] = {}
+    first_ax = None
+    for k, (_, first, panels) in enumerate(stages):
+        left = m["left"] + k * (w + m["gap"])
+        ax = fig.add_axes([left / size[0], m["bottom"] / size[1], w / size[0], h / size[1]], sharey=first_ax)
+        first_ax = first_ax or ax
+        channels = first.stats.channels
+        ax.plot([1 / channels, 1.0], [1 / channels, 1.0], color="#999999", linestyle="--", linewidth=0.9,
+                label="every channel alike")
+        for scheme_index, _, layer in panels:
+            shares = layer.stats.channel_shares
+            xs = [count / layer.stats.channels for count, _ in shares.cumulative]
+            ax.plot(xs, [share for _, share in shares.cumulative], color=scheme_colour(scheme_index),
+                    marker=_SCHEME_MARKERS[scheme_index % len(_SCHEME_MARKERS)], markersize=3, linewidth=1.5,
+                    label=report.results[scheme_index].label)
+        ax.set_xscale("log")
+        ax.set_xlim(min(0.5 / channels, 0.005), 1.0)
+        ax.set_ylim(0.0, 1.02)
+        for fraction in (0.01, 0.1):
+            ax.axvline(fraction, color="#cccccc", linewidth=0.7, zorder=0)
+        ax.set_title(f"{first.name} (s={first.stats.stride_px:g}, C={channels})", fontsize=8.5)
+        ax.set_xlabel("strongest channels (fraction of C)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3, linewidth=0.5)
+        if k:
+            ax.tick_params(labelleft=False)
+        axes[first.name] = ax
+    first_ax.set_ylabel("share of the pattern energy Σ P²", fontsize=8)
+    handles, labels = [], []
+    for ax in axes.values():  # every scheme once, whichever stage drew it
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="upper left", fontsize=7, frameon=False, title="padding", title_fontsize=7,
+               bbox_to_anchor=((size[0] - m["right"] + 0.1) / size[0], (m["bottom"] + h) / size[1]))
+    n = report.data.get("num_images", "?")
+    fig.suptitle(f"{model_label(report)}\nHow concentrated the pattern is: sorted channel energies (debiased) · N={n}",
+                 fontsize=10, x=0.02, ha="left", y=1 - 0.1 / size[1], va="top")
+    return fig, axes
+
+
+@register_figure("channel_maps")
+def channel_map_figures(report: "Report") -> list[FigureSpec]:
+    """Per stage: the maps ``P_c`` of its strongest channels (up to 4), one row per scheme."""
+    specs = []
+    for index, first, panels in _stage_panels(report, lambda stats: _shares_of(stats) is not None
+                                              and bool(stats.channel_shares.top_maps)):
+        columns = max(len(layer.stats.channel_shares.top_maps) for _, _, layer in panels)
+        specs.append(FigureSpec(
+            key=f"channel_maps/{first.name}", filename=f"figures/channel_maps_{index:02d}_{_slug(first.name)}.png",
+            section="channels", title=f"Strongest channels · {first.name} (stride {first.stats.stride_px:g})",
+            alt=f"PPP maps of the strongest channels of {report.model.get('name')} at stage {first.name}",
+            size_in=channel_maps_figure_size(columns, len(panels)),
+            draw=lambda panels=panels, first=first, columns=columns: _draw_channel_maps(report, first, panels,
+                                                                                       columns),
+        ))
+    return specs
+
+
+def _draw_channel_maps(report: "Report", first: "LayerResult", panels: list[Panel], columns: int):
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    m, side = CHANNEL_MAP_MARGINS_IN, CHANNEL_MAP_IN
+    size = channel_maps_figure_size(columns, len(panels))
+    fig = _new_figure(size)
+    axes: dict[str, "Axes"] = {}
+    for r, (scheme_index, scheme, layer) in enumerate(panels):
+        stats, shares = layer.stats, layer.stats.channel_shares
+        top_in = m["top"] + r * (side + m["row_gap"])
+        for c, (values, (channel, share, where)) in enumerate(zip(shares.top_maps, shares.top)):
+            values = np.asarray(values, dtype=float)
+            left_in = m["left"] + c * (side + m["col_gap"])
+            ax = fig.add_axes([left_in / size[0], 1 - (top_in + side) / size[1], side / size[0], side / size[1]])
+            # Each channel on its own symmetric scale: the channels differ in size, and the sign is the point.
+            bound = float(np.nanmax(np.abs(values))) if values.size else 0.0
+            ax.imshow(values, cmap=CHANNEL_MAP_CMAP, norm=Normalize(-(bound or 1.0), bound or 1.0), origin="upper",
+                      interpolation="nearest", extent=(0, stats.width * stats.stride_px,
+                                                       stats.height * stats.stride_px, 0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            largest = format_number(bound, fixed_from=None)
+            ax.set_title(f"#{channel} · {100 * share:.3g} % · {where}\n|P| ≤ {largest}", fontsize=7.5)
+            if c == 0:
+                ax.set_ylabel(report.results[scheme_index].label, fontsize=8.5, color=scheme_colour(scheme_index))
+            axes[f"{scheme}/{channel}"] = ax
+    fig.suptitle(f"{_header(report, first)}\nP of the strongest channels (share of the layer's pattern energy, side)",
+                 fontsize=9.5, x=0.02, ha="left", y=1 - 0.08 / size[1], va="top")
+    fig.text(0.02, 0.08 / size[1], "red: padding raises the feature, blue: lowers it; each map on its own scale",
+             fontsize=7, color="#444444", ha="left", va="bottom")
+    return fig, axes

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..files import atomic_write
+from ..pages import CSP, PAGE_CSS, scheme_anchor, without_local_paths
 from ..report import NATIVE, REPORT_HTML, REPORT_JSON, format_number
-from .tables import render_curve_table, render_finetune_table, render_reference_table, render_table
+from .tables import (
+    render_channels_table, render_curve_table, render_finetune_table, render_reference_table, render_table,
+)
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -39,7 +42,9 @@ class Page:
         figures: The figures written for the report (paths relative to ``out_dir``).
         out_dir: The folder the page is written to.
         json_name: File name of the report JSON next to the page.
-        embed: Embed images as data URIs instead of linking them.
+        embed: Embed images as data URIs instead of linking them (a page that stands alone: it links nothing beside
+            it, and says local paths as "a local file").
+        up: The leaderboard page this run's page belongs to, relative to it (a run folder of a sweep), or ``None``.
     """
 
     figures: list["FigureFile"]
@@ -47,6 +52,11 @@ class Page:
     json_name: str = REPORT_JSON
     embed: bool = False
     shown: set[str] = field(default_factory=set)
+    up: str | None = None
+
+    def shareable(self, value: Any) -> Any:
+        """``value`` as this page may show it: with local absolute paths said as "a local file" when embedded."""
+        return without_local_paths(value) if self.embed else value
 
     def figures_for(self, section: str) -> list["FigureFile"]:
         return [f for f in self.figures if f.section == section]
@@ -60,8 +70,10 @@ class Page:
         else:
             src = html.escape(figure.filename)
         width, height = figure.size_px
-        return (f'<figure><img src="{src}" width="{width}" height="{height}" alt="{html.escape(figure.alt)}">'
-                f"<figcaption>{html.escape(figure.title)}</figcaption></figure>")
+        image = f'<img src="{src}" width="{width}" height="{height}" alt="{html.escape(figure.alt)}">'
+        if not self.embed:  # the full-size PNG (an embedded page links nothing: a data: URI cannot be opened)
+            image = f'<a href="{src}" title="the full-size PNG">{image}</a>'
+        return f"<figure>{image}<figcaption>{html.escape(figure.title)}</figcaption></figure>"
 
     def gallery(self, section: str, intro: str = "") -> str | None:
         """The section's figures (after an ``intro`` paragraph's HTML), or ``None`` when it has none."""
@@ -108,22 +120,40 @@ def register_section(name: str, title: str, order: int = 100,
 def _summary(report: "Report", page: Page) -> str:
     data = report.to_dict()
     rows = {
-        "model": data["model"],
-        "images": data["data"],
+        "model": page.shareable(data["model"]),
+        "images": page.shareable(data["data"]),
         "crop S / margin m / window": f"{report.input_size} / {report.margin} / {report.window} px",
         "seed · device · precision": f"{report.seed} · {report.device} · {report.precision}",
         "estimator": report.estimator,
         "timings": data["timings"],
-        "versions": data["environment"],
+        "versions": page.shareable(data["environment"]),
         "created · schema": f"{report.created} · {report.schema_version}",
     }
-    link = f'<p>Machine-readable: <a href="{html.escape(page.json_name)}">{html.escape(page.json_name)}</a></p>'
+    if page.embed:  # copied alone, the page has no JSON beside it to link to
+        link = (f"<p>Machine-readable: <code>{html.escape(page.json_name)}</code>, in the report folder this page was "
+                "made from (not part of this file).</p>")
+    else:
+        link = f'<p>Machine-readable: <a href="{html.escape(page.json_name)}">{html.escape(page.json_name)}</a></p>'
     return generic_html(rows) + link
 
 
 @register_section("table", "PPP strength per layer", order=20, fields=("results",))
 def _table(report: "Report", page: Page) -> str:
-    return rich_table_html(render_table(report))
+    return rich_table_html(render_table(report)) + scheme_list(report)
+
+
+def scheme_list(report: "Report") -> str:
+    """One line per scheme with its model-level numbers, each with its anchor (:func:`~ppp_audit.pages.scheme_anchor`:
+    a leaderboard point opens the run page there)."""
+    items = []
+    for result in report.results:
+        last = result.layers[-1].name if result.layers else "?"
+        top = result.max_layer.name if result.max_layer is not None else "?"
+        items.append(f'<li id="{scheme_anchor(result.scheme)}"><strong>{html.escape(result.label)}</strong>: '
+                     f"strength {format_number(result.last_strength)} at the last stage ({html.escape(last)}), "
+                     f"{format_number(result.max_strength)} at most ({html.escape(top)}); "
+                     f"{html.escape(patch_line(result.scheme, result.patch).split(': ', 1)[-1])}</li>")
+    return f'<ul class="schemes">{"".join(items)}</ul>'
 
 
 @register_section("reference", "Padding-free reference: margin and global context", order=25, fields=("geometry",))
@@ -151,15 +181,34 @@ def _convergence(report: "Report", page: Page) -> str | None:
 
 @register_section("mist", "The mask rising out of the mist", order=37)
 def _mist(report: "Report", page: Page) -> str | None:
+    if not page.figures_for("mist"):
+        return None
+    return page.gallery("mist", f"<p>{html.escape(mist_text(report))}</p>")
+
+
+def mist_text(report: "Report") -> str:
+    """What the mist figure shows, true for this report: its image counts, its rows, its schemes, its processes."""
+    counts, schemes = [], []
+    for result in report.results:
+        layer = next((layer for layer in result.layers if layer.stats.mist is not None), None)
+        if layer is not None and len(schemes) < 2:  # the figure draws the first two schemes that have snapshots
+            counts = counts or list(layer.stats.mist.counts)
+            schemes.append(result.label)
     pattern = ("the PPP map: channel-RMS of the mean padded-minus-reference features, raw (one image has no variance "
                "to debias with)" if report.estimator != "mean-feature" else "the channel-RMS of the mean features "
                "less their per-channel spatial mean (the mean-feature estimator)")
-    return page.gallery("mist", "<p>One stage's channel-averaged mean feature map (top row of each padding) and "
-                        f"{html.escape(pattern)} (bottom row), after the first image, the first 10 and 100, and all N. "
-                        "In one image the picture is the image's content: the mist. Averaged over more images the "
-                        "content cancels, and what stays at the border is the position pattern the padding leaves: "
-                        "the mask. Each panel has its own colour scale, so its bar gives the sizes; the maps come "
-                        "from the first images measured (of one process under torchrun).</p>")
+    shown = [("the first image" if k == 1 else f"the first {k}") for k in counts[:-1]]
+    shown.append(f"all N={counts[-1]}" if counts else "all N")
+    after = ", ".join(shown[:-1]) + (" and " if len(shown) > 1 else "") + shown[-1]
+    rows = (f"two rows for each of {' and '.join(schemes)}" if len(schemes) > 1 else f"two rows for {schemes[0]}"
+            if schemes else "two rows")
+    processes = int(report.timings.get("processes") or 1)
+    source = f" of the first of the {processes} processes" if processes > 1 else ""
+    return (f"One stage's maps after {after} images, {rows}: the channel-averaged mean feature map (upper row) and "
+            f"{pattern} (lower row). In one image the picture is the image's content: the mist. Averaged over more "
+            "images the content cancels, and what stays at the border is the position pattern the padding leaves: "
+            "the mask. Each panel has its own colour scale, so its bar gives the sizes; the maps come from the "
+            f"first images measured{source}.")
 
 
 @register_section("maps", "PPP maps", order=40)
@@ -167,6 +216,19 @@ def _maps(report: "Report", page: Page) -> str | None:
     return page.gallery("maps", "<p>Channel-RMS of the mean padded-minus-reference features P at each position "
                         "(debiased), one colour scale per stage. Dashed contour: above the noise floor of its "
                         "ring.</p>")
+
+
+@register_section("channels", "Which channels carry the pattern", order=45)
+def _channels(report: "Report", page: Page) -> str | None:
+    table = render_channels_table(report)
+    if table is None:
+        return None
+    intro = ("<p>Padding-aware neurons: how the layer's debiased pattern energy Σ P² divides among its channels. The "
+             "share of the strongest 1 % and 10 % of channels and the effective number of channels (Σ e)² / Σ e² "
+             "say how concentrated it is; the curve shows the share of the strongest k channels against k (the "
+             "diagonal: every channel alike), the maps P of the strongest channels (red: the padding raises the feature, blue: "
+             "lowers it). –: no pattern significantly above the noise (docs/metrics.md).</p>")
+    return intro + rich_table_html(table) + (page.gallery("channels") or "")
 
 
 @register_section("extent", "Extent from the border", order=50)
@@ -180,8 +242,18 @@ def _patches(report: "Report", page: Page) -> str:
     parts = []
     for result in report.results:
         parts.append(f"<details><summary>{html.escape(patch_line(result.scheme, result.patch))}</summary>"
-                     f"{generic_html(result.patch)}</details>")
+                     f"{generic_html(patch_details(result.scheme, result.patch))}</details>")
     return "".join(parts)
+
+
+def patch_details(scheme: str, patch: dict[str, Any]) -> dict[str, Any]:
+    """A scheme's patch summary as the page lists it; the native row patches nothing, so its sites are listed as
+    the padding sites they are, not as "patched"."""
+    if scheme != NATIVE:
+        return patch
+    names = {"num_patched": "padding sites (unchanged)", "patched": "padding sites",
+             "unpatched": "sites the schemes leave as they are"}
+    return {names.get(key, key): value for key, value in patch.items()}
 
 
 def patch_line(scheme: str, patch: dict[str, Any]) -> str:
@@ -226,7 +298,7 @@ def _more(report: "Report", page: Page) -> str | None:
     extra = {k: v for k, v in report.to_dict().items() if k not in claimed and v not in (None, {}, [])}
     if not extra:
         return None
-    return "".join(f"<h3>{html.escape(_label(k))}</h3>{generic_html(v)}" for k, v in extra.items())
+    return "".join(f"<h3>{html.escape(_label(k))}</h3>{generic_html(page.shareable(v))}" for k, v in extra.items())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -251,7 +323,7 @@ def generic_html(value: Any, depth: int = 0) -> str:
             return "<em>none</em>"
         rows = "".join(f"<tr><th>{html.escape(_label(str(k)))}</th><td>{generic_html(v, depth + 1)}</td></tr>"
                        for k, v in value.items())
-        return f'<table class="kv">{rows}</table>'
+        return _scroll(f'<table class="kv">{rows}</table>', depth)
     if isinstance(value, (list, tuple)):
         if not value:
             return "<em>none</em>"
@@ -260,13 +332,18 @@ def generic_html(value: Any, depth: int = 0) -> str:
             head = "".join(f"<th>{html.escape(_label(str(c)))}</th>" for c in columns)
             body = "".join("<tr>" + "".join(f"<td>{generic_html(v.get(c), depth + 1)}</td>" for c in columns)
                            + "</tr>" for v in value)
-            return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            return _scroll(f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>', depth)
         if all(not isinstance(v, (dict, list, tuple)) for v in value):
             shown = ", ".join(_scalar(v) for v in value[:12])
             return f"[{shown}{', …' if len(value) > 12 else ''}]" + (
                 f" <small>({len(value)} values)</small>" if len(value) > 12 else "")
         return "<ul>" + "".join(f"<li>{generic_html(v, depth + 1)}</li>" for v in value) + "</ul>"
     return _scalar(value)
+
+
+def _scroll(table: str, depth: int = 0) -> str:
+    """A top-level table in its own sideways-scrolling box, so a wide table never widens the page."""
+    return f'<div class="scroll">{table}</div>' if depth == 0 else table
 
 
 def rich_table_html(table: "Table") -> str:
@@ -288,28 +365,26 @@ def rich_table_html(table: "Table") -> str:
         body.append(f'<tr class="{" ".join(classes)}">{tds}</tr>' if classes else f"<tr>{tds}</tr>")
     title = f"<caption>{text(table.title)}</caption>" if table.title else ""
     note = f'<p class="note">{text(table.caption)}</p>' if table.caption else ""
-    return (f'<table class="grid results">{title}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-            f"</table>{note}")
+    return (f'<div class="scroll"><table class="grid results">{title}<thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>{note}')
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1200px;padding:1rem 2rem;
-color:#222;line-height:1.4}
-h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;
-margin-top:2rem}h3{font-size:1rem}
-nav a{margin-right:1rem}
-table{border-collapse:collapse;margin:.5rem 0;font-size:.85rem}
-table.grid th,table.grid td{border:1px solid #ccc;padding:.2rem .5rem;vertical-align:top}
+REPORT_EMBEDDED_HTML = "report.embedded.html"
+"""The page of ``ppp-audit show DIR --embed``: its figures inside, one file to send around; beside ``report.html``,
+which it never replaces."""
+
+_CSS = PAGE_CSS + """
+body{max-width:1200px}
 table.kv th{text-align:left;padding:.1rem .8rem .1rem 0;vertical-align:top;font-weight:600}
-table.kv td{padding:.1rem 0}table.kv table.kv{font-size:inherit;margin:0}
+table.kv td{padding:.1rem 0;overflow-wrap:anywhere}table.kv table.kv{font-size:inherit;margin:0}
 table.results caption{text-align:left;font-weight:600;padding-bottom:.3rem}
-td.right,th.right{text-align:right}td.center,th.center{text-align:center}
 tr.bold td{font-weight:700}tr.section-end td{border-bottom:2px solid #888}
-.note,figcaption,small{color:#555;font-size:.8rem}
-.gallery{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0}img{max-width:100%;height:auto;border:1px solid #eee}
+.gallery{display:flex;flex-wrap:wrap;gap:1rem}figure{margin:0;max-width:100%}
+img{max-width:100%;height:auto;border:1px solid #eee}
 details{margin:.3rem 0}summary{cursor:pointer}
 #image-status{color:#555;font-size:.8rem}
 """
+"""The shared stylesheet (:data:`ppp_audit.pages.PAGE_CSS`) and the report page's own rules."""
 
 _SCRIPT = """
 window.addEventListener("load", function () {
@@ -319,9 +394,6 @@ window.addEventListener("load", function () {
   document.getElementById("image-status").textContent = loaded + " of " + images.length + " figures loaded";
 });
 """
-
-_CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-        "base-uri 'none'; form-action 'none'")
 
 
 def render_html(report: "Report", page: Page) -> str:
@@ -336,12 +408,14 @@ def render_html(report: "Report", page: Page) -> str:
     body = "".join(f'<section id="{s.name}"><h2>{html.escape(s.title)}</h2>{fragment}</section>'
                    for s, fragment in sections)
     version = report.environment.get("ppp_audit", "?")
+    up = (f'<p class="note"><a href="{html.escape(page.up, quote=True)}" rel="up">↑ the sweep\'s leaderboard</a> '
+          "(<code>ppp-audit leaderboard DIR</code> writes it)</p>" if page.up and not page.embed else "")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
-        f"<h1>{html.escape(title)}</h1>"
+        f"{up}<h1>{html.escape(title)}</h1>"
         f'<p class="note">Position-information Pattern from Padding · ppp-audit {html.escape(version)} · '
         f'<span id="image-status">figures not checked (scripts off)</span> · {_figures_note(page)}</p>'
         f"<nav>{nav}</nav>{body}"
@@ -362,11 +436,20 @@ def _figures_note(page: Page) -> str:
 
 def write_html(report: "Report", out_dir: str | Path, figures: list["FigureFile"], json_name: str = REPORT_JSON,
                embed: bool = False, filename: str = REPORT_HTML) -> Path:
-    """Write ``report.html`` into ``out_dir`` (atomically) and return its path."""
+    """Write ``report.html`` (or ``filename``) into ``out_dir`` (atomically) and return its path. A run folder of
+    a sweep (``DIR/runs/MODEL/HASH``) links up to the sweep's ``leaderboard.html``."""
     out_dir = Path(out_dir)
-    page = Page(figures=figures, out_dir=out_dir, json_name=json_name, embed=embed)
+    page = Page(figures=figures, out_dir=out_dir, json_name=json_name, embed=embed, up=_leaderboard_of(out_dir))
     text = render_html(report, page)
     return atomic_write(out_dir / filename, text)
+
+
+def _leaderboard_of(out_dir: Path) -> str | None:
+    """The leaderboard page of the sweep a run folder lies in, relative to it (``../../../leaderboard.html``)."""
+    from ..runs import RUNS  # the sweep's layout: DIR/runs/MODEL/HASH, the leaderboard at DIR/leaderboard.html
+
+    parts = out_dir.resolve().parts
+    return "../../../leaderboard.html" if len(parts) > 3 and parts[-3] == RUNS else None
 
 
 def page_resources(text: str) -> list[str]:
@@ -383,5 +466,6 @@ def page_resources(text: str) -> list[str]:
     return found
 
 
-__all__ = ["Page", "SECTIONS", "Section", "generic_html", "page_resources", "patch_line", "register_section",
-           "render_html", "rich_table_html", "write_html"]
+__all__ = ["Page", "REPORT_EMBEDDED_HTML", "SECTIONS", "Section", "generic_html", "mist_text", "page_resources",
+           "patch_details", "patch_line", "register_section", "render_html", "rich_table_html", "scheme_list",
+           "write_html"]

@@ -6,11 +6,13 @@ number goes through :func:`~ppp_audit.report.format_number`, every scheme name t
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..report import (
-    NATIVE, SKIPPED_LISTED, FinetuneResult, LayerResult, LayerStats, Report, SchemeResult, format_number, scheme_label,
+    NATIVE, SKIPPED_LISTED, ChannelShares, FinetuneResult, LayerResult, LayerStats, Report, SchemeResult, format_number,
+    scheme_label,
 )
 
 if TYPE_CHECKING:
@@ -31,6 +33,72 @@ def _strength_cell(stats: LayerStats) -> str:
     return f"{format_number(stats.strength)} ± {format_number(half, 2)}"
 
 
+def percent(share: float | None) -> str:
+    """A share as tables print it: ``62 %``, ``4.2 %``, ``0.31 %``; "–" when missing."""
+    if share is None or math.isnan(share):
+        return "–"
+    value = 100 * share
+    return f"{value:.0f} %" if value >= 9.5 else f"{value:.2g} %"
+
+
+def _has_channels(report: Report) -> bool:
+    """Whether any layer holds channel shares (reports before schema 1.10 have none)."""
+    return any(layer.stats.channel_shares is not None for result in report.results for layer in result.layers)
+
+
+def _top_share_cell(stats: LayerStats) -> str:
+    """The compact column: the share of the pattern energy in the strongest 1 % of channels."""
+    shares = stats.channel_shares
+    if stats.non_finite:
+        return NON_FINITE
+    return percent(shares.energy_share.get("top_1pct")) if shares is not None else "–"
+
+
+def _strongest(shares: ChannelShares, listed: int = 3) -> str:
+    """The first ``listed`` of a layer's strongest channels: ``#7 62 % ring, #12 8.1 % top``."""
+    return ", ".join(f"#{channel} {percent(share)} {side}" for channel, share, side in shares.top[:listed]) or "–"
+
+
+def render_channels_table(report: Report) -> "Table | None":
+    """A rich table of which channels carry each layer's pattern (``channel_shares``): the energy share of the top 1 %
+    and 10 % of channels, the effective number of channels and the strongest channels, per scheme (and after
+    fine-tuning); ``None`` for a report without channel shares (before schema 1.10)."""
+    from rich.table import Table
+
+    if not _has_channels(report):
+        return None
+    columns = [(result.label, result.layers) for result in report.results]
+    columns += [(f"{result.scheme} +{result.finetune.steps} {'repair' if result.finetune.repaired else 'steps'}",
+                 result.finetune.layers) for result in report.results if result.finetune is not None]
+    table = Table(title=f"Which channels carry the pattern · {report.model['name']}", title_justify="left")
+    table.add_column("layer")
+    table.add_column("stride", justify="right")
+    table.add_column("channels", justify="right")
+    for label, _ in columns:
+        table.add_column(f"{label}\ntop 1 % / 10 %", justify="right")
+        table.add_column("effective\nchannels", justify="right")
+        table.add_column("strongest\n(#channel share side)")
+    for i, first in enumerate(report.results[0].layers):
+        row = [first.name + (" *" if first.reference_partial else ""), f"{first.stats.stride_px:g}",
+               str(first.stats.channels)]
+        for _, layers in columns:
+            stats = layers[i].stats
+            shares = stats.channel_shares
+            if stats.non_finite or shares is None:
+                row += [NON_FINITE if stats.non_finite else "–", "", ""]
+                continue
+            share = shares.energy_share
+            row += [f"{percent(share.get('top_1pct'))} / {percent(share.get('top_10pct'))}",
+                    format_number(shares.effective_channels, 3), _strongest(shares)]
+        table.add_row(*row)
+    table.caption = ("share of the debiased pattern energy Σ P² in the strongest 1 % and 10 % of a layer's channels "
+                     "(at least one; cross-fitted); effective channels = (Σ e_c)² / Σ e_c²; strongest: each channel's "
+                     "own share and the side its pattern lies along (ring: not one side); –: no pattern significantly "
+                     "above the noise (docs/metrics.md)")
+    table.caption_justify = "left"
+    return table
+
+
 def render_table(report: Report) -> "Table":
     """A rich table: one row per layer, strength [95 % CI] and extent per scheme, side by side."""
     from rich.table import Table
@@ -43,9 +111,12 @@ def render_table(report: Report) -> "Table":
     table = Table(title=title, title_justify="left")
     table.add_column("layer")
     table.add_column("stride", justify="right")
+    channels = _has_channels(report)  # reports before schema 1.10 keep their table
     for result in report.results:
         table.add_column(f"{result.label}\nstrength ± 95% CI", justify="right")
         table.add_column("extent\npx", justify="right")
+        if channels:
+            table.add_column("top 1 %\nchannels", justify="right")
     partial_seen = False
     for i, first in enumerate(report.results[0].layers):
         row = [first.name + (" *" if first.reference_partial else ""), f"{first.stats.stride_px:g}"]
@@ -53,12 +124,14 @@ def render_table(report: Report) -> "Table":
         for result in report.results:
             stats = result.layers[i].stats
             row += [_strength_cell(stats), format_number(stats.extent_px, 4)]
+            if channels:
+                row.append(_top_share_cell(stats))
         table.add_row(*row)
     table.add_section()
     for label, attr in (("model: last stage", "last_strength"), ("model: max", "max_strength")):
         row = [label, ""]
         for result in report.results:
-            row += [format_number(getattr(result, attr)), ""]
+            row += [format_number(getattr(result, attr)), "", *([""] if channels else [])]
         table.add_row(*row, style="bold")
     if report.estimator == "mean-feature":
         notes = ["strength = RMS(P') / RMS(σ) of the mean crop features minus their spatial mean (mean-feature "
@@ -66,6 +139,9 @@ def render_table(report: Report) -> "Table":
                  "images' own position statistics); extent = distance from the border, input px"]
     else:
         notes = ["strength = RMS(P) / RMS(σ) (Δ estimator, debiased); extent = distance from the border, input px"]
+    if channels:
+        notes.append("top 1 % channels = share of the debiased pattern energy Σ P² in the layer's strongest 1 % of "
+                     "channels (at least one; –: no pattern above the noise; docs/metrics.md)")
     notes += [f"geometry: {change}" for change in report.geometry.get("changes", [])]
     if report.interrupted:
         notes.append(f"interrupted: {report.interrupted}")
@@ -410,7 +486,7 @@ def render_leaderboard_table(board: "Leaderboard", top: int = 20) -> "Table":
                       format_number(row["last_strength"]) + ci, top_stage, change, params,
                       str(row["num_images"]), f"{row['input_size']} / {row['margin']}")
     notes = [board.describe()]
-    for what, runs in (("failed", board.failed), ("unreadable", board.unreadable)):
+    for what, runs in (("failed", board.failed), ("unreadable", board.unreadable), ("superseded", board.superseded)):
         if runs:
             named = "; ".join(f"{run.model}: {run.reason}" for run in runs[:LEADERBOARD_LOST_LISTED])
             more = f"; and {len(runs) - LEADERBOARD_LOST_LISTED} more" if len(runs) > LEADERBOARD_LOST_LISTED else ""
@@ -424,5 +500,5 @@ def render_leaderboard_table(board: "Leaderboard", top: int = 20) -> "Table":
     return table
 
 
-__all__ = ["render_baselines", "render_curve_table", "render_finetune_table", "render_leaderboard_table",
-           "render_table"]
+__all__ = ["percent", "render_baselines", "render_channels_table", "render_curve_table", "render_finetune_table",
+           "render_leaderboard_table", "render_table"]
