@@ -32,9 +32,9 @@ def peak_rss_mib() -> float:
 def bare_forward_seconds(taps, inputs, repeats: int, device: torch.device, precision: str = "fp32") -> float:
     """Mean seconds of the passes one audit batch needs for one padding: each of ``inputs`` (crops, windows and the
     second windows, if any) through the taps, with the audit's own precision (autocast on CUDA)."""
-    from ppp_audit.auditor import autocast
+    from ppp_audit.runtime import autocast, measuring
 
-    with torch.inference_mode(), autocast(device, precision):
+    with measuring(device, precision), autocast(device, precision):
         [taps(x) for x in inputs]  # warm-up
         sync(device)
         start = time.perf_counter()

@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,123 +34,15 @@ from .images import (
 from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_stride, map_offset
 from .margin import plan_margin, probe_window
-from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments, finite_layers
+from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments
 from .models import FeatureTaps, ModelInfo, build_model, no_padding_error
-from .launch import local_rank, process_rank
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .progress import ProgressReporter, progress_bar
 from .receptive import Influence, influence_profiles
 from .report import LayerResult, Report, SchemeResult, SkippedImage, SkippedImages, environment
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Run-time helpers shared by everything that runs a model (audit, fine-tuning, baselines, benchmarks)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA if available (this process's local rank's GPU under torchrun), else CPU."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank())
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PPPAuditError(f"device '{device}' requested but CUDA is not available", "use --device cpu or auto")
-    return torch.device(device)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast to ``bf16``/``fp16`` on any device (CPUs run it too, slowly without bf16 units); nothing for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-@contextlib.contextmanager
-def ieee_fp32(enabled: bool) -> Iterator[None]:
-    """Full fp32 for convolutions and matmuls while measuring, TF32 off (cuDNN convs default to TF32 on Ampere and
-    later GPUs): TF32's 10-bit mantissa would round the crop and window passes (different shapes, different kernels)
-    differently, so Δ would pick up rounding noise of ~1e-3 relative size where it is exactly 0 in fp32."""
-    if not enabled:
-        yield
-        return
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    # torch >= 2.9 sets precision per backend; there, mixing in the older allow_tf32 flags is an error.
-    if hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
-        flags = [(cudnn.conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
-    else:
-        flags = [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
-    previous = [getattr(owner, name) for owner, name, _ in flags]
-    for owner, name, value in flags:
-        setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        for (owner, name, _), value in zip(flags, previous):
-            setattr(owner, name, value)
-
-
-@dataclass
-class StopRequest:
-    """Set by the first Ctrl-C inside :func:`stop_on_ctrl_c`."""
-
-    requested: bool = False
-
-
-@contextlib.contextmanager
-def stop_on_ctrl_c(enabled: bool = True) -> Iterator[StopRequest]:
-    """The first Ctrl-C asks the measuring loop to stop after the current batch, so that every statistic still covers
-    whole batches and the report of what was measured can be saved; a second Ctrl-C aborts at once.
-
-    Enable it only in the main thread (signals reach no other) of a single process (under torchrun every rank must
-    see the same batches).
-    """
-    request = StopRequest()
-    if not enabled:
-        yield request
-        return
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if request.requested:
-            raise KeyboardInterrupt
-        request.requested = True
-        print("\nppp-audit: stopping after this batch to keep what is measured (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield request
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """This process's rank and the world size when launched by ``torchrun`` (initialising the process group)."""
-    import torch.distributed as dist
-
-    _, world = process_rank()
-    if world == 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-class Normalise:
-    """Pixels in [0, 1] (any device) -> the model's normalised input on ``device``.
-
-    Args:
-        info: The model's :class:`ModelInfo` (mean and std).
-        device: Where the model runs.
-    """
-
-    def __init__(self, info: ModelInfo, device: torch.device) -> None:
-        self.mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(info.std, device=device).view(1, 3, 1, 1)
-        self.device = device
-
-    def __call__(self, pixels: Tensor) -> Tensor:
-        return (pixels.to(self.device, non_blocking=True) - self.mean) / self.std
+from .runtime import (
+    Normalise, StopRequest, autocast, ieee_fp32, measuring, rank_and_world, resolve_device, stop_on_ctrl_c,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -500,6 +390,8 @@ class Auditor:
         bar.phase("measuring receptive fields")
         runs_with = MarginCheck(self.taps, self.fitted)
         self.probe_window = probe_window(self.fitted, runs_with)
+        crop_maps = runs_with.runs(self.size)  # the tapped maps of one crop (probed, or read back from the cache)
+        self.crop_maps = [tuple(shape[1:]) for shape in crop_maps] if not isinstance(crop_maps, str) else None
         self.state = ModelState(model, self.taps, context, self._probe_influence(self.taps, context))
         self.margins = plan_margin(self.fitted, self.state.influence, runs_with, requested=config.margin,
                                    tolerance=config.margin_tolerance, probed_at=self.probe_window)
@@ -691,12 +583,16 @@ class Auditor:
                                  for name in taps.names] for scheme in schemes}
         at_second = {scheme: {i: PPPAccumulator(config.groups, moments=moments) for i, p in enumerate(partial) if p}
                      for scheme in schemes} if second else {}
+        if self.crop_maps is not None and len(self.crop_maps) == len(taps.names):  # the sums before the passes
+            for scheme in (s for s in schemes if s == NATIVE or self.paddings[s].keeps_shape):
+                for acc, shape in zip(accumulators[scheme], self.crop_maps):
+                    acc.reserve(shape, device)
+                for i, acc in at_second.get(scheme, {}).items():
+                    acc.reserve(self.crop_maps[i], device)
         seconds = {scheme: 0.0 for scheme in schemes}
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         model.to(memory_format=memory_format)
         step = BatchStep(self, state, partial, shared=shared)
-        # Compiled graphs are traced under no_grad: inference tensors cannot flow through dynamo's guards.
-        grad_off = torch.no_grad() if config.compile else torch.inference_mode()
         measured = 0
         # The first batch's features are checked for NaN/inf (one host sync per scheme). Under torchrun the ranks
         # would have to agree first; there the check at the end, after the all-reduce, is the only one.
@@ -704,7 +600,8 @@ class Auditor:
         running = list(schemes)  # a scheme whose every layer is non-finite on the first batch is not run further
         loop_started = time.perf_counter()
         counted_skips = 0
-        with (bar, grad_off, stop_on_ctrl_c(images.graceful) as stop, ieee_fp32(config.precision == "fp32")):
+        with bar, stop_on_ctrl_c(images.graceful) as stop, measuring(device, config.precision,
+                                                                     compiled=bool(config.compile)):
             bar.phase(f"measuring {', '.join(schemes)} on {len(loader.dataset)} images", total=len(loader.dataset))
             for indices, batch in loader:
                 windows = self.normalise(batch).contiguous(memory_format=memory_format)
@@ -718,10 +615,10 @@ class Auditor:
                     tick = time.perf_counter()
                     features = step(windows, scheme, native_windows)
                     references = features.reference or [None] * len(features.crop)
-                    if first_batch:  # what is accumulated, checked: NaN/inf outside the crop's block is harmless
-                        finite[scheme] = finite_layers(features.crop, features.reference)
                     for acc, a, b in zip(accumulators[scheme], features.crop, references):
                         acc.update(a, b, indices)
+                    if first_batch:  # what is accumulated, checked: NaN/inf outside the crop's block is harmless
+                        finite[scheme] = torch.stack([acc.finite_sums() for acc in accumulators[scheme]]).tolist()
                     for i, acc in at_second.get(scheme, {}).items():
                         acc.update(features.crop[i], features.second[i], indices)
                     seconds[scheme] += time.perf_counter() - tick

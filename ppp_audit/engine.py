@@ -19,6 +19,7 @@ from .images import ImageSource
 from .models import ModelInfo
 from .progress import ProgressReporter, progress_bar
 from .report import Report
+from .runtime import host_memory_kept
 
 
 def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInfo | None = None,
@@ -37,12 +38,13 @@ def audit(config: AuditConfig, *, model: nn.Module | None = None, info: ModelInf
         AuditInterrupted: Ctrl-C; its ``report`` holds what was measured (marked ``interrupted``), or ``None``.
     """
     started = time.perf_counter()
-    with progress_bar(progress) as bar:  # one display for the whole run
+    # Set-up probes and the statistics' finishing are host work on large tensors too (runtime.host_memory_kept).
+    with progress_bar(progress) as bar, host_memory_kept(resolve_device(config.device)):
         auditor = Auditor(config, model=model, info=info, progress=bar)
         measurement = auditor.measure(source, progress=bar)
         baselines = auditor.baselines(measurement, progress=bar)
-    report = auditor.report(measurement, started=started, baselines=baselines.results, baselines_s=baselines.seconds,
-                            interrupted=baselines.interrupted)
+        report = auditor.report(measurement, started=started, baselines=baselines.results,
+                                baselines_s=baselines.seconds, interrupted=baselines.interrupted)
     if report.interrupted:
         raise AuditInterrupted(report)
     return report

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .auditor import Auditor, Measurement, ModelState, Normalise, autocast, config_source
+from .auditor import Auditor, ModelState, Normalise, autocast, config_source, resolve_device
 from .progress import ProgressReporter, progress_bar
-from .config import BN_MODES, DISTILL_LOSSES, LABEL_SOURCES, AuditConfig, FinetuneConfig
+from .config import AuditConfig, FinetuneConfig
 from .errors import AuditInterrupted, ConfigError, ImageSourceError, PPPAuditError
 from .images import FolderSource, HFDatasetSource, ImageSource, IndexedSource, usable_order
 from .geometry import DELTA
@@ -48,6 +48,7 @@ from .models import ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .repair import TILES, ConsistencyTerm, tiling_consistency
 from .report import NATIVE, CurvePoint, FinetuneResult, LayerResult, Report
+from .runtime import host_memory_kept
 
 SAVED_RECORD_KEY = "ppp_audit"
 """Key of the fine-tune record in a saved model's ``config.json`` (and prefix of its safetensors metadata)."""
@@ -517,7 +518,7 @@ def finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, *, mode
     Raises:
         AuditInterrupted: Ctrl-C; its report keeps the audit before fine-tuning and every scheme already fine-tuned.
     """
-    with progress_bar(progress) as bar:
+    with progress_bar(progress) as bar, host_memory_kept(resolve_device(config.device)):
         return _finetune_audit(config, finetune_config, model, info, bar)
 
 
@@ -654,7 +655,7 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
                 consistency_loss=_downsample(log.consistency)[0] if log.consistency else [],
                 tiling_before=tiling_now(auditor.state), tiling_after=tiling_now(student_state), plain=plain,
             )
-            del student, student_state
+            student = student_state = None  # freed before the next scheme's copy (on_measure holds the name, not it)
     except KeyboardInterrupt:
         raise AuditInterrupted(report(
             f"stopped by Ctrl-C {current}; the audit before fine-tuning is complete, fine-tuning results cover "

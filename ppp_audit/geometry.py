@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .errors import FeatureError, GeometryError, PPPAuditError, describe_error, first_line
+from . import receptive_cache
 from .models import FeatureTaps, built_input_size, feature_info_of, model_device
 
 DELTA = "delta"
@@ -310,20 +311,29 @@ def apply_geometry(model: nn.Module, geometry: Geometry) -> nn.Module:
 
 
 class _Runs:
-    """Probe results of one model by input side, each size run once."""
+    """Probe results of one model by input side, each size run once, and kept on disk across runs
+    (:func:`~ppp_audit.receptive_cache.shapes_key`)."""
 
     def __init__(self, taps: FeatureTaps, place: dict[str, Any]) -> None:
         self.taps, self.place, self.results = taps, place, {}
+        self.key = receptive_cache.shapes_key(taps, **place)
 
     def __call__(self, size: int) -> list[tuple[int, ...]] | str:
-        if size not in self.results:
-            model = self.taps.model
-            was_training = model.training
-            model.eval()  # batch norm in training mode refuses a batch of one 1x1 map
-            try:
-                self.results[size] = probe(self.taps, size, **self.place)
-            finally:
-                model.train(was_training)
+        if size in self.results:
+            return self.results[size]
+        stored = receptive_cache.load_shapes(self.key, size) if self.key is not None else None
+        if stored is not None:
+            self.results[size] = stored
+            return stored
+        model = self.taps.model
+        was_training = model.training
+        model.eval()  # batch norm in training mode refuses a batch of one 1x1 map
+        try:
+            self.results[size] = probe(self.taps, size, **self.place)
+        finally:
+            model.train(was_training)
+        if self.key is not None:
+            receptive_cache.store_shapes(self.key, size, self.results[size])
         return self.results[size]
 
 
