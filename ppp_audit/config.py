@@ -1,4 +1,6 @@
-"""The one table of options: :class:`AuditConfig` (what to audit and how) and :class:`FinetuneConfig` (fine-tuning).
+"""The one table of options: :class:`AuditConfig` (what to audit and how), :class:`FinetuneConfig` (fine-tuning), and
+the options of the commands around an audit: :class:`OutputConfig` (where the report goes), :class:`PushConfig` (the
+Hub), :class:`SweepConfig`, :class:`ShowConfig` and :class:`LeaderboardConfig`.
 
 Every setting is declared once, here, as a dataclass field with its help text and command-line spelling in the field's
 metadata (:func:`setting`). The CLI (:mod:`ppp_audit.cli`), :func:`ppp_audit.testing.measure` and the pytest options
@@ -9,7 +11,9 @@ Torch-free: importing this module, and creating a config, load neither torch nor
 options from it, the CLI checks its options before anything heavy loads). Baseline names and options are checked by
 :mod:`ppp_audit.baseline_options`, optimiser names against :data:`OPTIMIZERS`. Only two things may import torch, and
 only when asked for: ``compile`` (its backend is checked against torch's own list of ``torch.compile`` backends), and
-installed third-party baselines (entry points), which looking up a baseline loads, with whatever they import.
+installed third-party baselines (entry points), which looking up a baseline loads, with whatever they import. A repo
+id given to :class:`PushConfig` or :class:`LeaderboardConfig` is checked by :func:`ppp_audit.hub.check_repo_ids`
+(``huggingface_hub``'s validator, no torch).
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .baseline_options import parse_baseline_options, validate_baselines
-from .errors import ConfigError, ImageSourceError
+from .errors import ConfigError, ImageSourceError, PPPAuditError
 from .report import MAX_TOP_CHANNELS, NATIVE, TOP_CHANNELS
 PRECISIONS = ("fp32", "bf16", "fp16")
 BN_MODES = ("frozen", "train")
@@ -492,6 +498,225 @@ class FinetuneConfig:
         return {"objective": self.objective, **{k: v for k, v in dataclasses.asdict(self).items() if k != "steps"}}
 
 
+def _as_path(value: str | os.PathLike | None) -> Path | None:
+    """A path field's value as a :class:`~pathlib.Path` (``None`` stays ``None``)."""
+    return None if value is None else Path(value)
+
+
+def _check_repo_ids(*names: str | None) -> None:
+    """Refuse a malformed Hub repo id (``None`` entries are skipped) as a :class:`ConfigError`, with
+    :func:`ppp_audit.hub.check_repo_ids`'s line. Imports :mod:`ppp_audit.hub` (torch-free) and ``huggingface_hub``'s
+    validator only when a repo is named."""
+    if any(name is not None for name in names):
+        from .hub import check_repo_ids
+
+        try:
+            check_repo_ids(*names)
+        except PPPAuditError as exc:
+            raise ConfigError(exc.message, exc.hint) from None
+
+
+_PATH_TYPES = (str, os.PathLike)
+_PUSH_TO = {
+    "private": dict(default=False, help="Create the dataset repo private.", flags=("--private",), types=(bool,)),
+    "revision": dict(default=None, help="Branch of the dataset repo to push to (default: main).", metavar="BRANCH",
+                     types=(str,)),
+    "create_pr": dict(default=False, help="Open a pull request on the dataset repo instead.", flags=("--create-pr",),
+                      types=(bool,)),
+}
+"""How a dataset repo is pushed to, the same for a report (:class:`PushConfig`) and a leaderboard
+(:class:`LeaderboardConfig`): each class declares its own fields from these."""
+
+
+@dataclass
+class OutputConfig:
+    """Where a finished audit's report goes (``ppp-audit audit`` and ``demo``). Validated on creation; the paths
+    themselves are checked before the audit runs (writable, no report to replace unless ``overwrite``).
+
+    Args:
+        json_out: Write the report as JSON to this file, or ``-`` for stdout (JSON only) (``--json``).
+        out: Folder to write ``report.json``, the PNG figures and ``report.html`` into (``--out``).
+        progress: Show each phase on stderr: live on a terminal; in a log, a line per phase and a heartbeat
+            (``--progress/--no-progress``).
+        overwrite: Replace the report already at ``out`` or ``json_out``, and the figures ppp-audit drew for it that
+            the new one does not draw; files ppp-audit did not write are never replaced (``--overwrite``).
+    """
+
+    json_out: str | None = setting(None, help="Write the report as JSON to PATH, or '-' for stdout (JSON only).",
+                                   flags=("--json",), metavar="PATH", types=(str,))
+    out: Path | None = setting(None, help="Folder to write report.json, PNG figures and report.html into.",
+                               flags=("--out",), metavar="DIR", types=_PATH_TYPES)
+    progress: bool = setting(
+        True, help="Show each phase on stderr: live on a terminal; in a log, a line per phase and a heartbeat "
+        "(runs over a minute).", flags=("--progress/--no-progress",), types=(bool,))
+    overwrite: bool = setting(
+        False, help="Replace the report already at --out or --json (and the figures ppp-audit drew for it that the "
+        "new one does not draw; files ppp-audit did not write are never replaced).", flags=("--overwrite",),
+        types=(bool,))
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.out = _as_path(self.out)
+
+
+@dataclass
+class PushConfig:
+    """Where a report is pushed on the Hugging Face Hub (``ppp-audit audit`` and ``push``). Validated on creation:
+    the repo ids are checked, and dataset-repo settings without a target are refused.
+
+    Args:
+        push_to_hub: Dataset repo to push the report to, saved locally first (``--push-to-hub``; the ``REPO_ID``
+            argument of ``ppp-audit push``).
+        model_pr: Open a pull request on the model's repo adding the scores to its card (``--model-pr``).
+        model_repo: Model repo for ``model_pr``; ``None``: where the audited weights came from (``--model-repo``).
+        private: Create the dataset repo private (``--private``).
+        revision: Branch of the dataset repo to push to; ``None``: main (``--revision``).
+        create_pr: Open a pull request on the dataset repo instead of pushing to the branch (``--create-pr``).
+    """
+
+    push_to_hub: str | None = setting(None, help="Dataset repo to push the report to (saved locally first).",
+                                      metavar="REPO_ID", types=(str,))
+    model_pr: bool = setting(False, help="Open a pull request on the model's repo adding the scores to its card.",
+                             flags=("--model-pr",), types=(bool,))
+    model_repo: str | None = setting(None, help="Model repo for --model-pr (default: where the audited weights came "
+                                     "from).", metavar="REPO_ID", types=(str,))
+    private: bool = setting(**_PUSH_TO["private"])
+    revision: str | None = setting(**_PUSH_TO["revision"])
+    create_pr: bool = setting(**_PUSH_TO["create_pr"])
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not self.wanted:
+            if self.model_repo or self.private or self.revision or self.create_pr:
+                _bad("--model-repo/--private/--revision/--create-pr need a push target",
+                     "add --push-to-hub REPO_ID and/or --model-pr")
+            return
+        _check_repo_ids(self.push_to_hub, self.model_repo)
+
+    @property
+    def wanted(self) -> bool:
+        """Whether anything is to be pushed: a dataset repo, a model-repo pull request, or both."""
+        return self.push_to_hub is not None or self.model_pr
+
+    def push_options(self) -> dict[str, Any] | None:
+        """The keyword arguments of :func:`ppp_audit.hub.push_report`; ``None`` when nothing is to be pushed."""
+        if not self.wanted:
+            return None
+        return {"repo_id": self.push_to_hub, "model_pr": self.model_pr, "model_repo": self.model_repo,
+                "private": self.private or None, "revision": self.revision, "create_pr": self.create_pr}
+
+
+@dataclass
+class SweepConfig:
+    """How ``ppp-audit sweep`` runs its models (the audit settings they share are an :class:`AuditConfig`).
+    Validated on creation.
+
+    Args:
+        model_list: Text files of model names or patterns, one per line (``--model-list``, repeatable).
+        out: The sweep folder: one run folder per model and settings (``--out``; the command needs it).
+        force: Redo every model, done or not; by default a model whose run with these settings is in ``out`` is
+            skipped, whatever its run settings (``-b``, ``--workers``, ``--device``) (``--force``).
+        retry_failed: Redo the models recorded as failed (``--retry-failed``).
+        timeout: Time limit per model, in seconds; finite and positive (``--timeout``).
+        pages: Write each model's figures and ``report.html`` (``--pages/--no-pages``).
+        progress: Show the sweep's progress on stderr, a line per model when stderr is not a terminal
+            (``--progress/--no-progress``).
+    """
+
+    model_list: list[Path] | None = setting(
+        None, help="A text file of model names or patterns, one per line (repeatable).", flags=("--model-list",),
+        metavar="FILE", types=(list, tuple))
+    out: Path | None = setting(None, help="The sweep folder (needed): one run folder per model and settings.",
+                               flags=("--out",), metavar="DIR", types=_PATH_TYPES)
+    force: bool = setting(
+        False, help="Redo every model, done or not (by default a model whose run with these settings is in DIR is "
+        "skipped, whatever -b, --workers or --device).", flags=("--force",), types=(bool,))
+    retry_failed: bool = setting(False, help="Redo the models recorded as failed.", flags=("--retry-failed",),
+                                 types=(bool,))
+    timeout: float = setting(1800.0, help="Time limit per model.", flags=("--timeout",), metavar="SECONDS",
+                             types=(int, float))
+    pages: bool = setting(True, help="Write each model's figures and report.html.", flags=("--pages/--no-pages",),
+                          types=(bool,))
+    progress: bool = setting(
+        True, help="Show the sweep's progress on stderr (a line per model when stderr is not a terminal).",
+        flags=("--progress/--no-progress",), types=(bool,))
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not 0 < self.timeout < math.inf:  # also false for nan; before check_ranges, which says less
+            _bad(f"--timeout must be a positive number of seconds (got {self.timeout:g})",
+                 "pass seconds per model, e.g. 600")
+        check_ranges(self)
+        if self.model_list is not None:
+            if not all(isinstance(file, _PATH_TYPES) for file in self.model_list):
+                _bad(f"SweepConfig.model_list must be a list or tuple of paths (got {self.model_list!r})",
+                     "e.g. model_list=['models.txt']")
+            self.model_list = [Path(file) for file in self.model_list]
+        self.out = _as_path(self.out)
+
+
+@dataclass
+class ShowConfig:
+    """How ``ppp-audit show`` re-renders a saved report. Validated on creation.
+
+    Args:
+        out: Folder for the figures and ``report.html``; ``None``: the report's folder (``--out``).
+        figures: Write the missing figures and ``report.html`` (``--figures/--no-figures``).
+        overwrite: Redraw the figures and the page even if they exist (``--overwrite``).
+        embed: Also write ``report.embedded.html``, the page with its images inside (``--embed``).
+    """
+
+    out: Path | None = setting(None, help="Folder for figures and report.html (default: the report's folder).",
+                               flags=("--out",), metavar="DIR", types=_PATH_TYPES)
+    figures: bool = setting(True, help="Write missing figures and report.html.", flags=("--figures/--no-figures",),
+                            types=(bool,))
+    overwrite: bool = setting(False, help="Redraw figures and the page even if they exist.", flags=("--overwrite",),
+                              types=(bool,))
+    embed: bool = setting(
+        False, help="Write report.embedded.html: the page with its images inside (one file to share); report.html "
+        "stays as it is.", flags=("--embed",), types=(bool,))
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.out = _as_path(self.out)
+
+
+@dataclass
+class LeaderboardConfig:
+    """How ``ppp-audit leaderboard`` ranks a sweep and where it pushes the table. Validated on creation.
+
+    Args:
+        join: A CSV with a ``model`` column (e.g. timm's ``results-imagenet.csv``) whose other columns are added by
+            model name (``--join``).
+        top: Rows of the terminal table; 0: none (``--top``).
+        push_to_hub: Dataset repo to push the leaderboard and its card to, written locally first (``--push-to-hub``).
+        private: Create the dataset repo private (``--private``).
+        revision: Branch of the dataset repo to push to; ``None``: main (``--revision``).
+        create_pr: Open a pull request on the dataset repo instead of pushing to the branch (``--create-pr``).
+    """
+
+    join: Path | None = setting(
+        None, help="A CSV with a model column (e.g. timm's results-imagenet.csv): its other columns are added by model "
+        "name.", flags=("--join",), metavar="FILE", types=_PATH_TYPES)
+    top: int = setting(20, help="Rows of the terminal table (0: none).", flags=("--top",), metavar="N", types=(int,))
+    push_to_hub: str | None = setting(
+        None, help="Dataset repo to push the leaderboard and its card to (written locally first).", metavar="REPO_ID",
+        types=(str,))
+    private: bool = setting(**_PUSH_TO["private"])
+    revision: str | None = setting(**_PUSH_TO["revision"])
+    create_pr: bool = setting(**_PUSH_TO["create_pr"])
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if self.push_to_hub is None and (self.private or self.revision or self.create_pr):
+            _bad("--private/--revision/--create-pr need a push target", "add --push-to-hub REPO_ID")
+        if self.top < 0:
+            _bad(f"--top must be 0 or more (got {self.top})", "pass the number of rows to show, 0 for none")
+        check_ranges(self)
+        _check_repo_ids(self.push_to_hub)
+        self.join = _as_path(self.join)
+
+
 def cli_fields(config_class: type, *names: str) -> list[dataclasses.Field]:
     """The fields of ``config_class`` that the CLI offers (all of them, or those ``names``), in declaration order."""
     fields = [f for f in dataclasses.fields(config_class) if f.metadata.get("cli", True)]
@@ -513,6 +738,7 @@ def config_from_options(config_class: type, options: dict[str, Any], **fixed: An
     return config_class(**{**options, **fixed})
 
 
-__all__ = ["AuditConfig", "FinetuneConfig", "NATIVE", "PRECISIONS", "BN_MODES", "DISTILL_LOSSES", "LABEL_SOURCES",
+__all__ = ["AuditConfig", "FinetuneConfig", "LeaderboardConfig", "OutputConfig", "PushConfig", "ShowConfig",
+           "SweepConfig", "NATIVE", "PRECISIONS", "BN_MODES", "DISTILL_LOSSES", "LABEL_SOURCES",
            "HFDS_PREFIX", "MAX_BATCH", "MAX_IMAGES", "MAX_SIDE", "MAX_STEPS", "OPTIMIZERS", "check_ranges",
            "cli_fields", "config_from_options", "option_flag", "parse_hfds", "setting"]

@@ -47,7 +47,7 @@ from .geometry import DELTA
 from .models import ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .repair import TILES, ConsistencyTerm, tiling_consistency
-from .report import NATIVE, CurvePoint, FinetuneResult, LayerResult, Report
+from .report import CurvePoint, FinetuneResult, LayerResult, Report
 from .runtime import host_memory_kept
 
 SAVED_RECORD_KEY = "ppp_audit"
@@ -301,9 +301,7 @@ def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Ten
         raise ValueError("a repair needs its consistency term, and only a repair takes one")
     check_optimizer(config.optimizer)
     device = torch.device(device)
-    native = scheme == NATIVE
-    if not native:
-        get_padding(scheme)
+    resolved = get_padding(scheme)  # native: the null scheme, which patches nothing
     torch.manual_seed(seed)
     optimizer = create_optimizer_v2(student, opt=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
                                     momentum=config.momentum)
@@ -315,8 +313,8 @@ def finetune(student: nn.Module, scheme: str, loader: Iterable[tuple[Tensor, Ten
     terms: list[float] = []
     started = time.perf_counter()
 
-    def patch() -> PatchSummary | None:
-        return None if native else patch_padding(student, scheme, include_pools=include_pools)
+    def patch() -> PatchSummary:
+        return patch_padding(student, resolved, include_pools=include_pools)
 
     summary = patch()
     what = "repairing" if consistency else "fine-tuning"
@@ -474,11 +472,7 @@ def load_finetuned(path: str | Path, *, model: str | None = None,
             raise PPPAuditError(f"loading the bare file '{path}' needs its architecture", "pass model='NAME'")
         net, info = build_model(model, weights=path, device=device)
     include_pools = bool(record.get("include_pools", False))
-    if scheme == NATIVE:  # repaired with its own padding: nothing to apply
-        from .auditor import native_summary
-
-        return net, info, native_summary(net, include_pools)
-    return net, info, patch_padding(net, scheme, include_pools=include_pools)
+    return net, info, patch_padding(net, scheme, include_pools=include_pools)  # native (a repair): nothing changes
 
 
 # ---------------------------------------------------------------------------------------------------------------------

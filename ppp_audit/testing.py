@@ -1,4 +1,5 @@
-"""Assert PPP bounds on a model in tests (docs/pytest.md); the ``ppp`` pytest fixture is a thin wrapper over these helpers.
+"""Assert PPP bounds on a model in tests (docs/pytest.md); the ``ppp`` pytest fixture is a thin wrapper over these
+helpers.
 
 >>> from ppp_audit.testing import assert_ppp
 >>> assert_ppp(model, max_strength=0.1, layers="last")              # the last stage stays below 0.1

@@ -26,12 +26,13 @@ PACKAGE = Path(ppp_audit.__file__).parent
 
 def test_configs_with_baselines_and_an_optimiser_import_neither_torch_nor_timm():
     """A fresh process builds an AuditConfig with every built-in baseline and their options (parsed as the CLI parses
-    them) and a FinetuneConfig with an optimiser and every common option, and refuses bad ones, without loading torch
-    or timm."""
+    them), a FinetuneConfig with an optimiser and every common option, and the output, push, sweep, show and
+    leaderboard configs (repo ids checked), and refuses bad ones, without loading torch or timm."""
     code = """
-import sys
+import math, sys
 from ppp_audit.baseline_options import parse_baseline_options
-from ppp_audit.config import AuditConfig, FinetuneConfig
+from ppp_audit.config import (AuditConfig, FinetuneConfig, LeaderboardConfig, OutputConfig, PushConfig, ShowConfig,
+                              SweepConfig)
 from ppp_audit.errors import ConfigError
 
 options = parse_baseline_options(["posenet.steps=50", "posenet.grid=none", "fconv.borders=0,64", "fconv.alpha=0.05"])
@@ -44,10 +45,19 @@ ft = FinetuneConfig(steps=20, lr=1e-3, optimizer="SGD", batch_size=4, weight_dec
                     save_weights="out", repair=True, repair_weight=0.5, repair_layers=["stages.1"],
                     repair_compare=True)
 assert ft.optimizer == "sgd" and FinetuneConfig(optimizer="adamw").optimizer == "adamw"
+OutputConfig(json_out="-", out="report", progress=False, overwrite=True)
+PushConfig(push_to_hub="me/audits", model_pr=True, model_repo="timm/resnet18.a1_in1k", private=True,
+           revision="dev", create_pr=True)
+SweepConfig(model_list=["models.txt"], out="sweep", force=True, retry_failed=True, timeout=60, pages=False,
+            progress=False)
+ShowConfig(out="figures", figures=False, overwrite=True, embed=True)
+LeaderboardConfig(join="results.csv", top=0, push_to_hub="me/board", private=True, revision="dev", create_pr=True)
 bad = [lambda: FinetuneConfig(optimizer="adamx"), lambda: AuditConfig(model="m", baselines=["posnet"]),
        lambda: parse_baseline_options(["posenet.stepz=1"]), lambda: parse_baseline_options(["uneven.x=1"]),
        lambda: AuditConfig(model="m", baselines=["posenet"], baseline_options={"posenet": {"steps": 0}}),
-       lambda: AuditConfig(model="m", baselines=["uneven"], baseline_options={"fconv": {"alpha": 0.1}})]
+       lambda: AuditConfig(model="m", baselines=["uneven"], baseline_options={"fconv": {"alpha": 0.1}}),
+       lambda: SweepConfig(timeout=math.nan), lambda: PushConfig(push_to_hub="bad id!"),
+       lambda: LeaderboardConfig(top=-1), lambda: OutputConfig(progress="no"), lambda: ShowConfig(out=1)]
 for make in bad:
     try:
         make()

@@ -252,8 +252,9 @@ class _Patcher:
                       "a standalone pad module has no output to re-weight", native)
             return
         scheme = self.scheme
-        undo = _override_forward(pad_module, lambda self_, x: _checked_pad(scheme, x, pad4, name), scheme.name)
-        self.summary._undo.append(undo)
+        if scheme.replaces:  # the null scheme lists the site and leaves it
+            undo = _override_forward(pad_module, lambda self_, x: _checked_pad(scheme, x, pad4, name), scheme.name)
+            self.summary._undo.append(undo)
         self.summary.patched.append(PatchedSite(name, type(pad_module).__name__, "pad_module", native))
 
     def patch_pool(self, name: str, pool: nn.Module, *, same: bool) -> None:
@@ -291,8 +292,11 @@ class _Patcher:
 
     def _wrap_forward(self, name: str, module: nn.Module, base: Callable, amounts: Callable[[Tensor], Pad4],
                       linear: _Linear | None, disable: Callable[[nn.Module], Callable[[], None]] | None) -> None:
-        """Make ``module`` pad with the scheme, run ``base`` (which no longer pads), then the scheme's output hook."""
+        """Make ``module`` pad with the scheme, run ``base`` (which no longer pads), then the scheme's output hook
+        (nothing for the null scheme, which leaves the layer as it is)."""
         scheme = self.scheme
+        if not scheme.replaces:
+            return
         hook = linear if scheme.adjusts_output else None
 
         def forward(self_: nn.Module, x: Tensor, *rest: Any, **kwargs: Any) -> Tensor:

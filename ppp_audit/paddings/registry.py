@@ -52,6 +52,10 @@ class PaddingScheme:
     keeps_shape: ClassVar[bool] = True
     """False for schemes whose :meth:`pad` returns fewer pixels than asked (``valid``). The patcher then checks the
     model's output shapes on an example input before handing the model back."""
+    replaces: ClassVar[bool] = True
+    """False for the null scheme ``native`` (:class:`~ppp_audit.paddings.schemes.NativePadding`): the patcher finds and
+    lists the padding sites and leaves every layer as it is, so the model's own padding is measured like any
+    scheme, by the same code."""
 
     def pad(self, x: Tensor, pad: Pad4) -> Tensor:
         """Pad the last two dims of ``x`` (N, C, H, W) by ``pad`` = (left, right, top, bottom)."""

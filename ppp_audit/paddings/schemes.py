@@ -16,6 +16,20 @@ from .registry import Pad4, PaddingScheme, SiteGeometry, register_padding
 
 
 @register_padding
+class NativePadding(PaddingScheme):
+    """The null scheme: every layer keeps the padding it has (what ``native`` in a report measures). Patching with it
+    lists the padding sites (:class:`~ppp_audit.paddings.patcher.PatchSummary`) and changes nothing; an audit always
+    measures it, so it is never asked for with ``--padding``."""
+
+    name = "native"
+    description = "the model's own padding, left as it is (measured in every audit; not a --padding choice)"
+    replaces = False
+
+    def pad(self, x: Tensor, pad: Pad4) -> Tensor:
+        raise NotImplementedError("the native scheme replaces no padding: the patcher never calls its pad()")
+
+
+@register_padding
 class ZerosPadding(PaddingScheme):
     """Pads with zeros: PyTorch's and timm's default."""
 

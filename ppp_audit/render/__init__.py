@@ -1,4 +1,5 @@
-"""Renderers and sinks of a :class:`~ppp_audit.report.Report` (docs/figures.md): rich tables, terminal, PNG figures, HTML.
+"""Renderers and sinks of a :class:`~ppp_audit.report.Report` (docs/figures.md): rich tables, terminal, PNG figures,
+HTML.
 
 ``write_outputs(report, out_dir)`` writes ``report.json``, ``figures/*.png`` and ``report.html`` into one folder;
 ``print_report(console, report)`` prints the tables and a terminal heatmap of the last stage. matplotlib is imported

@@ -363,7 +363,8 @@ _SHORT_TARGETS = {"horizontal": "horiz.", "vertical": "vert.", "gaussian": "gaus
 
 
 def render_baselines(report: Report) -> list["Table"]:
-    """Rich tables for ``report.baselines`` (docs/baselines.md): a summary beside PPP strength, then one table per baseline."""
+    """Rich tables for ``report.baselines`` (docs/baselines.md): a summary beside PPP strength, then one table per
+    baseline."""
     from rich.table import Table
 
     base = report.baselines

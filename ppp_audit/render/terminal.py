@@ -16,6 +16,7 @@ from ..report import format_number
 if TYPE_CHECKING:
     import numpy as np
     from rich.console import Console, ConsoleOptions, RenderResult
+    from rich.text import Text
 
     from ..report import LayerResult, Report
 
@@ -101,7 +102,7 @@ class TerminalHeatmap:
     def _cell_scale(self, values: "np.ndarray", chars_per_row: int) -> int:
         return max(1, self.max_cells // (chars_per_row * max(values.shape)))
 
-    def _colour(self, values: "np.ndarray") -> "Text":
+    def _colour(self, values: "np.ndarray") -> Text:
         import numpy as np
         from rich.color import Color
         from rich.style import Style
@@ -123,7 +124,7 @@ class TerminalHeatmap:
             lines.append(line)
         return Text("\n").join(lines)
 
-    def _shades(self, values: "np.ndarray") -> "Text":
+    def _shades(self, values: "np.ndarray") -> Text:
         import numpy as np
         from rich.text import Text
 
@@ -134,7 +135,7 @@ class TerminalHeatmap:
         return Text("\n".join(row for row in rows for _ in range(scale)))
 
     @staticmethod
-    def _legend(colour: bool) -> "Text":
+    def _legend(colour: bool) -> Text:
         import numpy as np
         from rich.color import Color
         from rich.style import Style

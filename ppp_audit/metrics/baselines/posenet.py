@@ -1,4 +1,5 @@
-"""PosENet probe (Islam et al., ICLR 2020; docs/baselines.md): can a tiny read-out predict position maps from frozen features?
+"""PosENet probe (Islam et al., ICLR 2020; docs/baselines.md): can a tiny read-out predict position maps from frozen
+features?
 
 The model is frozen. Its tapped feature maps are resized to a common ``grid × grid`` (area averaging to shrink,
 bilinear to grow), concatenated, and standardised per channel with training-set statistics (a fixed affine map, so it
