@@ -33,7 +33,7 @@ from .images import (
 )
 from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_stride, map_offset
-from .margin import plan_margin, probe_window
+from .margin import MarginPlan, plan_margin, probe_window
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments
 from .models import FeatureTaps, ModelInfo, build_model, no_padding_error
 from .paddings import PaddingScheme, PatchSummary, get_padding, padding, patch_padding
@@ -265,6 +265,62 @@ class BaselinesRun:
 
 
 @dataclass(frozen=True)
+class AuditPlan:
+    """What the set-up of an audit decided, as one value that can be printed (``str``) and compared: the sizes and
+    margin and why, the layers and their maps, the schemes and what each patches. :attr:`Auditor.plan` holds it; the
+    model and the per-model state it was derived from stay in the auditor (:class:`ModelState`).
+
+    Attributes:
+        model: The model's name.
+        device: Where it runs.
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        estimator: ``delta`` (padded vs padding-free features) or ``mean_feature``.
+        size: The crop side ``S``.
+        window: The window side ``S + 2m``.
+        margin: The margin and how it was set (:class:`~ppp_audit.margin.MarginPlan`).
+        layers: The tapped layers, in order.
+        crop_maps: Per layer, its (C, h, w) at the crop size (``None`` when unknown before the first batch).
+        schemes: ``native`` first, then the schemes compared with it.
+        patched: Per scheme, how many padding sites it replaces and how many it leaves.
+        shared_reference: Whether one native window pass gives every scheme's reference.
+        mist_layer: The layer whose mist snapshots are kept.
+        changes: What the geometry changed in the model to run at these sizes.
+    """
+
+    model: str
+    device: str
+    precision: str
+    estimator: str
+    size: int
+    window: int
+    margin: MarginPlan
+    layers: tuple[str, ...]
+    crop_maps: tuple[tuple[int, ...], ...] | None
+    schemes: tuple[str, ...]
+    patched: tuple[tuple[str, int, int], ...]
+    shared_reference: bool
+    mist_layer: str
+    changes: tuple[str, ...]
+
+    def __str__(self) -> str:
+        margin = self.margin
+        partial = [name for name, p in zip(self.layers, margin.partial) if p]
+        lines = [
+            f"{self.model} on {self.device} ({self.precision}), estimator {self.estimator}",
+            f"crop {self.size} px, window {self.window} px: margin {margin.margin} px chosen by {margin.chosen_by}"
+            + (f", second margin {margin.second_margin} px for {', '.join(partial)}" if margin.second_margin else ""),
+            "layers: " + ", ".join(self.layers if self.crop_maps is None else
+                                   (f"{name} {'x'.join(map(str, shape))}"
+                                    for name, shape in zip(self.layers, self.crop_maps))),
+            "schemes: " + ", ".join(f"{name} ({replaced} sites replaced, {left} left)"
+                                    for name, replaced, left in self.patched),
+            f"reference: {'one native window pass for every scheme' if self.shared_reference else 'per scheme'}; "
+            f"mist layer {self.mist_layer}" + (f"; geometry: {'; '.join(self.changes)}" if self.changes else ""),
+        ]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
 class ModelState:
     """What an audit knows of one model it measures (its own, or a fine-tuned copy): made once per model by
     :meth:`Auditor.model_state` and passed to what measures it, never looked up by the model's identity.
@@ -452,6 +508,15 @@ class Auditor:
         self.fitted = dataclasses.replace(self.fitted, margin=self.margins.margin)
         self.margin, self.second_margin = self.margins.margin, self.margins.second_margin
         self.normalise = Normalise(info, self.device)
+        self.plan = AuditPlan(
+            model=config.model, device=str(self.device), precision=config.precision, estimator=self.estimator,
+            size=self.size, window=self.window, margin=self.margins, layers=tuple(self.taps.names),
+            crop_maps=tuple(self.crop_maps) if self.crop_maps is not None else None, schemes=tuple(config.schemes),
+            # the null scheme lists as "patched" the sites the others replace, and replaces none of them
+            patched=tuple((scheme, len(summary.patched) if self.paddings[scheme].replaces else 0,
+                           len(summary.unpatched)) for scheme, summary in self.summaries.items()),
+            shared_reference=self.shares_reference(config.schemes), mist_layer=self.mist_layer,
+            changes=tuple(self.fitted.changes))
         self._source: tuple[int, ImageSource] | None = None
         self._caches: dict[int, tuple[ImageSource, WindowCache | None]] = {}
 
@@ -809,7 +874,8 @@ class Auditor:
         )
 
 
-__all__ = ["Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast", "checked_summary",
+__all__ = ["AuditPlan", "Auditor", "BaselinesRun", "Measurement", "Normalise", "StopRequest", "autocast",
+           "checked_summary",
            "config_source", "images_on_device", "window_cache_bytes",
            "feature_offset", "ieee_fp32", "largest_stride",
            "progress_bar", "rank_and_world", "resolve_device", "stop_on_ctrl_c"]

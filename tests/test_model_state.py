@@ -98,3 +98,28 @@ def test_one_step_gives_the_loop_s_features(se_auditor):
     assert all(not torch.equal(a, b) for a, b in zip(features.crop, features.reference)), "padding changed nothing"
     assert all(torch.equal(a, b) for a, b in zip(features.crop, again.crop))
     assert step.strides == [float(s) for s in se_auditor.taps.strides]
+
+
+def test_the_plan_is_one_frozen_value_that_prints_what_the_set_up_decided():
+    import dataclasses
+
+    import timm
+
+    from ppp_audit.config import AuditConfig
+    from ppp_audit.models import ModelInfo
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False).eval()
+    info = ModelInfo(name="resnet10t", architecture="resnet10t", weights="random-init", input_size=64,
+                     mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=1.0)
+    config = AuditConfig(model="resnet10t", paddings=["reflect"], input_size=64, margin=32, device="cpu")
+    plan = Auditor(config, model=model, info=info).plan
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.size = 32
+    assert plan.schemes == ("native", "reflect") and plan.window == plan.size + 2 * plan.margin.margin == 128
+    assert plan.crop_maps is not None and len(plan.crop_maps) == len(plan.layers)
+    native, reflect = dict((name, (replaced, left)) for name, replaced, left in plan.patched).values()
+    assert native[0] == 0 and reflect[0] > 0  # the null scheme replaces nothing; reflect replaces the sites
+    text = str(plan)
+    assert "margin 32 px chosen by --margin" in text and "reflect (" in text and plan.layers[-1] in text
+    assert Auditor(config, model=model, info=info).plan == plan  # the same set-up decides the same
