@@ -47,7 +47,7 @@ from .geometry import DELTA
 from .models import ModelInfo, build_model
 from .paddings import PatchSummary, get_padding, padding, patch_padding
 from .repair import TILES, ConsistencyTerm, tiling_consistency
-from .report import CurvePoint, FinetuneResult, LayerResult, Report
+from .report import CurvePoint, FinetuneResult, LayerResult, Report, SchemeResult
 from .runtime import host_memory_kept
 
 SAVED_RECORD_KEY = "ppp_audit"
@@ -527,10 +527,9 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
     check_optimizer(ft.optimizer)  # before the audit, which takes minutes
     started = time.perf_counter()
     auditor = Auditor(config, model=model, info=info, progress=progress)
-    model, info, device = auditor.model, auditor.info, auditor.device
-    size, window = auditor.size, auditor.window
     consistency = _consistency_term(auditor, ft) if ft.repair else None
-    splits = make_splits(config, ft, info, window, getattr(model, "num_classes", None), size)
+    splits = make_splits(config, ft, auditor.info, auditor.window, getattr(auditor.model, "num_classes", None),
+                         auditor.size)
 
     measured = auditor.measure(splits.heldout, progress=progress)
     baselines = auditor.baselines(measured, progress=progress)
@@ -547,114 +546,162 @@ def _finetune_audit(config: AuditConfig, finetune_config: FinetuneConfig, model:
 
     if measured.interrupted or baselines.interrupted:
         raise AuditInterrupted(report())
-    current = "before fine-tuning"
+    tuning = None
     try:
+        tuning = _Tuning.of(auditor, config, ft, splits, consistency, progress)
+        # A repair without --padding repairs the native padding; otherwise each scheme is swapped to and tuned.
+        for result in (measured.results[1:] or measured.results[:1]):
+            tuned[result.scheme] = tuning.tune(result)
+    except KeyboardInterrupt:
+        current = tuning.current if tuning is not None else "before fine-tuning"
+        raise AuditInterrupted(report(
+            f"stopped by Ctrl-C {current}; the audit before fine-tuning is complete, fine-tuning results cover "
+            f"{', '.join(tuned) if tuned else 'no scheme'}")) from None
+    return report()
+
+
+@dataclass
+class _Tuning:
+    """What the fine-tunes of one audit share (loaders, the teacher's held-out predictions, the settings recorded),
+    made once by :meth:`of`; :meth:`tune` then fine-tunes (or repairs) a copy of the audited model with one scheme
+    and measures it as the audit did.
+
+    Attributes:
+        current: What is running, for the message of a Ctrl-C.
+    """
+
+    auditor: Auditor
+    config: AuditConfig
+    ft: FinetuneConfig
+    splits: Splits
+    consistency: ConsistencyTerm | None
+    progress: ProgressReporter
+    heldout_loader: Iterable[Any]
+    tiling_loader: Iterable[Any]
+    order: list[int]
+    settings: dict[str, Any]
+    teacher_logits: Tensor
+    labels: Tensor | None
+    original: dict[str, float]
+    current: str = "before fine-tuning"
+
+    @classmethod
+    def of(cls, auditor: Auditor, config: AuditConfig, ft: FinetuneConfig, splits: Splits,
+           consistency: ConsistencyTerm | None, progress: ProgressReporter) -> "_Tuning":
+        size, window = auditor.size, auditor.window
         heldout_loader = auditor.loader(
             # Every held-out image: the loader skips those the measurement skipped as unreadable, as it did.
             CropDataset(splits.heldout, range(splits.heldout.available()), window, size,
                         splits.labels_of(splits.heldout)),
             config.batch_size)
-        order = _training_order(splits.pool, ft.steps * ft.batch_size, config.seed)
         # Tiling consistency on a 2S x 2S image of S x S tiles (the size the model is trained at) where the window
         # holds one, else on the crop in S/2 tiles.
         tile = size if window >= TILES * size else size // TILES
         tiling_loader = auditor.loader(CropDataset(splits.heldout, range(splits.heldout.available()), window,
                                                    TILES * tile), config.batch_size)
-
-        def train_loader(whole: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
-            return auditor.loader(CropDataset(splits.train, order, window, size, splits.labels_of(splits.train),
-                                              whole=whole), ft.batch_size)
-
         settings = {**ft.settings(), "seed": config.seed, "precision": config.precision,
                     "include_pools": config.include_pools, "train_data": splits.train.describe(),
                     "heldout_data": splits.heldout.describe(),
                     **({"classes": splits.classes} if splits.classes else {}),
                     **({"repair_layers": consistency.layers, "tiling": {"image_px": TILES * tile, "tile_px": tile}}
                        if consistency else {})}
-
-        kw = dict(info=info, device=device, precision=config.precision)
-        teacher_logits, heldout_labels = predict(model, heldout_loader, **kw)
+        teacher_logits, heldout_labels = predict(auditor.model, heldout_loader, info=auditor.info,
+                                                 device=auditor.device, precision=config.precision)
         labels = heldout_labels if splits.labels else None
-        metric_kw = dict(kind=ft.distill_loss, temperature=ft.temperature)
         original = {}
         if labels is not None:
-            original = {k: v for k, v in heldout_metrics(teacher_logits, teacher_logits, labels, **metric_kw).items()
-                        if k.startswith("label")}
+            metrics = heldout_metrics(teacher_logits, teacher_logits, labels, kind=ft.distill_loss,
+                                      temperature=ft.temperature)
+            original = {k: v for k, v in metrics.items() if k.startswith("label")}
+        return cls(auditor, config, ft, splits, consistency, progress, heldout_loader, tiling_loader,
+                   _training_order(splits.pool, ft.steps * ft.batch_size, config.seed), settings, teacher_logits,
+                   labels, original)
 
-        # A repair without --padding repairs the native padding; otherwise each scheme is swapped to and tuned.
-        for result in (measured.results[1:] or measured.results[:1]):
-            scheme = result.scheme
+    @property
+    def _run(self) -> dict[str, Any]:
+        """Where and how the passes run (for :func:`predict` and :func:`finetune`)."""
+        return dict(info=self.auditor.info, device=self.auditor.device, precision=self.config.precision)
 
-            def heldout_now(net: nn.Module) -> dict[str, float]:
-                with auditor.patched(scheme, net):
-                    logits, _ = predict(net, heldout_loader, **kw)
-                return heldout_metrics(logits, teacher_logits, labels, **metric_kw)
+    def train_loader(self, whole: bool = False) -> Iterable[tuple[Tensor, Tensor]]:
+        """The training crops in the seeded order (``whole``: the windows, for a repair's consistency term)."""
+        splits, auditor = self.splits, self.auditor
+        return auditor.loader(CropDataset(splits.train, self.order, auditor.window, auditor.size,
+                                          splits.labels_of(splits.train), whole=whole), self.ft.batch_size)
 
-            def measure_now(state: ModelState) -> tuple[list[LayerResult], dict[str, float]]:
-                now = auditor.measure(splits.heldout, schemes=[scheme], state=state, progress=progress)
-                if now.interrupted:
-                    raise KeyboardInterrupt
-                return now.results[0].layers, heldout_now(state.model)
+    def heldout_now(self, scheme: str, net: nn.Module) -> dict[str, float]:
+        """``net``'s held-out metrics under ``scheme``, against the teacher's predictions (and the labels)."""
+        with self.auditor.patched(scheme, net):
+            logits, _ = predict(net, self.heldout_loader, **self._run)
+        return heldout_metrics(logits, self.teacher_logits, self.labels, kind=self.ft.distill_loss,
+                               temperature=self.ft.temperature)
 
-            def tiling_now(state: ModelState) -> list[float | None] | None:
-                if consistency is None:
-                    return None
-                with auditor.patched(scheme, state.model), torch.inference_mode():
-                    return tiling_consistency(state.taps, tiling_loader, normalise=auditor.normalise, device=device,
-                                              precision=config.precision)
+    def measure_now(self, scheme: str, state: ModelState) -> tuple[list[LayerResult], dict[str, float]]:
+        """PPP of ``state``'s model under ``scheme`` on the audit's held-out images, and its held-out metrics."""
+        now = self.auditor.measure(self.splits.heldout, schemes=[scheme], state=state, progress=self.progress)
+        if now.interrupted:
+            raise KeyboardInterrupt
+        return now.results[0].layers, self.heldout_now(scheme, state.model)
 
-            before = heldout_now(model)
-            plain = None
-            if ft.repair and ft.repair_compare:
-                current = f"while fine-tuning with '{scheme}' (the plain fine-tune beside the repair)"
-                plain_config = dataclasses.replace(ft, repair=False, repair_compare=False, repair_layers=None,
-                                                   measure_every=0)
-                student = copy.deepcopy(model)
-                log = finetune(student, scheme, train_loader(), plain_config,
-                               teacher=model if ft.labels is None else None, seed=config.seed, progress=progress,
-                               include_pools=config.include_pools, **kw)
-                plain_state = auditor.model_state(student)
-                plain_layers, plain_after = measure_now(plain_state)
-                train_loss, every = _downsample(log.losses)
-                plain = FinetuneResult(
-                    steps=ft.steps, settings={**settings, **plain_config.settings()}, layers=plain_layers,
-                    before=before, after=plain_after, original=original, train_loss=train_loss,
-                    train_loss_every=every, seconds=log.seconds, tiling_after=tiling_now(plain_state))
-                del student, plain_state
+    def tiling_now(self, scheme: str, state: ModelState) -> list[float | None] | None:
+        """The tiling consistency of ``state``'s model under ``scheme`` (a repair only)."""
+        if self.consistency is None:
+            return None
+        with self.auditor.patched(scheme, state.model), torch.inference_mode():
+            return tiling_consistency(state.taps, self.tiling_loader, normalise=self.auditor.normalise,
+                                      device=self.auditor.device, precision=self.config.precision)
 
-            current = f"while {'repairing' if ft.repair else 'fine-tuning'} with '{scheme}'"
-            student = copy.deepcopy(model)
-            # The student's own taps, global modules and receptive fields, made once and passed to every measurement.
-            student_state = auditor.model_state(student)
-            curve = [_curve_point(0, result.layers, before)] if ft.measure_every else []
+    def tune(self, result: SchemeResult) -> FinetuneResult:
+        """Fine-tune (or repair) a copy of the audited model with ``result``'s scheme and measure it again."""
+        scheme, ft, model = result.scheme, self.ft, self.auditor.model
+        teacher = model if ft.labels is None else None
+        before = self.heldout_now(scheme, model)
+        plain = self._plain(scheme, before) if ft.repair and ft.repair_compare else None
+        self.current = f"while {'repairing' if ft.repair else 'fine-tuning'} with '{scheme}'"
+        student = copy.deepcopy(model)
+        # The student's own taps, global modules and receptive fields, made once and passed to every measurement.
+        student_state = self.auditor.model_state(student)
+        curve = [_curve_point(0, result.layers, before)] if ft.measure_every else []
 
-            def on_measure(step: int) -> None:
-                layers, metrics = measure_now(student_state)
-                curve.append(_curve_point(step, layers, metrics))
+        def on_measure(step: int) -> None:
+            layers, metrics = self.measure_now(scheme, student_state)
+            curve.append(_curve_point(step, layers, metrics))
 
-            log = finetune(student, scheme, train_loader(whole=consistency is not None), ft,
-                           teacher=model if ft.labels is None else None, seed=config.seed, measure=on_measure,
-                           progress=progress, include_pools=config.include_pools, consistency=consistency, **kw)
-            after_layers, after = measure_now(student_state)
-            if ft.measure_every:
-                curve.append(_curve_point(ft.steps, after_layers, after))
-            weights = None
-            if ft.save_weights:
-                record = {"base_model": info.name, "base_weights": info.weights, "steps": ft.steps, **settings}
-                weights = str(save_finetuned(student, Path(ft.save_weights) / scheme, scheme, record))
-            train_loss, every = _downsample(log.losses)
-            tuned[scheme] = FinetuneResult(
-                steps=ft.steps, settings=settings, layers=after_layers, before=before, after=after, original=original,
-                curve=curve, train_loss=train_loss, train_loss_every=every, weights=weights, seconds=log.seconds,
-                consistency_loss=_downsample(log.consistency)[0] if log.consistency else [],
-                tiling_before=tiling_now(auditor.state), tiling_after=tiling_now(student_state), plain=plain,
-            )
-            student = student_state = None  # freed before the next scheme's copy (on_measure holds the name, not it)
-    except KeyboardInterrupt:
-        raise AuditInterrupted(report(
-            f"stopped by Ctrl-C {current}; the audit before fine-tuning is complete, fine-tuning results cover "
-            f"{', '.join(tuned) if tuned else 'no scheme'}")) from None
-    return report()
+        log = finetune(student, scheme, self.train_loader(whole=self.consistency is not None), ft, teacher=teacher,
+                       seed=self.config.seed, measure=on_measure, progress=self.progress,
+                       include_pools=self.config.include_pools, consistency=self.consistency, **self._run)
+        after_layers, after = self.measure_now(scheme, student_state)
+        if ft.measure_every:
+            curve.append(_curve_point(ft.steps, after_layers, after))
+        weights = None
+        if ft.save_weights:
+            info = self.auditor.info
+            record = {"base_model": info.name, "base_weights": info.weights, "steps": ft.steps, **self.settings}
+            weights = str(save_finetuned(student, Path(ft.save_weights) / scheme, scheme, record))
+        train_loss, every = _downsample(log.losses)
+        return FinetuneResult(
+            steps=ft.steps, settings=self.settings, layers=after_layers, before=before, after=after,
+            original=self.original, curve=curve, train_loss=train_loss, train_loss_every=every, weights=weights,
+            seconds=log.seconds, consistency_loss=_downsample(log.consistency)[0] if log.consistency else [],
+            tiling_before=self.tiling_now(scheme, self.auditor.state),
+            tiling_after=self.tiling_now(scheme, student_state), plain=plain,
+        )
+
+    def _plain(self, scheme: str, before: dict[str, float]) -> FinetuneResult:
+        """The plain fine-tune beside a repair (``--repair-compare``): the same steps without the consistency term."""
+        ft, model = self.ft, self.auditor.model
+        self.current = f"while fine-tuning with '{scheme}' (the plain fine-tune beside the repair)"
+        plain_config = dataclasses.replace(ft, repair=False, repair_compare=False, repair_layers=None, measure_every=0)
+        student = copy.deepcopy(model)
+        log = finetune(student, scheme, self.train_loader(), plain_config, teacher=model if ft.labels is None else None,
+                       seed=self.config.seed, progress=self.progress, include_pools=self.config.include_pools,
+                       **self._run)
+        state = self.auditor.model_state(student)
+        layers, after = self.measure_now(scheme, state)
+        train_loss, every = _downsample(log.losses)
+        return FinetuneResult(
+            steps=ft.steps, settings={**self.settings, **plain_config.settings()}, layers=layers, before=before,
+            after=after, original=self.original, train_loss=train_loss, train_loss_every=every, seconds=log.seconds,
+            tiling_after=self.tiling_now(scheme, state))
 
 
 def _consistency_term(auditor: Auditor, ft: FinetuneConfig) -> ConsistencyTerm:
