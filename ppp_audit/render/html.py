@@ -9,12 +9,17 @@ Figures are linked by relative path to the PNGs written next to the page (``figu
 folder beside it), or embedded as ``data:`` URIs with ``embed=True`` (``ppp-audit show DIR --embed``: one file to
 share); the page header says which. The page loads nothing from the network: a Content-Security-Policy forbids it,
 and an inline script marks ``<html data-images-loaded="k/n">`` and says "k of n figures loaded" once loaded.
+
+The markup lives in jinja2 templates (``ppp_audit/render/templates``: ``page.html``, the partials ``_*.html`` and
+``sections/*.html``), rendered with autoescaping on: every value is escaped unless it is deliberately passed as
+:class:`markupsafe.Markup` (a section's fragment, a rendered table or figure). jinja2 is imported on the first page
+rendered, so importing :mod:`ppp_audit` stays light.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -28,6 +33,7 @@ from .tables import (
 from ..registry import Registry
 
 if TYPE_CHECKING:
+    import jinja2
     from rich.table import Table
 
     from ..report import Report
@@ -44,6 +50,7 @@ class Page:
         json_name: File name of the report JSON next to the page.
         embed: Embed images as data URIs instead of linking them (a page that stands alone: it links nothing beside
             it, and says local paths as "a local file").
+        shown: Keys of the figures shown so far (so "Other figures" leaves them out).
         up: The leaderboard page this run's page belongs to, relative to it (a run folder of a sweep), or ``None``.
     """
 
@@ -59,28 +66,42 @@ class Page:
         return without_local_paths(value) if self.embed else value
 
     def figures_for(self, section: str) -> list["FigureFile"]:
+        """The figures drawn for ``section``."""
         return [f for f in self.figures if f.section == section]
 
     def image(self, figure: "FigureFile") -> str:
-        """A ``<figure>`` for one PNG (marks it shown, so "Other figures" leaves it out)."""
+        """A ``<figure>`` for one PNG (marks it shown, so "Other figures" leaves it out).
+
+        Args:
+            figure: The figure; linked to its PNG, or with the PNG inside as a data URI when embedded.
+
+        Returns:
+            The ``<figure>`` element's HTML.
+        """
         self.shown.add(figure.key)
         if self.embed:
-            data = base64.b64encode((self.out_dir / figure.filename).read_bytes()).decode("ascii")
-            src = f"data:image/png;base64,{data}"
+            src = "data:image/png;base64," + base64.b64encode((self.out_dir / figure.filename).read_bytes()).decode()
         else:
-            src = html.escape(figure.filename)
+            src = figure.filename
         width, height = figure.size_px
-        image = f'<img src="{src}" width="{width}" height="{height}" alt="{html.escape(figure.alt)}">'
-        if not self.embed:  # the full-size PNG (an embedded page links nothing: a data: URI cannot be opened)
-            image = f'<a href="{src}" title="the full-size PNG">{image}</a>'
-        return f"<figure>{image}<figcaption>{html.escape(figure.title)}</figcaption></figure>"
+        return _render("_figure.html", src=src, width=width, height=height, alt=figure.alt, title=figure.title,
+                       link=not self.embed)
 
     def gallery(self, section: str, intro: str = "") -> str | None:
-        """The section's figures (after an ``intro`` paragraph's HTML), or ``None`` when it has none."""
+        """The section's figures after an ``intro``, or ``None`` when it has none.
+
+        Args:
+            section: The section whose figures to show.
+            intro: HTML shown before them (a paragraph, say).
+
+        Returns:
+            The gallery's HTML, or ``None``.
+        """
         figures = self.figures_for(section)
-        if not figures:
-            return None
-        return intro + '<div class="gallery">' + "".join(self.image(f) for f in figures) + "</div>"
+        return self._gallery(figures, intro) if figures else None
+
+    def _gallery(self, figures: list["FigureFile"], intro: str = "") -> str:
+        return _render("_gallery.html", intro=_html(intro), images=[_html(self.image(f)) for f in figures])
 
 
 SectionRenderer = Callable[["Report", Page], "str | None"]
@@ -88,6 +109,8 @@ SectionRenderer = Callable[["Report", Page], "str | None"]
 
 @dataclass
 class Section:
+    """A registered page section (:func:`register_section`)."""
+
     name: str
     title: str
     order: int
@@ -110,7 +133,7 @@ def register_section(name: str, title: str, order: int = 100,
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Built-in sections
+# Built-in sections (their markup: templates/sections/NAME.html)
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -129,31 +152,29 @@ def _summary(report: "Report", page: Page) -> str:
         "versions": page.shareable(data["environment"]),
         "created · schema": f"{report.created} · {report.schema_version}",
     }
-    if page.embed:  # copied alone, the page has no JSON beside it to link to
-        link = (f"<p>Machine-readable: <code>{html.escape(page.json_name)}</code>, in the report folder this page was "
-                "made from (not part of this file).</p>")
-    else:
-        link = f'<p>Machine-readable: <a href="{html.escape(page.json_name)}">{html.escape(page.json_name)}</a></p>'
-    return generic_html(rows) + link
+    return _render("sections/summary.html", rows=rows, json_name=page.json_name, embed=page.embed)
 
 
 @register_section("table", "PPP strength per layer", order=20, fields=("results",))
 def _table(report: "Report", page: Page) -> str:
-    return rich_table_html(render_table(report)) + scheme_list(report)
+    return _render("sections/table.html", table=_html(rich_table_html(render_table(report))),
+                   schemes=_schemes(report))
 
 
 def scheme_list(report: "Report") -> str:
     """One line per scheme with its model-level numbers, each with its anchor (:func:`~ppp_audit.pages.scheme_anchor`:
     a leaderboard point opens the run page there)."""
-    items = []
-    for result in report.results:
-        last = result.layers[-1].name if result.layers else "?"
-        top = result.max_layer.name if result.max_layer is not None else "?"
-        items.append(f'<li id="{scheme_anchor(result.scheme)}"><strong>{html.escape(result.label)}</strong>: '
-                     f"strength {format_number(result.last_strength)} at the last stage ({html.escape(last)}), "
-                     f"{format_number(result.max_strength)} at most ({html.escape(top)}); "
-                     f"{html.escape(patch_line(result.scheme, result.patch).split(': ', 1)[-1])}</li>")
-    return f'<ul class="schemes">{"".join(items)}</ul>'
+    return _render("_schemes.html", schemes=_schemes(report))
+
+
+def _schemes(report: "Report") -> list[dict[str, str]]:
+    """What :func:`scheme_list` says of each scheme (``templates/_schemes.html`` lays it out)."""
+    return [{"anchor": scheme_anchor(result.scheme), "label": result.label,
+             "last": format_number(result.last_strength),
+             "last_layer": result.layers[-1].name if result.layers else "?",
+             "top": format_number(result.max_strength),
+             "top_layer": result.max_layer.name if result.max_layer is not None else "?",
+             "patched": patch_line(result.scheme, result.patch).split(": ", 1)[-1]} for result in report.results]
 
 
 @register_section("reference", "Padding-free reference: margin and global context", order=25, fields=("geometry",))
@@ -161,10 +182,7 @@ def _reference(report: "Report", page: Page) -> str | None:
     table = render_reference_table(report)
     if table is None:
         return None
-    return ("<p>The margin is the smallest that leaves at most the tolerance of each layer's input influence (the "
-            "gradient mass of its receptive field) beyond it; global modules (squeeze-excitation, GRN, ...) take their "
-            "statistics over the crop's footprint in the window pass. Layers marked * are partial: the strength "
-            "measured again against a smaller margin m2 shows how far they move.</p>" + rich_table_html(table))
+    return _render("sections/reference.html", table=_html(rich_table_html(table)))
 
 
 @register_section("strength", "Strength by stage", order=30)
@@ -174,16 +192,14 @@ def _strength(report: "Report", page: Page) -> str | None:
 
 @register_section("convergence", "Convergence in N", order=35)
 def _convergence(report: "Report", page: Page) -> str | None:
-    return page.gallery("convergence", "<p>Each stage's strength measured again on the first N/8, N/4, N/2 and N "
-                        "images: a curve that has levelled off says N was enough. The subsets are nested, so the "
-                        "points are correlated, and the smallest are the noisiest.</p>")
+    return page.gallery("convergence", _render("sections/convergence.html"))
 
 
 @register_section("mist", "The mask rising out of the mist", order=37)
 def _mist(report: "Report", page: Page) -> str | None:
     if not page.figures_for("mist"):
         return None
-    return page.gallery("mist", f"<p>{html.escape(mist_text(report))}</p>")
+    return page.gallery("mist", _render("sections/mist.html", text=mist_text(report)))
 
 
 def mist_text(report: "Report") -> str:
@@ -213,9 +229,7 @@ def mist_text(report: "Report") -> str:
 
 @register_section("maps", "PPP maps", order=40)
 def _maps(report: "Report", page: Page) -> str | None:
-    return page.gallery("maps", "<p>Channel-RMS of the mean padded-minus-reference features P at each position "
-                        "(debiased), one colour scale per stage. Dashed contour: above the noise floor of its "
-                        "ring.</p>")
+    return page.gallery("maps", _render("sections/maps.html"))
 
 
 @register_section("channels", "Which channels carry the pattern", order=45)
@@ -223,27 +237,20 @@ def _channels(report: "Report", page: Page) -> str | None:
     table = render_channels_table(report)
     if table is None:
         return None
-    intro = ("<p>Padding-aware neurons: how the layer's debiased pattern energy Σ P² divides among its channels. The "
-             "share of the strongest 1 % and 10 % of channels and the effective number of channels (Σ e)² / Σ e² "
-             "say how concentrated it is; the curve shows the share of the strongest k channels against k (the "
-             "diagonal: every channel alike), the maps P of the strongest channels (red: the padding raises the feature, blue: "
-             "lowers it). –: no pattern significantly above the noise (docs/metrics.md).</p>")
-    return intro + rich_table_html(table) + (page.gallery("channels") or "")
+    return _render("sections/channels.html", table=_html(rich_table_html(table)),
+                   gallery=_html(page.gallery("channels") or ""))
 
 
 @register_section("extent", "Extent from the border", order=50)
 def _extent(report: "Report", page: Page) -> str | None:
-    return page.gallery("extent", "<p>Channel-RMS of P against distance to the nearest border (input pixels), for "
-                        "all positions and per side; grey: noise floor; dotted line: extent.</p>")
+    return page.gallery("extent", _render("sections/extent.html"))
 
 
 @register_section("patches", "What each scheme patched", order=60)
 def _patches(report: "Report", page: Page) -> str:
-    parts = []
-    for result in report.results:
-        parts.append(f"<details><summary>{html.escape(patch_line(result.scheme, result.patch))}</summary>"
-                     f"{generic_html(patch_details(result.scheme, result.patch))}</details>")
-    return "".join(parts)
+    patches = [{"line": patch_line(result.scheme, result.patch), "details": patch_details(result.scheme, result.patch)}
+               for result in report.results]
+    return _render("sections/patches.html", patches=patches)
 
 
 def patch_details(scheme: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -272,33 +279,29 @@ def _finetune(report: "Report", page: Page) -> str | None:
     tables = [t for t in (render_finetune_table(report), render_curve_table(report)) if t is not None]
     if not tables:
         return None
-    return "".join(rich_table_html(t) for t in tables) + (page.gallery("finetune") or "")
+    return _render("sections/finetune.html", tables=[_html(rich_table_html(t)) for t in tables],
+                   gallery=_html(page.gallery("finetune") or ""))
 
 
 @register_section("repair", "PPP repair", order=75)
 def _repair(report: "Report", page: Page) -> str | None:
-    return page.gallery("repair", "<p>PPP strength per stage before, after a plain fine-tune of the same budget "
-                        "(<code>--repair-compare</code>) and after the repair, on the held-out images; the fine-tune "
-                        "table above gives the numbers, held-out agreement and tiling consistency "
-                        "(docs/repair.md).</p>")
+    return page.gallery("repair", _render("sections/repair.html"))
 
 
 @register_section("other_figures", "Other figures", order=90)
 def _other_figures(report: "Report", page: Page) -> str | None:
     known = set(SECTIONS)
     rest = [f for f in page.figures if f.key not in page.shown and f.section not in known]
-    if not rest:
-        return None
-    return '<div class="gallery">' + "".join(page.image(f) for f in rest) + "</div>"
+    return page._gallery(rest) if rest else None
 
 
 @register_section("more", "More results", order=95)
 def _more(report: "Report", page: Page) -> str | None:
     claimed = {name for section in SECTIONS.values() for name in section.fields}
-    extra = {k: v for k, v in report.to_dict().items() if k not in claimed and v not in (None, {}, [])}
+    extra = {k: page.shareable(v) for k, v in report.to_dict().items() if k not in claimed and v not in (None, {}, [])}
     if not extra:
         return None
-    return "".join(f"<h3>{html.escape(_label(k))}</h3>{generic_html(page.shareable(v))}" for k, v in extra.items())
+    return _render("sections/more.html", extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -306,67 +309,83 @@ def _more(report: "Report", page: Page) -> str | None:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _label(key: str) -> str:
-    return key.replace("_", " ")
+@functools.lru_cache(maxsize=1)
+def _environment() -> "jinja2.Environment":
+    """The templates' environment (made on first use: jinja2 is imported only when a page is rendered)."""
+    import jinja2
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("ppp_audit.render", "templates"),
+                                     autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True,
+                                     lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    environment.filters.update(label=_label, scalar=_scalar, columns_of=_columns)
+    environment.tests.update(json_object=lambda value: isinstance(value, dict),
+                             json_array=lambda value: isinstance(value, (list, tuple)),
+                             nested=lambda value: isinstance(value, (dict, list, tuple)))
+    return environment
+
+
+def _render(template: str, **context: Any) -> str:
+    """``template`` (a path under ``templates/``) rendered with ``context``, autoescaped."""
+    return _environment().get_template(template).render(**context)
+
+
+def _html(text: str) -> Any:
+    """``text``, which is HTML already (a rendered fragment), marked so that a template puts it in unescaped."""
+    from markupsafe import Markup
+
+    return Markup(text)
+
+
+def _label(key: Any) -> str:
+    return str(key).replace("_", " ")
 
 
 def _scalar(value: Any) -> str:
     if value is None or isinstance(value, float):
         return format_number(value, 4, fixed_from=None)
-    return html.escape(str(value))
+    return str(value)
+
+
+def _columns(rows: list[dict]) -> list[Any]:
+    """The keys of a list of dicts, in order of first appearance (the columns of its table)."""
+    return list(dict.fromkeys(key for row in rows for key in row))
 
 
 def generic_html(value: Any, depth: int = 0) -> str:
-    """Any JSON-like value as HTML: dicts as key/value tables, lists of dicts as tables, short lists inline."""
-    if isinstance(value, dict):
-        if not value:
-            return "<em>none</em>"
-        rows = "".join(f"<tr><th>{html.escape(_label(str(k)))}</th><td>{generic_html(v, depth + 1)}</td></tr>"
-                       for k, v in value.items())
-        return _scroll(f'<table class="kv">{rows}</table>', depth)
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return "<em>none</em>"
-        if all(isinstance(v, dict) for v in value):
-            columns = list(dict.fromkeys(k for v in value for k in v))
-            head = "".join(f"<th>{html.escape(_label(str(c)))}</th>" for c in columns)
-            body = "".join("<tr>" + "".join(f"<td>{generic_html(v.get(c), depth + 1)}</td>" for c in columns)
-                           + "</tr>" for v in value)
-            return _scroll(f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>', depth)
-        if all(not isinstance(v, (dict, list, tuple)) for v in value):
-            shown = ", ".join(_scalar(v) for v in value[:12])
-            return f"[{shown}{', …' if len(value) > 12 else ''}]" + (
-                f" <small>({len(value)} values)</small>" if len(value) > 12 else "")
-        return "<ul>" + "".join(f"<li>{generic_html(v, depth + 1)}</li>" for v in value) + "</ul>"
-    return _scalar(value)
+    """Any JSON-like value as HTML: dicts as key/value tables, lists of dicts as tables, short lists inline.
 
+    Args:
+        value: The value.
+        depth: How deep in an enclosing table it is shown; a top-level (0) table scrolls sideways in its own box.
 
-def _scroll(table: str, depth: int = 0) -> str:
-    """A top-level table in its own sideways-scrolling box, so a wide table never widens the page."""
-    return f'<div class="scroll">{table}</div>' if depth == 0 else table
+    Returns:
+        The HTML (``templates/_macros.html``: ``generic``).
+    """
+    return _render("_generic.html", value=value, depth=depth)
 
 
 def rich_table_html(table: "Table") -> str:
-    """A rich :class:`~rich.table.Table` of plain-text cells as an HTML table (title, header, sections, caption)."""
+    """A rich :class:`~rich.table.Table` of plain-text cells as an HTML table (``templates/_table.html``: title,
+    header, rows with bold rows and section ends marked, caption), in its own sideways-scrolling box.
+
+    Args:
+        table: The table (cells ``str`` or :class:`~rich.text.Text`; styles other than a bold row are dropped).
+
+    Returns:
+        The table's HTML.
+    """
     from rich.text import Text
 
     def text(cell: Any) -> str:
-        plain = cell.plain if isinstance(cell, Text) else str(cell)
-        return html.escape(plain).replace("\n", "<br>")
+        return cell.plain if isinstance(cell, Text) else str(cell)
 
-    columns = table.columns
-    head = "".join(f'<th class="{c.justify}">{text(c.header)}</th>' for c in columns)
-    cells = [list(c.cells) for c in columns]
-    body = []
-    for i, row in enumerate(table.rows):
-        classes = [cls for cls, on in (("bold", bool(row.style) and "bold" in str(row.style)),
-                                       ("section-end", row.end_section)) if on]
-        tds = "".join(f'<td class="{c.justify}">{text(cells[j][i])}</td>' for j, c in enumerate(columns))
-        body.append(f'<tr class="{" ".join(classes)}">{tds}</tr>' if classes else f"<tr>{tds}</tr>")
-    title = f"<caption>{text(table.title)}</caption>" if table.title else ""
-    note = f'<p class="note">{text(table.caption)}</p>' if table.caption else ""
-    return (f'<div class="scroll"><table class="grid results">{title}<thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>{note}')
+    cells = [[text(cell) for cell in column.cells] for column in table.columns]
+    rows = [{"classes": [name for name, on in (("bold", bool(row.style) and "bold" in str(row.style)),
+                                               ("section-end", row.end_section)) if on],
+             "cells": [column[i] for column in cells]} for i, row in enumerate(table.rows)]
+    columns = [{"justify": column.justify, "header": text(column.header)} for column in table.columns]
+    return _render("_table.html", title=text(table.title) if table.title else None,
+                   caption=text(table.caption) if table.caption else None, columns=columns, rows=rows)
 
 
 REPORT_EMBEDDED_HTML = "report.embedded.html"
@@ -375,7 +394,7 @@ which it never replaces."""
 
 _CSS = PAGE_CSS + """
 body{max-width:1200px}
-table.kv th{text-align:left;padding:.1rem .8rem .1rem 0;vertical-align:top;font-weight:600}
+table.kv th{text-align:left;padding:.1rem .8rem .1rem 0;vertical-align:top;font-weight:600;overflow-wrap:normal}
 table.kv td{padding:.1rem 0;overflow-wrap:anywhere}table.kv table.kv{font-size:inherit;margin:0}
 table.results caption{text-align:left;font-weight:600;padding-bottom:.3rem}
 tr.bold td{font-weight:700}tr.section-end td{border-bottom:2px solid #888}
@@ -386,52 +405,26 @@ details{margin:.3rem 0}summary{cursor:pointer}
 """
 """The shared stylesheet (:data:`ppp_audit.pages.PAGE_CSS`) and the report page's own rules."""
 
-_SCRIPT = """
-window.addEventListener("load", function () {
-  var images = Array.prototype.slice.call(document.images);
-  var loaded = images.filter(function (img) { return img.complete && img.naturalWidth > 0; }).length;
-  document.documentElement.setAttribute("data-images-loaded", loaded + "/" + images.length);
-  document.getElementById("image-status").textContent = loaded + " of " + images.length + " figures loaded";
-});
-"""
-
 
 def render_html(report: "Report", page: Page) -> str:
-    """The whole page as a string."""
-    title = f"PPP audit · {report.model.get('name', '?')}"
+    """The whole page as a string (``templates/page.html``).
+
+    Args:
+        report: The report.
+        page: The figures and the settings of the page (embedded or linked, its sweep's leaderboard).
+
+    Returns:
+        The HTML document; each registered section that rendered a fragment, in order.
+    """
     sections = []
     for section in sorted(SECTIONS.values(), key=lambda s: s.order):
         fragment = section.render(report, page)
-        if fragment:
-            sections.append((section, fragment))
-    nav = "".join(f'<a href="#{s.name}">{html.escape(s.title)}</a>' for s, _ in sections)
-    body = "".join(f'<section id="{s.name}"><h2>{html.escape(s.title)}</h2>{fragment}</section>'
-                   for s, fragment in sections)
-    version = report.environment.get("ppp_audit", "?")
-    up = (f'<p class="note"><a href="{html.escape(page.up, quote=True)}" rel="up">↑ the sweep\'s leaderboard</a> '
-          "(<code>ppp-audit leaderboard DIR</code> writes it)</p>" if page.up and not page.embed else "")
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>"
-        f"{up}<h1>{html.escape(title)}</h1>"
-        f'<p class="note">Position-information Pattern from Padding · ppp-audit {html.escape(version)} · '
-        f'<span id="image-status">figures not checked (scripts off)</span> · {_figures_note(page)}</p>'
-        f"<nav>{nav}</nav>{body}"
-        f"<script>{_SCRIPT}</script></body></html>\n"
-    )
-
-
-def _figures_note(page: Page) -> str:
-    """Where the page's figures are: embedded (the file stands alone) or in ``figures/`` next to it."""
-    if page.embed:
-        return "figures embedded: this file stands alone"
-    if not page.figures:
-        return "no figures"
-    folder = html.escape(Path(page.figures[0].filename).parent.as_posix() or ".")
-    return (f"figures in {folder}/ next to this page (<code>ppp-audit show DIR --embed</code> makes one shareable "
-            "file)")
+        if fragment:  # a section's fragment is HTML by contract
+            sections.append({"name": section.name, "title": section.title, "html": _html(fragment)})
+    folder = (Path(page.figures[0].filename).parent.as_posix() or ".") if page.figures else None
+    return _render("page.html", title=f"PPP audit · {report.model.get('name', '?')}",
+                   version=report.environment.get("ppp_audit", "?"), csp=CSP, css=_html(_CSS), up=page.up,
+                   embed=page.embed, figures_folder=folder, sections=sections) + "\n"
 
 
 def write_html(report: "Report", out_dir: str | Path, figures: list["FigureFile"], json_name: str = REPORT_JSON,
