@@ -463,7 +463,10 @@ class Auditor:
         self.model, self.info = model, info
         bar.phase("finding padding sites")
         # Resolved once (unknown schemes fail before any work): every batch patches these very objects.
-        self.paddings = {name: get_padding(name) for name in config.schemes}  # native: the null scheme
+        # The asked-for schemes first: a broken plugin is then named by the error of the scheme it was to provide,
+        # not warned of while the built-in null scheme `native` is looked up.
+        self.paddings = {name: get_padding(name) for name in config.paddings}
+        self.paddings[NATIVE] = get_padding(NATIVE)
         # No padding site, no PPP (SPEC §3.5): refused alike with or without schemes. A model no static look finds
         # padding in gets one traced pass at its own size, which finds padding done inside forward calls too.
         sites = checked_summary(model, self.paddings[NATIVE], config.include_pools)
