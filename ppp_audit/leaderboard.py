@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from .errors import PPPAuditError, ReportFileError, one_line
 from .files import atomic_write
 from .hub import data_label, merge_card, push_dataset_files
-from .pages import CSP, PAGE_CSS, scheme_anchor
+from .pages import CSP, PAGE_CSS, scheme_anchor, templates
 from .report import NATIVE, REPORT_HTML, Report, format_number, scheme_label
 from .runs import DONE, FAILED, RUN_JSON, RUNS, RunRecord, UnreadableRun, check_sweep_folder, iter_records
 
@@ -704,29 +704,6 @@ white-space:nowrap}
 """
 """The shared stylesheet (:data:`ppp_audit.pages.PAGE_CSS`) and the leaderboard's own rules."""
 
-_SORT_SCRIPT = """
-(function () {
-  var table = document.getElementById("leaderboard"), heads = table.tHead.rows[table.tHead.rows.length - 1].cells;
-  Array.prototype.forEach.call(heads, function (th, col) {
-    th.querySelector("button").addEventListener("click", function () {
-      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-      var numeric = th.getAttribute("data-kind") === "num", state = th.getAttribute("aria-sort");
-      var down = state ? state === "ascending" : th.getAttribute("data-first") === "descending";
-      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
-      th.setAttribute("aria-sort", down ? "descending" : "ascending");
-      rows.sort(function (a, b) {
-        var x = a.cells[col].getAttribute("data-value"), y = b.cells[col].getAttribute("data-value");
-        if (x === "" || y === "") { return (x === "") - (y === ""); }
-        var order = numeric ? Number(x) - Number(y) : x.localeCompare(y);
-        return down ? -order : order;
-      });
-      rows.forEach(function (row) { body.appendChild(row); });
-    });
-  });
-  document.documentElement.setAttribute("data-sortable", "1");
-})();
-"""
-
 RANK_KEY = "last_strength"
 """The column the page and the terminal table rank by (highest first)."""
 _LEAD_COLUMNS = ("model", "scheme", "padding", "last_strength", "last_strength_low", "last_strength_high",
@@ -756,13 +733,26 @@ def _plain(text: str) -> str:
     return text.replace("`", "")
 
 
-def _cell(value: Any, kind: str, column: str) -> str:
+def _render(template: str, **context: Any) -> str:
+    """``template`` (``leaderboard/NAME.html``, :func:`ppp_audit.pages.templates`) rendered with ``context``."""
+    return templates().get_template(template).render(**context)
+
+
+def _markup(text: str) -> Any:
+    """``text``, HTML already (a rendered fragment, the stylesheet, matplotlib's SVG), put in a template unescaped."""
+    from markupsafe import Markup
+
+    return Markup(text)
+
+
+def _cell(value: Any, kind: str, column: str) -> dict[str, Any]:
+    """A table cell for ``_table.html``: its class, its ``data-value`` (what the sort reads) and its text."""
+    cls = "" if kind == "str" else "num"
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return '<td data-value=""></td>' if kind == "str" else '<td class="num" data-value=""></td>'
-    raw = html.escape(str(value), quote=True)
+        return {"cls": cls, "value": "", "text": "", "link": None}
     if kind == "str":
-        return f'<td data-value="{raw}">{html.escape(str(value))}</td>'
-    if column == "params":
+        shown = str(value)
+    elif column == "params":
         shown = _params_label(value)
     elif column == "change_vs_native":
         shown = f"{100 * value:+.0f} %"
@@ -770,7 +760,7 @@ def _cell(value: Any, kind: str, column: str) -> str:
         shown = format_number(value)
     else:
         shown = str(value)
-    return f'<td class="num" data-value="{raw}">{html.escape(shown)}</td>'
+    return {"cls": cls, "value": str(value), "text": shown, "link": None}
 
 
 def page_columns(board: Leaderboard) -> list[list[str]]:
@@ -782,39 +772,31 @@ def page_columns(board: Leaderboard) -> list[list[str]]:
     return [lead, stages, [column for column in shown if column not in lead and column not in stages]]
 
 
-def _head(board: Leaderboard, column: str, cls: str = "") -> str:
+def _head(board: Leaderboard, column: str) -> dict[str, Any]:
+    """A header cell for ``_table.html``: how the sort reads its column, and its tooltip as plain text."""
     kind = "text" if board.kinds.get(column) == "str" else "num"
-    first = "ascending" if kind == "text" or column == "#" else "descending"
     tip = "rank by last-stage strength, highest first" if column == "#" else _plain(describe_column(board, column))
-    sort = ' aria-sort="descending"' if column == RANK_KEY else ""
-    klass = f' class="{cls}"' if cls else ""
-    return (f'<th{klass} data-column="{html.escape(column)}" data-kind="{kind}" data-first="{first}"{sort}>'
-            f'<button type="button" title="{html.escape(tip)}">{html.escape(column)}</button></th>')
+    return {"column": column, "kind": kind, "first": "ascending" if kind == "text" or column == "#" else "descending",
+            "tip": tip, "sorted": column == RANK_KEY, "cls": "model" if column == "model" else ""}
 
 
 def _table_html(board: Leaderboard) -> str:
-    """The table, ranked by :data:`RANK_KEY` (highest first, with a rank column), in its own scroll box."""
+    """The table, ranked by :data:`RANK_KEY` (highest first, with a rank column), in its own scroll box
+    (``templates/leaderboard/_table.html``)."""
     groups = page_columns(board)
     titles = ("run and last stage", "strength per stage, by output stride", "settings and more")
-    group_row = ('<th class="group"></th>' + "".join(f'<th class="group" colspan="{len(g)}">{t}</th>'
-                                                     for g, t in zip(groups, titles) if g))
     columns = [column for group in groups for column in group]
-    head = _head(board, "#") + "".join(_head(board, c, "model" if c == "model" else "") for c in columns)
-    body = []
+    rows = []
     for rank, row in enumerate(board.top(key=RANK_KEY), 1):
-        cells = [f'<td class="num" data-value="{rank}">{rank}</td>']
+        cells = [{"cls": "num", "value": str(rank), "text": str(rank), "link": None}]
         for column in columns:
             if column == "model":
-                name = html.escape(row["model"])
-                link = _link(row)
-                text = f'<a href="{html.escape(link, quote=True)}">{name}</a>' if link else name
-                cells.append(f'<td class="model" data-value="{html.escape(row["model"], quote=True)}">{text}</td>')
+                cells.append({"cls": "model", "value": row["model"], "text": row["model"], "link": _link(row)})
             else:
                 cells.append(_cell(row.get(column), board.kinds.get(column, "str"), column))
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="scroll" role="region" aria-label="leaderboard table" tabindex="0">'
-            f'<table id="leaderboard" class="grid"><thead><tr>{group_row}</tr><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table></div>')
+        rows.append(cells)
+    return _render("leaderboard/_table.html", rows=rows, heads=[_head(board, c) for c in ["#", *columns]],
+                   groups=[{"title": title, "span": len(group)} for group, title in zip(groups, titles) if group])
 
 
 def describe_column(board: Leaderboard, column: str) -> str:
@@ -848,7 +830,7 @@ def scatter_svg(board: Leaderboard, key: str = "last_strength") -> str:
     placed = [row for row in board.rows if (row.get("params") or 0) > 0 and row.get(key) is not None]
     left_out = len(board.rows) - len(placed)
     if not placed:
-        return f'<p class="note">No row has both a parameter count and a {html.escape(key)} to plot.</p>'
+        return _render("leaderboard/_scatter.html", key=key, svg=None, families=[], schemes=[], left_out=left_out)
     families = list(dict.fromkeys(row["family"] or "?" for row in placed))
     schemes = list(dict.fromkeys(row["scheme"] for row in placed))
     colour = {family: _PALETTE[i % len(_PALETTE)] for i, family in enumerate(families)}
@@ -913,64 +895,39 @@ def scatter_svg(board: Leaderboard, key: str = "last_strength") -> str:
         return f'<g id="point-{match.group(1)}" class="point"><title>{html.escape(title)}</title>'
 
     svg = re.sub(r'<g id="point-(\d+)">', tooltip, svg)
-    legend = ('<p class="legend">'
-              + "".join(f'<span><span style="color:{colour[f]}">●</span> {html.escape(f)}</span>' for f in families)
-              + " · "
-              + "".join(f"<span>{_MARKER_GLYPHS[marker[s]]} {html.escape(s)}</span>" for s in schemes) + "</p>")
-    note = (f'<p class="note">{left_out} row(s) not plotted: no parameter count or no {html.escape(key)}.</p>'
-            if left_out else "")
-    return f'<div id="scatter">{svg}</div>{legend}{note}'
+    return _render("leaderboard/_scatter.html", key=key, svg=_markup(svg), left_out=left_out,
+                   families=[(colour[f], f) for f in families],
+                   schemes=[(_MARKER_GLYPHS[marker[s]], s) for s in schemes])
 
 
 _SUPERSEDED = "Superseded runs (a newer run of the same model and settings stands for them)"
 """The title the page and the card give the superseded runs."""
 
 
-def _lost_html(title: str, runs: list[LostRun]) -> str:
-    if not runs:
-        return ""
-    items = "".join(f"<li><code>{html.escape(run.model)}</code> ({html.escape(run.path or run.settings_hash)}): "
-                    f"{html.escape(run.reason)}</li>" for run in runs)
-    return f"<h2>{html.escape(title)} ({len(runs)})</h2><ul>{items}</ul>"
-
-
 def leaderboard_html(board: Leaderboard) -> str:
-    """The whole page: summary, the scatter, the sortable table, the runs that gave no rows, the settings."""
+    """The whole page: summary, the scatter, the sortable table, the runs that gave no rows, the settings
+    (``templates/leaderboard/page.html``).
+
+    Args:
+        board: The leaderboard.
+
+    Returns:
+        The HTML document, every value escaped (a model's name, a reason, a setting).
+    """
     from . import __version__
 
-    where = html.escape(board.root.name if board.root is not None else "sweep")
-    # The time of the runs, not of this page: the same runs give the same page (an unchanged push stays a no-op).
-    finished = f" · runs up to {html.escape(board.finished)}" if board.finished else ""
-    settings = "".join(f"<h3>settings {html.escape(key)}</h3>"
-                       f"<pre>{html.escape(json.dumps(_public(value), indent=1, default=str))}</pre>"
-                       for key, value in board.settings.items())  # the page goes to the Hub too: no local paths
-    joined = ""
-    if board.join is not None:
-        unmatched = f"; no row for {', '.join(board.join.unmatched)}" if board.join.unmatched else ""
-        joined = (f"<p>Joined from <code>{html.escape(board.join.file)}</code> by model name: "
-                  f"{html.escape(', '.join(board.join.columns))} ({board.join.matched} models matched"
-                  f"{html.escape(unmatched)}).</p>")
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>PPP leaderboard · {where}</title><style>{_PAGE_CSS}</style></head>\n<body>"
-        f"<h1>PPP leaderboard · {where}</h1>"
-        f'<p class="note">Position-information Pattern from Padding · ppp-audit {html.escape(__version__)} · '
-        f"{html.escape(board.describe())}{finished}</p>"
-        "<p>PPP strength = RMS of the mean border-induced feature change over RMS of the features' natural spread "
-        "(higher: more absolute position read from the padding). One row per model and padding scheme, ranked by "
-        "the strength at the last stage (highest first, as the terminal table); click a column header (or focus it "
-        "and press Enter) to sort by it, a model or a point to open its run's report at its scheme.</p>"
-        f'<p>The same table as data: <a href="{LEADERBOARD_CSV}">{LEADERBOARD_CSV}</a> · '
-        f'<a href="{LEADERBOARD_PARQUET}">{LEADERBOARD_PARQUET}</a> (beside this page).</p>'
-        f"<h2>Strength at the last stage against parameters</h2>{scatter_svg(board)}"
-        f"<h2>Leaderboard</h2>{joined}{_table_html(board)}"
-        f"{_lost_html('Failed runs', board.failed)}{_lost_html('Runs whose report cannot be used', board.unreadable)}"
-        f"{_lost_html(_SUPERSEDED, board.superseded)}"
-        f"<h2>Sweep settings</h2>{settings or '<p>none recorded</p>'}"
-        f"<script>{_SORT_SCRIPT}</script></body></html>\n"
-    )
+    lost = [{"title": title, "runs": runs} for title, runs in (
+        ("Failed runs", board.failed), ("Runs whose report cannot be used", board.unreadable),
+        (_SUPERSEDED, board.superseded))]
+    return _render(
+        "leaderboard/page.html", where=board.root.name if board.root is not None else "sweep", csp=CSP,
+        css=_markup(_PAGE_CSS), version=__version__, summary=board.describe(),
+        # The time of the runs, not of this page: the same runs give the same page (an unchanged push stays a no-op).
+        finished=board.finished, csv=LEADERBOARD_CSV, parquet=LEADERBOARD_PARQUET, scatter=_markup(scatter_svg(board)),
+        join=board.join, table=_markup(_table_html(board)), lost=lost,
+        settings={key: json.dumps(_public(value), indent=1, default=str)  # the page goes to the Hub: no local paths
+                  for key, value in board.settings.items()},
+    ) + "\n"
 
 
 # ---- the Hub --------------------------------------------------------------------------------------------------------

@@ -1,16 +1,22 @@
-"""What the HTML pages share (torch-free, imports nothing): one stylesheet, the anchor of a scheme on a run's page,
-and local paths said as "a local file" on a page meant to be sent around.
+"""What the HTML pages share (torch-free, imports nothing at import time): one jinja2 environment, one stylesheet,
+the anchor of a scheme on a run's page, and local paths said as "a local file" on a page meant to be sent around.
 
-The report page (:mod:`ppp_audit.render.html`) and the leaderboard page (:mod:`ppp_audit.leaderboard`) both use
-:data:`PAGE_CSS` (each adds its own few rules); a leaderboard point links to ``report.html#`` :func:`scheme_anchor`.
+The report page (:mod:`ppp_audit.render.html`) and the leaderboard page (:mod:`ppp_audit.leaderboard`) are both
+rendered by :func:`templates` (its templates: ``ppp_audit/render/templates`` for the report page,
+``ppp_audit/templates/leaderboard`` for the leaderboard) and both use :data:`PAGE_CSS` (each adds its own few rules);
+a leaderboard point links to ``report.html#`` :func:`scheme_anchor`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import jinja2
 
 PAGE_CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1400px;padding:1rem 2rem;
@@ -32,6 +38,29 @@ pre{overflow-x:auto}code{overflow-wrap:anywhere}
 CSP = ("default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
        "base-uri 'none'; form-action 'none'")
 """The pages' Content-Security-Policy: they load nothing from the network (links are navigation, not loads)."""
+
+TEMPLATE_FOLDERS = ("render/templates", "templates")
+"""The folders of the pages' templates inside the ``ppp_audit`` package, searched in order: the report page's
+(``page.html``, ``_*.html``, ``sections/*.html``), then the leaderboard's (``leaderboard/*.html``)."""
+
+
+@functools.lru_cache(maxsize=1)
+def templates() -> "jinja2.Environment":
+    """The one jinja2 environment of every page (made on first use: jinja2 is imported only when a page is rendered).
+
+    Autoescaping is on for ``.html`` templates (a value is escaped unless passed as :class:`markupsafe.Markup`),
+    blocks trim their newline and leading space, and an undefined name raises. The loader reads the package's files
+    (:data:`TEMPLATE_FOLDERS`) without importing any module of ppp_audit but ``ppp_audit`` itself.
+
+    Returns:
+        The cached environment; a page module may add its own filters and tests to it.
+    """
+    import jinja2
+
+    loader = jinja2.ChoiceLoader([jinja2.PackageLoader("ppp_audit", folder) for folder in TEMPLATE_FOLDERS])
+    return jinja2.Environment(loader=loader, autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True,
+                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+
 
 LOCAL_FILE = "a local file"
 """What a shared page says in place of a local absolute path."""
@@ -62,4 +91,4 @@ def without_local_paths(value: Any) -> Any:
     return value
 
 
-__all__ = ["CSP", "LOCAL_FILE", "PAGE_CSS", "scheme_anchor", "without_local_paths"]
+__all__ = ["CSP", "LOCAL_FILE", "PAGE_CSS", "TEMPLATE_FOLDERS", "scheme_anchor", "templates", "without_local_paths"]

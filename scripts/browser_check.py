@@ -311,13 +311,15 @@ def check_leaderboard(browser: Browser, checks: Checks, sweep: Path, shots: Path
     checks.check(params == sorted(params, reverse=True) and sort == "descending",
                  "Enter on the params header sorts high to low", f"aria-sort={sort}")
     target = browser.js("(() => { const g = document.querySelectorAll('#scatter g.point'), p = g[g.length - 1];"
-                        "const link = p.querySelector('a'), mark = link.firstElementChild; mark.scrollIntoView();"
+                        "const link = p.querySelector('a'), mark = link.firstElementChild;"
+                        # centred: a mark scrolled to the very top edge is not hit by a synthetic click
+                        "mark.scrollIntoView({block: 'center'});"
                         "const r = mark.getBoundingClientRect();"
                         "return [r.x + r.width / 2, r.y + r.height / 2, "
                         "link.getAttribute('href') || link.getAttribute('xlink:href')]; })()")
     x, y, href = target
     browser.events = []
-    for kind in ("mousePressed", "mouseReleased"):
+    for kind in ("mouseMoved", "mousePressed", "mouseReleased"):  # as a pointer does: over the mark, then click
         browser.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
     browser.wait_for("Page.loadEventFired")
     time.sleep(0.3)

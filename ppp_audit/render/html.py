@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..files import atomic_write
-from ..pages import CSP, PAGE_CSS, scheme_anchor, without_local_paths
+from ..pages import CSP, PAGE_CSS, scheme_anchor, templates, without_local_paths
 from ..report import NATIVE, REPORT_HTML, REPORT_JSON, format_number
 from .tables import (
     render_channels_table, render_curve_table, render_finetune_table, render_reference_table, render_table,
@@ -311,12 +311,9 @@ def _more(report: "Report", page: Page) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> "jinja2.Environment":
-    """The templates' environment (made on first use: jinja2 is imported only when a page is rendered)."""
-    import jinja2
-
-    environment = jinja2.Environment(loader=jinja2.PackageLoader("ppp_audit.render", "templates"),
-                                     autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True,
-                                     lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    """The pages' shared environment (:func:`ppp_audit.pages.templates`, made on first use) with this page's filters
+    and tests."""
+    environment = templates()
     environment.filters.update(label=_label, scalar=_scalar, columns_of=_columns)
     environment.tests.update(json_object=lambda value: isinstance(value, dict),
                              json_array=lambda value: isinstance(value, (list, tuple)),
