@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,10 @@ from ppp_audit.device_images import counter_bits, counter_uniform, render_dead_l
 from ppp_audit.engine import AuditConfig, audit
 from ppp_audit.errors import ConfigError
 from ppp_audit.images import (
-    DeadLeavesSource, DeviceLoader, FolderSource, WindowCache, WindowDataset, decode_windows, load_window,
+    DeadLeavesSource, DeviceLoader, FolderSource, WindowCache, WindowDataset, load_window,
 )
-from ppp_audit.models import ModelInfo
 
-from test_audit import MEAN, STD, BorderBias, _info
+from test_audit import BorderBias, _info
 
 CPU = torch.device("cpu")
 
