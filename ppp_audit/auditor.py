@@ -223,7 +223,7 @@ class _Sums:
                            for name in state.taps.names] for scheme in schemes}
         second = {scheme: {i: PPPAccumulator(config.groups, moments=moments) for i, p in enumerate(partial) if p}
                   for scheme in schemes} if auditor.second_margin else {}
-        maps = auditor.crop_maps
+        maps = auditor.plan.crop_maps
         if maps is not None and len(maps) == len(state.taps.names):
             for scheme in (s for s in schemes if auditor.paddings[s].keeps_shape):  # others change the maps' sizes
                 for acc, shape in zip(layers[scheme], maps):
@@ -504,7 +504,6 @@ class Auditor:
         runs_with = MarginCheck(self.taps, self.fitted)
         self.probe_window = probe_window(self.fitted, runs_with)
         crop_maps = runs_with.runs(self.size)  # the tapped maps of one crop (probed, or read back from the cache)
-        self.crop_maps = [tuple(shape[1:]) for shape in crop_maps] if not isinstance(crop_maps, str) else None
         self.state = ModelState(model, self.taps, context, self._probe_influence(self.taps, context))
         self.margins = plan_margin(self.fitted, self.state.influence, runs_with, requested=config.margin,
                                    tolerance=config.margin_tolerance, probed_at=self.probe_window)
@@ -514,7 +513,8 @@ class Auditor:
         self.plan = AuditPlan(
             model=config.model, device=str(self.device), precision=config.precision, estimator=self.estimator,
             size=self.size, window=self.window, margin=self.margins, layers=tuple(self.taps.names),
-            crop_maps=tuple(self.crop_maps) if self.crop_maps is not None else None, schemes=tuple(config.schemes),
+            crop_maps=None if isinstance(crop_maps, str) else tuple(tuple(shape[1:]) for shape in crop_maps),
+            schemes=tuple(config.schemes),
             # the null scheme lists as "patched" the sites the others replace, and replaces none of them
             patched=tuple((scheme, len(summary.patched) if self.paddings[scheme].replaces else 0,
                            len(summary.unpatched)) for scheme, summary in self.summaries.items()),
@@ -618,8 +618,7 @@ class Auditor:
         """Per tapped layer of ``state``'s model (default the auditor's), whether more than the tolerance of its
         influence lies beyond the margin: its padding-free reference is partial (always False for the mean-feature
         estimator, which has none)."""
-        if state is None or state is self.state:
-            return list(self.margins.partial)
+        state = state or self.state  # for the auditor's own, the same rule as its margin plan's `partial`
         if self.estimator != DELTA:
             return [False] * len(state.influence)
         return [inf.beyond(self.margin) > self.config.margin_tolerance for inf in state.influence]

@@ -84,7 +84,7 @@ def probe_key(taps: FeatureTaps, window: int, device: torch.device | str, *, con
     return {
         "format": FORMAT,
         "architecture": cfg.get("architecture") if isinstance(cfg, dict) else None,
-        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "class": _class_name(model),
         "structure": structure,
         "weights": weights,
         "layers": list(names),
@@ -101,10 +101,7 @@ def probe_key(taps: FeatureTaps, window: int, device: torch.device | str, *, con
         "channels_last": _channels_last(model),
         "autocast": _autocast(device),
         "tf32": _tf32() if device.type == "cuda" else None,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "ppp_audit": __version__,
-        "python": list(sys.version_info[:2]),
+        **_software(),
     }
 
 
@@ -149,17 +146,32 @@ def cache_path(key: dict[str, Any], folder: str = FOLDER) -> Path:
     return cache_dir() / folder / f"{name}.json"
 
 
+def _read_entry(key: dict[str, Any], folder: str) -> dict[str, Any] | None:
+    """The entry stored under ``key`` in ``folder``; ``None`` when there is none, or it is not JSON or of another
+    key."""
+    try:
+        data = json.loads(cache_path(key, folder).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON
+        return None
+    return data if isinstance(data, dict) and data.get("key") == key else None
+
+
+def _write_entry(key: dict[str, Any], folder: str, about: str, fields: dict[str, Any],
+                 indent: int | None = None) -> Path | None:
+    """Write ``fields`` under ``key`` in ``folder`` (atomically); ``None`` when the cache cannot be written or a value
+    is not finite (such a probe is not worth keeping)."""
+    entry = {"about": f"{about}, cached: delete freely", "key": key, **fields}
+    try:
+        return atomic_write(cache_path(key, folder), json.dumps(entry, indent=indent, allow_nan=False) + "\n")
+    except (OSError, ValueError):
+        return None
+
+
 def load(key: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The layers' records stored under ``key``; ``None`` when there is no entry or it is damaged (not JSON, another
     key, no list of layers)."""
-    path = cache_path(key)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing, unreadable, not UTF-8 or not JSON
-        return None
-    if not isinstance(data, dict) or data.get("key") != key:
-        return None
-    layers = data.get("layers")
+    data = _read_entry(key, FOLDER)
+    layers = data.get("layers") if data is not None else None
     if not isinstance(layers, list) or len(layers) != len(key["layers"]):
         return None
     return layers
@@ -168,13 +180,8 @@ def load(key: dict[str, Any]) -> list[dict[str, Any]] | None:
 def store(key: dict[str, Any], layers: list[dict[str, Any]], seconds: float) -> Path | None:
     """Write ``layers`` under ``key`` (atomically); ``None`` when the cache cannot be written or a value is not
     finite (such a probe is not worth keeping)."""
-    entry = {"about": "ppp-audit's receptive-field probe (ppp_audit/receptive.py), cached: delete freely",
-             "key": key, "probe_seconds": round(seconds, 3), "layers": layers}
-    try:
-        text = json.dumps(entry, indent=1, allow_nan=False)
-        return atomic_write(cache_path(key), text + "\n")
-    except (OSError, ValueError):
-        return None
+    return _write_entry(key, FOLDER, "ppp-audit's receptive-field probe (ppp_audit/receptive.py)",
+                        {"probe_seconds": round(seconds, 3), "layers": layers}, indent=1)
 
 
 def shapes_key(taps: FeatureTaps, *, in_chans: int, device: torch.device | str,
@@ -187,25 +194,16 @@ def shapes_key(taps: FeatureTaps, *, in_chans: int, device: torch.device | str,
         return None
     if structure is None:
         return None
-    model = taps.model
-    return {"format": FORMAT, "probe": "shapes", "class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "structure": structure, "requested_layers": list(taps.layers) if taps.layers else None,
-            "in_chans": int(in_chans), "device": torch.device(device).type, "dtype": str(dtype),
-            "torch": torch.__version__, "timm": timm.__version__, "ppp_audit": __version__,
-            "python": list(sys.version_info[:2])}
+    return {"format": FORMAT, "probe": "shapes", "class": _class_name(taps.model), "structure": structure,
+            "requested_layers": list(taps.layers) if taps.layers else None, "in_chans": int(in_chans),
+            "device": torch.device(device).type, "dtype": str(dtype), **_software()}
 
 
 def load_shapes(key: dict[str, Any], size: int) -> list[tuple[int, ...]] | str | None:
     """The stored result of the shape probe at input side ``size`` (shapes, or why the model does not run there);
     ``None`` when there is none or it is damaged."""
-    entry_key = {**key, "size": int(size)}
-    try:
-        data = json.loads(cache_path(entry_key, SHAPES_FOLDER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("key") != entry_key:
-        return None
-    result = data.get("result")
+    data = _read_entry({**key, "size": int(size)}, SHAPES_FOLDER)
+    result = data.get("result") if data is not None else None
     if isinstance(result, str):
         return result
     if isinstance(result, list) and all(isinstance(shape, list) and all(isinstance(d, int) for d in shape)
@@ -216,13 +214,18 @@ def load_shapes(key: dict[str, Any], size: int) -> list[tuple[int, ...]] | str |
 
 def store_shapes(key: dict[str, Any], size: int, result: list[tuple[int, ...]] | str) -> Path | None:
     """Write the shape probe's ``result`` at ``size`` under ``key`` (atomically); ``None`` when it cannot be."""
-    entry_key = {**key, "size": int(size)}
-    entry = {"about": "ppp-audit's shape probe (ppp_audit/geometry.py), cached: delete freely", "key": entry_key,
-             "result": result if isinstance(result, str) else [list(shape) for shape in result]}
-    try:
-        return atomic_write(cache_path(entry_key, SHAPES_FOLDER), json.dumps(entry) + "\n")
-    except (OSError, ValueError):
-        return None
+    return _write_entry({**key, "size": int(size)}, SHAPES_FOLDER, "ppp-audit's shape probe (ppp_audit/geometry.py)",
+                        {"result": result if isinstance(result, str) else [list(shape) for shape in result]})
+
+
+def _class_name(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def _software() -> dict[str, Any]:
+    """The versions a cached probe is only valid for."""
+    return {"torch": torch.__version__, "timm": timm.__version__, "ppp_audit": __version__,
+            "python": list(sys.version_info[:2])}
 
 
 def _channels_last(model: nn.Module) -> bool:

@@ -74,6 +74,10 @@ def test_pending_sums_reach_every_reader():
     for key in GROUPED_SUMS:
         torch.testing.assert_close(merged.state[key], expected[key], rtol=1e-6, atol=1e-5)
     assert merged.n == 24
+    fresh = PPPAccumulator(8, mist_counts=()).merge_(other)  # a state set from outside takes batches after it too
+    fresh.update(a[:8], b[:8], torch.arange(8))
+    for key in GROUPED_SUMS:
+        torch.testing.assert_close(fresh.state[key], expected[key], rtol=1e-6, atol=1e-5)
 
 
 def test_finite_sums_catch_nan_and_inf_in_features_or_references():

@@ -113,7 +113,9 @@ def test_the_plan_is_one_frozen_value_that_prints_what_the_set_up_decided():
     info = ModelInfo(name="resnet10t", architecture="resnet10t", weights="random-init", input_size=64,
                      mean=(0.5,) * 3, std=(0.25,) * 3, crop_pct=1.0)
     config = AuditConfig(model="resnet10t", paddings=["reflect"], input_size=64, margin=32, device="cpu")
-    plan = Auditor(config, model=model, info=info).plan
+    auditor = Auditor(config, model=model, info=info)
+    plan = auditor.plan
+    assert auditor.partial() == list(plan.margin.partial)
     with pytest.raises(dataclasses.FrozenInstanceError):
         plan.size = 32
     assert plan.schemes == ("native", "reflect") and plan.window == plan.size + 2 * plan.margin.margin == 128

@@ -495,7 +495,8 @@ class PPPAccumulator:
 
     @state.setter
     def state(self, sums: dict[str, Tensor]) -> None:
-        self._sums, self._pending, self._pending_rows = sums, {}, 0
+        self._sums = sums
+        self._new_pending()
 
     @property
     def n(self) -> int:
@@ -508,9 +509,6 @@ class PPPAccumulator:
         second pass asks the system for fresh pages: 0.2 s of page faults for resnet50 at batch 16 on CPU)."""
         if not self._sums:
             self._init(torch.empty(0, *shape, device=device))
-            for key in GROUPED_SUMS:
-                if key in self._sums:
-                    self._pending[key] = torch.zeros(self._sums[key].shape, dtype=torch.float32, device=device)
         return self
 
     def _init(self, like: Tensor) -> None:
@@ -527,6 +525,14 @@ class PPPAccumulator:
                 sum_b=torch.zeros(shape, **kw),
                 sq_b=torch.zeros(shape, **kw),
             )
+        self._new_pending()
+
+    def _new_pending(self) -> None:
+        """Empty pending per-group sums beside :attr:`state`'s (float32, as :func:`batch_moments`' sums are,
+        compiled or not: they gather there for up to :data:`PENDING_ROWS` rows)."""
+        self._pending = {key: torch.zeros(sums.shape, dtype=torch.float32, device=sums.device)
+                         for key, sums in self._sums.items() if key in GROUPED_SUMS}
+        self._pending_rows = 0
 
     @torch.no_grad()
     def update(self, a: Tensor, b: Tensor | None = None, indices: Tensor | None = None) -> None:
@@ -565,9 +571,6 @@ class PPPAccumulator:
             for key, value in self.moments(a[:, channels], None if b is None else b[:, channels], grouping,
                                            self.groups).items():
                 if key in GROUPED_SUMS:
-                    if key not in self._pending or self._pending[key].dtype != value.dtype:
-                        self._flush()
-                        self._pending[key] = torch.zeros(st[key].shape, dtype=value.dtype, device=value.device)
                     self._pending[key][:, channels].add_(value)
                 else:
                     st[key][channels].add_(value)
