@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     model, info = build_model(args.model, pretrained=False, device=device)
     common = dict(model=args.model, pretrained=False, batch_size=args.batch_size, device=str(device),
-                  precision=args.precision, input_size=args.input_size, margin=args.margin, images_on="device")
+                  precision=args.precision, input_size=args.input_size, margin=args.margin, images_on="device",
+                  reference="window")  # the pipeline of a window per crop, against bare crop + window passes
     config = AuditConfig(num_images=args.num_images, **common)
     auditor = Auditor(config, model=model, info=info)
     model, size, margin, second, window = auditor.model, auditor.size, auditor.margin, auditor.second_margin, \

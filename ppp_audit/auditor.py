@@ -26,11 +26,12 @@ import torch.nn as nn
 from torch import Tensor
 
 from .config import NATIVE, AuditConfig
-from .errors import FeatureError, ImageSourceError, NothingToPatchError, PPPAuditError
+from .errors import ConfigError, FeatureError, ImageSourceError, NothingToPatchError, PPPAuditError
 from .images import (
     DeadLeavesSource, DeviceLoader, ImageLoader, ImageSource, IndexedSource, SampledSource, WindowCache, WindowDataset,
     image_loader, image_source, made_on_device, random_sample, skipped_image, too_few_images,
 )
+from .canvas import CanvasPlan, canvas_probe_side, cut_blocks, cut_crops, plan_canvas
 from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_stride, map_offset
 from .margin import MarginPlan, plan_margin, probe_window
@@ -86,14 +87,17 @@ def window_cache_bytes(device: torch.device) -> int:
     return 2**30
 
 
-def config_source(config: AuditConfig, info: ModelInfo, window: int, crop: int | None = None) -> ImageSource:
+def config_source(config: AuditConfig, info: ModelInfo, window: int, crop: int | None = None, *,
+                  periodic: bool = False) -> ImageSource:
     """The images ``config`` names, resized so a ``window`` crop matches the model's data config (``crop_pct``), or
     the built-in dead-leaves images seeded with ``config.seed``, their statistics set in pixels for a ``crop`` px
-    crop (so that the margin does not change what the crop sees; default the window's own size): the same pictures
-    wherever they are made (:func:`images_on_device` says where; ``config.compile`` compiles the renderer there)."""
+    crop (so that the margin does not change what the crop sees; default the window's own size), ``periodic`` for
+    the canvases of :mod:`ppp_audit.canvas`: the same pictures wherever they are made (:func:`images_on_device` says
+    where; ``config.compile`` compiles the renderer there)."""
     if config.images:
         return image_source(config.images, split=config.images_split, resize_short=round(window / info.crop_pct))
-    return DeadLeavesSource(seed=config.seed, scale=crop, compile=config.compile if images_on_device(config) else None)
+    return DeadLeavesSource(seed=config.seed, scale=crop, compile=config.compile if images_on_device(config) else None,
+                            periodic=periodic)
 
 
 def checked_summary(model: nn.Module, scheme: str | PaddingScheme, include_pools: bool,
@@ -165,6 +169,8 @@ class Measurement:
         skipped: The images skipped because they cannot be read (``None``: none was).
         reference_shared: One native window pass per batch gave every scheme's reference
             (:meth:`Auditor.shares_reference`).
+        reference: How the reference was made (the report's ``geometry.reference``:
+            :meth:`Auditor.reference_summary`).
     """
 
     results: list[SchemeResult]
@@ -175,6 +181,7 @@ class Measurement:
     source: ImageSource | None = field(default=None, repr=False)
     skipped: SkippedImages | None = None
     reference_shared: bool = False
+    reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_images(self) -> int:
@@ -282,7 +289,8 @@ class AuditPlan:
         crop_maps: Per layer, its (C, h, w) at the crop size (``None`` when unknown before the first batch).
         schemes: ``native`` first, then the schemes compared with it.
         patched: Per scheme, how many padding sites it replaces and how many it leaves.
-        shared_reference: Whether one native window pass gives every scheme's reference.
+        shared_reference: Whether one reference pass (a native window pass, or the canvas pass) serves every scheme.
+        canvas: The canvases the reference is cut from (``None``: a window per crop).
         mist_layer: The layer whose mist snapshots are kept.
         changes: What the geometry changed in the model to run at these sizes.
     """
@@ -299,6 +307,7 @@ class AuditPlan:
     schemes: tuple[str, ...]
     patched: tuple[tuple[str, int, int], ...]
     shared_reference: bool
+    canvas: CanvasPlan | None
     mist_layer: str
     changes: tuple[str, ...]
 
@@ -314,10 +323,16 @@ class AuditPlan:
                                     for name, shape in zip(self.layers, self.crop_maps))),
             "schemes: " + ", ".join(f"{name} ({replaced} sites replaced, {left} left)"
                                     for name, replaced, left in self.patched),
-            f"reference: {'one native window pass for every scheme' if self.shared_reference else 'per scheme'}; "
-            f"mist layer {self.mist_layer}" + (f"; geometry: {'; '.join(self.changes)}" if self.changes else ""),
+            f"reference: {self._reference()}; mist layer {self.mist_layer}" + (f"; geometry: {'; '.join(self.changes)}" if self.changes else ""),
         ]
         return "\n".join(lines)
+
+    def _reference(self) -> str:
+        canvas = self.canvas
+        if canvas is not None:
+            return (f"periodic canvases of {canvas.side} px ({canvas.num_crops} crops on {canvas.num_canvases}, "
+                    f"context {canvas.context} px every way), one circular pass for every scheme")
+        return "one native window pass for every scheme" if self.shared_reference else "a window pass per scheme"
 
 
 @dataclass(frozen=True)
@@ -365,12 +380,16 @@ class BatchStep:
         partial: Per tapped layer, whether its reference is partial (measured again at the second margin).
         shared: One native window pass gives every scheme's reference (:meth:`Auditor.shares_reference`): pass its
             :meth:`window_features` to each call.
+        canvas: The reference comes from canvases laid out so (:mod:`ppp_audit.canvas`): the batches are canvases,
+            which :meth:`canvas_pass` turns into crops and their references, shared by every scheme.
     """
 
-    def __init__(self, auditor: "Auditor", state: ModelState, partial: Sequence[bool], *, shared: bool = False) -> None:
-        self.auditor, self.state, self.shared = auditor, state, shared
+    def __init__(self, auditor: "Auditor", state: ModelState, partial: Sequence[bool], *, shared: bool = False,
+                 canvas: CanvasPlan | None = None) -> None:
+        self.auditor, self.state, self.canvas = auditor, state, canvas
+        self.shared = shared or canvas is not None
         self.with_reference = auditor.estimator == DELTA
-        self.second = auditor.second_margin if self.with_reference else None
+        self.second = auditor.second_margin if self.with_reference and canvas is None else None
         self.partial = [i for i, p in enumerate(partial) if p] if self.second else []
         compile_backend = auditor.config.compile
         # Compiled graphs are traced under no_grad: inference tensors cannot flow through dynamo's guards.
@@ -383,9 +402,29 @@ class BatchStep:
         """Per tapped layer, its stride in input pixels (known after the first batch; empty before it)."""
         if self._crop_sides is None:
             return []
-        if not self.with_reference:
+        if not self.with_reference or self.canvas is not None:
             return [self.auditor.size / side for side in self._crop_sides]
         return [self.auditor.margin / offset for offset in self.offsets]
+
+    def canvas_pass(self, canvases: Tensor, counts: Sequence[int]) -> tuple[Tensor, tuple[list[Tensor], None]]:
+        """A batch of normalised canvases -> the crops of their first ``counts[i]`` slots, and the crops'
+        padding-free references (as :meth:`window_features` gives them, cut to the crops' blocks).
+
+        The canvas pass runs with every padding site circular, pools included: on a periodic canvas that is the
+        infinite periodic picture's features, so no border touches any block.
+        """
+        auditor, plan = self.auditor, self.canvas
+        with padding(self.state.model, auditor.canvas_padding, include_pools=True, shapes_checked=True), \
+                autocast(auditor.device, auditor.config.precision):
+            maps = self.extract(canvases)
+        references = []
+        for name, fmap in zip(self.state.taps.names, maps):
+            stride, left = divmod(plan.side, fmap.shape[-1])
+            if left or fmap.shape[-2] != fmap.shape[-1] or plan.size % stride:
+                raise FeatureError(f"layer '{name}': canvas features {tuple(fmap.shape[-2:])} are not the canvas "
+                                   f"{plan.side} px on a whole stride", "audit it with --reference window")
+            references.append(cut_blocks(fmap, plan, counts, plan.size // stride, stride))
+        return cut_crops(canvases, plan, counts), (references, None)
 
     def window_features(self, windows: Tensor) -> tuple[list[Tensor] | None, list[Tensor] | None]:
         """The window pass and the second window pass with the padding the model has now (no global-context
@@ -402,9 +441,10 @@ class BatchStep:
         """Features of a batch of windows under ``scheme``; ``window_features`` from :meth:`window_features` when the
         reference is shared, else the window passes run here, under the scheme, with the crop's global context."""
         auditor, context = self.auditor, self.state.context
+        crops = windows if self.canvas is not None else auditor.crop(windows)  # canvas_pass cut them already
         with auditor.patched(scheme, self.state.model), autocast(auditor.device, auditor.config.precision):
             with context.recording():  # global modules: the crop's footprint at each depth
-                crop = self.extract(auditor.crop(windows))
+                crop = self.extract(crops)
             if window_features is None:
                 with context.matching():  # ... is where the window pass takes their statistics
                     window_features = self.window_features(windows)
@@ -412,6 +452,12 @@ class BatchStep:
         self._crop_sides = self._crop_sides or [a.shape[-1] for a in crop]
         if full is None:  # crop passes only: the mean-feature estimator
             return StepFeatures(crop=crop, reference=None)
+        if self.offsets is None and self.canvas is not None:  # cut to the crops' blocks already: they must match
+            for name, a, b in zip(self.state.taps.names, crop, full):
+                if a.shape != b.shape:
+                    raise FeatureError(f"layer '{name}': the canvas block {tuple(b.shape[-2:])} is not the crop's "
+                                       f"map {tuple(a.shape[-2:])}", "audit it with --reference window")
+            self.offsets = [0] * len(crop)
         if self.offsets is None:
             self.offsets = [feature_offset(name, a, b) for name, a, b in zip(self.state.taps.names, crop, full)]
         reference = [_block(b, off, a) for off, a, b in zip(self.offsets, crop, full)]
@@ -502,13 +548,21 @@ class Auditor:
         context = ContextMatcher(model, config.match_context)
         bar.phase("measuring receptive fields")
         runs_with = MarginCheck(self.taps, self.fitted)
-        self.probe_window = probe_window(self.fitted, runs_with)
+        window_probe = self.probe_window = probe_window(self.fitted, runs_with)
+        self.canvas_padding = get_padding("circular")
+        refusal = self._canvas_refusal(context, runs_with)
+        if refusal is None:  # the profiles must be known up to half the largest canvas
+            self.probe_window = max(window_probe, canvas_probe_side(self.size, self.fitted.margin_unit))
         crop_maps = runs_with.runs(self.size)  # the tapped maps of one crop (probed, or read back from the cache)
         self.state = ModelState(model, self.taps, context, self._probe_influence(self.taps, context))
-        self.margins = plan_margin(self.fitted, self.state.influence, runs_with, requested=config.margin,
-                                   tolerance=config.margin_tolerance, probed_at=self.probe_window)
+        # The window margin is chosen as without a canvas (whether to choose it, and up to which cap, do not depend
+        # on where the profiles were probed), from profiles measured farther out when a canvas may be used.
+        self.margins = dataclasses.replace(
+            plan_margin(self.fitted, self.state.influence, runs_with, requested=config.margin,
+                        tolerance=config.margin_tolerance, probed_at=window_probe), probe_window=self.probe_window)
         self.fitted = dataclasses.replace(self.fitted, margin=self.margins.margin)
         self.margin, self.second_margin = self.margins.margin, self.margins.second_margin
+        self.canvas, self.window_reason = self._plan_canvas(refusal, runs_with)
         self.normalise = Normalise(info, self.device)
         self.plan = AuditPlan(
             model=config.model, device=str(self.device), precision=config.precision, estimator=self.estimator,
@@ -518,10 +572,94 @@ class Auditor:
             # the null scheme lists as "patched" the sites the others replace, and replaces none of them
             patched=tuple((scheme, len(summary.patched) if self.paddings[scheme].replaces else 0,
                            len(summary.unpatched)) for scheme, summary in self.summaries.items()),
-            shared_reference=self.shares_reference(config.schemes), mist_layer=self.mist_layer,
-            changes=tuple(self.fitted.changes))
+            shared_reference=self.canvas is not None or self.shares_reference(config.schemes),
+            canvas=self.canvas, mist_layer=self.mist_layer, changes=tuple(self.fitted.changes))
         self._source: tuple[int, ImageSource] | None = None
         self._caches: dict[int, tuple[ImageSource, WindowCache | None]] = {}
+
+    def _canvas_refusal(self, context: ContextMatcher, runs_with: MarginCheck) -> str | None:
+        """Why a canvas cannot give this audit's reference exactly (``None``: it can, if one holds the reach)."""
+        config = self.config
+        if config.reference == "window":
+            return "--reference window"
+        if self.estimator != DELTA:
+            return "the mean-feature estimator has no padding-free reference"
+        if config.margin is not None:
+            return "--margin sets the window around each crop"
+        if config.images:
+            return "photos and datasets are measured in windows (the canvases are drawn periodic)"
+        upstream = self._upstream_context(context)
+        if upstream:
+            return f"global modules ({', '.join(upstream[:2])}) would pool over the whole canvas"
+        embedded = next((name for name, _ in self.model.named_parameters() if "pos_embed" in name
+                         or "relative_position" in name), None)
+        if embedded:
+            return f"position embeddings ({embedded}) tie features to where they are on the canvas"
+        if not all(self.paddings[scheme].keeps_shape for scheme in self.schemes):
+            return "a scheme changes the maps' sizes"
+        side = canvas_probe_side(self.size, self.fitted.margin_unit)
+        if not self._canvas_runs(runs_with, side):
+            return f"the model's maps at a {side} px canvas are not its crop maps scaled"
+        try:
+            circular = checked_summary(self.model, self.canvas_padding, True, self.probe)
+        except PPPAuditError as error:
+            return f"its padding cannot be made circular ({error})"
+        if circular.unpatched:
+            site = circular.unpatched[0]
+            return f"padding site '{site.name}' cannot be made circular ({site.reason})"
+        return None
+
+    def _upstream_context(self, context: ContextMatcher) -> list[str]:
+        """The global modules some tapped layer depends on (a gradient path from the taps back to their outputs, on
+        the probe input): a head's pooling after the last tap is not one."""
+        if not context.modules:
+            return []
+        seen: dict[str, Tensor] = {}
+
+        def keep(name: str, output: object) -> None:
+            if isinstance(output, Tensor) and output.requires_grad:
+                seen[name] = output
+
+        handles = [module.register_forward_hook(lambda m, a, out, name=name: keep(name, out))
+                   for name, module in context.modules.items()]
+        try:
+            with torch.enable_grad():
+                outputs = self.taps(self.probe.clone().requires_grad_(True))
+                if not seen:
+                    return []
+                total = sum(out.float().sum() for out in outputs)
+                grads = torch.autograd.grad(total, list(seen.values()), allow_unused=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [name for name, grad in zip(seen, grads) if grad is not None]
+
+    def _canvas_runs(self, runs_with: MarginCheck, side: int) -> bool:
+        """Whether every tapped map of a ``side`` px canvas is the crop's map scaled by ``side / S`` exactly."""
+        crop, canvas = runs_with.runs(self.size), runs_with.runs(side)
+        if isinstance(crop, str) or isinstance(canvas, str) or len(crop) != len(canvas):
+            return False
+        return all(b[-1] * self.size == a[-1] * side and b[-2] * self.size == a[-2] * side
+                   for a, b in zip(crop, canvas))
+
+    def _plan_canvas(self, refusal: str | None, runs_with: MarginCheck) -> tuple[CanvasPlan | None, str | None]:
+        """The canvases of this audit's reference, or ``None`` and why each crop gets a window instead."""
+        config = self.config
+        canvas = None
+        if refusal is None:
+            canvas = plan_canvas(self.size, self.fitted.margin_unit, self.state.influence,
+                                 tolerance=config.margin_tolerance, num_images=config.num_images,
+                                 groups=config.groups, runs_at=lambda side: self._canvas_runs(runs_with, side))
+            if canvas is None:
+                refusal = (f"no canvas up to {canvas_probe_side(self.size, self.fitted.margin_unit)} px holds every "
+                           "layer's reach")
+            elif (config.reference == "auto" and not any(self.margins.partial)
+                  and self.margins.summary()["pixels_per_image"] <= canvas.pixels_per_image):
+                canvas, refusal = None, "a window per crop is complete and costs fewer pixels"
+        if canvas is None and config.reference == "canvas":
+            raise ConfigError(f"--reference canvas cannot be exact here: {refusal}",
+                              "use --reference auto (it falls back to a window per crop) or window")
+        return canvas, refusal
 
     def _probe_influence(self, taps: FeatureTaps, context: ContextMatcher) -> list[Influence]:
         # The audited model's profiles are cached on disk (ppp_audit/receptive_cache.py); a fine-tuned copy's weights
@@ -559,13 +697,14 @@ class Auditor:
             self._source = (self.window, config_source(self.config, self.info, self.window, self.size))
         return self._source[1]
 
-    def window_loader(self, dataset: WindowDataset, *, on_device: bool,
-                      graceful: bool = False) -> ImageLoader | DeviceLoader:
-        """Batches of ``dataset``'s windows for the measuring loop: made on the device (``on_device``, from
-        :func:`images_on_device`), else read by :meth:`loader`."""
+    def window_loader(self, dataset: WindowDataset, *, on_device: bool, graceful: bool = False,
+                      batch_size: int | None = None) -> ImageLoader | DeviceLoader:
+        """Batches of ``dataset``'s windows for the measuring loop (``batch_size``, default the config's): made on the
+        device (``on_device``, from :func:`images_on_device`), else read by :meth:`loader`."""
+        batch_size = batch_size or self.config.batch_size
         if not on_device:
-            return self.loader(dataset, self.config.batch_size, graceful=graceful)
-        return DeviceLoader(dataset, batch_size=self.config.batch_size, device=self.device,
+            return self.loader(dataset, batch_size, graceful=graceful)
+        return DeviceLoader(dataset, batch_size=batch_size, device=self.device,
                             skip_unreadable=not self.config.strict_images)
 
     def cached(self, source: ImageSource, *, on_device: bool) -> ImageSource:
@@ -594,6 +733,23 @@ class Auditor:
     def margin_summary(self) -> dict[str, Any]:
         """How the margin was set and what it costs, for the report's ``geometry.margin``."""
         return self.margins.summary(self.state.influence.summary())
+
+    def reference_summary(self, canvas: CanvasPlan | None, why_not: str | None = None) -> dict[str, Any]:
+        """The report's ``geometry.reference``: the canvases that gave it (:meth:`CanvasPlan.summary`), or a window
+        per crop and why (``why_not``), with the pixels through the model per crop either way."""
+        if canvas is not None:
+            return canvas.summary()
+        if self.estimator != DELTA:
+            return {"kind": "none", "why": why_not, "pixels_per_image": 1.0}
+        return {"kind": "window", "why": why_not, "pixels_per_image": self.margin_summary()["pixels_per_image"]}
+
+    def canvas_partial(self, state: ModelState | None = None) -> list[bool]:
+        """Per tapped layer of ``state``'s model (default the auditor's), whether more than the tolerance of its
+        influence lies beyond half the canvas (all True without a canvas)."""
+        state = state or self.state
+        if self.canvas is None:
+            return [True] * len(state.influence)
+        return [inf.beyond(self.canvas.side / 2) > self.config.margin_tolerance for inf in state.influence]
 
     # -- padding ------------------------------------------------------------------------------------------------------
 
@@ -676,19 +832,27 @@ class Auditor:
         model = state.model
         was_training = model.training
         model.eval().to(device)
-        partial = self.partial(state)
+        # the auditor's canvases hold the built-in images' crops, for any model whose reach they hold (a fine-tuned
+        # copy's may be longer)
+        canvas = self.canvas if source is None and not any(self.canvas_partial(state)) else None
+        why_not = None if canvas is not None else self.window_reason or (
+            "images given to this measurement" if source is not None else "the model's reach exceeds the canvas")
+        partial = [False] * len(state.influence) if canvas is not None else self.partial(state)
         rank, world = rank_and_world()
         bar = progress_bar(progress if rank == 0 else False)
         bar.phase("preparing images")
 
-        images = self._sample(self.image_source() if source is None else source, rank, world)
+        if canvas is not None:
+            images = self._sample_canvases(canvas, rank, world)
+        else:
+            images = self._sample(self.image_source() if source is None else source, rank, world)
         source, unreadable, num_images, loader = images.source, images.unreadable, images.num_images, images.loader
 
-        shared = self.shares_reference(schemes, state)
+        shared = canvas is not None or self.shares_reference(schemes, state)
         sums = _Sums.of(self, schemes, state, partial)
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         model.to(memory_format=memory_format)
-        step = BatchStep(self, state, partial, shared=shared)
+        step = BatchStep(self, state, partial, shared=shared, canvas=canvas)
         with bar, stop_on_ctrl_c(images.graceful) as stop, measuring(device, config.precision,
                                                                      compiled=bool(config.compile)):
             streamed = self._stream(images.loader, schemes, step, sums, bar, stop,
@@ -712,7 +876,7 @@ class Auditor:
         elif measured < 2:
             raise too_few_images(measured, len(unreadable) + measured, self.window, unreadable=unreadable,
                                  more=_draws_more(source))
-        measured_source = source
+        measured_source = self.image_source() if canvas is not None else source  # baselines: windows of the law
         if skipped:  # baselines go on with the images that were measured
             left_out = {index for index, _ in skipped}
             measured_source = IndexedSource(source, [i for i in range(images.num_images) if i not in left_out])
@@ -720,13 +884,14 @@ class Auditor:
         if world > 1:  # every rank's sums, before anything is computed from them
             sums.all_reduce_()
         results = [self._scheme_result(scheme, state, partial, sums.layers[scheme], sums.second.get(scheme, {}),
-                                       step.strides) for scheme in schemes]
+                                       step.strides, canvas) for scheme in schemes]
         if all(layer.stats.non_finite for result in results for layer in result.layers):
             raise _all_non_finite(schemes, on_first_batch=False)
         data = {**source.describe(), "num_images": measured,
                 **({"images_on": str(device)} if images.on_device else {})}
         return Measurement(results=results, data=data, seconds=streamed.seconds, loop_s=streamed.loop_s,
-                           interrupted=interrupted, source=measured_source, skipped=record, reference_shared=shared)
+                           interrupted=interrupted, source=measured_source, skipped=record, reference_shared=shared,
+                           reference=self.reference_summary(canvas, why_not))
 
     def _stream(self, loader: ImageLoader | DeviceLoader, schemes: list[str], step: BatchStep, sums: "_Sums",
                 bar: ProgressReporter, stop: StopRequest, *, check_first: bool,
@@ -743,11 +908,20 @@ class Auditor:
         running = list(schemes)
         measured = counted_skips = 0
         started = time.perf_counter()
-        bar.phase(f"measuring {', '.join(schemes)} on {len(loader.dataset)} images", total=len(loader.dataset))
+        canvas = step.canvas
+        total = sum(canvas.crops[i] for i in loader.dataset.indices) if canvas is not None else len(loader.dataset)
+        bar.phase(f"measuring {', '.join(schemes)} on {total} images", total=total)
         for indices, batch in loader:
             windows = self.normalise(batch).contiguous(memory_format=memory_format)
             native_windows = None
-            if step.shared:  # one native window pass is every scheme's reference (shares_reference)
+            if canvas is not None:  # canvases -> their crops and references; a crop's group is its canvas's
+                tick = time.perf_counter()
+                counts = [canvas.crops[int(i)] for i in indices]
+                windows, native_windows = step.canvas_pass(windows, counts)
+                windows = windows.contiguous(memory_format=memory_format)
+                indices = torch.repeat_interleave(torch.as_tensor(indices).cpu(), torch.tensor(counts))
+                seconds[schemes[0]] += time.perf_counter() - tick
+            elif step.shared:  # one native window pass is every scheme's reference (shares_reference)
                 tick = time.perf_counter()
                 native_windows = step.window_features(windows)
                 seconds[schemes[0]] += time.perf_counter() - tick
@@ -792,19 +966,38 @@ class Auditor:
         return _SampledImages(source, unreadable, num_images, dataset,
                               self.window_loader(dataset, on_device=on_device, graceful=graceful), on_device, graceful)
 
+    def _sample_canvases(self, canvas: CanvasPlan, rank: int, world: int) -> "_SampledImages":
+        """This rank's canvases (every ``world``-th, from ``rank``) and their loader: a batch holds as many canvases
+        as hold about ``batch_size`` crops."""
+        config = self.config
+        if world > 1 and config.baselines:
+            raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
+        if world > canvas.num_canvases:
+            raise PPPAuditError(f"{world} processes for {canvas.num_canvases} canvases",
+                                "use more images than processes, or --reference window")
+        on_device = images_on_device(config)
+        source = config_source(config, self.info, canvas.side, self.size, periodic=True)
+        graceful = world == 1 and threading.current_thread() is threading.main_thread()  # Ctrl-C ends the batch
+        dataset = WindowDataset(source, range(rank, canvas.num_canvases, world), canvas.side)
+        loader = self.window_loader(dataset, on_device=on_device, graceful=graceful,
+                                    batch_size=max(1, config.batch_size // max(canvas.crops)))
+        return _SampledImages(source, [], canvas.num_crops, dataset, loader, on_device, graceful)
+
     def _scheme_result(self, scheme: str, state: ModelState, partial: list[bool], accumulators: list[PPPAccumulator],
-                       at_second: dict[int, PPPAccumulator], strides: list[float]) -> SchemeResult:
+                       at_second: dict[int, PPPAccumulator], strides: list[float],
+                       canvas: CanvasPlan | None = None) -> SchemeResult:
         """One scheme's :class:`SchemeResult` from its (all-reduced) accumulators: the statistics of each layer with
         what the set-up knows of it (receptive field, partial reference, the strength at the second margin, which
-        global modules upstream were matched)."""
+        global modules upstream were matched); with a ``canvas``, the influence beyond its half period."""
         with_reference, context = self.estimator == DELTA, state.context
+        reach_px = canvas.side / 2 if canvas is not None else self.margin
         layers = []
         for i, (name, acc, stride, reach) in enumerate(zip(state.taps.names, accumulators, strides, state.influence)):
             stats = acc.compute(stride_px=stride, receptive_radius_px=reach.radius_px if with_reference else None)
             smaller = (self.second_margin, at_second[i].compute(stride_px=stride).strength) if i in at_second else None
             layers.append(LayerResult(
                 name=name, receptive_radius_px=reach.radius_px, reference_partial=partial[i], stats=stats,
-                influence_beyond_margin=reach.beyond(self.margin) if with_reference else None,
+                influence_beyond_margin=reach.beyond(reach_px) if with_reference else None,
                 strength_at_smaller_margin=smaller,
                 context_matched=[n for n in reach.upstream if n in context.matched],
                 context_unmatched=[n for n in reach.upstream if n not in context.matched]))
@@ -854,7 +1047,9 @@ class Auditor:
             model={"name": self.info.name, "architecture": self.info.architecture, "weights": self.info.weights},
             data=measurement.data,
             input_size=self.size,
-            margin=self.margin,
+            # a canvas's crops have (L - S) / 2 px of their own surroundings on each side: its period is the window
+            margin=(measurement.reference["side"] - self.size) // 2 if measurement.reference.get("kind") == "canvas"
+            else self.margin,
             seed=self.config.seed,
             device=str(self.device),
             precision=self.config.precision,
@@ -870,6 +1065,7 @@ class Auditor:
             estimator=self.estimator,
             geometry={"changes": list(self.fitted.changes), "margin": self.margin_summary(),
                       "reference_shared": measurement.reference_shared,
+                      **({"reference": measurement.reference} if measurement.reference else {}),
                       **({"rebuilt_with": dict(self.fitted.constructor_kwargs)}
                                                               if self.fitted.constructor_kwargs else {}),
                       **({"set_input_size": self.fitted.input_size} if self.fitted.input_size else {})},

@@ -35,6 +35,8 @@ BN_MODES = ("frozen", "train")
 DISTILL_LOSSES = ("kl", "mse")
 LABEL_SOURCES = ("folder", "dataset")
 IMAGES_ON = ("auto", "host", "device")
+REFERENCES = ("auto", "canvas", "window")
+"""How the padding-free reference is made (``--reference``; docs/metrics.md, "The canvas reference")."""
 RENDERER = "torch"
 """The one renderer of the built-in dead-leaves images (``device_images.render_dead_leaves``), on every device and with
 every ``images_on``, so that they are the same pictures everywhere (SPEC §3.5); the report's ``data.renderer``."""
@@ -219,6 +221,11 @@ class AuditConfig:
         match_context: Let the window pass take the statistics of global modules (squeeze-excitation, GRN, ...)
             over the crop's footprint, so that the reference does not see more content than the crop
             (docs/metrics.md); ``False`` to see what that changes.
+        reference: How the padding-free reference is made: ``canvas`` (periodic built-in canvases holding many
+            crops, one circular-padded pass each: :mod:`ppp_audit.canvas`), ``window`` (a window of ``S + 2m`` per
+            crop), or ``auto``: a canvas where it is exact (no global modules or position embeddings, every scheme
+            keeps the maps' sizes, built-in images, no ``margin``) and holds every layer's reach, unless a complete
+            window costs fewer pixels.
         margin_tolerance: Share of a layer's input influence (receptive-field gradient mass) allowed beyond the margin
             for its padding-free reference to count as full; sets the chosen margin and which layers are partial.
         layers: Module names to tap instead of the stages.
@@ -277,6 +284,10 @@ class AuditConfig:
     margin: int | None = setting(None, help="Context m around the crop (default: chosen from the receptive fields).",
                                  types=(int,), minimum=1, maximum=MAX_SIDE, unit="px",
                                  hint="leave it out to choose it from the receptive fields")
+    reference: str = setting(
+        "auto", metavar="KIND", types=(str,),
+        help="Padding-free reference: canvas (periodic canvases shared by many crops, complete at about the price of "
+        "one crop), window (a window of S+2m per crop), or auto (canvas where it is exact and complete, else window).")
     match_context: bool = setting(
         True, help="Pool squeeze-excitation and GRN statistics over the crop's footprint in the window pass.",
         cli=False, types=(bool,))
@@ -332,6 +343,8 @@ class AuditConfig:
             _bad(f"unknown precision '{self.precision}'", f"use one of {', '.join(PRECISIONS)}")
         if not (self.device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", self.device)):
             _bad(f"unknown device '{self.device}'", "use auto, cpu, cuda or cuda:K")
+        if self.reference not in REFERENCES:
+            _bad(f"unknown --reference '{self.reference}'", f"use one of {', '.join(REFERENCES)}")
         if self.images_on not in IMAGES_ON:
             _bad(f"unknown --images-on '{self.images_on}'", f"use one of {', '.join(IMAGES_ON)}")
         if self.compile is not None:

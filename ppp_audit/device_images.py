@@ -111,17 +111,19 @@ TILE = 8
 _BACKGROUND, _RADIUS, _CENTRE_Y, _CENTRE_X, _LUMINANCE, _TINT, _NOISE = 0, 1, 2, 3, 4, 7, 9
 
 
-def disc_count(num_discs: int, size: int, scale: int | None) -> tuple[int, float, float]:
+def disc_count(num_discs: int, size: int, scale: int | None, periodic: bool = False) -> tuple[int, float, float]:
     """Discs per window of ``size`` px and the radius range (the same density of disc centres per area as
-    ``num_discs`` over ``(scale + 2 r_max)²``, so stationary in pixels)."""
+    ``num_discs`` over ``(scale + 2 r_max)²``, so stationary in pixels). A window's centres spread over its side plus
+    a border of ``r_max``; a periodic canvas's over one period, its side."""
     scale = scale or size
     r_min, r_max = max(1.5, scale / 96), scale / 3
-    return round(num_discs * ((size + 2 * r_max) / (scale + 2 * r_max)) ** 2), r_min, r_max
+    spread = size if periodic else size + 2 * r_max
+    return round(num_discs * (spread / (scale + 2 * r_max)) ** 2), r_min, r_max
 
 
 def render_dead_leaves(seed: int, indices: Sequence[int] | Tensor, size: int, *, scale: int | None = None,
                        num_discs: int = 1200, device: torch.device | str = "cpu",
-                       max_elements: int | None = None, compile: str | None = None) -> Tensor:
+                       max_elements: int | None = None, compile: str | None = None, periodic: bool = False) -> Tensor:
     """Dead-leaves windows ``indices`` of ``seed``, rendered with tensor ops on ``device``.
 
     The laws of :class:`~ppp_audit.images.DeadLeavesSource` (see the module docstring); the random numbers are the
@@ -138,6 +140,10 @@ def render_dead_leaves(seed: int, indices: Sequence[int] | Tensor, size: int, *,
             other devices).
         compile: A ``torch.compile`` backend for the renderer's elementwise work (:func:`compiled_kernels`: on a GPU
             inductor fuses the hash and the compositing into a few kernels); ``None``: eager.
+        periodic: Draw each picture periodic, of period ``size`` in both directions (the canvases of
+            :mod:`ppp_audit.canvas`): disc centres uniform over one period, each disc painted at its copies one
+            period away, the texture made at ``size`` (an FFT field is periodic). The same laws, with the
+            picture's statistics set by ``scale`` as for windows.
 
     Returns:
         Float32 tensor ``(len(indices), 3, size, size)`` in [0, 1] on ``device``.
@@ -149,20 +155,21 @@ def render_dead_leaves(seed: int, indices: Sequence[int] | Tensor, size: int, *,
     per_image = 8 * (2 * size) ** 2
     step = max(1, budget // per_image)
     kernels = compiled_kernels(compile) if compile else EAGER
-    return torch.cat([_render_chunk(seed, indices[i:i + step], size, scale, num_discs, budget, kernels)
+    return torch.cat([_render_chunk(seed, indices[i:i + step], size, scale, num_discs, budget, kernels, periodic)
                       for i in range(0, len(indices), step)]) if len(indices) else \
         torch.empty(0, 3, size, size, device=device)
 
 
 def _render_chunk(seed: int, indices: Tensor, size: int, scale: int | None, num_discs: int, budget: int,
-                  kernels: Kernels) -> Tensor:
-    count, r_min, r_max = disc_count(num_discs, size, scale)
+                  kernels: Kernels, periodic: bool = False) -> Tensor:
+    count, r_min, r_max = disc_count(num_discs, size, scale, periodic)
     keys = {stream: stream_keys(seed, indices, stream) for stream in range(_NOISE + 1)}
     background = 0.2 + 0.6 * counter_uniform(keys[_BACKGROUND], 3)  # (B, 3)
     u = counter_uniform(keys[_RADIUS], count)
     radii = (r_min**-2 - u * (r_min**-2 - r_max**-2)) ** -0.5  # p(r) ~ r^-3, by inverting its CDF
-    centre_y = -r_max + (size + 2 * r_max) * counter_uniform(keys[_CENTRE_Y], count)
-    centre_x = -r_max + (size + 2 * r_max) * counter_uniform(keys[_CENTRE_X], count)
+    low, spread = (0.0, float(size)) if periodic else (-r_max, size + 2 * r_max)
+    centre_y = low + spread * counter_uniform(keys[_CENTRE_Y], count)
+    centre_x = low + spread * counter_uniform(keys[_CENTRE_X], count)
     # Beta(2, 2) is the law of the median of three uniforms.
     luminance = torch.stack([counter_uniform(keys[_LUMINANCE + j], count) for j in range(3)]).median(dim=0).values
     tint_a, tint_b = counter_normal_pair(keys[_TINT], keys[_TINT + 1], 2 * count)
@@ -172,8 +179,15 @@ def _render_chunk(seed: int, indices: Tensor, size: int, scale: int | None, num_
     order = torch.argsort(radii, dim=1, descending=True, stable=True)
     radii, centre_y, centre_x = (t.gather(1, order) for t in (radii, centre_y, centre_x))
     colours = colours.gather(1, order.unsqueeze(-1).expand(-1, -1, 3))
+    if periodic:  # each disc at its 9 copies one period apart, next to each other: the painting order is kept
+        shifts = torch.tensor([-size, 0, size], device=radii.device, dtype=radii.dtype)
+        batch = radii.shape[0]
+        centre_y = (centre_y[:, :, None, None] + shifts[:, None]).expand(-1, -1, 3, 3).reshape(batch, -1)
+        centre_x = (centre_x[:, :, None, None] + shifts[None, :]).expand(-1, -1, 3, 3).reshape(batch, -1)
+        radii = radii.repeat_interleave(9, dim=1)
+        colours = colours.repeat_interleave(9, dim=1)
     image = paint_discs(background, centre_y, centre_x, radii, colours, size, budget, kernels)
-    image += 0.06 * pink_noise(keys[_NOISE], size, scale, kernels).unsqueeze(1)
+    image += 0.06 * pink_noise(keys[_NOISE], size, scale, kernels, periodic=periodic).unsqueeze(1)
     return image.clamp_(0.0, 1.0)
 
 
@@ -255,13 +269,14 @@ def noise_spectrum(keys: Tensor, amplitude: Tensor) -> Tensor:
     return (pairs * amplitude.reshape(-1, 1)).reshape(-1, *amplitude.shape, 2)
 
 
-def pink_noise(keys: Tensor, size: int, scale: int | None, kernels: Kernels | None = None) -> Tensor:
+def pink_noise(keys: Tensor, size: int, scale: int | None, kernels: Kernels | None = None, *,
+               periodic: bool = False) -> Tensor:
     """Unit-variance 1/f noise per key, ``(B, size, size)``, cut from a field twice as large so it does not wrap
-    around. With a ``scale`` its spectrum is flat below one cycle per ``2 * scale`` px: a 1/f field's variance grows
-    without bound with its size, so without that floor the normalisation, and with it the texture's contrast at every
-    frequency, would depend on the window's size."""
+    around (``periodic``: the field of period ``size`` itself). With a ``scale`` its spectrum is flat below one cycle
+    per ``2 * scale`` px: a 1/f field's variance grows without bound with its size, so without that floor the
+    normalisation, and with it the texture's contrast at every frequency, would depend on the window's size."""
     kernels = kernels or EAGER
-    big = 2 * size
+    big = size if periodic else 2 * size
     fy = torch.fft.fftfreq(big, device=keys.device)[:, None]
     fx = torch.fft.rfftfreq(big, device=keys.device)[None, :]
     radius = torch.sqrt(fy**2 + fx**2)

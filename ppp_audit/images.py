@@ -96,19 +96,22 @@ class DeadLeavesSource:
             disc radius.
         scale: The side in px (the audit's crop) the picture's statistics are set for; ``None``: the window's side.
         compile: A ``torch.compile`` backend for the renderer (how it runs, not what it draws).
+        periodic: Each picture periodic, of period its side (the canvases of :mod:`ppp_audit.canvas`).
     """
 
     seed: int = 0
     num_discs: int = 1200
     scale: int | None = None
     compile: str | None = field(default=None, compare=False)
+    periodic: bool = False
 
     def available(self) -> int | None:
         return None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "dead-leaves", "seed": self.seed, "num_discs": self.num_discs,
-                **({"scale": self.scale} if self.scale else {}), "renderer": RENDERER}
+                **({"scale": self.scale} if self.scale else {}), **({"periodic": True} if self.periodic else {}),
+                "renderer": RENDERER}
 
     def fits(self, index: int, size: int) -> bool:
         return True
@@ -116,7 +119,7 @@ class DeadLeavesSource:
     def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
         """Windows ``indices`` as one batch, drawn on ``device``."""
         return render_dead_leaves(self.seed, indices, size, scale=self.scale, num_discs=self.num_discs, device=device,
-                                  compile=self.compile)
+                                  compile=self.compile, periodic=self.periodic)
 
     def window(self, index: int, size: int) -> Tensor:
         """Window ``index`` alone, drawn on the host: the same picture as in any batch (bit for bit on the CPU)."""

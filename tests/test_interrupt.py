@@ -145,8 +145,9 @@ def test_ctrl_c_during_fine_tuning_keeps_the_audit():
     assert "while fine-tuning with 'reflect'" in report.interrupted
 
 
+# a window per crop: window 5 is the sixth image (the canvases of the default reference hold several)
 CLI_ARGS = ["resnet10t", "--no-pretrained", "-p", "reflect", "--input-size", "64", "-n", "12", "-b", "4",
-            "--device", "cpu"]
+            "--device", "cpu", "--reference", "window"]
 
 
 @pytest.fixture

@@ -303,7 +303,7 @@ def test_module_without_feature_info_needs_layer_names() -> None:
     with pytest.raises(PPPAuditError, match="no feature_info") as info:
         testing.assert_ppp(model, max_strength=1.0, **SMALL)
     assert "layers=" in info.value.hint
-    report = testing.assert_ppp(model, layers={"stage2": 1.0}, **SMALL)  # tapped with a hook
+    report = testing.assert_ppp(model, layers={"stage2": 1.0}, reference="window", **SMALL)  # tapped with a hook
     # the same weights with stages from feature_info, on the same windows (the featureless model's margin: 2 x 32)
     twin = testing.measure(make_tiny(), margin=64, **SMALL)
     assert report.margin == twin.margin == 64

@@ -196,6 +196,12 @@ def margin_note(report: Report) -> str | None:
     margin = report.geometry.get("margin") or {}
     if report.estimator == "mean-feature" or not margin:
         return None
+    canvas = report.geometry.get("reference") or {}
+    if canvas.get("kind") == "canvas":
+        return (f"reference from periodic canvases of {canvas['side']} px ({canvas['canvases']} canvases, up to "
+                f"{max(canvas['crops_per_canvas'])} crops each): every position sees {canvas['context_px']} px "
+                f"every way, at most {100 * canvas['tolerance']:g} % of each layer's influence beyond it; "
+                f"{canvas['pixels_per_image']:.1f}x the crop's pixels per image")
     how = margin["chosen_by"]
     if how == "receptive fields":
         how = (f"chosen from the receptive fields: at most {100 * margin['tolerance']:g} % of each layer's influence "
@@ -237,9 +243,12 @@ def render_reference_table(report: Report) -> "Table | None":
 
     if report.estimator == "mean-feature" or not report.results:
         return None
-    table = Table(title=f"Padding-free reference · margin m={report.margin} · window {report.window} px",
-                  title_justify="left")
-    for header in ("layer", "stride", "reach px", "influence\nbeyond m", "global context\nmatched",
+    canvas = (report.geometry.get("reference") or {}).get("kind") == "canvas"
+    title = (f"Padding-free reference · canvas {report.window} px, {report.geometry['reference']['context_px']} px "
+             "every way" if canvas else f"Padding-free reference · margin m={report.margin} · window {report.window} px")
+    table = Table(title=title, title_justify="left")
+    for header in ("layer", "stride", "reach px", "influence\nbeyond L/2" if canvas else "influence\nbeyond m",
+                   "global context\nmatched",
                    "global context\nnot matched"):
         table.add_column(header, justify="left" if header == "layer" else "right")
     for result in report.results:
