@@ -1,11 +1,12 @@
 """The canvas reference against a window per crop, in one run (docs/performance.md, "The canvas reference").
 
     python benchmarks/canvas_reference.py speed          # ImageNet Lite0 at S=224: defaults vs --reference window
+    python benchmarks/canvas_reference.py speed resnet50  # random init
     python benchmarks/canvas_reference.py agree resnet18 --input-size 128
     python benchmarks/canvas_reference.py agree lite0 --input-size 224
 
-``speed`` audits the offline default (``ppp-audit demo``: ImageNet tf_efficientnet_lite0 from PyPI, native vs
-reflect, N=64, built-in images) twice, with the default reference and with ``--reference window`` (today's margin),
+``speed`` audits a model (default the offline default of ``ppp-audit demo``: ImageNet tf_efficientnet_lite0 from
+PyPI; other names at random init, seed 0), native vs reflect, N=64, built-in images, twice, with the default reference and with ``--reference window`` (today's margin),
 after one set-up of each so that both read their receptive-field profiles from the cache; it prints the loop and
 total seconds, the pixels through the model per crop, which layers are partial, and the strengths per stage.
 
@@ -50,8 +51,10 @@ def _print(label: str, report, seconds: float) -> None:
 
 
 def speed(args: argparse.Namespace) -> None:
-    settings = dict(paddings=["reflect"], num_images=args.num_images, device="cpu", seed=0)
-    configs = {"default": _config("lite0", **settings), "window": _config("lite0", reference="window", **settings)}
+    settings = dict(paddings=["reflect"], num_images=args.num_images, device="cpu", seed=0,
+                    input_size=args.input_size)
+    configs = {"default": _config(args.model, **settings),
+               "window": _config(args.model, reference="window", **settings)}
     for config in configs.values():  # the set-up once each: both read their probes from the cache when timed
         Auditor(config)
     reports = {}

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from .errors import ReportFileError
 from .files import WrittenFiles, atomic_write
 
-SCHEMA_VERSION = "1.10"
+SCHEMA_VERSION = "1.11"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
 ``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
 1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``mist`` (one layer per scheme),
@@ -32,8 +32,11 @@ docs/images.md) and ``geometry.reference_shared``, 1.9 ``data.exif_rotated`` and
 upright by their EXIF orientation, images smaller than the window; both present only when there are any), 1.10
 per-layer ``channel_shares`` (which channels carry the pattern: docs/metrics.md#channels-padding-aware-neurons),
 ``geometry.margin.influence``, and ``data.renderer`` always ``"torch"`` (one renderer for the built-in images on every
-device; a report without it had the NumPy renderer's pictures); readers accept any 1.x and ignore fields they do not
-know (compare versions as numbers: "1.10" follows "1.9")."""
+device; a report without it had the NumPy renderer's pictures), 1.11 ``geometry.reference`` (which padding-free
+reference each audit used: periodic canvases or a window per crop, and its pixels per image; docs/metrics.md#the-
+canvas-reference), ``data.periodic`` (the built-in images drawn as periodic canvases), and confidence intervals whose
+jackknife replicates recompute the mist and noise (narrower, and too narrow, before); readers accept any 1.x and
+ignore fields they do not know (compare versions as numbers: "1.10" follows "1.9")."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 """The names of a report folder's JSON and page (``--out``, ``ppp-audit show``, Hub pushes)."""

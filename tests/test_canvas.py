@@ -170,3 +170,14 @@ def test_canvas_is_refused_where_it_cannot_be_exact(tmp_path):
 def test_unknown_reference_is_one_clear_line():
     with pytest.raises(ConfigError, match="unknown --reference 'tiles'.*use one of auto, canvas, window"):
         AuditConfig(model="resnet18", reference="tiles")
+
+
+def test_canvases_made_on_the_device_give_the_host_s_numbers():
+    """The canvases through the device loader (``--images-on device``: tensor ops in batches; here on the CPU) are
+    the host's pictures, and give the same readings."""
+    host = _box_auditor(num_images=12, paddings=["reflect"], images_on="host").measure()
+    device = _box_auditor(num_images=12, paddings=["reflect"], images_on="device").measure()
+    assert host.reference == device.reference and host.reference["kind"] == "canvas"
+    for one, other in zip(host.results, device.results):
+        for a, b in zip(one.layers, other.layers):
+            assert a.stats.strength == pytest.approx(b.stats.strength, rel=1e-5)

@@ -15,19 +15,22 @@ from ppp_audit.report import Report
 ARGS = ["resnet10t", "--no-pretrained", "--input-size", "64", "-n", "6", "-b", "2", "-p", "reflect", "--device", "cpu"]
 
 
-def test_two_process_gloo_audit_matches_single_process(tmp_path):
+@pytest.mark.parametrize("reference", ["window", "canvas"])  # canvases are sharded whole, their crops with them
+def test_two_process_gloo_audit_matches_single_process(tmp_path, reference):
     out = tmp_path / "dist.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "ppp_audit", *ARGS, "--json", str(out), "--no-progress"]
+           "-m", "ppp_audit", *ARGS, "--reference", reference, "--json", str(out), "--no-progress"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     distributed = Report.load(out)
     assert distributed.timings["processes"] == 2
 
     single = audit(AuditConfig(model="resnet10t", pretrained=False, input_size=64, num_images=6, batch_size=2,
-                               paddings=["reflect"], device="cpu"))
+                               paddings=["reflect"], device="cpu", reference=reference))
     assert distributed.data["num_images"] == single.data["num_images"] == 6
+    assert distributed.geometry["reference"] == single.geometry["reference"]
+    assert single.geometry["reference"]["kind"] == reference
     for d, s in zip(distributed.results, single.results):
         for dl, sl in zip(d.layers, s.layers):
             assert dl.stats.strength == pytest.approx(sl.stats.strength, rel=1e-5, abs=1e-9), (d.scheme, dl.name)

@@ -28,9 +28,10 @@ def _reference_sums(a: torch.Tensor, b: torch.Tensor, groups: int) -> dict[str, 
     delta = a - b
     group = torch.arange(a.shape[0]) % groups
     by_group = lambda x: torch.stack([x[group == g].sum(0) for g in range(groups)])  # noqa: E731
+    total = lambda x: by_group(x.square().flatten(1).sum(1))  # noqa: E731
     return {"count": torch.bincount(group, minlength=groups).double(), "sum_a": by_group(a), "sq_a": a.square().sum(0),
-            "sum_delta": by_group(delta), "sq_delta": delta.square().sum(0), "sum_b": b.sum(0),
-            "sq_b": b.square().sum(0)}
+            "sum_delta": by_group(delta), "sq_delta": delta.square().sum(0), "sum_b": by_group(b),
+            "sq_b": b.square().sum(0), "total_sq_a": total(a), "total_sq_delta": total(delta), "total_sq_b": total(b)}
 
 
 def test_channel_blocks_cover_every_channel_once_and_whole_on_a_gpu_like_device():

@@ -141,9 +141,11 @@ def test_one_row_per_model_and_scheme(sweep):
             assert row["margin"] == report.margin and row["estimator"] == report.estimator
             assert row["padding"] == result.padding and row["last_layer"] == last.name
             assert row["last_strength"] == pytest.approx(last.stats.strength)
-            assert (row["last_strength_low"], row["last_strength_high"]) == pytest.approx(last.stats.strength_ci)
+            # an unbounded interval (a mist the sums cannot resolve: docs/metrics.md) has no upper bound in the table
+            bounds = lambda ci: [None if math.isinf(v) else pytest.approx(v) for v in ci]  # noqa: E731
+            assert [row["last_strength_low"], row["last_strength_high"]] == bounds(last.stats.strength_ci)
             assert row["max_layer"] == top.name and row["max_strength"] == pytest.approx(top.stats.strength)
-            assert (row["max_strength_low"], row["max_strength_high"]) == pytest.approx(top.stats.strength_ci)
+            assert [row["max_strength_low"], row["max_strength_high"]] == bounds(top.stats.strength_ci)
             assert row["extent_px"] == last.stats.extent_px
             assert row["partial_layers"] == sum(layer.reference_partial for layer in result.layers)
             for layer in result.layers:

@@ -182,6 +182,27 @@ def choose_mist_layer(names: Sequence[str], strides: Sequence[float], requested:
     return at_stride[0] if at_stride else names[len(names) // 2]
 
 
+VARIANCE_RESOLUTION = 1e-6
+"""The smallest variance, relative to the mean square, that the float32 batch sums resolve (:func:`leave_out_mean_var`
+floors the jackknife replicates' variances there)."""
+
+
+def leave_out_mean_var(group_sums: Tensor, group_total_sq: Tensor, counts: Tensor, used: Tensor, *,
+                       unresolved: float = 0.0) -> Tensor:
+    """Per leave-a-group-out replicate (one per group ``used``, i.e. holding samples), the variance over samples
+    averaged over positions, ``(Σ x² − Σ_positions (Σ x)² / n') / ((n' − 1) P)`` over the ``n'`` samples left in:
+    from the per-group sums ``(K, *shape)``, the per-group totals of squares over all ``P`` positions ``(K,)`` and
+    the per-group sample counts ``(K,)``. A variance below :data:`VARIANCE_RESOLUTION` of the mean square is the
+    float32 batch sums' rounding, not a measurement: it is given as ``unresolved`` (0 for a noise term, which is then
+    negligible; NaN for a mist, which then cannot scale anything: the interval becomes unbounded, ``_ci``)."""
+    left = counts.sum() - counts[used]
+    sums = group_sums.sum(0) - group_sums[used]
+    squares = group_total_sq.sum() - group_total_sq[used]
+    variance = (squares - sums.square().flatten(1).sum(1) / left) / ((left - 1) * group_sums[0].numel())
+    resolution = VARIANCE_RESOLUTION * squares / (left * group_sums[0].numel())
+    return torch.where(variance > resolution, variance, variance.new_tensor(unresolved))
+
+
 def jackknife(estimates: Tensor, full: Tensor) -> Tensor:
     """Delete-a-group jackknife standard error from per-group leave-out estimates (first dim = groups)."""
     k = estimates.shape[0]
@@ -381,16 +402,23 @@ def batch_moments(a: Tensor, b: Tensor | None, group: Tensor | int, groups: int)
         groups: Number of groups.
 
     Returns:
-        ``sum_a`` and, with a reference, ``sum_delta`` per group (groups, C, h, w); ``sq_a`` and ``sq_delta``,
-        ``sum_b`` and ``sq_b`` over the batch (C, h, w).
+        ``sum_a`` and, with a reference, ``sum_delta`` and ``sum_b`` per group (groups, C, h, w); ``sq_a`` and
+        ``sq_delta`` and ``sq_b`` over the batch (C, h, w); and per group the totals over every position of the
+        squares (``total_sq_a``, ``total_sq_delta``, ``total_sq_b``: (groups,), float64), which the jackknife
+        replicates' variances need (:data:`SCALAR_SUMS`).
     """
     a = a.float()
-    moments = {"sum_a": grouped_sum(a, group, groups), "sq_a": a.square().sum(0)}
+    square_a = a.square()
+    moments = {"sum_a": grouped_sum(a, group, groups), "sq_a": square_a.sum(0),
+               "total_sq_a": grouped_sum(square_a.flatten(1).sum(1, dtype=torch.float64), group, groups)}
     if b is not None:
         b = b.float()
         delta = a - b
-        moments.update(sum_delta=grouped_sum(delta, group, groups), sq_delta=delta.square().sum(0), sum_b=b.sum(0),
-                       sq_b=b.square().sum(0))
+        square_d, square_b = delta.square(), b.square()
+        moments.update(sum_delta=grouped_sum(delta, group, groups), sq_delta=square_d.sum(0),
+                       sum_b=grouped_sum(b, group, groups), sq_b=square_b.sum(0),
+                       total_sq_delta=grouped_sum(square_d.flatten(1).sum(1, dtype=torch.float64), group, groups),
+                       total_sq_b=grouped_sum(square_b.flatten(1).sum(1, dtype=torch.float64), group, groups))
     return moments
 
 
@@ -409,8 +437,13 @@ def grouped_sum(x: Tensor, group: Tensor | int, groups: int) -> Tensor:
     return torch.zeros(groups, *x.shape[1:], device=x.device, dtype=x.dtype).index_add_(0, group, x)
 
 
-GROUPED_SUMS = ("sum_a", "sum_delta")
-"""The sums :func:`batch_moments` keeps per jackknife group (groups, C, h, w); the others are (C, h, w)."""
+GROUPED_SUMS = ("sum_a", "sum_delta", "sum_b")
+"""The sums :func:`batch_moments` keeps per jackknife group (groups, C, h, w); the others are (C, h, w), or
+:data:`SCALAR_SUMS`."""
+SCALAR_SUMS = ("total_sq_a", "total_sq_delta", "total_sq_b")
+"""Per jackknife group, the sums of squares over every position (groups,), float64: with the grouped sums they give
+each leave-a-group-out replicate its own variances (the mist ``σ`` and the debiasing term), so that the interval
+carries their sampling noise too. They join the float64 sums at once (a channel block's part is added to them)."""
 PENDING_ROWS = 64
 """Rows whose per-group sums (:data:`GROUPED_SUMS`, float32 per batch) :class:`PPPAccumulator` adds up in float32
 before they join its float64 sums: those are (K, C, h, w), so adding every batch to them in float64 moved more
@@ -517,13 +550,16 @@ class PPPAccumulator:
             "count": torch.zeros(self.groups, **kw),
             "sum_a": torch.zeros(self.groups, *shape, **kw),
             "sq_a": torch.zeros(shape, **kw),
+            "total_sq_a": torch.zeros(self.groups, **kw),
         }
         if self.with_reference:
             self._sums.update(
                 sum_delta=torch.zeros(self.groups, *shape, **kw),
                 sq_delta=torch.zeros(shape, **kw),
-                sum_b=torch.zeros(shape, **kw),
+                sum_b=torch.zeros(self.groups, *shape, **kw),
                 sq_b=torch.zeros(shape, **kw),
+                total_sq_delta=torch.zeros(self.groups, **kw),
+                total_sq_b=torch.zeros(self.groups, **kw),
             )
         self._new_pending()
 
@@ -572,6 +608,8 @@ class PPPAccumulator:
                                            self.groups).items():
                 if key in GROUPED_SUMS:
                     self._pending[key][:, channels].add_(value)
+                elif key in SCALAR_SUMS:
+                    st[key].add_(value)
                 else:
                     st[key][channels].add_(value)
         self._pending_rows += a.shape[0]
@@ -688,7 +726,13 @@ class PPPAccumulator:
             return energy.clamp_min(0.0).sqrt() / mist_a
 
         mf = float(mf_strength(mean_a, n))
-        mf_ci = _ci(mf, mf_strength(leave_out_means(sum_a), n - counts_g))
+        # each replicate with its own noise and mist, as the Δ strength's below
+        rep_var_a = leave_out_mean_var(sum_a, st["total_sq_a"], counts, used, unresolved=math.nan)
+        rep_centred = leave_out_means(sum_a)
+        rep_centred = rep_centred - rep_centred.mean(dim=(-2, -1), keepdim=True)
+        rep_mf = ((rep_centred.square().flatten(1).mean(1) - shrink * rep_var_a / (n - counts_g)).clamp_min(0.0).sqrt()
+                  / rep_var_a.sqrt())
+        mf_ci = _ci(mf, rep_mf)
 
         stats = LayerStats(
             n=n, stride_px=stride_px, channels=channels, height=height, width=width, strength=None,
@@ -714,17 +758,19 @@ class PPPAccumulator:
             return stats
 
         mean_d, var_d = mean_var(st["sum_delta"].sum(0), st["sq_delta"])
-        mean_b, var_b = mean_var(st["sum_b"], st["sq_b"])
-        mist = var_b.mean().sqrt().clamp_min(1e-300)
+        mean_b, var_b = mean_var(st["sum_b"].sum(0), st["sq_b"])
         reps_d = leave_out_means(st["sum_delta"])
         n_reps = (n - counts_g)
 
-        # The strength of each leave-a-group-out replicate, for its jackknife CI.
-        rep_energy = reps_d.square().flatten(1).mean(1) - var_d.mean() / n_reps
+        # The strength of each leave-a-group-out replicate, for its jackknife CI: its own pattern, and its own mist
+        # and noise (the mist's sampling noise is most of the strength's where the images' contrast varies).
+        rep_energy = reps_d.square().flatten(1).mean(1) - leave_out_mean_var(
+            st["sum_delta"], st["total_sq_delta"], counts, used) / n_reps
+        rep_mist = leave_out_mean_var(st["sum_b"], st["total_sq_b"], counts, used, unresolved=math.nan).sqrt()
         stats.strength = ppp_strength(mean_d, var_d, var_b, n)
         stats.convergence = convergence_curve(st["sum_delta"], counts,
                                               lambda mean, n_k: ppp_strength(mean, var_d, var_b, n_k))
-        stats.strength_ci = _ci(stats.strength, rep_energy.clamp_min(0.0).sqrt() / mist)
+        stats.strength_ci = _ci(stats.strength, rep_energy.clamp_min(0.0).sqrt() / rep_mist)
         energy = debiased_energy(mean_d, var_d, n)
         stats.relative_energy = float(energy.clamp_min(0.0).sqrt() / (st["sq_b"].mean() / n).sqrt().clamp_min(1e-300))
         stats.channel_shares = channel_shares(st["sum_delta"][used], counts_g, var_d, top=self.top_channels)
@@ -778,6 +824,8 @@ def all_finite(x: Tensor) -> Tensor:
 def _ci(estimate: float, replicates: Tensor) -> tuple[float, float]:
     se = jackknife(replicates, replicates.new_tensor(estimate))
     half = t_quantile_975(replicates.shape[0] - 1) * float(se)
+    if not math.isfinite(half):  # a replicate whose mist the sums cannot resolve: no upper bound can be given
+        return 0.0, math.inf
     return max(estimate - half, 0.0), estimate + half
 
 
