@@ -6,8 +6,9 @@
     python benchmarks/canvas_reference.py agree lite0 --input-size 224
 
 ``speed`` audits a model (default the offline default of ``ppp-audit demo``: ImageNet tf_efficientnet_lite0 from
-PyPI; other names at random init, seed 0), native vs reflect, N=64, built-in images, twice, with the default reference and with ``--reference window`` (today's margin),
-after one set-up of each so that both read their receptive-field profiles from the cache; it prints the loop and
+PyPI; other names at random init, seed 0), native vs reflect, N=64, built-in images, twice, with the default
+reference and with ``--reference window`` (the margin it chooses), after one set-up of each so that both read their
+receptive-field profiles from the cache; it prints the loop and
 total seconds, the pixels through the model per crop, which layers are partial, and the strengths per stage.
 
 ``agree`` audits a model (random init, seed 0; ``lite0`` for the ImageNet weights) with the canvas reference and with

@@ -323,7 +323,8 @@ class AuditPlan:
                                     for name, shape in zip(self.layers, self.crop_maps))),
             "schemes: " + ", ".join(f"{name} ({replaced} sites replaced, {left} left)"
                                     for name, replaced, left in self.patched),
-            f"reference: {self._reference()}; mist layer {self.mist_layer}" + (f"; geometry: {'; '.join(self.changes)}" if self.changes else ""),
+            f"reference: {self._reference()}; mist layer {self.mist_layer}"
+            + (f"; geometry: {'; '.join(self.changes)}" if self.changes else ""),
         ]
         return "\n".join(lines)
 

@@ -106,8 +106,10 @@ def render_table(report: Report) -> "Table":
     weights = report.model["weights"]
     if weights.startswith("file:"):
         weights = "file:" + Path(weights[5:]).name
+    reference = report.geometry.get("reference") or {}
+    context = (f"canvas {reference['side']} px" if reference.get("kind") == "canvas" else f"m={report.margin}")
     title = (f"PPP audit · {report.model['name']} ({weights}) · N={report.data['num_images']} "
-             f"{report.data['kind']} · S={report.input_size} m={report.margin}")
+             f"{report.data['kind']} · S={report.input_size} {context}")
     table = Table(title=title, title_justify="left")
     table.add_column("layer")
     table.add_column("stride", justify="right")
@@ -245,7 +247,8 @@ def render_reference_table(report: Report) -> "Table | None":
         return None
     canvas = (report.geometry.get("reference") or {}).get("kind") == "canvas"
     title = (f"Padding-free reference · canvas {report.window} px, {report.geometry['reference']['context_px']} px "
-             "every way" if canvas else f"Padding-free reference · margin m={report.margin} · window {report.window} px")
+             "every way" if canvas else
+             f"Padding-free reference · margin m={report.margin} · window {report.window} px")
     table = Table(title=title, title_justify="left")
     for header in ("layer", "stride", "reach px", "influence\nbeyond L/2" if canvas else "influence\nbeyond m",
                    "global context\nmatched",
