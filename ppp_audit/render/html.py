@@ -142,10 +142,14 @@ def register_section(name: str, title: str, order: int = 100,
     "precision", "estimator", "timings"))
 def _summary(report: "Report", page: Page) -> str:
     data = report.to_dict()
+    canvas = report.geometry.get("reference") or {}
+    geometry = (("crop S / periodic canvas / context", f"{report.input_size} / {canvas['side']} / "
+                 f"{canvas['context_px']} px every way") if canvas.get("kind") == "canvas" else
+                ("crop S / margin m / window", f"{report.input_size} / {report.margin} / {report.window} px"))
     rows = {
         "model": page.shareable(data["model"]),
         "images": page.shareable(data["data"]),
-        "crop S / margin m / window": f"{report.input_size} / {report.margin} / {report.window} px",
+        geometry[0]: geometry[1],
         "seed · device · precision": f"{report.seed} · {report.device} · {report.precision}",
         "estimator": report.estimator,
         "timings": data["timings"],
@@ -182,7 +186,8 @@ def _reference(report: "Report", page: Page) -> str | None:
     table = render_reference_table(report)
     if table is None:
         return None
-    return _render("sections/reference.html", table=_html(rich_table_html(table)))
+    canvas = (report.geometry.get("reference") or {}).get("kind") == "canvas"
+    return _render("sections/reference.html", table=_html(rich_table_html(table)), canvas=canvas)
 
 
 @register_section("strength", "Strength by stage", order=30)

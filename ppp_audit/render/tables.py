@@ -254,14 +254,14 @@ def render_reference_table(report: Report) -> "Table | None":
                    "global context\nmatched",
                    "global context\nnot matched"):
         table.add_column(header, justify="left" if header == "layer" else "right")
-    for result in report.results:
+    for result in report.results if not canvas else ():  # a canvas leaves no layer partial: no second margin
         table.add_column(f"{result.label}\nmoved from m2", justify="right")
     for i, layer in enumerate(report.results[0].layers):
         beyond = layer.influence_beyond_margin
         row = [layer.name + (" *" if layer.reference_partial else ""), f"{layer.stats.stride_px:g}",
                format_number(layer.receptive_radius_px, 4), "–" if beyond is None else f"{100 * beyond:.2g} %",
                str(len(layer.context_matched)), ", ".join(layer.context_unmatched) or "0"]
-        for result in report.results:
+        for result in report.results if not canvas else ():
             change = result.layers[i].margin_change
             row.append("–" if change is None else f"{100 * change:+.0f} %")
         table.add_row(*row)
