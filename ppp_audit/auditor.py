@@ -3,12 +3,14 @@
 An auditor is built from an :class:`~ppp_audit.config.AuditConfig` (and optionally a model built elsewhere). It owns the
 device, the model (built with the config's seed), the feature taps, the geometry (crop ``S``, margin ``m``, window
 ``S + 2m``), the probe input, the patch summary of each scheme, the receptive radii, ``include_pools``, the
-normalisation, and the loop that streams windows through the crop and window passes into the accumulators (with
-Ctrl-C handling and the all-reduce under ``torchrun``). The audit (:mod:`ppp_audit.engine`), fine-tuning
+normalisation, which reference each crop gets (periodic canvases, :mod:`ppp_audit.canvas`, where they are exact
+and complete; else a window per crop), and the loop that streams windows (or canvases) through the crop and
+reference passes into the accumulators (with Ctrl-C handling and the all-reduce under ``torchrun``). The audit (:mod:`ppp_audit.engine`), fine-tuning
 (:mod:`ppp_audit.finetune`), the pytest helpers (:mod:`ppp_audit.testing`) and the baselines all use it, so a setting
 applies to all of them the same way (the padding of pools, the seed of a random-init model, ...).
 
-Data flows one way: model + scheme + windows -> features (crop and window) -> accumulators -> results -> report.
+Data flows one way: model + scheme + windows or canvases -> features (crop and reference) -> accumulators -> results
+-> report.
 """
 
 from __future__ import annotations
@@ -439,8 +441,9 @@ class BatchStep:
 
     def __call__(self, windows: Tensor, scheme: str,
                  window_features: tuple[list[Tensor] | None, list[Tensor] | None] | None = None) -> StepFeatures:
-        """Features of a batch of windows under ``scheme``; ``window_features`` from :meth:`window_features` when the
-        reference is shared, else the window passes run here, under the scheme, with the crop's global context."""
+        """Features of a batch of windows under ``scheme`` (with a canvas: of crops, ``window_features`` their
+        references from :meth:`canvas_pass`); ``window_features`` from :meth:`window_features` when the reference is
+        shared, else the window passes run here, under the scheme, with the crop's global context."""
         auditor, context = self.auditor, self.state.context
         crops = windows if self.canvas is not None else auditor.crop(windows)  # canvas_pass cut them already
         with auditor.patched(scheme, self.state.model), autocast(auditor.device, auditor.config.precision):
