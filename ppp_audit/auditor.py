@@ -6,8 +6,9 @@ device, the model (built with the config's seed), the feature taps, the geometry
 normalisation, which reference each crop gets (periodic canvases, :mod:`ppp_audit.canvas`, where they are exact
 and complete; else a window per crop), and the loop that streams windows (or canvases) through the crop and
 reference passes into the accumulators (with Ctrl-C handling and the all-reduce under ``torchrun``). The audit
-(:mod:`ppp_audit.engine`), fine-tuning (:mod:`ppp_audit.finetune`), the pytest helpers (:mod:`ppp_audit.testing`) and the baselines all use it, so a setting
-applies to all of them the same way (the padding of pools, the seed of a random-init model, ...).
+(:mod:`ppp_audit.engine`), fine-tuning (:mod:`ppp_audit.finetune`), the pytest helpers (:mod:`ppp_audit.testing`)
+and the baselines all use it, so a setting applies to all of them the same way (the padding of pools, the seed of a
+random-init model, ...).
 
 Data flows one way: model + scheme + windows or canvases -> features (crop and reference) -> accumulators -> results
 -> report.
