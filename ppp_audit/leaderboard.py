@@ -63,7 +63,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("tag", "str", "the pretrained tag in the model name (`a1_in1k`); empty without one"),
     Column("params", "int", "parameter count, as the sweep recorded it"),
     Column("input_size", "int", "crop size S (px)"),
-    Column("margin", "int", "context margin m (px)"),
+    Column("margin", "int", "context margin m (px; with a canvas reference (L - S) / 2, L the canvas side)"),
+    Column("reference", "str", "the padding-free reference: `canvas` (periodic canvases), `window` (one per crop) "
+           "or `none` (mean-feature); `window` for reports before schema 1.11"),
     Column("num_images", "int", "N, the images measured"),
     Column("images", "str", "the image source (`dead-leaves`, `folder photos`, `owner/beans (validation)`)"),
     Column("estimator", "str", "`delta` (padded crop minus padding-free window) or `mean-feature`"),
@@ -206,6 +208,8 @@ def scheme_rows(report: Report, record: RunRecord, root: Path | None = None) -> 
         "params": record.params,
         "input_size": report.input_size,
         "margin": report.margin,
+        "reference": (report.geometry.get("reference") or {}).get(
+            "kind", "none" if report.estimator == "mean-feature" else "window"),
         "num_images": report.data.get("num_images"),
         "images": data_label(report.data),
         "estimator": report.estimator,

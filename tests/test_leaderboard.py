@@ -139,6 +139,7 @@ def test_one_row_per_model_and_scheme(sweep):
             assert row["family"] == (family or family_of(report.model["architecture"]))
             assert row["params"] == sweep.params[model] and row["num_images"] == 4 and row["input_size"] == 64
             assert row["margin"] == report.margin and row["estimator"] == report.estimator
+            assert row["reference"] == report.geometry["reference"]["kind"]
             assert row["padding"] == result.padding and row["last_layer"] == last.name
             assert row["last_strength"] == pytest.approx(last.stats.strength)
             # an unbounded interval (a mist the sums cannot resolve: docs/metrics.md) has no upper bound in the table
