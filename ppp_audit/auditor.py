@@ -390,8 +390,7 @@ class BatchStep:
 
     def __init__(self, auditor: "Auditor", state: ModelState, partial: Sequence[bool], *, shared: bool = False,
                  canvas: CanvasPlan | None = None) -> None:
-        self.auditor, self.state, self.canvas = auditor, state, canvas
-        self.shared = shared or canvas is not None
+        self.auditor, self.state, self.canvas, self.shared = auditor, state, canvas, shared
         self.with_reference = auditor.estimator == DELTA
         self.second = auditor.second_margin if self.with_reference and canvas is None else None
         self.partial = [i for i, p in enumerate(partial) if p] if self.second else []
@@ -619,24 +618,12 @@ class Auditor:
         the probe input): a head's pooling after the last tap is not one."""
         if not context.modules:
             return []
-        seen: dict[str, Tensor] = {}
-
-        def keep(name: str, output: object) -> None:
-            if isinstance(output, Tensor) and output.requires_grad:
-                seen[name] = output
-
-        handles = [module.register_forward_hook(lambda m, a, out, name=name: keep(name, out))
-                   for name, module in context.modules.items()]
-        try:
-            with torch.enable_grad():
-                outputs = self.taps(self.probe.clone().requires_grad_(True))
-                if not seen:
-                    return []
-                total = sum(out.float().sum() for out in outputs)
-                grads = torch.autograd.grad(total, list(seen.values()), allow_unused=True)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with torch.enable_grad(), context.watching() as seen:
+            outputs = self.taps(self.probe.clone().requires_grad_(True))
+            if not seen:
+                return []
+            grads = torch.autograd.grad(sum(out.float().sum() for out in outputs), list(seen.values()),
+                                        allow_unused=True)
         return [name for name, grad in zip(seen, grads) if grad is not None]
 
     def _canvas_runs(self, runs_with: MarginCheck, side: int) -> bool:
@@ -748,13 +735,15 @@ class Auditor:
             return {"kind": "none", "why": why_not, "pixels_per_image": 1.0}
         return {"kind": "window", "why": why_not, "pixels_per_image": self.margin_summary()["pixels_per_image"]}
 
-    def canvas_partial(self, state: ModelState | None = None) -> list[bool]:
-        """Per tapped layer of ``state``'s model (default the auditor's), whether more than the tolerance of its
-        influence lies beyond half the canvas (all True without a canvas)."""
-        state = state or self.state
-        if self.canvas is None:
-            return [True] * len(state.influence)
-        return [inf.beyond(self.canvas.side / 2) > self.config.margin_tolerance for inf in state.influence]
+    def canvas_for(self, state: ModelState, source: ImageSource | None) -> CanvasPlan | None:
+        """The auditor's canvases, where they give a measurement of ``state``'s model on ``source`` its reference:
+        the built-in images (``source`` ``None``), and every layer's reach within half the canvas (a fine-tuned
+        copy's may be longer than the audited model's)."""
+        canvas = self.canvas
+        if canvas is None or source is not None:
+            return None
+        holds = all(inf.beyond(canvas.side / 2) <= self.config.margin_tolerance for inf in state.influence)
+        return canvas if holds else None
 
     # -- padding ------------------------------------------------------------------------------------------------------
 
@@ -837,9 +826,7 @@ class Auditor:
         model = state.model
         was_training = model.training
         model.eval().to(device)
-        # the auditor's canvases hold the built-in images' crops, for any model whose reach they hold (a fine-tuned
-        # copy's may be longer)
-        canvas = self.canvas if source is None and not any(self.canvas_partial(state)) else None
+        canvas = self.canvas_for(state, source)
         why_not = None if canvas is not None else self.window_reason or (
             "images given to this measurement" if source is not None else "the model's reach exceeds the canvas")
         partial = [False] * len(state.influence) if canvas is not None else self.partial(state)
@@ -853,7 +840,7 @@ class Auditor:
             images = self._sample(self.image_source() if source is None else source, rank, world)
         source, unreadable, num_images, loader = images.source, images.unreadable, images.num_images, images.loader
 
-        shared = canvas is not None or self.shares_reference(schemes, state)
+        shared = canvas is not None or self.shares_reference(schemes, state)  # the canvas pass is no scheme's
         sums = _Sums.of(self, schemes, state, partial)
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         model.to(memory_format=memory_format)
@@ -962,27 +949,28 @@ class Auditor:
         num_images = min(config.num_images, available) if available else config.num_images
         if num_images < 2:
             raise PPPAuditError(f"only {num_images} image available", "give at least 2 images")
-        if world > 1 and config.baselines:
-            raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
-        if world > num_images:
-            raise PPPAuditError(f"{world} processes for {num_images} images", "use more images than processes")
-        graceful = world == 1 and threading.current_thread() is threading.main_thread()  # Ctrl-C ends the batch
+        graceful = self._split(world, num_images, "images", "use more images than processes")
         dataset = WindowDataset(source, range(rank, num_images, world), self.window)
         return _SampledImages(source, unreadable, num_images, dataset,
                               self.window_loader(dataset, on_device=on_device, graceful=graceful), on_device, graceful)
+
+    def _split(self, world: int, count: int, units: str, hint: str) -> bool:
+        """Refuse a measurement the ``world`` processes cannot share (baselines, fewer ``units`` than processes), and
+        say whether Ctrl-C may end the batch in hand (one process, on the main thread)."""
+        if world > 1 and self.config.baselines:
+            raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
+        if world > count:
+            raise PPPAuditError(f"{world} processes for {count} {units}", hint)
+        return world == 1 and threading.current_thread() is threading.main_thread()
 
     def _sample_canvases(self, canvas: CanvasPlan, rank: int, world: int) -> "_SampledImages":
         """This rank's canvases (every ``world``-th, from ``rank``) and their loader: a batch holds as many canvases
         as hold about ``batch_size`` crops."""
         config = self.config
-        if world > 1 and config.baselines:
-            raise PPPAuditError("baselines run in one process", "run --baselines without torchrun")
-        if world > canvas.num_canvases:
-            raise PPPAuditError(f"{world} processes for {canvas.num_canvases} canvases",
-                                "use more images than processes, or --reference window")
+        graceful = self._split(world, canvas.num_canvases, "canvases",
+                               "use more images than processes, or --reference window")
         on_device = images_on_device(config)
         source = config_source(config, self.info, canvas.side, self.size, periodic=True)
-        graceful = world == 1 and threading.current_thread() is threading.main_thread()  # Ctrl-C ends the batch
         dataset = WindowDataset(source, range(rank, canvas.num_canvases, world), canvas.side)
         loader = self.window_loader(dataset, on_device=on_device, graceful=graceful,
                                     batch_size=max(1, config.batch_size // max(canvas.crops)))

@@ -263,6 +263,24 @@ class ContextMatcher:
             yield
 
     @contextlib.contextmanager
+    def watching(self) -> Iterator[dict[str, Tensor]]:
+        """The outputs of every global module during the block that carry a gradient, by name (filled as the
+        forward pass runs): a gradient from a tapped layer back to one says the layer depends on that module."""
+        seen: dict[str, Tensor] = {}
+
+        def keep(name: str, output: object) -> None:
+            if isinstance(output, Tensor) and output.requires_grad:
+                seen[name] = output
+
+        handles = [module.register_forward_hook(lambda m, a, out, name=name: keep(name, out))
+                   for name, module in self.modules.items()]
+        try:
+            yield seen
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextlib.contextmanager
     def local_only(self) -> Iterator[None]:
         """Detach every matched module's statistics (taken over the whole map) from the autograd graph."""
         with self._replaced(lambda name, dims: Pooling(dims, detach=True)):

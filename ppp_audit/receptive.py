@@ -129,30 +129,23 @@ def _probe(taps: FeatureTaps, window: int, device: torch.device | str, context: 
     x = torch.randn(images, in_chans, window, window, generator=generator).to(device=device, dtype=dtype)
     x.requires_grad_(True)
     local = context.local_only() if context is not None else contextlib.nullcontext()
-    watched = context.modules if context is not None else {}
-    seen: dict[str, Tensor] = {}
-    handles = [module.register_forward_hook(lambda m, a, out, name=name: _keep(seen, name, out))
-               for name, module in watched.items()]
+    watching = context.watching() if context is not None else contextlib.nullcontext({})
     profiles = []
-    try:
-        with torch.enable_grad(), local:
-            outputs = taps(x)
-            names = list(seen)
-            for i, out in enumerate(outputs):
-                h, w = out.shape[-2:]
-                weights = torch.randn(images, out.shape[1], generator=generator).to(out.device, out.dtype).sign()
-                centre = (out[:, :, h // 2, w // 2] * weights).sum()
-                # a module is upstream of the layer when the layer's output has a gradient path back to its output
-                grads = torch.autograd.grad(centre, [x, *(seen[n] for n in names)], retain_graph=i < len(outputs) - 1,
-                                            allow_unused=True)
-                # (window, window), reduced on the device; the profile is made on the host, in float64
-                mass = grads[0].detach().abs().sum((0, 1)).cpu().double()
-                upstream = tuple(n for n, g in zip(names, grads[1:]) if g is not None)
-                centre_px = ((h // 2 + 0.5) * window / h, (w // 2 + 0.5) * window / w)
-                profiles.append(dataclasses.replace(_profile(mass, centre_px, window), upstream=upstream))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.enable_grad(), local, watching as seen:
+        outputs = taps(x)
+        names = list(seen)
+        for i, out in enumerate(outputs):
+            h, w = out.shape[-2:]
+            weights = torch.randn(images, out.shape[1], generator=generator).to(out.device, out.dtype).sign()
+            centre = (out[:, :, h // 2, w // 2] * weights).sum()
+            # a module is upstream of the layer when the layer's output has a gradient path back to its output
+            grads = torch.autograd.grad(centre, [x, *(seen[n] for n in names)], retain_graph=i < len(outputs) - 1,
+                                        allow_unused=True)
+            # (window, window), reduced on the device; the profile is made on the host, in float64
+            mass = grads[0].detach().abs().sum((0, 1)).cpu().double()
+            upstream = tuple(n for n, g in zip(names, grads[1:]) if g is not None)
+            centre_px = ((h // 2 + 0.5) * window / h, (w // 2 + 0.5) * window / w)
+            profiles.append(dataclasses.replace(_profile(mass, centre_px, window), upstream=upstream))
     return profiles
 
 
@@ -179,11 +172,6 @@ def _is_record(record: object, window: int) -> bool:
     numbers_ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                      for v in [radius, *share])
     return numbers_ok and all(isinstance(name, str) for name in upstream)
-
-
-def _keep(seen: dict[str, Tensor], name: str, output: object) -> None:
-    if isinstance(output, Tensor) and output.requires_grad:
-        seen[name] = output
 
 
 def _profile(mass: Tensor, centre: tuple[float, float], window: int) -> Influence:

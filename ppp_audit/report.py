@@ -444,6 +444,13 @@ class Report:
             raise ValueError("a report needs at least one scheme result")
 
     @property
+    def canvas(self) -> dict[str, Any] | None:
+        """``geometry.reference`` when the reference came from periodic canvases (``None``: a window per crop, the
+        mean-feature estimator, or a report before schema 1.11)."""
+        reference = self.geometry.get("reference") or {}
+        return reference if reference.get("kind") == "canvas" else None
+
+    @property
     def window(self) -> int:
         return self.input_size + 2 * self.margin
 

@@ -183,8 +183,8 @@ def choose_mist_layer(names: Sequence[str], strides: Sequence[float], requested:
 
 
 VARIANCE_RESOLUTION = 1e-6
-"""The smallest variance, relative to the mean square, that the float32 batch sums resolve (:func:`leave_out_mean_var`
-floors the jackknife replicates' variances there)."""
+"""The smallest variance, relative to the mean square, that the float32 batch sums resolve (below it
+:func:`leave_out_mean_var` gives a jackknife replicate's variance as unresolved)."""
 
 
 def leave_out_mean_var(group_sums: Tensor, group_total_sq: Tensor, counts: Tensor, used: Tensor, *,
@@ -718,21 +718,15 @@ class PPPAccumulator:
         sum_a = st["sum_a"]
         mean_a, var_a = mean_var(sum_a.sum(0), st["sq_a"])
         shrink = 1.0 - 1.0 / (height * width)  # removing the spatial mean also removes that share of the noise
-        mist_a = var_a.mean().sqrt().clamp_min(1e-300)
-
-        def mf_strength(mean: Tensor, n_eff: Tensor | float) -> Tensor:
+        def mf_strength(mean: Tensor, n_eff: Tensor | float, noise: Tensor = var_a.mean()) -> Tensor:
             centred = mean - mean.mean(dim=(-2, -1), keepdim=True)
-            energy = centred.square().flatten(-3).mean(-1) - shrink * var_a.mean() / n_eff
-            return energy.clamp_min(0.0).sqrt() / mist_a
+            energy = centred.square().flatten(-3).mean(-1) - shrink * noise / n_eff
+            return energy.clamp_min(0.0).sqrt() / noise.sqrt().clamp_min(1e-300)
 
         mf = float(mf_strength(mean_a, n))
         # each replicate with its own noise and mist, as the Δ strength's below
-        rep_var_a = leave_out_mean_var(sum_a, st["total_sq_a"], counts, used, unresolved=math.nan)
-        rep_centred = leave_out_means(sum_a)
-        rep_centred = rep_centred - rep_centred.mean(dim=(-2, -1), keepdim=True)
-        rep_mf = ((rep_centred.square().flatten(1).mean(1) - shrink * rep_var_a / (n - counts_g)).clamp_min(0.0).sqrt()
-                  / rep_var_a.sqrt())
-        mf_ci = _ci(mf, rep_mf)
+        mf_ci = _ci(mf, mf_strength(leave_out_means(sum_a), n - counts_g,
+                                    leave_out_mean_var(sum_a, st["total_sq_a"], counts, used, unresolved=math.nan)))
 
         stats = LayerStats(
             n=n, stride_px=stride_px, channels=channels, height=height, width=width, strength=None,

@@ -106,8 +106,7 @@ def render_table(report: Report) -> "Table":
     weights = report.model["weights"]
     if weights.startswith("file:"):
         weights = "file:" + Path(weights[5:]).name
-    reference = report.geometry.get("reference") or {}
-    context = (f"canvas {reference['side']} px" if reference.get("kind") == "canvas" else f"m={report.margin}")
+    context = f"canvas {report.canvas['side']} px" if report.canvas else f"m={report.margin}"
     title = (f"PPP audit · {report.model['name']} ({weights}) · N={report.data['num_images']} "
              f"{report.data['kind']} · S={report.input_size} {context}")
     table = Table(title=title, title_justify="left")
@@ -198,8 +197,8 @@ def margin_note(report: Report) -> str | None:
     margin = report.geometry.get("margin") or {}
     if report.estimator == "mean-feature" or not margin:
         return None
-    canvas = report.geometry.get("reference") or {}
-    if canvas.get("kind") == "canvas":
+    canvas = report.canvas
+    if canvas:
         return (f"reference from periodic canvases of {canvas['side']} px ({canvas['canvases']} canvases, up to "
                 f"{max(canvas['crops_per_canvas'])} crops each): every position sees {canvas['context_px']} px "
                 f"every way, at most {100 * canvas['tolerance']:g} % of each layer's influence beyond it; "
@@ -245,10 +244,9 @@ def render_reference_table(report: Report) -> "Table | None":
 
     if report.estimator == "mean-feature" or not report.results:
         return None
-    canvas = (report.geometry.get("reference") or {}).get("kind") == "canvas"
-    title = (f"Padding-free reference · canvas {report.window} px, {report.geometry['reference']['context_px']} px "
-             "every way" if canvas else
-             f"Padding-free reference · margin m={report.margin} · window {report.window} px")
+    canvas = report.canvas is not None
+    title = (f"Padding-free reference · canvas {report.window} px, {report.canvas['context_px']} px every way"
+             if canvas else f"Padding-free reference · margin m={report.margin} · window {report.window} px")
     table = Table(title=title, title_justify="left")
     for header in ("layer", "stride", "reach px", "influence\nbeyond L/2" if canvas else "influence\nbeyond m",
                    "global context\nmatched",
