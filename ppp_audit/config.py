@@ -469,7 +469,8 @@ class FinetuneConfig:
         False, help="Repair PPP: also train the padded crop's features to match the original model's features of the "
         "whole window (docs/repair.md); without --padding the native padding is kept.", flags=("--repair",),
         panel=_FT, types=(bool,))
-    repair_weight: float = setting(1.0, help="Weight λ of the repair's consistency term.", metavar="λ", panel=_FT,
+    # 30: chosen from a measured sweep of λ ∈ {1, 3, 10, 30, 100} (docs/repair.md, "Choosing the defaults")
+    repair_weight: float = setting(30.0, help="Weight λ of the repair's consistency term.", metavar="λ", panel=_FT,
                                    types=(int, float), minimum=0)
     repair_layers: list[str] | None = setting(
         None, help="Comma-separated audited layers the repair covers (default: all audited layers).",

@@ -113,13 +113,17 @@ class ConsistencyTerm:
 @torch.no_grad()
 def tiling_consistency(taps: FeatureTaps, crops: Iterable[tuple[Tensor, Tensor]], *, normalise: Normalise,
                        device: torch.device, precision: str = "fp32", tiles: int = TILES) -> list[float | None]:
-    """Per tapped layer, ``RMS(f(x) - stitch(f(tiles of x))) / RMS(f(x))`` over the held-out images ``crops``.
+    """Per tapped layer, ``RMS(f(x) - stitch(f(tiles of x))) / RMS(σ)`` over the held-out images ``crops``.
 
     Each image is cut into ``tiles x tiles`` non-overlapping tiles, each tile runs through the model on its own (its
     padding where the crop had neighbours), and the tiles' feature maps are stitched back together: a model whose
-    features depend only on pixels within their tile gives 0. ``None`` for a layer whose tile maps do not tile the
-    crop's map (the tile side is no multiple of the layer's stride); all ``None`` when the padding cannot pad the
-    tiles' smaller maps (``reflect`` of a 1 x 1 map).
+    features depend only on pixels within their tile gives 0. The seams' error is measured against ``σ``, the spread
+    of ``f(x)`` over the images at each channel and position (sample variance, averaged over the map: the unit of PPP
+    strength, docs/metrics.md), not against ``f``'s own RMS: a feature map that grows a content-independent part
+    (its mean over images) would otherwise look more consistent without its seams changing (docs/repair.md).
+    ``None`` for a layer whose tile maps do not tile the crop's map (the tile side is no multiple of the layer's
+    stride) or whose features do not vary over the images; all ``None`` with fewer than two images, or when the
+    padding cannot pad the tiles' smaller maps (``reflect`` of a 1 x 1 map).
 
     Args:
         taps: Taps of the model as it is to be measured (patched by the caller where needed).
@@ -132,8 +136,10 @@ def tiling_consistency(taps: FeatureTaps, crops: Iterable[tuple[Tensor, Tensor]]
         tiles: Tiles per side.
     """
     squared_error: list[float] = []
-    energy: list[float] = []
+    sums: list[Tensor] = []  # per element: Σ f and Σ f² over the images (float64), for σ
+    squares: list[Tensor] = []
     fits: list[bool] = []
+    count = 0
     for pixels, _ in crops:
         x = normalise(pixels)
         side = x.shape[-1] // tiles
@@ -148,16 +154,23 @@ def tiling_consistency(taps: FeatureTaps, crops: Iterable[tuple[Tensor, Tensor]]
             fits = [all(tiled[i][j][k].shape[-2:] == (f.shape[-2] // tiles, f.shape[-1] // tiles)
                         for i in range(tiles) for j in range(tiles)) and f.shape[-1] % tiles == 0
                     for k, f in enumerate(whole)]
-            squared_error, energy = [0.0] * len(whole), [0.0] * len(whole)
+            squared_error = [0.0] * len(whole)
+            sums = [torch.zeros(f.shape[1:], dtype=torch.float64, device=f.device) for f in whole]
+            squares = [torch.zeros_like(total) for total in sums]
+        count += len(x)
         for k, f in enumerate(whole):
             if not fits[k]:
                 continue
             stitched = torch.cat([torch.cat([tiled[i][j][k] for j in range(tiles)], dim=-1) for i in range(tiles)],
                                  dim=-2)
             squared_error[k] += float((f - stitched).double().square().sum())
-            energy[k] += float(f.double().square().sum())
-    return [float((error / e) ** 0.5) if fit and e > 0 else None
-            for fit, error, e in zip(fits, squared_error, energy)]
+            sums[k] += f.double().sum(0)
+            squares[k] += f.double().square().sum(0)
+    out: list[float | None] = []
+    for fit, error, total, square in zip(fits, squared_error, sums, squares):
+        spread = float(((square - total.square() / count) / (count - 1)).clamp_min(0.0).mean()) if count > 1 else 0.0
+        out.append(float((error / (count * total.numel()) / spread) ** 0.5) if fit and spread > 0 else None)
+    return out
 
 
 __all__ = ["ConsistencyTerm", "TILES", "tiling_consistency"]

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from .errors import ReportFileError
 from .files import WrittenFiles, atomic_write
 
-SCHEMA_VERSION = "1.11"
+SCHEMA_VERSION = "1.12"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
 ``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
 1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``mist`` (one layer per scheme),
@@ -35,7 +35,9 @@ per-layer ``channel_shares`` (which channels carry the pattern: docs/metrics.md#
 device; a report without it had the NumPy renderer's pictures), 1.11 ``geometry.reference`` (which padding-free
 reference each audit used: periodic canvases or a window per crop, and its pixels per image; docs/metrics.md#the-
 canvas-reference), ``data.periodic`` (the built-in images drawn as periodic canvases), and confidence intervals whose
-jackknife replicates recompute the mist and noise (narrower, and too narrow, before); readers accept any 1.x and
+jackknife replicates recompute the mist and noise (narrower, and too narrow, before), 1.12 a repair's tiling
+consistency in units of the features' spread over the images (``RMS(σ)``; before, of their own RMS, which a
+content-independent part of the features lowered: docs/repair.md); readers accept any 1.x and
 ignore fields they do not know (compare versions as numbers: "1.10" follows "1.9")."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -903,9 +905,9 @@ class FinetuneResult(_HeadlineScores):
 
     A repair (``settings["repair"]``, docs/repair.md) also holds the consistency term of its steps
     (``consistency_loss``, downsampled as ``train_loss``), the tiling consistency per layer of the model before and
-    after it (``tiling_before``/``tiling_after``: ``RMS(f(x) - stitched tiles) / RMS(f(x))`` on the held-out crops,
-    ``None`` where tiles do not fit), and with ``--repair-compare`` the plain fine-tune of the same budget
-    (``plain``, a :class:`FinetuneResult` of its own).
+    after it (``tiling_before``/``tiling_after``: ``RMS(f(x) - stitched tiles) / RMS(σ)`` on the held-out images,
+    ``σ`` the features' spread over them; ``None`` where tiles do not fit), and with ``--repair-compare`` the plain
+    fine-tune of the same budget (``plain``, a :class:`FinetuneResult` of its own).
     """
 
     steps: int

@@ -122,7 +122,7 @@ def test_report_json_round_trip(lite0_reports, tmp_path):
     path = report.save(tmp_path / "r" / "report.json")
     assert Report.load(path.parent) == report
     data = report.to_dict()
-    assert data["schema_version"] == "1.11" and data["window"] == 224 + 2 * data["margin"]
+    assert data["schema_version"] == "1.12" and data["window"] == 224 + 2 * data["margin"]
     assert data["geometry"]["margin"]["chosen_by"] == "receptive fields" and data["margin"] % 32 == 0
     assert data["results"][0]["patch"]["native_padding"] == "zeros"
 
@@ -132,7 +132,7 @@ def test_report_rejects_a_newer_major_schema_and_reads_a_newer_minor(lite0_repor
     data["schema_version"] = "2.0"
     with pytest.raises(ValueError, match="upgrade ppp-audit"):
         Report.from_dict(data)
-    data.update(schema_version="1.11", field_from_the_future={"x": 1})
+    data.update(schema_version="1.13", field_from_the_future={"x": 1})
     assert Report.from_dict(data).results == lite0_reports[0].results
 
 

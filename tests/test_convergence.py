@@ -92,7 +92,7 @@ def _report(with_convergence: bool) -> Report:
 def test_json_round_trip_and_type_check():
     report = _report(with_convergence=True)
     data = json.loads(report.to_json())
-    assert data["schema_version"] == SCHEMA_VERSION == "1.11"
+    assert data["schema_version"] == SCHEMA_VERSION == "1.12"
     layer = data["results"][0]["layers"][0]
     assert [len(point) for point in layer["convergence"]] == [2, 2, 2, 2]
     check_report_dict(data)
@@ -116,7 +116,7 @@ def test_a_1_4_report_without_the_fields_still_loads():
 
 def test_per_layer_fields_of_a_newer_1_x_are_ignored():
     data = json.loads(_report(with_convergence=True).to_json())
-    data["schema_version"] = "1.11"
+    data["schema_version"] = "1.13"
     data["results"][0]["layers"][0]["from_the_future"] = [1, 2, 3]
     expected = _report(with_convergence=True).results[0].layers[0].stats
     assert Report.from_dict(data).results[0].layers[0].stats == expected

@@ -1,6 +1,8 @@
 """Known answers of the tiling consistency (ppp_audit/repair.py, issue #28): a model whose features never reach across
 a tile's border tiles to 0; a model whose padding gives a tile exactly what its neighbours would tiles to 0 where its
-zero-padded twin does not; a planted border bias tiles worse exactly in proportion to its size."""
+zero-padded twin does not; a planted border bias tiles worse exactly in proportion to its size, measured in the spread
+of the features over the images; and a content-independent part added to the features changes nothing (the measure
+that divided by the features' own RMS rewarded it: docs/repair.md)."""
 
 from __future__ import annotations
 
@@ -63,5 +65,32 @@ def test_a_planted_border_bias_tiles_worse_exactly_in_proportion(amplitude):
     whole = BorderBias(1.0, rings, 0.0).mask(SIDE, SIDE)
     tiles = BorderBias(1.0, rings, 0.0).mask(SIDE // 2, SIDE // 2).repeat(2, 2)
     seam = int((tiles - whole).clamp_min(0).sum())  # positions biased in the tiles, not in the whole image
-    expected = (amplitude**2 * seam * features.shape[0] * features.shape[1] / float(features.double().square().sum()))
-    assert measured == pytest.approx(expected**0.5, rel=1e-5)
+    spread = float(features.double().var(0).mean())  # the bias is the same on every image: σ does not hold it
+    assert measured == pytest.approx((amplitude**2 * seam / SIDE**2 / spread) ** 0.5, rel=1e-5)
+
+
+class Shift(nn.Module):
+    """Adds ``scale`` times a fixed, content-independent map to its input (a mean over images grown in training)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * torch.ones_like(x[:1])
+
+
+def test_a_content_independent_part_of_the_features_changes_nothing():
+    torch.manual_seed(0)
+    zero_padded = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    values = [_consistency(nn.Sequential(zero_padded, Shift(scale)), _images(), ["1"])[0] for scale in (0.0, 50.0)]
+    assert values[0] > 0.05  # the seams are there
+    assert values[1] == pytest.approx(values[0], rel=1e-4)  # and a constant on top neither hides nor grows them
+
+
+def test_features_that_do_not_vary_over_the_images_have_no_tiling_reading():
+    constant = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Shift(1.0))
+    with torch.no_grad():
+        constant[0].weight.zero_()
+    assert _consistency(constant, _images(), ["1"]) == [None]
+    assert _consistency(nn.Conv2d(3, 4, 3, padding=1), _images(count=1), [""])[0] is None

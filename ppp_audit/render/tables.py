@@ -333,10 +333,15 @@ def render_finetune_table(report: Report) -> "Table | None":
             next((r.finetune.tiling_before for r in tuned if r.scheme == NATIVE), None)))]
         row += [format_number(FinetuneResult.last_tiling(tiling)) for *_, tiling in columns]
         table.add_row(*row)
+    # What a step cost: a repair's also runs the original model on the whole window (docs/repair.md).
+    row = ["seconds per training step", "", ""]
+    row += [f"{scores.seconds / scores.steps:.2f}" if isinstance(scores, FinetuneResult) and scores.steps else ""
+            for _, _, scores, *_ in columns]
+    table.add_row(*row)
     table.caption = ("strength = RMS(P) / RMS(σ) ± 95% CI on held-out images; agreement and loss are against the "
                      "original (unpatched) model's logits"
-                     + ("; tiling consistency = RMS(f(crop) - f(2×2 tiles stitched)) / RMS(f(crop)), last layer that "
-                        "tiles (docs/repair.md)" if repaired else ""))
+                     + ("; tiling consistency = RMS(f(image) - f(2×2 tiles stitched)) / RMS(σ), σ the features' spread "
+                        "over the images, last layer that tiles (docs/repair.md)" if repaired else ""))
     table.caption_justify = "left"
     return table
 
