@@ -11,8 +11,8 @@ built-in images, every other setting the default), the first λ with ``--repair-
 same steps, data and seed), and saves each report as ``OUT/lambda-λ.json``. It prints, per λ and for the plain
 fine-tune, the last-stage and max PPP strength, the held-out top-1 agreement and KL loss against the original, the
 tiling consistency of the last stage, and the seconds per training step; and draws the trade-off
-(``OUT/repair_sweep.png``: last-stage strength against agreement, KL loss and tiling consistency, one point per λ, the plain fine-tune and
-the swap marked).
+(``OUT/repair_sweep.png``: last-stage strength against agreement, KL loss and tiling consistency, one point per λ,
+the plain fine-tune and the swap marked).
 
 ``--cost`` times, in one process on the same training batches (default settings, 10 steps each after 2 unmeasured):
 a plain step, a repair step, and the one thing a repair adds that costs, the original model's forward pass over the
