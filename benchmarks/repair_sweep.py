@@ -42,26 +42,25 @@ SCHEME = "reflect"
 def _row(label: str, tune: FinetuneResult) -> dict:
     return {"label": label, "last": tune.last_strength, "max": tune.max_strength,
             "agreement": tune.after["agreement_top1"], "kl": tune.after["distill_loss"],
-            "tiling_last": FinetuneResult.last_tiling(tune.tiling_after), "tiling": tune.tiling_after,
-            "s_per_step": tune.seconds / tune.steps, "strengths": [layer.stats.strength for layer in tune.layers]}
+            "tiling_last": FinetuneResult.last_tiling(tune.tiling_after), "s_per_step": tune.seconds / tune.steps}
 
 
 def _rows(out: Path) -> list[dict]:
-    """The swap, the plain fine-tune and every λ, from the reports saved in ``out`` (λ in order)."""
+    """The swap and the plain fine-tune (from the first report that has one), then every λ in order, from the reports
+    saved in ``out``."""
     reports = sorted(((float(path.stem.split("-", 1)[1]), Report.load(path)) for path in out.glob("lambda-*.json")))
-    rows = []
+    compared, swept = [], []
     for weight, report in reports:
         result = report.scheme(SCHEME)
         tune = result.finetune
-        if tune.plain is not None and not any(row["label"] == "plain" for row in rows):
+        if tune.plain is not None and not compared:
             strengths = [layer.stats.strength for layer in result.layers]
-            rows.append({"label": "swap", "weight": -2, "last": strengths[-1], "max": max(strengths),
+            compared = [{"label": "swap", "last": strengths[-1], "max": max(strengths),
                          "agreement": tune.before["agreement_top1"], "kl": tune.before["distill_loss"],
-                         "tiling_last": FinetuneResult.last_tiling(tune.tiling_before), "tiling": tune.tiling_before,
-                         "s_per_step": None, "strengths": strengths})
-            rows.append({**_row("plain", tune.plain), "weight": -1})
-        rows.append({**_row(f"λ={weight:g}", tune), "weight": weight})
-    return sorted(rows, key=lambda row: row.get("weight", -1))  # the swap and the plain fine-tune first
+                         "tiling_last": FinetuneResult.last_tiling(tune.tiling_before), "s_per_step": None},
+                        _row("plain", tune.plain)]
+        swept.append({**_row(f"λ={weight:g}", tune), "weight": weight})
+    return compared + swept
 
 
 def _print(rows: list[dict]) -> None:
@@ -81,7 +80,7 @@ def _figure(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    swept = [row for row in rows if row["weight"] >= 0]
+    swept = [row for row in rows if "weight" in row]
     for axis, key, name in zip(axes, ("agreement", "kl", "tiling_last"),
                                ("held-out top-1 agreement with the original (steps of 1/N)",
                                 "held-out KL loss against the original (lower: closer)",

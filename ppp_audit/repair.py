@@ -13,8 +13,8 @@ machinery: the auditor's taps on the original model, :func:`~ppp_audit.auditor.f
 and its :class:`~ppp_audit.context.ContextMatcher` (global modules pool over the crop's footprint in the window pass),
 so the reference is the one the audit measures PPP against.
 
-:func:`tiling_consistency` is the downstream check: how far the features of a crop differ from the same positions
-stitched from non-overlapping tiles of it (the seams of tiled inference).
+:func:`tiling_consistency` (over :func:`tiled_features`) is the downstream check: how far the features of a crop
+differ from the same positions stitched from non-overlapping tiles of it (the seams of tiled inference).
 """
 
 from __future__ import annotations
@@ -110,6 +110,28 @@ class ConsistencyTerm:
                    for name in self.layers if name in captured)
 
 
+def tiled_features(taps: FeatureTaps, x: Tensor, tiles: int = TILES) -> tuple[list[Tensor], list[Tensor | None]]:
+    """Per tapped layer, the features (float32) of the normalised images ``x``, and the same maps stitched together
+    from ``x``'s ``tiles x tiles`` non-overlapping tiles, each run through the model on its own (``None`` where the
+    tiles' maps do not tile ``x``'s: the tile side is no multiple of the layer's stride).
+
+    Raises:
+        PaddingShapeError: The padding cannot pad the tiles' smaller maps (``reflect`` of a 1 x 1 map).
+    """
+    side = x.shape[-1] // tiles
+    whole = [f.float() for f in taps(x)]
+    tiled = [[[f.float() for f in taps(x[..., i * side:(i + 1) * side, j * side:(j + 1) * side])]
+              for j in range(tiles)] for i in range(tiles)]
+    stitched: list[Tensor | None] = []
+    for k, f in enumerate(whole):
+        tile_map = (f.shape[-2] // tiles, f.shape[-1] // tiles)
+        fits = f.shape[-1] % tiles == 0 and all(tiled[i][j][k].shape[-2:] == tile_map
+                                               for i in range(tiles) for j in range(tiles))
+        stitched.append(torch.cat([torch.cat([tiled[i][j][k] for j in range(tiles)], dim=-1) for i in range(tiles)],
+                                  dim=-2) if fits else None)
+    return whole, stitched
+
+
 @torch.no_grad()
 def tiling_consistency(taps: FeatureTaps, crops: Iterable[tuple[Tensor, Tensor]], *, normalise: Normalise,
                        device: torch.device, precision: str = "fp32", tiles: int = TILES) -> list[float | None]:
@@ -141,29 +163,21 @@ def tiling_consistency(taps: FeatureTaps, crops: Iterable[tuple[Tensor, Tensor]]
     fits: list[bool] = []
     count = 0
     for pixels, _ in crops:
-        x = normalise(pixels)
-        side = x.shape[-1] // tiles
         with autocast(device, precision):
-            whole = [f.float() for f in taps(x)]
             try:
-                tiled = [[[f.float() for f in taps(x[..., i * side:(i + 1) * side, j * side:(j + 1) * side])]
-                          for j in range(tiles)] for i in range(tiles)]
+                whole, stitched = tiled_features(taps, normalise(pixels), tiles)
             except PaddingShapeError:
-                return [None] * len(whole)
+                return [None] * len(taps.names)
         if not fits:
-            fits = [all(tiled[i][j][k].shape[-2:] == (f.shape[-2] // tiles, f.shape[-1] // tiles)
-                        for i in range(tiles) for j in range(tiles)) and f.shape[-1] % tiles == 0
-                    for k, f in enumerate(whole)]
+            fits = [maps is not None for maps in stitched]
             squared_error = [0.0] * len(whole)
             sums = [torch.zeros(f.shape[1:], dtype=torch.float64, device=f.device) for f in whole]
             squares = [torch.zeros_like(total) for total in sums]
-        count += len(x)
-        for k, f in enumerate(whole):
-            if not fits[k]:
+        count += len(pixels)
+        for k, (f, maps) in enumerate(zip(whole, stitched)):
+            if maps is None:
                 continue
-            stitched = torch.cat([torch.cat([tiled[i][j][k] for j in range(tiles)], dim=-1) for i in range(tiles)],
-                                 dim=-2)
-            squared_error[k] += float((f - stitched).double().square().sum())
+            squared_error[k] += float((f - maps).double().square().sum())
             sums[k] += f.double().sum(0)
             squares[k] += f.double().square().sum(0)
     out: list[float | None] = []
@@ -173,4 +187,4 @@ def tiling_consistency(taps: FeatureTaps, crops: Iterable[tuple[Tensor, Tensor]]
     return out
 
 
-__all__ = ["ConsistencyTerm", "TILES", "tiling_consistency"]
+__all__ = ["ConsistencyTerm", "TILES", "tiled_features", "tiling_consistency"]
