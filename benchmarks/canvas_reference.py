@@ -4,12 +4,15 @@
     python benchmarks/canvas_reference.py speed resnet50  # random init
     python benchmarks/canvas_reference.py agree resnet18 --input-size 128
     python benchmarks/canvas_reference.py agree lite0 --input-size 224
+    python benchmarks/canvas_reference.py speed lite0 --images /tmp/photos --input-size 128   # photo tiles
 
 ``speed`` audits a model (default the offline default of ``ppp-audit demo``: ImageNet tf_efficientnet_lite0 from
 PyPI; other names at random init, seed 0), native vs reflect, N=64, built-in images, twice, with the default
 reference and with ``--reference window`` (the margin it chooses), after one set-up of each so that both read their
 receptive-field profiles from the cache; it prints the loop and
-total seconds, the pixels through the model per crop, which layers are partial, and the strengths per stage.
+total seconds, the pixels through the model per crop, which layers are partial, and the strengths per stage. With
+``--images DIR`` the images are those photos: the default tiles crops inside each photo, the window reference takes
+one crop per photo, both at the border the photos allow.
 
 ``agree`` audits a model (random init, seed 0; ``lite0`` for the ImageNet weights) with the canvas reference and with
 a window whose margin is the whole receptive field (every layer's support radius, on the grid), and prints both
@@ -44,7 +47,9 @@ def _rows(report) -> list[tuple[str, str, float, tuple[float, float], bool]]:
 def _print(label: str, report, seconds: float) -> None:
     reference = report.geometry["reference"]
     print(f"{label}: reference {reference['kind']}"
-          + (f" ({reference['why']})" if reference.get("why") else f" side {reference['side']}")
+          + (f" ({reference['why']})" if reference.get("why") else
+             f" {reference['crops']} crops in {reference['photos']} photos" if reference["kind"] == "photo" else
+             f" side {reference['side']}")
           + f", margin {report.margin}, pixels per crop {reference['pixels_per_image']:.2f}, "
           f"loop {report.timings['loop_s']:.1f} s, total {report.timings['total_s']:.1f} s, wall {seconds:.1f} s")
     for scheme, layer, strength, (low, high), partial in _rows(report):
@@ -53,7 +58,7 @@ def _print(label: str, report, seconds: float) -> None:
 
 def speed(args: argparse.Namespace) -> None:
     settings = dict(paddings=["reflect"], num_images=args.num_images, device="cpu", seed=0,
-                    input_size=args.input_size)
+                    input_size=args.input_size, images=args.images)
     configs = {"default": _config(args.model, **settings),
                "window": _config(args.model, reference="window", **settings)}
     for config in configs.values():  # the set-up once each: both read their probes from the cache when timed
@@ -97,6 +102,7 @@ def main() -> None:
     parser.add_argument("model", nargs="?", default="lite0")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--num-images", "-n", type=int, default=64)
+    parser.add_argument("--images", default=None, help="a photo folder (speed): tiles against a window per crop")
     args = parser.parse_args()
     speed(args) if args.what == "speed" else agree(args)
 

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         count = min(args.jpeg_images, args.num_images)
         started = time.perf_counter()
-        write_jpegs(Path(folder), count, round(window / info.crop_pct) + 8, device)
+        write_jpegs(Path(folder), count, window + 8, device)  # measured at their own pixels (--photo-scale 1)
         written_s = time.perf_counter() - started
         audited("d_jpeg_folder_on_device", config={"images": folder, "num_images": count})
         rows["d_jpeg_folder_on_device"]["files_written_s"] = written_s

@@ -31,12 +31,13 @@ from torch import Tensor
 from .config import NATIVE, AuditConfig
 from .errors import ConfigError, FeatureError, ImageSourceError, NothingToPatchError, PPPAuditError
 from .images import (
-    DeadLeavesSource, DeviceLoader, ImageLoader, ImageSource, IndexedSource, SampledSource, WindowCache, WindowDataset,
-    image_loader, image_source, made_on_device, random_sample, skipped_image, too_few_images,
+    DeadLeavesSource, DeviceLoader, ImageLoader, ImageSource, IndexedSource, SampledSource, TileDataset, WindowCache,
+    WindowDataset, image_loader, image_source, made_on_device, random_sample, sample_photos, skipped_image,
+    too_few_images,
 )
-from .canvas import CanvasPlan, canvas_probe_side, cut_blocks, cut_crops, plan_canvas
+from .canvas import CanvasPlan, PhotoTiles, canvas_probe_side, cut_blocks, cut_crops, plan_canvas, tile_photos
 from .context import ContextMatcher
-from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_stride, map_offset
+from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_stride, map_offset, on_grid
 from .margin import MarginPlan, plan_margin, probe_window
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments
 from .models import FeatureTaps, ModelInfo, build_model, no_padding_error
@@ -90,15 +91,14 @@ def window_cache_bytes(device: torch.device) -> int:
     return 2**30
 
 
-def config_source(config: AuditConfig, info: ModelInfo, window: int, crop: int | None = None, *,
-                  periodic: bool = False) -> ImageSource:
-    """The images ``config`` names, resized so a ``window`` crop matches the model's data config (``crop_pct``), or
+def config_source(config: AuditConfig, crop: int | None = None, *, periodic: bool = False) -> ImageSource:
+    """The images ``config`` names, every photo at its one ``photo_scale`` (whatever the model and the margin), or
     the built-in dead-leaves images seeded with ``config.seed``, their statistics set in pixels for a ``crop`` px
-    crop (so that the margin does not change what the crop sees; default the window's own size), ``periodic`` for
+    crop (so that the margin does not change what the crop sees; ``None``: each window's own size), ``periodic`` for
     the canvases of :mod:`ppp_audit.canvas`: the same pictures wherever they are made (:func:`images_on_device` says
     where; ``config.compile`` compiles the renderer there)."""
     if config.images:
-        return image_source(config.images, split=config.images_split, resize_short=round(window / info.crop_pct))
+        return image_source(config.images, split=config.images_split, scale=config.photo_scale)
     return DeadLeavesSource(seed=config.seed, scale=crop, compile=config.compile if images_on_device(config) else None,
                             periodic=periodic)
 
@@ -294,6 +294,7 @@ class AuditPlan:
         patched: Per scheme, how many padding sites it replaces and how many it leaves.
         shared_reference: Whether one reference pass (a native window pass, or the canvas pass) serves every scheme.
         canvas: The canvases the reference is cut from (``None``: a window per crop).
+        tiles: The photos' tiles the reference is cut from (``None``: a window per crop).
         mist_layer: The layer whose mist snapshots are kept.
         changes: What the geometry changed in the model to run at these sizes.
     """
@@ -311,6 +312,7 @@ class AuditPlan:
     patched: tuple[tuple[str, int, int], ...]
     shared_reference: bool
     canvas: CanvasPlan | None
+    tiles: PhotoTiles | None
     mist_layer: str
     changes: tuple[str, ...]
 
@@ -336,6 +338,10 @@ class AuditPlan:
         if canvas is not None:
             return (f"periodic canvases of {canvas.side} px ({canvas.num_crops} crops on {canvas.num_canvases}, "
                     f"context {canvas.context} px every way), one circular pass for every scheme")
+        tiles, passes = self.tiles, "one native pass for every scheme" if self.shared_reference else "a pass per scheme"
+        if tiles is not None:
+            return (f"{tiles.num_crops} crops tiled inside {tiles.num_photos} photos (up to {max(tiles.crops)} each, "
+                    f"border {tiles.border} px, scale {tiles.scale:g}), {passes} of each tile")
         return "one native window pass for every scheme" if self.shared_reference else "a window pass per scheme"
 
 
@@ -386,11 +392,15 @@ class BatchStep:
             :meth:`window_features` to each call.
         canvas: The reference comes from canvases laid out so (:mod:`ppp_audit.canvas`): the batches are canvases,
             which :meth:`canvas_pass` turns into crops and their references, shared by every scheme.
+        tiles: The crops are tiled inside photos so (:class:`~ppp_audit.canvas.PhotoTiles`): the batches are tiles
+            holding several crops each (their ``origins`` passed to each call), and each tile is a window to all of
+            its crops.
     """
 
     def __init__(self, auditor: "Auditor", state: ModelState, partial: Sequence[bool], *, shared: bool = False,
-                 canvas: CanvasPlan | None = None) -> None:
+                 canvas: CanvasPlan | None = None, tiles: PhotoTiles | None = None) -> None:
         self.auditor, self.state, self.canvas, self.shared = auditor, state, canvas, shared
+        self.tiles = tiles
         self.with_reference = auditor.estimator == DELTA
         self.second = auditor.second_margin if self.with_reference and canvas is None else None
         self.partial = [i for i, p in enumerate(partial) if p] if self.second else []
@@ -405,7 +415,7 @@ class BatchStep:
         """Per tapped layer, its stride in input pixels (known after the first batch; empty before it)."""
         if self._crop_sides is None:
             return []
-        if not self.with_reference or self.canvas is not None:
+        if not self.with_reference or self.canvas is not None or self.tiles is not None:
             return [self.auditor.size / side for side in self._crop_sides]
         return [self.auditor.margin / offset for offset in self.offsets]
 
@@ -426,7 +436,7 @@ class BatchStep:
             if left or fmap.shape[-2] != fmap.shape[-1] or plan.size % stride:
                 raise FeatureError(f"layer '{name}': canvas features {tuple(fmap.shape[-2:])} are not the canvas "
                                    f"{plan.side} px on a whole stride", "audit it with --reference window")
-            references.append(cut_blocks(fmap, plan, counts, plan.size // stride, stride))
+            references.append(cut_blocks(fmap, [plan.origins(count) for count in counts], plan.size // stride, stride))
         return cut_crops(canvases, plan, counts), (references, None)
 
     def window_features(self, windows: Tensor) -> tuple[list[Tensor] | None, list[Tensor] | None]:
@@ -440,12 +450,19 @@ class BatchStep:
         return full, second
 
     def __call__(self, windows: Tensor, scheme: str,
-                 window_features: tuple[list[Tensor] | None, list[Tensor] | None] | None = None) -> StepFeatures:
+                 window_features: tuple[list[Tensor] | None, list[Tensor] | None] | None = None,
+                 origins: Sequence[Sequence[tuple[int, int]]] | None = None) -> StepFeatures:
         """Features of a batch of windows under ``scheme`` (with a canvas: of crops, ``window_features`` their
-        references from :meth:`canvas_pass`); ``window_features`` from :meth:`window_features` when the reference is
-        shared, else the window passes run here, under the scheme, with the crop's global context."""
+        references from :meth:`canvas_pass`; with tiles: of tiles, whose crops lie at ``origins``, per tile);
+        ``window_features`` from :meth:`window_features` when the reference is shared, else the window passes run
+        here, under the scheme, with the crop's global context."""
         auditor, context = self.auditor, self.state.context
-        crops = windows if self.canvas is not None else auditor.crop(windows)  # canvas_pass cut them already
+        if self.canvas is not None:  # canvas_pass cut them already
+            crops = windows
+        elif origins is not None:
+            crops = cut_blocks(windows, origins, auditor.size, 1)
+        else:
+            crops = auditor.crop(windows)
         with auditor.patched(scheme, self.state.model), autocast(auditor.device, auditor.config.precision):
             with context.recording():  # global modules: the crop's footprint at each depth
                 crop = self.extract(crops)
@@ -462,11 +479,37 @@ class BatchStep:
                     raise FeatureError(f"layer '{name}': the canvas block {tuple(b.shape[-2:])} is not the crop's "
                                        f"map {tuple(a.shape[-2:])}", "audit it with --reference window")
             self.offsets = [0] * len(crop)
+        if origins is not None:
+            return self._tile_blocks(crop, full, second, origins)
         if self.offsets is None:
             self.offsets = [feature_offset(name, a, b) for name, a, b in zip(self.state.taps.names, crop, full)]
         reference = [_block(b, off, a) for off, a, b in zip(self.offsets, crop, full)]
         at_second = {i: _block(second[i], self.offsets[i] * self.second // auditor.margin, crop[i])
                      for i in self.partial}
+        return StepFeatures(crop=crop, reference=reference, second=at_second)
+
+    def _tile_blocks(self, crop: list[Tensor], full: list[Tensor], second: list[Tensor] | None,
+                     origins: Sequence[Sequence[tuple[int, int]]]) -> StepFeatures:
+        """The crops' blocks of their tiles' maps (and of the tiles at the second margin, for the partial layers):
+        a layer of stride ``s`` maps a tile of ``H x W`` px to ``H / s x W / s`` positions (checked at set-up for the
+        tiles' sides), and a crop at input pixel ``(y, x)`` of the tile to the block at ``(y / s, x / s)``."""
+        auditor = self.auditor
+        names = self.state.taps.names
+        reference, at_second = [], {}
+        cut = auditor.margin - self.second if self.second else 0
+        for i, (name, a, b) in enumerate(zip(names, crop, full)):
+            stride, left = divmod(auditor.size, a.shape[-1])
+            if left or a.shape[-2] != a.shape[-1]:
+                raise FeatureError(f"layer '{name}': crop features {tuple(a.shape[-2:])} are not the crop "
+                                   f"{auditor.size} px on a whole stride", "audit it with --reference window")
+            reference.append(cut_blocks(b, origins, a.shape[-1], stride))
+            if i in self.partial:
+                at_second[i] = cut_blocks(second[i], [[(y - cut, x - cut) for y, x in slots] for slots in origins],
+                                          a.shape[-1], stride)
+            if reference[-1].shape != a.shape:
+                raise FeatureError(f"layer '{name}': the tile block {tuple(reference[-1].shape[-2:])} is not the "
+                                   f"crop's map {tuple(a.shape[-2:])}", "audit it with --reference window")
+        self.offsets = self.offsets or [0] * len(crop)
         return StepFeatures(crop=crop, reference=reference, second=at_second)
 
 
@@ -554,19 +597,34 @@ class Auditor:
         runs_with = MarginCheck(self.taps, self.fitted)
         window_probe = self.probe_window = probe_window(self.fitted, runs_with)
         self.canvas_padding = get_padding("circular")
+        self._source: ImageSource | None = None
         refusal = self._canvas_refusal(context, runs_with)
-        if refusal is None:  # the profiles must be known up to half the largest canvas
+        photos = bool(config.images) and self.estimator == DELTA
+        tile_refusal = self._tiles_refusal(context) if photos else None
+        if refusal is None or (photos and tile_refusal is None):  # known up to half the largest canvas or tile
             self.probe_window = max(window_probe, canvas_probe_side(self.size, self.fitted.margin_unit))
         crop_maps = runs_with.runs(self.size)  # the tapped maps of one crop (probed, or read back from the cache)
         self.state = ModelState(model, self.taps, context, self._probe_influence(self.taps, context))
         # The window margin is chosen as without a canvas (whether to choose it, and up to which cap, do not depend
-        # on where the profiles were probed), from profiles measured farther out when a canvas may be used.
-        self.margins = dataclasses.replace(
-            plan_margin(self.fitted, self.state.influence, runs_with, requested=config.margin,
-                        tolerance=config.margin_tolerance, probed_at=window_probe), probe_window=self.probe_window)
+        # on where the profiles were probed), from profiles measured farther out when a canvas may be used; tiles
+        # of photos may take a border up to 2 S, as far as the photos hold one.
+        tile_cap = 2 * on_grid(self.size, self.fitted.margin_unit, "up") if photos and tile_refusal is None else None
+        self.margins = plan_margin(self.fitted, self.state.influence, runs_with, requested=config.margin,
+                                   tolerance=config.margin_tolerance, probed_at=window_probe, cap=tile_cap)
+        self.tiles: PhotoTiles | None = None
+        self.tile_sample: SampledSource | None = None
+        if photos:
+            self.margins, tile_refusal = self._plan_photos(self.margins, tile_refusal, runs_with, window_probe,
+                                                           tile_cap)
+        self.margins = dataclasses.replace(self.margins, probe_window=self.probe_window)
         self.fitted = dataclasses.replace(self.fitted, margin=self.margins.margin)
         self.margin, self.second_margin = self.margins.margin, self.margins.second_margin
         self.canvas, self.window_reason = self._plan_canvas(refusal, runs_with)
+        if photos:  # the canvases are the built-in images'; photos have their tiles
+            self.window_reason = tile_refusal
+            if self.tiles is None and config.reference == "canvas":
+                raise ConfigError(f"--reference canvas cannot tile these photos exactly: {tile_refusal}",
+                                  "use --reference auto (it falls back to a window per crop) or window")
         self.normalise = Normalise(info, self.device)
         self.plan = AuditPlan(
             model=config.model, device=str(self.device), precision=config.precision, estimator=self.estimator,
@@ -577,8 +635,7 @@ class Auditor:
             patched=tuple((scheme, len(summary.patched) if self.paddings[scheme].replaces else 0,
                            len(summary.unpatched)) for scheme, summary in self.summaries.items()),
             shared_reference=self.canvas is not None or self.shares_reference(config.schemes),
-            canvas=self.canvas, mist_layer=self.mist_layer, changes=tuple(self.fitted.changes))
-        self._source: tuple[int, ImageSource] | None = None
+            canvas=self.canvas, tiles=self.tiles, mist_layer=self.mist_layer, changes=tuple(self.fitted.changes))
         self._caches: dict[int, tuple[ImageSource, WindowCache | None]] = {}
 
     def _canvas_refusal(self, context: ContextMatcher, runs_with: MarginCheck) -> str | None:
@@ -591,16 +648,10 @@ class Auditor:
         if config.margin is not None:
             return "--margin sets the window around each crop"
         if config.images:
-            return "photos and datasets are measured in windows (the canvases are drawn periodic)"
-        upstream = self._upstream_context(context)
-        if upstream:
-            return f"global modules ({', '.join(upstream[:2])}) would pool over the whole canvas"
-        embedded = next((name for name, _ in self.model.named_parameters() if "pos_embed" in name
-                         or "relative_position" in name), None)
-        if embedded:
-            return f"position embeddings ({embedded}) tie features to where they are on the canvas"
-        if not all(self.paddings[scheme].keeps_shape for scheme in self.schemes):
-            return "a scheme changes the maps' sizes"
+            return "photos are tiled inside each photo (the canvases are drawn periodic)"
+        shared = self._shared_pass_refusal(context, "canvas")
+        if shared:
+            return shared
         side = canvas_probe_side(self.size, self.fitted.margin_unit)
         if not self._canvas_runs(runs_with, side):
             return f"the model's maps at a {side} px canvas are not its crop maps scaled"
@@ -612,6 +663,74 @@ class Auditor:
             site = circular.unpatched[0]
             return f"padding site '{site.name}' cannot be made circular ({site.reason})"
         return None
+
+    def _shared_pass_refusal(self, context: ContextMatcher, what: str) -> str | None:
+        """Why one pass over a ``what`` (a canvas, a photo's tile) cannot give each of its crops its reference."""
+        upstream = self._upstream_context(context)
+        if upstream:
+            return f"global modules ({', '.join(upstream[:2])}) would pool over the whole {what}"
+        embedded = next((name for name, _ in self.model.named_parameters() if "pos_embed" in name
+                         or "relative_position" in name), None)
+        if embedded:
+            return f"position embeddings ({embedded}) tie features to where they are on the {what}"
+        if not all(self.paddings[scheme].keeps_shape for scheme in self.schemes):
+            return "a scheme changes the maps' sizes"
+        return None
+
+    def _tiles_refusal(self, context: ContextMatcher) -> str | None:
+        """Why the crops of a photo cannot share one tile's pass (``None``: they can, where the model runs at the
+        tiles' sides, checked once they are known)."""
+        if self.config.reference == "window":
+            return "--reference window"
+        return self._shared_pass_refusal(context, "tile")
+
+    def _plan_photos(self, margins: MarginPlan, refusal: str | None, runs_with: MarginCheck, probed_at: int,
+                     cap: int | None) -> tuple[MarginPlan, str | None]:
+        """The margin photos allow, and the tiles of the audit's photos (``self.tiles``; ``None``, and why, where
+        each crop gets a window instead: then one crop per photo, as the windows will be drawn).
+
+        The border is the margin the receptive fields ask for, unless the photos hold less around a crop: then all
+        they hold (the layers it does not cover are partial, as with windows), never a scale changed to make room.
+        """
+        config = self.config
+        source = self.image_source()
+        # at most N // groups crops a photo: at least as many photos as jackknife groups
+        for most in ([max(1, config.num_images // config.groups)] if refusal is None else []) + [1]:
+            tiles = self._tile_sample(source, margins.margin, most)
+            if config.margin is None and tiles.border < margins.margin:  # the photos bound the context
+                margins = plan_margin(self.fitted, self.state.influence, runs_with, requested=None,
+                                      tolerance=config.margin_tolerance, probed_at=probed_at, cap=cap,
+                                      limit=tiles.border)
+                if margins.margin != tiles.border:
+                    tiles = self._tile_sample(source, margins.margin, most, border=margins.margin)
+            if refusal is not None:
+                return margins, refusal
+            borders = [margins.margin] + ([margins.second_margin] if margins.second_margin else [])
+            sides = sorted({side for i in range(tiles.num_photos) for b in borders for side in tiles.shape(i, b)})
+            misfit = next((side for side in sides if not self._canvas_runs(runs_with, side)), None)
+            if misfit is None:
+                self.tiles = tiles
+                return margins, None
+            refusal = f"the model's maps at a {misfit} px tile are not its crop maps scaled"
+        return margins, refusal
+
+    def _tile_sample(self, source: ImageSource, reach: int, most: int, *, border: int | None = None) -> PhotoTiles:
+        """The photos of the audit (``self.tile_sample``) and their tiles: ``most`` crops per photo at most, the
+        border up to ``reach`` (or ``border``, or ``--margin``, exactly)."""
+        config, unit = self.config, self.fitted.margin_unit
+        border = config.margin if config.margin is not None else border
+        least = self.size + 2 * (unit if border is None else border)
+
+        def plan(sizes: Iterator[tuple[int, int]]) -> tuple[PhotoTiles, list[int], int]:
+            tiles, used = tile_photos(sizes, size=self.size, unit=unit, reach=reach, count=config.num_images,
+                                      most=most, scale=config.photo_scale, border=border)
+            return tiles, used, self.size + 2 * tiles.border if used else least
+
+        sample, tiles, ranked = sample_photos(source, config.seed, least, plan,
+                                              skip_unreadable=not config.strict_images)
+        self.tile_sample = sample
+        return dataclasses.replace(tiles, grids=tuple(tiles.grids[k] for k in ranked),
+                                   crops=tuple(tiles.crops[k] for k in ranked))
 
     def _upstream_context(self, context: ContextMatcher) -> list[str]:
         """The global modules some tapped layer depends on (a gradient path from the taps back to their outputs, on
@@ -648,7 +767,7 @@ class Auditor:
             elif (config.reference == "auto" and not any(self.margins.partial)
                   and self.margins.summary()["pixels_per_image"] <= canvas.pixels_per_image):
                 canvas, refusal = None, "a window per crop is complete and costs fewer pixels"
-        if canvas is None and config.reference == "canvas":
+        if canvas is None and config.reference == "canvas" and not config.images:
             raise ConfigError(f"--reference canvas cannot be exact here: {refusal}",
                               "use --reference auto (it falls back to a window per crop) or window")
         return canvas, refusal
@@ -677,17 +796,17 @@ class Auditor:
         return windows[..., m:m + s, m:m + s]
 
     def second_window(self, windows: Tensor) -> Tensor:
-        """The centre ``(S + 2 m2)²`` blocks of a batch of windows, ``m2`` the :attr:`second_margin` (which must be
-        set): the windows of the second, smaller margin measured for partial layers."""
-        cut, side = self.margin - self.second_margin, self.size + 2 * self.second_margin
-        return windows[..., cut:cut + side, cut:cut + side]
+        """A batch of windows (or tiles) with ``m - m2`` px cut off every side, ``m2`` the :attr:`second_margin`
+        (which must be set): the windows of the second, smaller margin measured for partial layers."""
+        cut = self.margin - self.second_margin
+        return windows[..., cut:windows.shape[-2] - cut, cut:windows.shape[-1] - cut]
 
     def image_source(self) -> ImageSource:
-        """The images the config names (resized as the model's data config asks), or the built-in dead leaves; made
-        once per auditor and window size (a folder lists its files once)."""
-        if self._source is None or self._source[0] != self.window:
-            self._source = (self.window, config_source(self.config, self.info, self.window, self.size))
-        return self._source[1]
+        """The images the config names (every photo at the one photo scale), or the built-in dead leaves; made once
+        per auditor (a folder lists its files once)."""
+        if self._source is None:
+            self._source = config_source(self.config, self.size)
+        return self._source
 
     def window_loader(self, dataset: WindowDataset, *, on_device: bool, graceful: bool = False,
                       batch_size: int | None = None) -> ImageLoader | DeviceLoader:
@@ -726,11 +845,15 @@ class Auditor:
         """How the margin was set and what it costs, for the report's ``geometry.margin``."""
         return self.margins.summary(self.state.influence.summary())
 
-    def reference_summary(self, canvas: CanvasPlan | None, why_not: str | None = None) -> dict[str, Any]:
-        """The report's ``geometry.reference``: the canvases that gave it (:meth:`CanvasPlan.summary`), or a window
-        per crop and why (``why_not``), with the pixels through the model per crop either way."""
+    def reference_summary(self, canvas: CanvasPlan | None, why_not: str | None = None,
+                          tiles: PhotoTiles | None = None) -> dict[str, Any]:
+        """The report's ``geometry.reference``: the canvases that gave it (:meth:`CanvasPlan.summary`), the photos'
+        tiles (:meth:`PhotoTiles.summary`), or a window per crop and why (``why_not``), with the pixels through the
+        model per crop either way."""
         if canvas is not None:
             return canvas.summary()
+        if tiles is not None:
+            return tiles.summary(self.second_margin)
         if self.estimator != DELTA:
             return {"kind": "none", "why": why_not, "pixels_per_image": 1.0}
         return {"kind": "window", "why": why_not, "pixels_per_image": self.margin_summary()["pixels_per_image"]}
@@ -827,7 +950,8 @@ class Auditor:
         was_training = model.training
         model.eval().to(device)
         canvas = self.canvas_for(state, source)
-        why_not = None if canvas is not None else self.window_reason or (
+        tiles = self.tiles if source is None else None  # images handed to a measurement get windows
+        why_not = None if canvas is not None or tiles is not None else self.window_reason or (
             "images given to this measurement" if source is not None else "the model's reach exceeds the canvas")
         partial = [False] * len(state.influence) if canvas is not None else self.partial(state)
         rank, world = rank_and_world()
@@ -836,6 +960,8 @@ class Auditor:
 
         if canvas is not None:
             images = self._sample_canvases(canvas, rank, world)
+        elif tiles is not None:
+            images = self._sample_tiles(tiles, rank, world)
         else:
             images = self._sample(self.image_source() if source is None else source, rank, world)
         source, unreadable, num_images, loader = images.source, images.unreadable, images.num_images, images.loader
@@ -844,7 +970,7 @@ class Auditor:
         sums = _Sums.of(self, schemes, state, partial)
         memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
         model.to(memory_format=memory_format)
-        step = BatchStep(self, state, partial, shared=shared, canvas=canvas)
+        step = BatchStep(self, state, partial, shared=shared, canvas=canvas, tiles=tiles)
         with bar, stop_on_ctrl_c(images.graceful) as stop, measuring(device, config.precision,
                                                                      compiled=bool(config.compile)):
             streamed = self._stream(images.loader, schemes, step, sums, bar, stop,
@@ -858,8 +984,9 @@ class Auditor:
         if world > 1:
             measured, skipped = _gather_skipped(measured, skipped)
         skipped.sort(key=lambda item: item[0])
+        tried = len(unreadable) + (tiles.num_photos if tiles is not None else measured)  # images, not crops
         unreadable += [image for _, image in skipped]
-        record = SkippedImages.of(unreadable, tried=len(unreadable) + measured)
+        record = SkippedImages.of(unreadable, tried=tried)
         interrupted = None
         if stop.requested:
             if measured < 2:
@@ -871,7 +998,8 @@ class Auditor:
         measured_source = self.image_source() if canvas is not None else source  # baselines: windows of the law
         if skipped:  # baselines go on with the images that were measured
             left_out = {index for index, _ in skipped}
-            measured_source = IndexedSource(source, [i for i in range(images.num_images) if i not in left_out])
+            items = tiles.num_photos if tiles is not None else images.num_images
+            measured_source = IndexedSource(source, [i for i in range(items) if i not in left_out])
 
         if world > 1:  # every rank's sums, before anything is computed from them
             sums.all_reduce_()
@@ -883,7 +1011,7 @@ class Auditor:
                 **({"images_on": str(device)} if images.on_device else {})}
         return Measurement(results=results, data=data, seconds=streamed.seconds, loop_s=streamed.loop_s,
                            interrupted=interrupted, source=measured_source, skipped=record, reference_shared=shared,
-                           reference=self.reference_summary(canvas, why_not))
+                           reference=self.reference_summary(canvas, why_not, tiles))
 
     def _stream(self, loader: ImageLoader | DeviceLoader, schemes: list[str], step: BatchStep, sums: "_Sums",
                 bar: ProgressReporter, stop: StopRequest, *, check_first: bool,
@@ -900,12 +1028,17 @@ class Auditor:
         running = list(schemes)
         measured = counted_skips = 0
         started = time.perf_counter()
-        canvas = step.canvas
-        total = sum(canvas.crops[i] for i in loader.dataset.indices) if canvas is not None else len(loader.dataset)
+        canvas, tiles = step.canvas, step.tiles
+        crops = canvas.crops if canvas is not None else tiles.crops if tiles is not None else None
+        total = sum(crops[i] for i in loader.dataset.indices) if crops is not None else len(loader.dataset)
         bar.phase(f"measuring {', '.join(schemes)} on {total} images", total=total)
         for indices, batch in loader:
             windows = self.normalise(batch).contiguous(memory_format=memory_format)
-            native_windows = None
+            native_windows = origins = None
+            if tiles is not None:  # tiles: their crops' places; a crop's group is its photo's
+                counts = [tiles.crops[int(i)] for i in indices]
+                origins = [tiles.origins(int(i)) for i in indices]
+                indices = torch.repeat_interleave(torch.as_tensor(indices).cpu(), torch.tensor(counts))
             if canvas is not None:  # canvases -> their crops and references; a crop's group is its canvas's
                 tick = time.perf_counter()
                 counts = [canvas.crops[int(i)] for i in indices]
@@ -919,15 +1052,15 @@ class Auditor:
                 seconds[schemes[0]] += time.perf_counter() - tick
             for scheme in running:
                 tick = time.perf_counter()
-                sums.add(scheme, step(windows, scheme, native_windows), indices)
+                sums.add(scheme, step(windows, scheme, native_windows, origins), indices)
                 seconds[scheme] += time.perf_counter() - tick
-                bar.update(advance=windows.shape[0] / len(running))  # the bar counts images
+                bar.update(advance=len(indices) / len(running))  # the bar counts images (crops)
             if check_first:
                 check_first = False
                 running = [scheme for scheme in running if any(sums.finite(scheme))]
                 if not running:
                     raise _all_non_finite(schemes, on_first_batch=True)
-            measured += windows.shape[0]
+            measured += len(indices)
             bar.update(advance=len(loader.skipped) - counted_skips)  # skipped images are done with, too
             counted_skips = len(loader.skipped)
             if stop.requested:
@@ -970,11 +1103,23 @@ class Auditor:
         graceful = self._split(world, canvas.num_canvases, "canvases",
                                "use more images than processes, or --reference window")
         on_device = images_on_device(config)
-        source = config_source(config, self.info, canvas.side, self.size, periodic=True)
+        source = config_source(config, self.size, periodic=True)
         dataset = WindowDataset(source, range(rank, canvas.num_canvases, world), canvas.side)
         loader = self.window_loader(dataset, on_device=on_device, graceful=graceful,
                                     batch_size=max(1, config.batch_size // max(canvas.crops)))
         return _SampledImages(source, [], canvas.num_crops, dataset, loader, on_device, graceful)
+
+    def _sample_tiles(self, tiles: PhotoTiles, rank: int, world: int) -> "_SampledImages":
+        """This rank's photos (every ``world``-th, from ``rank``: whole photos) and their tiles' loader: a batch
+        holds tiles of one size, as many as hold about ``batch_size`` crops."""
+        config, source = self.config, self.tile_sample
+        graceful = self._split(world, tiles.num_photos, "photos", "use more photos than processes")
+        on_device = images_on_device(config, source)
+        dataset = TileDataset(source, range(rank, tiles.num_photos, world),
+                              [tiles.shape(i) for i in range(tiles.num_photos)])
+        loader = self.window_loader(dataset, on_device=on_device, graceful=graceful,
+                                    batch_size=max(1, config.batch_size // max(tiles.crops)))
+        return _SampledImages(source, list(source.unreadable), tiles.num_crops, dataset, loader, on_device, graceful)
 
     def _scheme_result(self, scheme: str, state: ModelState, partial: list[bool], accumulators: list[PPPAccumulator],
                        at_second: dict[int, PPPAccumulator], strides: list[float],

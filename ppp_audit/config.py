@@ -245,6 +245,9 @@ class AuditConfig:
             audit runs: measurement, baselines, fine-tuning, held-out predictions and saved models.
         baselines: Baselines to run on the same images (``posenet``, ``fconv``, ``uneven``; docs/baselines.md).
         baseline_options: Per-baseline settings, ``{"posenet": {"steps": 500}, "fconv": {"borders": (0, 64)}}``.
+        photo_scale: The one scale of every photo of ``images`` (resized by it, antialiased; ``1``: its own pixels),
+            whatever the model, its ``crop_pct`` and the margin: the crops' content does not change with them
+            (docs/images.md). Recorded as the report's ``data.scale``.
         images_split: Split of an ``hfds/`` dataset (``datasets`` syntax: ``validation``, ``train[:256]``).
         strict_images: Fail on the first image that cannot be read (not an image, truncated, an unsupported mode);
             by default such images are skipped and the report counts and names them.
@@ -324,6 +327,10 @@ class AuditConfig:
         help="Baseline setting NAME.FIELD=VALUE, e.g. posenet.steps=500 or fconv.borders=0,64 (repeatable).",
         metavar="SETTING", flags=("--baseline-option",), cli_name="baseline_option", cli_type=list[str], cli_default=[],
         parse=parse_baseline_options, types=(dict,), default_factory=dict)
+    photo_scale: float = setting(
+        1.0, help="Scale every photo of --images is measured at, the same for every model and margin (1: its own "
+        "pixels; photos are never upscaled).", types=(int, float), above=0, maximum=1,
+        hint="pass a factor such as 0.5 (photos at half their size), or leave it out for their own pixels")
     images_split: str = setting("train", help="Split of an hfds/ dataset (datasets syntax: validation, train[:256]).",
                                 types=(str,))
     strict_images: bool = setting(

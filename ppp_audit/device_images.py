@@ -396,14 +396,21 @@ def orient(pixels: Tensor, orientation: int) -> Tensor:
     return pixels.flip(flips).contiguous() if flips else pixels.contiguous()
 
 
-def fit_window(pixels: Tensor, size: int, resize_short: int = 0) -> Tensor:
-    """The centre ``size x size`` window of an image (float ``(3, H, W)`` in [0, 1], any device), resized first
-    (antialiased) so its short side is ``resize_short`` (the window size wins if larger; ``0`` keeps the image's
-    size). The image's short side must be at least ``size``: it is never upscaled."""
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """An image's ``(height, width)`` at ``scale`` (rounded; at least 1 px): the one rule every photo is sized by."""
+    if scale == 1:
+        return height, width
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def fit_window(pixels: Tensor, size: int | tuple[int, int], scale: float = 1.0) -> Tensor:
+    """The centre window of an image (float ``(3, H, W)`` in [0, 1], any device), ``size x size`` or ``(height,
+    width)``, after resizing it (antialiased) by ``scale`` (:func:`scaled_size`; ``1`` keeps its own pixels). The
+    scaled image must hold the window: it is never upscaled to make room."""
     from torchvision.transforms.functional import center_crop, resize
 
-    short = min(pixels.shape[-2:])
-    target = max(size, min(short, resize_short or short))
-    if target != short:
-        pixels = resize(pixels, [target], antialias=True)
-    return center_crop(pixels, [size, size]).clamp_(0.0, 1.0)
+    height, width = (size, size) if isinstance(size, int) else size
+    target = scaled_size(*pixels.shape[-2:], scale)
+    if target != tuple(pixels.shape[-2:]):
+        pixels = resize(pixels, list(target), antialias=True)
+    return center_crop(pixels, [height, width]).clamp_(0.0, 1.0)

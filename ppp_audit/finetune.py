@@ -176,7 +176,7 @@ def make_splits(config: AuditConfig, ft: FinetuneConfig, info: ModelInfo, window
     dataset is split by a seeded shuffle (images too small for the window left out). Labels are checked before any
     image is read.
     """
-    base = config_source(config, info, window, crop)
+    base = config_source(config, crop)
     if ft.labels == "folder" and not isinstance(base, FolderSource):
         raise PPPAuditError("--labels folder needs an image folder", "pass --images ROOT with one folder per class")
     if ft.labels == "dataset" and not isinstance(base, HFDatasetSource):

@@ -17,7 +17,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator, NamedTuple, Protocol, Sequence
+from typing import IO, Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from .config import HFDS_PREFIX, RENDERER, parse_hfds
 from .device_images import (
     EXIF_ORIENTATION_TAG, TRANSPOSED_ORIENTATIONS, decode_jpegs, fit_window, is_jpeg, orient, render_dead_leaves,
+    scaled_size,
 )
 from .errors import ImageFolderNotFoundError, ImageSourceError, PPPAuditError, one_line
 from .report import SKIPPED_LISTED, SkippedImage
@@ -39,7 +40,8 @@ class ImageSource(Protocol):
 
     Optional methods: ``windows(indices, size, device)`` makes a batch on a device (:func:`read_windows`), and
     ``header(index)`` gives an image's :class:`ImageHeader` (:func:`source_header`), with which a sample names the
-    images too small for the window and counts those turned upright by their EXIF orientation.
+    images too small for the window and counts those turned upright by their EXIF orientation, and crops can be
+    tiled inside photos (:func:`sample_photos`; their windows are then ``(height, width)`` tiles).
     """
 
     def window(self, index: int, size: int) -> Tensor:
@@ -259,45 +261,52 @@ def _deep_greyscale(img: Any, name: str) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(grey)).unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
-def check_window_fits(name: str, width: int, height: int, size: int) -> None:
-    """Refuse an image smaller than the window (images are never upscaled).
+def check_window_fits(name: str, width: int, height: int, size: int | tuple[int, int]) -> None:
+    """Refuse an image (its size at the audit's scale) smaller than the window (images are never upscaled).
 
     Raises:
-        ImageSourceError: The short side is below ``size``.
+        ImageSourceError: The image is narrower or lower than the window (``size`` square, or ``(height, width)``).
     """
-    if min(width, height) < size:
+    rows, cols = (size, size) if isinstance(size, int) else size
+    if width < cols or height < rows:
         raise ImageSourceError(
-            f"image '{name}' is {width}x{height}, smaller than the {size}x{size} window",
+            f"image '{name}' is {width}x{height}, smaller than the {cols}x{rows} window",
             "use larger images, or a smaller --input-size / --margin",
         )
 
 
-def load_window(file: str | Path | IO[bytes], name: str, size: int, resize_short: int = 0) -> Tensor:
-    """The centre ``size x size`` window of an image file: what every file-backed source hands out.
+def load_window(file: str | Path | IO[bytes], name: str, size: int | tuple[int, int], scale: float = 1.0) -> Tensor:
+    """The centre window of an image file: what every file-backed source hands out.
 
     The image is read as RGB in [0, 1] (:func:`image_array`: every PIL mode scaled by its bit depth, transparency
     composited on black), turned upright by its EXIF orientation (:func:`~ppp_audit.device_images.orient`),
-    resized (antialiased) so its short side is ``resize_short`` (the window size wins if larger), and centre-cropped.
-    Images whose short side is below the window are refused, never upscaled.
+    resized (antialiased) by ``scale`` (the photos' one scale, whatever the window), and centre-cropped. Images
+    smaller than the window at that scale are refused, never upscaled.
 
     Args:
         file: A path or an open binary file.
         name: How errors name the image (a path, ``row 3 of hfds/beans (train)``).
-        size: Window side in pixels.
-        resize_short: Short side to resize to first; ``0`` keeps the image's own size.
+        size: Window side in pixels, or ``(height, width)`` (the tiles of :mod:`ppp_audit.canvas`).
+        scale: The photos' scale (``1``: the image's own pixels).
 
     Raises:
         ImageSourceError: The file is not an image, cannot be decoded, has too many pixels or an unsupported mode,
             or is smaller than the window.
     """
     with open_image(file, name) as img:
-        header = header_of(img, name)
+        header = scaled_header(header_of(img, name), scale)
         check_window_fits(name, header.width, header.height, size)
         tensor = image_array(img, name)
-    return fit_window(orient(tensor, header.orientation), size, resize_short)
+    return fit_window(orient(tensor, header.orientation), size, scale)
 
 
-def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: int, resize_short: int,
+def scaled_header(header: ImageHeader, scale: float) -> ImageHeader:
+    """``header`` with the image's size at the photos' ``scale`` (:func:`~ppp_audit.device_images.scaled_size`)."""
+    height, width = scaled_size(header.height, header.width, scale)
+    return header._replace(width=width, height=height)
+
+
+def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: int | tuple[int, int], scale: float,
                    device: torch.device) -> Tensor:
     """Windows of encoded images as one batch on ``device``, cut as :func:`load_window` cuts them.
 
@@ -309,8 +318,8 @@ def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: in
 
     Args:
         files: ``(path or open binary file, name)`` per image; names are what errors say.
-        size: Window side.
-        resize_short: As in :func:`load_window`.
+        size: Window side, or ``(height, width)``.
+        scale: As in :func:`load_window`.
         device: Where to decode.
 
     Raises:
@@ -329,16 +338,18 @@ def decode_windows(files: Sequence[tuple[str | Path | IO[bytes], str]], size: in
     for k, (_, name) in enumerate(files):
         pixels = decoded.get(k)
         if pixels is None:  # not a JPEG, or one the device decoder refuses: PIL reads it (or says why it cannot)
-            windows.append(load_window(io.BytesIO(encoded[k]), name, size, resize_short).to(device))
+            windows.append(load_window(io.BytesIO(encoded[k]), name, size, scale).to(device))
             continue
         header = image_header(io.BytesIO(encoded[k]), name)
         pixels = orient(pixels, header.orientation)
-        check_window_fits(name, pixels.shape[-1], pixels.shape[-2], size)
-        windows.append(fit_window(pixels.float().div_(255.0), size, resize_short))
+        height, width = scaled_size(pixels.shape[-2], pixels.shape[-1], scale)
+        check_window_fits(name, width, height, size)
+        windows.append(fit_window(pixels.float().div_(255.0), size, scale))
     return torch.stack(windows)
 
 
-def read_windows(source: ImageSource, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+def read_windows(source: ImageSource, indices: Sequence[int], size: int | tuple[int, int],
+                 device: torch.device) -> Tensor:
     """Windows ``indices`` of ``source`` as one batch on ``device``: made there by sources that can (their
     ``windows`` method: the built-in images, JPEG decoding), read one by one and moved otherwise."""
     if hasattr(source, "windows"):
@@ -346,23 +357,25 @@ def read_windows(source: ImageSource, indices: Sequence[int], size: int, device:
     return stack_windows(source, indices, size, device)
 
 
-def stack_windows(source: ImageSource, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+def stack_windows(source: ImageSource, indices: Sequence[int], size: int | tuple[int, int],
+                  device: torch.device) -> Tensor:
     """Windows ``indices`` of ``source`` read one by one on the host (``window``), as one batch moved to ``device``."""
     return torch.stack([source.window(index, size) for index in indices]).to(device)
 
 
 @dataclass(frozen=True)
 class FolderSource:
-    """Images from a folder (recursive), each resized so its short side is at least the window, centre window.
+    """Images from a folder (recursive), each resized by the one photo ``scale``, centre window.
 
     Args:
         root: The folder.
-        resize_short: Short side to resize to before taking the window (the model's ``S / crop_pct``); the window
-            size wins if larger. Images whose short side is below the window are refused, not upscaled.
+        scale: The photos' scale (``1``: their own pixels), the same for every window: the content a crop shows does
+            not depend on the margin or the model. Images smaller than a window at this scale are refused, never
+            upscaled.
     """
 
     root: Path
-    resize_short: int = 0
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         root = Path(self.root)
@@ -386,24 +399,24 @@ class FolderSource:
         return len(self.files)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "folder", "path": str(self.root), "num_files": len(self.files)}
+        return {"kind": "folder", "path": str(self.root), "num_files": len(self.files), "scale": self.scale}
 
-    def window(self, index: int, size: int) -> Tensor:
+    def window(self, index: int, size: int | tuple[int, int]) -> Tensor:
         path = self.files[index % len(self.files)]
-        return load_window(path, str(path), size, self.resize_short)
+        return load_window(path, str(path), size, self.scale)
 
-    def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+    def windows(self, indices: Sequence[int], size: int | tuple[int, int], device: torch.device) -> Tensor:
         """Windows ``indices`` as one batch on ``device``, JPEG files decoded there (:func:`decode_windows`)."""
         return decode_windows([(path, str(path)) for path in (self.files[i % len(self.files)] for i in indices)],
-                              size, self.resize_short, device)
+                              size, self.scale, device)
 
     def fits(self, index: int, size: int) -> bool:
         return min(self.header(index)[1:3]) >= size
 
     def header(self, index: int) -> ImageHeader:
-        """The ``index``-th image's header (:func:`image_header`)."""
+        """The ``index``-th image's header (:func:`image_header`), its size at the photos' scale."""
         path = self.files[index % len(self.files)]
-        return image_header(path, str(path))
+        return scaled_header(image_header(path, str(path)), self.scale)
 
     def classes(self) -> tuple[list[int], list[str]]:
         """Class index of every file of a class-per-folder tree, and the class names (``--labels folder``).
@@ -452,7 +465,7 @@ class HFDatasetSource:
         name: Hub dataset id or local folder.
         split: Split to read; ``datasets`` split syntax (``train[:256]``, ``train+validation``) works too.
         config: Dataset configuration (``hfds/NAME#CONFIG``); ``None``: the default one.
-        resize_short: As in :class:`FolderSource`.
+        scale: As in :class:`FolderSource`.
         column: The image column; ``None``: the first ``datasets.Image`` column.
         cache_dir: ``datasets`` cache folder; ``None``: ``HF_DATASETS_CACHE``.
     """
@@ -460,7 +473,7 @@ class HFDatasetSource:
     name: str
     split: str = "train"
     config: str | None = None
-    resize_short: int = 0
+    scale: float = 1.0
     column: str | None = None
     cache_dir: str | None = None
 
@@ -510,15 +523,15 @@ class HFDatasetSource:
     def describe(self) -> dict[str, Any]:
         return {"kind": "hf-dataset", "name": self.name, "config": self.config, "split": self.split,
                 "column": self.column, "num_rows": len(self.dataset), "local": Path(self.name).is_dir(),
-                "label_column": self._label_column}  # type: ignore[attr-defined]
+                "label_column": self._label_column, "scale": self.scale}  # type: ignore[attr-defined]
 
-    def window(self, index: int, size: int) -> Tensor:
+    def window(self, index: int, size: int | tuple[int, int]) -> Tensor:
         file, name = self._file(index)
-        return load_window(file, name, size, self.resize_short)
+        return load_window(file, name, size, self.scale)
 
-    def windows(self, indices: Sequence[int], size: int, device: torch.device) -> Tensor:
+    def windows(self, indices: Sequence[int], size: int | tuple[int, int], device: torch.device) -> Tensor:
         """Windows ``indices`` as one batch on ``device``, JPEG images decoded there (:func:`decode_windows`)."""
-        return decode_windows([self._file(index) for index in indices], size, self.resize_short, device)
+        return decode_windows([self._file(index) for index in indices], size, self.scale, device)
 
     def classes(self) -> tuple[list[int], list[str]]:
         """Class index of every row and the class names, from the dataset's first ``datasets.ClassLabel`` column.
@@ -540,8 +553,8 @@ class HFDatasetSource:
         return min(self.header(index)[1:3]) >= size
 
     def header(self, index: int) -> ImageHeader:
-        """Row ``index``'s image header (:func:`image_header`)."""
-        return image_header(*self._file(index))
+        """Row ``index``'s image header (:func:`image_header`), its size at the photos' scale."""
+        return scaled_header(image_header(*self._file(index)), self.scale)
 
     def _file(self, index: int) -> tuple[str | IO[bytes], str]:
         """The image of row ``index`` (an open byte stream or a path) and its name.
@@ -626,13 +639,14 @@ def _import_datasets(name: str) -> Any:
     return datasets
 
 
-def image_source(images: str, *, split: str = "train", resize_short: int = 0) -> ImageSource:
-    """The source ``--images`` names: ``hfds/NAME[#CONFIG]`` a Hugging Face dataset, anything else a folder."""
+def image_source(images: str, *, split: str = "train", scale: float = 1.0) -> ImageSource:
+    """The source ``--images`` names: ``hfds/NAME[#CONFIG]`` a Hugging Face dataset, anything else a folder; its
+    photos at ``scale``."""
     hf = parse_hfds(images)
     if hf is None:
-        return FolderSource(Path(images), resize_short=resize_short)
+        return FolderSource(Path(images), scale=scale)
     name, config = hf
-    return HFDatasetSource(name, split=split, config=config, resize_short=resize_short)
+    return HFDatasetSource(name, split=split, config=config, scale=scale)
 
 
 @dataclass(frozen=True)
@@ -784,17 +798,73 @@ def random_sample(source: ImageSource, count: int, seed: int, size: int, *,
         if len(chosen) == count:  # before reading the next header: an image not drawn is not counted or named
             break
     if len(chosen) < 2:
-        if unreadable:  # whether the one image left, whose header could be read, can be read at all
-            errors = {index: _read_error(source, index, size) for index in chosen}
-            unreadable += [skipped_image(error) for error in errors.values() if error is not None]
-            chosen = [index for index in chosen if errors[index] is None]
-        raise too_few_images(len(chosen), available, size, small=skipped, unreadable=unreadable or ())
+        raise _too_few_drawn(source, chosen, size, skipped, unreadable)
     rotated = sum(headers[index].orientation != 1 for index in chosen if index in headers)
     if len(chosen) == available and not rotated:
         return source
     small = [header for header in headers.values() if min(header.width, header.height) < size]
     return SampledSource(source, sorted(chosen), seed=seed, skipped_small=skipped, unreadable=tuple(unreadable or ()),
                          small=tuple(small[:SKIPPED_LISTED]), exif_rotated=rotated)
+
+
+def sample_photos(source: ImageSource, seed: int, size: int,
+                  plan: Callable[[Iterator[tuple[int, int]]], tuple[Any, list[int], int]], *,
+                  skip_unreadable: bool = False) -> tuple[SampledSource, Any, list[int]]:
+    """Photos of a finite source drawn in the seeded order of :func:`random_sample` (those smaller than ``size`` a
+    side skipped, and with ``skip_unreadable`` those whose header cannot be read), as many as ``plan`` uses.
+
+    ``plan`` gets the photos' ``(height, width)`` (upright, at the photo scale) lazily, in that order, and returns
+    what it made of them, the places (in that order) of the photos it used, and the least side of a photo it uses
+    (:func:`~ppp_audit.canvas.tile_photos`); the photos it read and passed over are counted as too small.
+
+    Returns:
+        The sample of the photos used (in source index order), what ``plan`` made, and for each photo of the sample
+        its entry in the plan's photos (to match the plan's per-photo entries to the sample's).
+
+    Raises:
+        ImageSourceError: Fewer than 2 photos can be used, or the source says no image sizes (no ``header``).
+    """
+    unreadable: list[SkippedImage] | None = [] if skip_unreadable else None
+    headers: dict[int, ImageHeader] = {}
+    order: list[int] = []
+    skipped = 0
+
+    def sizes() -> Iterator[tuple[int, int]]:
+        nonlocal skipped
+        for index in usable_order(source, size, seed, unreadable, headers):
+            if index is None:
+                skipped += 1
+                continue
+            header = headers.get(index) or source_header(source, index)  # unread: strict, it raises its error
+            if header is None:
+                raise ImageSourceError("the image source says no image sizes (no header)",
+                                       "audit it with --reference window")
+            order.append(index)
+            yield header.height, header.width
+
+    made, used, least = plan(sizes())
+    chosen = [order[place] for place in used]
+    passed_over = ((used[-1] + 1) if used else len(order)) - len(used)  # read, and too small for the border
+    if len(chosen) < 2:  # two photos at least: their spread is the mist
+        raise _too_few_drawn(source, chosen, least, skipped + passed_over, unreadable)
+    ranked = sorted(range(len(chosen)), key=lambda k: chosen[k])
+    small = [header for header in headers.values() if min(header.width, header.height) < least]
+    rotated = sum(headers[index].orientation != 1 for index in chosen)
+    sample = SampledSource(source, [chosen[k] for k in ranked], seed=seed, skipped_small=skipped + passed_over,
+                           unreadable=tuple(unreadable or ()), small=tuple(small[:SKIPPED_LISTED]),
+                           exif_rotated=rotated)
+    return sample, made, ranked
+
+
+def _too_few_drawn(source: ImageSource, chosen: list[int], size: int, small: int,
+                   unreadable: list[SkippedImage] | None) -> ImageSourceError:
+    """The error for a sample of fewer than 2 images, after checking whether the ones left, whose headers could be
+    read, can be read at all (so that a folder of broken files says so)."""
+    if unreadable:
+        errors = {index: _read_error(source, index, size) for index in chosen}
+        unreadable += [skipped_image(error) for error in errors.values() if error is not None]
+        chosen = [index for index in chosen if errors[index] is None]
+    return too_few_images(len(chosen), source.available() or 0, size, small=small, unreadable=unreadable or ())
 
 
 def _read_error(source: ImageSource, index: int, size: int) -> ImageSourceError | None:
@@ -863,7 +933,42 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, position: int) -> tuple[int, Tensor]:
         index = self.indices[position]
-        return index, self.source.window(index, self.size)
+        return index, self.source.window(index, self.size_at(position))
+
+    def size_at(self, position: int) -> int | tuple[int, int]:
+        """The window side (or ``(height, width)``) of item ``position``."""
+        return self.size
+
+    def batches(self, batch_size: int) -> list[list[int]]:
+        """The positions of each batch, in order: ``batch_size`` consecutive items (the last batch may be smaller),
+        of one window size."""
+        return [list(range(start, min(start + batch_size, len(self)))) for start in range(0, len(self), batch_size)]
+
+
+class TileDataset(WindowDataset):
+    """The tiles of photos that hold several crops each (:class:`~ppp_audit.canvas.PhotoTiles`): item ``position`` is
+    ``(photo, tile)``, the tile of photo ``indices[position]`` cut from the photo's centre; batches hold tiles of one
+    size (photos of one size, in the order met).
+
+    Args:
+        source: The sampled photos (photo ``i`` is the tiles' photo ``i``).
+        indices: Which photos (a strided slice per rank when distributed: whole photos, never parts).
+        shapes: ``(height, width)`` of every photo's tile, by photo.
+    """
+
+    def __init__(self, source: ImageSource, indices: range, shapes: Sequence[tuple[int, int]]) -> None:
+        super().__init__(source, indices, 0)
+        self.shapes = list(shapes)
+
+    def size_at(self, position: int) -> tuple[int, int]:
+        return self.shapes[self.indices[position]]
+
+    def batches(self, batch_size: int) -> list[list[int]]:
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for position in range(len(self)):
+            by_shape.setdefault(self.size_at(position), []).append(position)
+        return [positions[start:start + batch_size] for positions in by_shape.values()
+                for start in range(0, len(positions), batch_size)]
 
 
 def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 0, pin_memory: bool = False,
@@ -886,9 +991,12 @@ def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 0, pin_mem
         ignore_sigint: Workers ignore Ctrl-C, leaving it to this process (which stops after the current batch).
         skip_unreadable: Skip items whose image cannot be read, instead of raising the first one's error.
     """
-    loader = DataLoader(_ErrorsAsData(dataset), batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
-                        collate_fn=_collate_readable,
-                        worker_init_fn=_ignore_sigint if ignore_sigint and workers else None)
+    # a dataset of several window sizes says which items share one (WindowDataset.batches)
+    batching: dict[str, Any] = ({"batch_sampler": dataset.batches(batch_size)} if isinstance(dataset, TileDataset)
+                                else {"batch_size": batch_size})
+    loader = DataLoader(_ErrorsAsData(dataset), num_workers=workers, pin_memory=pin_memory,
+                        collate_fn=_collate_readable, worker_init_fn=_ignore_sigint if ignore_sigint and workers else None,
+                        **batching)
     return ImageLoader(loader, dataset, skip_unreadable=skip_unreadable)
 
 
@@ -959,16 +1067,16 @@ class DeviceLoader:
         self._stream: Any = None
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
+        return len(self.dataset.batches(self.batch_size))
 
-    def _read(self, indices: list[int]) -> Tensor:
+    def _read(self, indices: list[int], size: int | tuple[int, int]) -> Tensor:
         dataset = self.dataset
         if self.device.type != "cuda":
-            return read_windows(dataset.source, indices, dataset.size, self.device)
+            return read_windows(dataset.source, indices, size, self.device)
         if self._stream is None:
             self._stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(self._stream):
-            windows = read_windows(dataset.source, indices, dataset.size, self.device)
+            windows = read_windows(dataset.source, indices, size, self.device)
         current = torch.cuda.current_stream(self.device)
         current.wait_stream(self._stream)
         windows.record_stream(current)  # the allocator must not reuse it while the loop's stream reads it
@@ -977,11 +1085,11 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         self.skipped = []
         dataset = self.dataset
-        for start in range(0, len(dataset), self.batch_size):
-            positions = range(start, min(start + self.batch_size, len(dataset)))
+        for positions in dataset.batches(self.batch_size):
             indices = [dataset.indices[p] for p in positions]
+            size = dataset.size_at(positions[0])
             try:
-                windows = self._read(indices)
+                windows = self._read(indices, size)
             except PPPAuditError:
                 pass
             else:
@@ -990,7 +1098,7 @@ class DeviceLoader:
             kept, parts = [], []
             for position, index in zip(positions, indices):
                 try:
-                    parts.append(self._read([index]))
+                    parts.append(self._read([index], size))
                 except PPPAuditError as error:
                     if not (self.skip_unreadable and isinstance(error, ImageSourceError) and error.image is not None):
                         raise

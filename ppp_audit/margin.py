@@ -78,7 +78,8 @@ def probe_window(fitted: Geometry, runs_with: Callable[[int], bool]) -> int:
 
 
 def plan_margin(fitted: Geometry, influence: Sequence[Influence], runs_with: Callable[[int], bool], *,
-                requested: int | None, tolerance: float, probed_at: int) -> MarginPlan:
+                requested: int | None, tolerance: float, probed_at: int, cap: int | None = None,
+                limit: int | None = None) -> MarginPlan:
     """The audit's margin from the fitted geometry and the influence profiles probed at ``probed_at``.
 
     Args:
@@ -88,8 +89,15 @@ def plan_margin(fitted: Geometry, influence: Sequence[Influence], runs_with: Cal
         requested: ``--margin``, or ``None`` to choose it.
         tolerance: Share of influence allowed beyond the margin.
         probed_at: The window the profiles were probed at (:func:`probe_window`).
+        cap: The largest margin considered (default :func:`margin_cap`; photo tiles may look farther, up to what the
+            probe measured).
+        limit: The most context the images hold around a crop (photos: :func:`~ppp_audit.canvas.tile_photos`), or
+            ``None``; the margin is chosen within it, and the layers it leaves uncovered are partial.
     """
-    unit, size, cap = fitted.margin_unit, fitted.size, margin_cap(fitted)
+    unit, size = fitted.margin_unit, fitted.size
+    cap = margin_cap(fitted) if cap is None else cap
+    if limit is not None and requested is None:
+        cap = max(unit, min(cap, limit))
     if fitted.estimator != DELTA:
         return MarginPlan(size, fitted.margin, unit, cap, probed_at, tolerance, "none (mean-feature estimator)", None,
                           tuple(False for _ in influence), None)
@@ -100,9 +108,17 @@ def plan_margin(fitted: Geometry, influence: Sequence[Influence], runs_with: Cal
         runnable = next((m for m in candidates if m >= choice.margin and runs_with(m)), fitted.margin)
         if runnable != choice.margin:  # the chosen margin does not run: the next one that does, and what it leaves
             choice = choose_margin(influence, [m for m in candidates if m >= runnable], tolerance)
+        if limit is not None and not all(choice.fits):  # photos bound the context: all they hold serves the rest
+            widest = next((m for m in reversed(candidates) if runs_with(m)), choice.margin)
+            choice = choose_margin(influence, [widest], tolerance)
         margin = choice.margin
     chosen_by = ("--margin" if requested is not None else "receptive fields" if choice is not None else
                  f"default (the model runs at no window up to {size + 2 * cap} px to probe)")
+    if limit is not None and requested is None and choice is None and margin > cap:  # a default the photos cut
+        margin = cap
+        chosen_by += f", cut to the {cap} px the photos hold around a crop"
+    elif limit is not None and requested is None and choice is not None and not all(choice.fits):
+        chosen_by += f", within the {cap} px the photos hold around a crop"
     partial = tuple(inf.beyond(margin) > tolerance for inf in influence)
     second = None
     if any(partial):  # the largest margin on the grid at most half of m that the model runs at

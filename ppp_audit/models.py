@@ -484,6 +484,10 @@ class FeatureTaps:
         self._names: list[str] | None = None
         self._strides: list[int] | None = None
         self._reductions: list[object] = []  # what feature_info declares, checked against the maps at the first call
+        # Per layer, whether its 4-D output is channels-last: read on a square input (as_nchw tells the layout by its
+        # equal sides), then kept for the oblong tiles of photos, whose sides tell nothing.
+        self._permuted: dict[str, bool] = {}
+        self._oblong = False
         if layers:
             missing = [n for n in layers if n not in modules]
             if missing:
@@ -518,6 +522,11 @@ class FeatureTaps:
         return list(self._strides)  # type: ignore[arg-type]
 
     def __call__(self, x: Tensor) -> list[Tensor]:
+        self._oblong = x.shape[-2] != x.shape[-1]
+        if self._oblong and not self._permuted:  # the layouts, learnt once on a square input
+            side = min(x.shape[-2:])
+            self(x[..., :side, :side])
+            self._oblong = True
         if self._mode == "intermediates":
             outputs = self._intermediates(x)
             if outputs is not None:
@@ -552,11 +561,19 @@ class FeatureTaps:
         return error
 
     def _convert(self, outputs: Sequence[object], names: Sequence[str]) -> list[Tensor]:
+        converted = []
         try:
-            return [as_nchw(out, name, self._channels_last, self._num_prefix_tokens)
-                    for out, name in zip(outputs, names)]
+            for out, name in zip(outputs, names):
+                if self._oblong and isinstance(out, Tensor) and out.ndim == 4 and name in self._permuted:
+                    converted.append(out.permute(0, 3, 1, 2) if self._permuted[name] else out)
+                    continue
+                nchw = as_nchw(out, name, self._channels_last, self._num_prefix_tokens)
+                if not self._oblong and isinstance(out, Tensor) and out.ndim == 4:
+                    self._permuted[name] = nchw is not out
+                converted.append(nchw)
         except FeatureError as exc:
             raise self._named_layer_error(exc)
+        return converted
 
     def _settle_strides(self, outputs: list[Tensor], side: int) -> None:
         declared = self._reductions if len(self._reductions) == len(outputs) else [None] * len(outputs)

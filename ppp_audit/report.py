@@ -21,7 +21,7 @@ from typing import Any, Iterator
 from .errors import ReportFileError
 from .files import WrittenFiles, atomic_write
 
-SCHEMA_VERSION = "1.12"
+SCHEMA_VERSION = "1.13"
 """1.1 added ``baselines`` and per-scheme ``finetune``, 1.2 ``interrupted``, 1.3 ``geometry`` (and the
 ``mean-feature`` estimator), 1.4 ``skipped_images`` and per-layer ``non_finite`` (whose numbers are null),
 1.5 per-layer ``convergence`` and ``mean_feature_convergence``, 1.6 per-layer ``mist`` (one layer per scheme),
@@ -37,7 +37,10 @@ reference each audit used: periodic canvases or a window per crop, and its pixel
 canvas-reference), ``data.periodic`` (the built-in images drawn as periodic canvases), and confidence intervals whose
 jackknife replicates recompute the mist and noise (narrower, and too narrow, before), 1.12 a repair's tiling
 consistency in units of the features' spread over the images (``RMS(σ)``; before, of their own RMS, which a
-content-independent part of the features lowered: docs/repair.md); readers accept any 1.x and
+content-independent part of the features lowered: docs/repair.md), 1.13 ``geometry.reference`` of kind ``photo``
+(crops tiled inside photos: docs/metrics.md#photos-crops-tiled-inside-each-photo) and ``data.scale`` (the photos'
+one scale; before, photos were resized with the window, so their crops' scale grew with the margin); readers accept
+any 1.x and
 ignore fields they do not know (compare versions as numbers: "1.10" follows "1.9")."""
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
@@ -451,6 +454,13 @@ class Report:
         mean-feature estimator, or a report before schema 1.11)."""
         reference = self.geometry.get("reference") or {}
         return reference if reference.get("kind") == "canvas" else None
+
+    @property
+    def tiles(self) -> dict[str, Any] | None:
+        """``geometry.reference`` when the crops were tiled inside photos, each photo's tile their reference's pass
+        (``None``: otherwise, or a report before schema 1.13)."""
+        reference = self.geometry.get("reference") or {}
+        return reference if reference.get("kind") == "photo" else None
 
     @property
     def window(self) -> int:

@@ -122,7 +122,7 @@ def test_report_json_round_trip(lite0_reports, tmp_path):
     path = report.save(tmp_path / "r" / "report.json")
     assert Report.load(path.parent) == report
     data = report.to_dict()
-    assert data["schema_version"] == "1.12" and data["window"] == 224 + 2 * data["margin"]
+    assert data["schema_version"] == "1.13" and data["window"] == 224 + 2 * data["margin"]
     assert data["geometry"]["margin"]["chosen_by"] == "receptive fields" and data["margin"] % 32 == 0
     assert data["results"][0]["patch"]["native_padding"] == "zeros"
 

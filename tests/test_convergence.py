@@ -92,7 +92,7 @@ def _report(with_convergence: bool) -> Report:
 def test_json_round_trip_and_type_check():
     report = _report(with_convergence=True)
     data = json.loads(report.to_json())
-    assert data["schema_version"] == SCHEMA_VERSION == "1.12"
+    assert data["schema_version"] == SCHEMA_VERSION == "1.13"
     layer = data["results"][0]["layers"][0]
     assert [len(point) for point in layer["convergence"]] == [2, 2, 2, 2]
     check_report_dict(data)

@@ -107,7 +107,11 @@ def test_the_progress_count_reaches_its_total_with_skipped_images(tmp_path):
 def test_strict_images_fails_with_one_line_naming_the_file(tmp_path):
     folder = _faulty_folder(tmp_path / "images")
     line = fails([*TINY, "-n", "8", "--images", folder, "--strict-images"], "cannot read image")
-    assert f"'{folder / 'trunc.png'}': image file is truncated" in line  # the first in window order
+    # the photos' sizes are read first (to tile their crops): x.jpg's header is not an image
+    assert f"'{folder / 'x.jpg'}': not an image" in line
+    (folder / "x.jpg").unlink()  # then the pixels: trunc.png's header reads, its pixels do not
+    line = fails([*TINY, "-n", "8", "--images", folder, "--strict-images"], "cannot read image")
+    assert f"'{folder / 'trunc.png'}': image file is truncated" in line
 
 
 def test_a_folder_of_unreadable_images_fails_with_one_line(tmp_path):
@@ -320,7 +324,7 @@ def test_baselines_get_the_measured_images_only(tmp_path):
     assert measurement.num_images == 4 and measurement.skipped.count == 2
     assert measurement.source.available() == 4
     windows = torch.stack([measurement.source.window(i, 128) for i in range(4)])
-    clean = FolderSource(folder, resize_short=round(128 / 0.875))  # as the audit reads it; 0..3.png come first
+    clean = FolderSource(folder)  # as the audit reads it (its own pixels); 0..3.png come first
     assert torch.equal(windows, torch.stack([clean.window(i, 128) for i in range(4)]))
 
 

@@ -68,7 +68,7 @@ def test_an_exif_rotated_jpeg_is_read_upright_on_the_host_and_on_the_device(tmp_
     size = min(upright.shape[-2:])
     expected = center_crop(upright, [size, size])
     host = load_window(path, "phone.jpg", size)
-    device = decode_windows([(path, "phone.jpg")], size, 0, CPU)[0]
+    device = decode_windows([(path, "phone.jpg")], size, 1.0, CPU)[0]
     assert float((host - expected).abs().max()) <= 1 / 255
     assert float((device - expected).abs().max()) <= 2 / 255  # torchvision's libjpeg, as in test_device_images
     with Image.open(path) as img:

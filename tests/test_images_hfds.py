@@ -75,7 +75,7 @@ def test_windows_are_the_known_pixels_and_match_the_folder_source(data, parquet)
     assert parquet.available() == ROWS and parquet.column == "photo"
     assert parquet.describe() == {"kind": "hf-dataset", "name": str(data / "parquet"), "config": None,
                                   "split": "train", "column": "photo", "num_rows": ROWS, "local": True,
-                                  "label_column": None}
+                                  "label_column": None, "scale": 1.0}
     folder = FolderSource(data / "png")
     top, left = (HEIGHT - 64) // 2, (WIDTH - 64) // 2
     for k in range(ROWS):
@@ -85,9 +85,9 @@ def test_windows_are_the_known_pixels_and_match_the_folder_source(data, parquet)
         assert torch.equal(window, expected)
         assert torch.equal(window, folder.window(k, 64))
     assert torch.equal(parquet.window(ROWS + 1, 64), parquet.window(1, 64))  # indices wrap like FolderSource's
-    # With a resize first, both sources still agree to the bit: one resize-and-crop function serves both.
-    resized = HFDatasetSource(str(data / "parquet"), resize_short=100)
-    assert torch.equal(resized.window(2, 96), FolderSource(data / "png", resize_short=100).window(2, 96))
+    # With a scale, both sources still agree to the bit: one resize-and-crop function serves both.
+    resized = HFDatasetSource(str(data / "parquet"), scale=0.75)
+    assert torch.equal(resized.window(2, 72), FolderSource(data / "png", scale=0.75).window(2, 72))
 
 
 def test_imagefolder_layout_and_split(data):
@@ -200,7 +200,7 @@ def test_cli_audit_on_a_local_dataset_with_a_worker_process(data):
     report = Report.from_json(result.stdout)
     assert report.data == {"kind": "hf-dataset", "name": str(data / "parquet"), "config": None, "split": "train",
                            "column": "photo", "num_rows": ROWS, "local": True, "label_column": None,
-                           "num_images": ROWS}
+                           "scale": 1.0, "num_images": ROWS}
     assert [r.scheme for r in report.results] == ["native", "reflect"]
 
 

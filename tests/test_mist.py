@@ -137,7 +137,7 @@ def _report() -> Report:
 def test_json_round_trip_and_type_check():
     report = _report()
     data = json.loads(report.to_json())
-    assert data["schema_version"] == SCHEMA_VERSION == "1.12"
+    assert data["schema_version"] == SCHEMA_VERSION == "1.13"
     stage0, stage1 = data["results"][0]["layers"]
     assert stage0["mist"] is None and stage1["mist"]["counts"] == [1, 10, 24]
     assert len(stage1["mist"]["ppp"]) == 3 and len(stage1["mist"]["ppp"][0]) == H

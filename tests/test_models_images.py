@@ -220,7 +220,10 @@ def test_images_too_small_for_the_window_are_skipped_and_counted(tmp_path):
     assert sorted(every.indices) == [1, 2, 4, 5, 7, 8] and every.describe()["sample"]["skipped_small"] == 3
     common = dict(model="resnet10t", pretrained=False, images=str(tmp_path), input_size=32, margin=32,
                   layers=["layer3"], batch_size=4, device="cpu")
-    report = audit(AuditConfig(num_images=64, **common))
-    assert report.data["num_images"] == 6 and report.data["sample"]["skipped_small"] == 3
+    report = audit(AuditConfig(num_images=64, **common))  # 4 crops tiled inside each of the 6 photos
+    assert report.data["num_images"] == 24 and report.data["sample"]["skipped_small"] == 3
+    assert report.geometry["reference"]["photos"] == 6
+    windowed = audit(AuditConfig(num_images=64, reference="window", **common))  # a window per photo
+    assert windowed.data["num_images"] == 6 and windowed.data["sample"]["skipped_small"] == 3
     with pytest.raises(ImageSourceError, match="only 0 of the 9 images are at least 200x200"):
         random_sample(folder, 4, seed=0, size=200)

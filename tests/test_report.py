@@ -112,7 +112,7 @@ def test_round_trip_and_report_file(tmp_path):
     ("[1, 2]", "'{file}' is not a ppp-audit report (a JSON list, not an object)"),
     ('{"schema_version": "1.0"}', "'{file}' is not a ppp-audit report (bad or missing field: 'results')"),
     (b"\xff\xfe", "cannot read report '{file}': 'utf-8' codec can't decode"),
-    ("v2", "'{file}': report schema 2.0 is not readable by this ppp-audit (schema 1.12); upgrade ppp-audit"),
+    ("v2", "'{file}': report schema 2.0 is not readable by this ppp-audit (schema 1.13); upgrade ppp-audit"),
     ("empty", "'{file}': a report needs at least one scheme result"),
 ])
 def test_load_says_what_is_wrong(tmp_path, content, said):

@@ -142,9 +142,11 @@ def register_section(name: str, title: str, order: int = 100,
     "precision", "estimator", "timings"))
 def _summary(report: "Report", page: Page) -> str:
     data = report.to_dict()
-    canvas = report.canvas
+    canvas, tiles = report.canvas, report.tiles
     geometry = (("crop S / periodic canvas / context", f"{report.input_size} / {canvas['side']} / "
                  f"{canvas['context_px']} px every way") if canvas else
+                ("crop S / border m / tiles", f"{report.input_size} / {report.margin} px / {tiles['crops']} crops "
+                 f"tiled inside {tiles['photos']} photos at scale {tiles['scale']:g}") if tiles else
                 ("crop S / margin m / window", f"{report.input_size} / {report.margin} / {report.window} px"))
     rows = {
         "model": page.shareable(data["model"]),
@@ -186,7 +188,8 @@ def _reference(report: "Report", page: Page) -> str | None:
     table = render_reference_table(report)
     if table is None:
         return None
-    return _render("sections/reference.html", table=_html(rich_table_html(table)), canvas=report.canvas is not None)
+    return _render("sections/reference.html", table=_html(rich_table_html(table)), canvas=report.canvas is not None,
+                   tiles=report.tiles is not None)
 
 
 @register_section("strength", "Strength by stage", order=30)

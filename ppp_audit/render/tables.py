@@ -207,8 +207,13 @@ def margin_note(report: Report) -> str | None:
     if how == "receptive fields":
         how = (f"chosen from the receptive fields: at most {100 * margin['tolerance']:g} % of each layer's influence "
                f"beyond it, for the layers that fit under m <= {margin['cap']}")
-    cost = f"{margin['pixels_per_image']:.1f}x the crop's pixels per image"
     second = f", a second reference at m={margin['second_margin']}" if margin.get("second_margin") else ""
+    tiles = report.tiles
+    if tiles:
+        return (f"border m={report.margin} {how}; {tiles['crops']} crops tiled inside {tiles['photos']} photos (up to "
+                f"{tiles['most_crops_per_photo']} each, at scale {tiles['scale']:g}), one pass per photo's tile{second}:"
+                f" {tiles['pixels_per_image']:.1f}x the crop's pixels per image")
+    cost = f"{margin['pixels_per_image']:.1f}x the crop's pixels per image"
     return f"margin m={report.margin} {how}; window {report.window} px{second}: {cost}"
 
 
