@@ -38,7 +38,7 @@ from .images import (
 from .canvas import CanvasPlan, PhotoTiles, canvas_probe_side, cut_blocks, cut_crops, plan_canvas, tile_photos
 from .context import ContextMatcher
 from .geometry import DELTA, MarginCheck, apply_geometry, fit_geometry, largest_stride, map_offset, on_grid
-from .margin import MarginPlan, plan_margin, probe_window
+from .margin import MarginPlan, margin_cap, plan_margin, probe_window
 from .metrics import MIST_COUNTS, PPPAccumulator, choose_mist_layer, compiled_moments
 from .models import FeatureTaps, ModelInfo, build_model, no_padding_error
 from .paddings import PaddingScheme, PatchSummary, get_padding, padding, patch_padding
@@ -691,13 +691,18 @@ class Auditor:
 
         The border is the margin the receptive fields ask for, unless the photos hold less around a crop: then all
         they hold (the layers it does not cover are partial, as with windows), never a scale changed to make room.
+        Where a layer stays partial at any margin up to the cap, the border is all the photos hold up to the cap.
         """
-        config = self.config
+        config, asked = self.config, margins
         source = self.image_source()
+        reach = asked.margin
+        if config.margin is None and any(asked.partial):
+            reach = max(asked.margin, margin_cap(self.fitted) if cap is None else cap)
         # at most N // groups crops a photo: at least as many photos as jackknife groups
         for most in ([max(1, config.num_images // config.groups)] if refusal is None else []) + [1]:
-            tiles = self._tile_sample(source, margins.margin, most)
-            if config.margin is None and tiles.border < margins.margin:  # the photos bound the context
+            margins = asked
+            tiles = self._tile_sample(source, reach, most)
+            if config.margin is None and tiles.border != asked.margin:  # the photos bound the context
                 margins = plan_margin(self.fitted, self.state.influence, runs_with, requested=None,
                                       tolerance=config.margin_tolerance, probed_at=probed_at, cap=cap,
                                       limit=tiles.border)

@@ -827,13 +827,10 @@ def sample_photos(source: ImageSource, seed: int, size: int,
     unreadable: list[SkippedImage] | None = [] if skip_unreadable else None
     headers: dict[int, ImageHeader] = {}
     order: list[int] = []
-    skipped = 0
 
     def sizes() -> Iterator[tuple[int, int]]:
-        nonlocal skipped
         for index in usable_order(source, size, seed, unreadable, headers):
-            if index is None:
-                skipped += 1
+            if index is None:  # too small for any border: counted with the others passed over
                 continue
             header = headers.get(index) or source_header(source, index)  # unread: strict, it raises its error
             if header is None:
@@ -844,13 +841,16 @@ def sample_photos(source: ImageSource, seed: int, size: int,
 
     made, used, least = plan(sizes())
     chosen = [order[place] for place in used]
-    passed_over = ((used[-1] + 1) if used else len(order)) - len(used)  # read, and too small for the border
+    # too small: the photos read up to the last one used (the plan reads ahead) that it passed over
+    read = list(headers)
+    read = read[:read.index(chosen[-1]) + 1] if chosen else read
+    taken = set(chosen)
+    small = [headers[index] for index in read if index not in taken and min(headers[index][1:3]) < least]
     if len(chosen) < 2:  # two photos at least: their spread is the mist
-        raise _too_few_drawn(source, chosen, least, skipped + passed_over, unreadable)
+        raise _too_few_drawn(source, chosen, least, len(small), unreadable)
     ranked = sorted(range(len(chosen)), key=lambda k: chosen[k])
-    small = [header for header in headers.values() if min(header.width, header.height) < least]
     rotated = sum(headers[index].orientation != 1 for index in chosen)
-    sample = SampledSource(source, [chosen[k] for k in ranked], seed=seed, skipped_small=skipped + passed_over,
+    sample = SampledSource(source, [chosen[k] for k in ranked], seed=seed, skipped_small=len(small),
                            unreadable=tuple(unreadable or ()), small=tuple(small[:SKIPPED_LISTED]),
                            exif_rotated=rotated)
     return sample, made, ranked
@@ -995,7 +995,8 @@ def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 0, pin_mem
     batching: dict[str, Any] = ({"batch_sampler": dataset.batches(batch_size)} if isinstance(dataset, TileDataset)
                                 else {"batch_size": batch_size})
     loader = DataLoader(_ErrorsAsData(dataset), num_workers=workers, pin_memory=pin_memory,
-                        collate_fn=_collate_readable, worker_init_fn=_ignore_sigint if ignore_sigint and workers else None,
+                        collate_fn=_collate_readable,
+                        worker_init_fn=_ignore_sigint if ignore_sigint and workers else None,
                         **batching)
     return ImageLoader(loader, dataset, skip_unreadable=skip_unreadable)
 

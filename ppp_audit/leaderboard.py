@@ -64,8 +64,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("params", "int", "parameter count, as the sweep recorded it"),
     Column("input_size", "int", "crop size S (px)"),
     Column("margin", "int", "context margin m (px; with a canvas reference (L - S) / 2, L the canvas side)"),
-    Column("reference", "str", "the padding-free reference: `canvas` (periodic canvases), `window` (one per crop) "
-           "or `none` (mean-feature); `window` for reports before schema 1.11"),
+    Column("reference", "str", "the padding-free reference: `canvas` (periodic canvases), `photo` (crops tiled inside "
+           "photos), `window` (one per crop) or `none` (mean-feature); `window` for reports before schema 1.11"),
     Column("num_images", "int", "N, the images measured"),
     Column("images", "str", "the image source (`dead-leaves`, `folder photos`, `owner/beans (validation)`)"),
     Column("estimator", "str", "`delta` (padded crop minus padding-free window) or `mean-feature`"),

@@ -106,7 +106,9 @@ def test_images_smaller_than_the_window_are_named_under_the_table(tmp_path):
     assert report.data["num_images"] == 4 and report.data["exif_rotated"] == 1
     assert report.data["sample"] == {"of": 5, "seed": 0, "skipped_small": 1,
                                      "small": [{"name": str(images / "thumb.png"), "width": 10, "height": 7}]}
-    said = f"1 of 5 images smaller than the 128x128 window: not measured ('{images / 'thumb.png'}' 10x7)"
+    assert report.tiles is not None  # tiled: the note says what a photo must hold
+    said = (f"1 of 5 images too small for a 64 px crop with 32 px around it: not measured ('{images / 'thumb.png'}' "
+            "10x7)")
     assert "".join(said.split()) in "".join(result.stdout.split())  # the caption may wrap anywhere in a long path
 
 

@@ -74,7 +74,7 @@ def test_a_photo_s_crops_take_the_grid_of_fewest_pixels():
     assert PhotoTiles(32, 32, 8, 1.0, ((2, 2),), (3,)).origins(0) == [(8, 8), (8, 40), (40, 8)]
 
 
-# ---- known answers ----------------------------------------------------------------------------------------------------
+# ---- known answers --------------------------------------------------------------------------------------------------
 
 
 def test_tile_reference_equals_the_window_reference_on_a_stack_of_known_reach(tmp_path):

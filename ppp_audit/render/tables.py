@@ -187,9 +187,12 @@ def small_images_note(report: Report, listed: int = 3) -> str | None:
         names += f", and {rest} more (report.json names up to {SKIPPED_LISTED})"
     # Of the images looked at: a sample stops reading headers once it has N (an interrupted audit measured fewer).
     unreadable = report.skipped_images.count if report.skipped_images else 0
-    of = "" if report.interrupted else f" of {report.data['num_images'] + count + unreadable}"
-    return (f"{count}{of} images smaller than the {report.window}x{report.window} window: not measured"
-            + (f" ({names})" if names else ""))
+    tiles = report.tiles
+    measured = tiles["photos"] if tiles else report.data["num_images"]  # tiled: photos, not their crops
+    of = "" if report.interrupted else f" of {measured + count + unreadable}"
+    what = (f"too small for a {report.input_size} px crop with {report.margin} px around it" if tiles else
+            f"smaller than the {report.window}x{report.window} window")
+    return f"{count}{of} images {what}: not measured" + (f" ({names})" if names else "")
 
 
 def margin_note(report: Report) -> str | None:
@@ -204,15 +207,15 @@ def margin_note(report: Report) -> str | None:
                 f"every way, at most {100 * canvas['tolerance']:g} % of each layer's influence beyond it; "
                 f"{canvas['pixels_per_image']:.1f}x the crop's pixels per image")
     how = margin["chosen_by"]
-    if how == "receptive fields":
+    if how.startswith("receptive fields"):  # "receptive fields, within the 160 px the photos hold around a crop"
         how = (f"chosen from the receptive fields: at most {100 * margin['tolerance']:g} % of each layer's influence "
-               f"beyond it, for the layers that fit under m <= {margin['cap']}")
+               f"beyond it, for the layers that fit under m <= {margin['cap']}" + how[len("receptive fields"):])
     second = f", a second reference at m={margin['second_margin']}" if margin.get("second_margin") else ""
     tiles = report.tiles
     if tiles:
         return (f"border m={report.margin} {how}; {tiles['crops']} crops tiled inside {tiles['photos']} photos (up to "
-                f"{tiles['most_crops_per_photo']} each, at scale {tiles['scale']:g}), one pass per photo's tile{second}:"
-                f" {tiles['pixels_per_image']:.1f}x the crop's pixels per image")
+                f"{tiles['most_crops_per_photo']} each, at scale {tiles['scale']:g}), one pass per photo's tile"
+                f"{second}: {tiles['pixels_per_image']:.1f}x the crop's pixels per image")
     cost = f"{margin['pixels_per_image']:.1f}x the crop's pixels per image"
     return f"margin m={report.margin} {how}; window {report.window} px{second}: {cost}"
 
@@ -250,8 +253,10 @@ def render_reference_table(report: Report) -> "Table | None":
     if report.estimator == "mean-feature" or not report.results:
         return None
     canvas = report.canvas is not None
+    tiles = report.tiles
     title = (f"Padding-free reference · canvas {report.window} px, {report.canvas['context_px']} px every way"
-             if canvas else f"Padding-free reference · margin m={report.margin} · window {report.window} px")
+             if canvas else f"Padding-free reference · border m={report.margin} · tiles of {tiles['photos']} photos"
+             if tiles else f"Padding-free reference · margin m={report.margin} · window {report.window} px")
     table = Table(title=title, title_justify="left")
     for header in ("layer", "stride", "reach px", "influence\nbeyond L/2" if canvas else "influence\nbeyond m",
                    "global context\nmatched",
