@@ -222,10 +222,11 @@ class AuditConfig:
             over the crop's footprint, so that the reference does not see more content than the crop
             (docs/metrics.md); ``False`` to see what that changes.
         reference: How the padding-free reference is made: ``canvas`` (periodic built-in canvases holding many
-            crops, one circular-padded pass each: :mod:`ppp_audit.canvas`), ``window`` (a window of ``S + 2m`` per
-            crop), or ``auto``: a canvas where it is exact (no global modules or position embeddings, every scheme
-            keeps the maps' sizes, built-in images, no ``margin``) and holds every layer's reach, unless a complete
-            window costs fewer pixels.
+            crops, one circular-padded pass each: :mod:`ppp_audit.canvas`; for photos, crops tiled inside each
+            photo, one pass per photo's tile), ``window`` (a window of ``S + 2m`` per crop), or ``auto``: a canvas
+            where it is exact (no global modules or position embeddings, every scheme keeps the maps' sizes, no
+            ``margin`` for the built-in images) and holds every layer's reach, unless a complete window costs fewer
+            pixels; photos are tiled wherever that is exact.
         margin_tolerance: Share of a layer's input influence (receptive-field gradient mass) allowed beyond the margin
             for its padding-free reference to count as full; sets the chosen margin and which layers are partial.
         layers: Module names to tap instead of the stages.
@@ -289,8 +290,9 @@ class AuditConfig:
                                  hint="leave it out to choose it from the receptive fields")
     reference: str = setting(
         "auto", metavar="KIND", types=(str,),
-        help="Padding-free reference: canvas (periodic canvases shared by many crops, complete at about the price of "
-        "one crop), window (a window of S+2m per crop), or auto (canvas where it is exact and complete, else window).")
+        help="Padding-free reference: canvas (many crops share one pass: periodic canvases of the built-in images, "
+        "complete at about the price of one crop; tiles of photos), window (a window of S+2m per crop), or auto "
+        "(canvas where it is exact, and complete for the built-in images; else window).")
     match_context: bool = setting(
         True, help="Pool squeeze-excitation and GRN statistics over the crop's footprint in the window pass.",
         cli=False, types=(bool,))
