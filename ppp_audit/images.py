@@ -835,7 +835,7 @@ def sample_photos(source: ImageSource, seed: int, size: int,
             header = headers.get(index) or source_header(source, index)  # unread: strict, it raises its error
             if header is None:
                 raise ImageSourceError("the image source says no image sizes (no header)",
-                                       "audit it with --reference window")
+                                       "give it a header(index) method returning an images.ImageHeader")
             order.append(index)
             yield header.height, header.width
 

@@ -19,7 +19,8 @@ MARKER = "ppp"
 _SETTINGS = pytest.StashKey[dict]()
 
 
-_MEASUREMENT_FIELDS = {"images": "DIR|hfds/NAME", "images_split": "SPLIT", "num_images": "N", "device": "DEVICE"}
+_MEASUREMENT_FIELDS = {"images": "DIR|hfds/NAME", "images_split": "SPLIT", "photo_scale": "SCALE", "num_images": "N",
+                       "device": "DEVICE"}
 """The :class:`~ppp_audit.config.AuditConfig` settings a test run can set (``--ppp-<field>`` and ini ``ppp_<field>``);
 their help text is the config's, so the pytest options cannot drift from the CLI's."""
 
@@ -86,6 +87,12 @@ def _settings(config: pytest.Config) -> dict[str, Any]:
             raise pytest.UsageError(f"ini key ppp_num_images must be an integer, not {value!r}") from None
     if option("ppp_device") or ini("ppp_device"):
         settings["device"] = option("ppp_device") or ini("ppp_device")
+    scale = option("ppp_photo_scale") or ini("ppp_photo_scale")
+    if scale:
+        try:
+            settings["photo_scale"] = float(scale)
+        except ValueError:
+            raise pytest.UsageError(f"--ppp-photo-scale / ppp_photo_scale must be a number, not {scale!r}") from None
     try:
         AuditConfig("pytest-options", **{k: str(v) if k == "images" else v for k, v in settings.items()})
     except PPPAuditError as exc:

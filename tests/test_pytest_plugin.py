@@ -188,6 +188,9 @@ def test_ini_keys_and_options_reach_the_measurement(project: pytest.Pytester) ->
 
     project.runpytest("--ppp-num-images=2").assert_outcomes(passed=1)
     assert Report.load(saved).data["num_images"] == 2
+    assert Report.load(saved).data["scale"] == 1.0
+    project.runpytest("--ppp-photo-scale=0.75").assert_outcomes(passed=1)  # the photos at 48 px
+    assert Report.load(saved).data["scale"] == 0.75
 
 
 def test_a_hugging_face_dataset_from_the_ini(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,6 +220,14 @@ def test_bad_ini_value_is_a_usage_error(project: pytest.Pytester) -> None:
     result = project.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini key ppp_num_images must be an integer, not 'many'"])
+    project.makeini("[pytest]\nppp_photo_scale = half\n")
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--ppp-photo-scale / ppp_photo_scale must be a number, not 'half'"])
+    project.makeini("[pytest]\nppp_photo_scale = 2\n")  # the config's own range check
+    result = project.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--photo-scale must be at most 1*"])
 
 
 def test_disabled_plugin_has_no_fixture_and_no_options(project: pytest.Pytester) -> None:
