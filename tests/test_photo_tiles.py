@@ -217,3 +217,17 @@ def test_taps_keep_each_layer_s_layout_on_oblong_tiles():
         maps = taps(torch.zeros(1, 3, 256, 192))
     assert [tuple(m.shape[1:]) for m in maps] == [(64, 128, 96), (64, 64, 48), (128, 32, 24), (256, 16, 12),
                                                   (512, 8, 6)]
+
+
+def test_photos_of_one_crop_each_read_as_windows(tmp_path):
+    """Where each photo holds one crop at the border, its tile is its window: the same photos, crops and readings."""
+    folder = _photos(tmp_path / "photos", [(72, 80), (80, 72)], 8)
+    config = _config(folder, num_images=8, paddings=["reflect"])
+    tiled = audit(config, model=BoxStack().eval(), info=INFO)
+    windowed = audit(AuditConfig(**{**config.__dict__, "reference": "window"}), model=BoxStack().eval(), info=INFO)
+    assert tiled.tiles["most_crops_per_photo"] == 1 and tiled.tiles["photos"] == 8 and windowed.tiles is None
+    assert tiled.margin == windowed.margin and tiled.data["num_images"] == windowed.data["num_images"] == 8
+    for a, b in zip(tiled.results, windowed.results):
+        (la,), (lb,) = a.layers, b.layers
+        assert la.stats.strength == pytest.approx(lb.stats.strength, rel=1e-9)
+        assert la.stats.strength_ci == pytest.approx(lb.stats.strength_ci, rel=1e-9)
