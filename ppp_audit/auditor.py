@@ -1,17 +1,17 @@
 """The :class:`Auditor`: everything one audit needs, and the measuring loop. Every caller drives it.
 
 An auditor is built from an :class:`~ppp_audit.config.AuditConfig` (and optionally a model built elsewhere). It owns the
-device, the model (built with the config's seed), the feature taps, the geometry (crop ``S``, margin ``m``, window
-``S + 2m``), the probe input, the patch summary of each scheme, the receptive radii, ``include_pools``, the
-normalisation, which reference each crop gets (periodic canvases, :mod:`ppp_audit.canvas`, where they are exact
-and complete; crops tiled inside photos where that is exact; else a window per crop), and the loop that streams windows (or canvases) through the crop and
-reference passes into the accumulators (with Ctrl-C handling and the all-reduce under ``torchrun``). The audit
-(:mod:`ppp_audit.engine`), fine-tuning (:mod:`ppp_audit.finetune`), the pytest helpers (:mod:`ppp_audit.testing`)
-and the baselines all use it, so a setting applies to all of them the same way (the padding of pools, the seed of a
-random-init model, ...).
+device, the model (built with the config's seed), the feature taps, the geometry (crop ``S``, margin ``m``, window ``S +
+2m``), the probe input, the patch summary of each scheme, the receptive radii, ``include_pools``, the normalisation,
+which reference each crop gets (periodic canvases, :mod:`ppp_audit.canvas`, where they are exact and complete; crops
+tiled inside photos where that is exact; else a window per crop), and the loop that streams windows (or canvases)
+through the crop and reference passes into the accumulators (with Ctrl-C handling and the all-reduce under
+``torchrun``). The audit (:mod:`ppp_audit.engine`), fine-tuning (:mod:`ppp_audit.finetune`), the pytest helpers
+(:mod:`ppp_audit.testing`) and the baselines all use it, so a setting applies to all of them the same way (the padding
+of pools, the seed of a random-init model, ...).
 
-Data flows one way: model + scheme + windows or canvases -> features (crop and reference) -> accumulators -> results
--> report.
+Data flows one way: model + scheme + windows or canvases -> features (crop and reference) -> accumulators -> results ->
+report.
 """
 
 from __future__ import annotations
