@@ -509,7 +509,6 @@ class BatchStep:
             if reference[-1].shape != a.shape:
                 raise FeatureError(f"layer '{name}': the tile block {tuple(reference[-1].shape[-2:])} is not the "
                                    f"crop's map {tuple(a.shape[-2:])}", "audit it with --reference window")
-        self.offsets = self.offsets or [0] * len(crop)
         return StepFeatures(crop=crop, reference=reference, second=at_second)
 
 

@@ -991,8 +991,8 @@ def image_loader(dataset: Dataset, *, batch_size: int, workers: int = 0, pin_mem
         ignore_sigint: Workers ignore Ctrl-C, leaving it to this process (which stops after the current batch).
         skip_unreadable: Skip items whose image cannot be read, instead of raising the first one's error.
     """
-    # a dataset of several window sizes says which items share one (WindowDataset.batches)
-    batching: dict[str, Any] = ({"batch_sampler": dataset.batches(batch_size)} if isinstance(dataset, TileDataset)
+    # windows (of one size, or tiles of several) come in the batches their dataset says, as the DeviceLoader takes them
+    batching: dict[str, Any] = ({"batch_sampler": dataset.batches(batch_size)} if isinstance(dataset, WindowDataset)
                                 else {"batch_size": batch_size})
     loader = DataLoader(_ErrorsAsData(dataset), num_workers=workers, pin_memory=pin_memory,
                         collate_fn=_collate_readable,
